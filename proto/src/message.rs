@@ -1,0 +1,191 @@
+//! Messages on RabbitMQ: jobs to runners, runner envelopes back, control and notifications.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::state::{Cause, State, Step, StepStatus};
+
+/// Where an app is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// The local Docker engine of the runner.
+    Docker,
+    /// A Kubernetes cluster.
+    Kubernetes,
+}
+
+impl TargetKind {
+    /// The column value stored in PostgreSQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Docker => "docker",
+            TargetKind::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// Parses a stored column value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "docker" => Some(TargetKind::Docker),
+            "kubernetes" => Some(TargetKind::Kubernetes),
+            _ => None,
+        }
+    }
+}
+
+/// What a runner needs to know of the app; runners never read the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobApp {
+    pub name: String,
+    pub repo_url: String,
+    pub environment: String,
+    pub target: TargetKind,
+    /// Port the app listens on inside its container.
+    pub port: u16,
+    /// Path answered with 2xx once the app is ready.
+    pub health_path: String,
+    pub env: BTreeMap<String, String>,
+}
+
+/// One unit of work on the jobs queue: deploy `sha` of `app`, attempt `attempt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub deployment_id: Uuid,
+    /// 1-based; a redispatch after a lost lease or an infrastructure failure increments it.
+    pub attempt: u32,
+    pub sha: String,
+    /// The ref the push was to (e.g. `refs/heads/main`), used when the SHA cannot be fetched directly.
+    pub git_ref: String,
+    pub app: JobApp,
+}
+
+/// Every message a runner sends carries the deployment and attempt it is about, so the
+/// scheduler can apply it as a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub deployment_id: Uuid,
+    pub attempt: u32,
+    pub runner_id: String,
+    pub body: Body,
+}
+
+/// What a runner reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// The runner took the job; sent (and confirmed) before the job message is acknowledged.
+    Claimed,
+    /// The runner is alive and still working on the job.
+    Heartbeat,
+    /// A step started or ended.
+    Step {
+        step: Step,
+        status: StepStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// One line of output.
+    Log(LogLine),
+    /// Every step succeeded.
+    Completed {
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// A step failed.
+    Failed {
+        step: Step,
+        cause: Cause,
+        message: String,
+    },
+    /// The runner stopped the job on request (control message) or while shutting down.
+    Abandoned { reason: String },
+}
+
+/// One line of output, numbered per (deployment, attempt) from 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    pub line: String,
+    pub ts: DateTime<Utc>,
+}
+
+/// Scheduler to runners, on the control fanout exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// Stop working on this attempt (it was cancelled, superseded, or another runner owns it).
+    /// `runner_id` names the runner addressed, or all when absent.
+    Cancel {
+        deployment_id: Uuid,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner_id: Option<String>,
+        reason: String,
+    },
+}
+
+/// What the scheduler publishes on the events exchange (`deploy.queued`, `deploy.step`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub deployment_id: Uuid,
+    pub app: String,
+    pub attempt: u32,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_status: Option<StepStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Notification {
+    /// Routing key on the events exchange.
+    pub fn routing_key(&self) -> &'static str {
+        match (self.state, self.step) {
+            (State::Queued, _) => "deploy.queued",
+            (State::Running, Some(_)) => "deploy.step",
+            (State::Running, None) => "deploy.started",
+            (State::Completed, _) => "deploy.completed",
+            (State::Failed, _) => "deploy.failed",
+            (State::Cancelled, _) => "deploy.cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_wire_format_is_tagged_json() {
+        let env = Envelope {
+            deployment_id: Uuid::nil(),
+            attempt: 2,
+            runner_id: "r1".into(),
+            body: Body::Step {
+                step: Step::Build,
+                status: StepStatus::Running,
+                error: None,
+            },
+        };
+        let json = serde_json::to_value(&env).expect("serialize");
+        assert_eq!(json["body"]["type"], "step");
+        assert_eq!(json["body"]["step"], "build");
+        let back: Envelope = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn unknown_body_type_is_an_error() {
+        let raw = r#"{"deployment_id":"00000000-0000-0000-0000-000000000000","attempt":1,"runner_id":"r","body":{"type":"explode"}}"#;
+        assert!(serde_json::from_str::<Envelope>(raw).is_err());
+    }
+}
