@@ -50,7 +50,17 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_dns_label() {
-        for bad in ["", "Web", "-web", "web-", "my_app", "a.b", "ä", "web app", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Web",
+            "-web",
+            "web-",
+            "my_app",
+            "a.b",
+            "ä",
+            "web app",
+            &"a".repeat(64),
+        ] {
             let err = validate_dns_label("app name", bad).expect_err(bad);
             assert!(err.to_string().contains("app name"), "{err}");
         }

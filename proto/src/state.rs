@@ -111,7 +111,13 @@ impl State {
 
 impl Step {
     /// Every step in pipeline order.
-    pub const ALL: [Step; 5] = [Step::Clone, Step::Build, Step::Push, Step::Deploy, Step::Cleanup];
+    pub const ALL: [Step; 5] = [
+        Step::Clone,
+        Step::Build,
+        Step::Push,
+        Step::Deploy,
+        Step::Cleanup,
+    ];
 
     /// The column value stored in PostgreSQL.
     pub fn as_str(self) -> &'static str {
@@ -208,7 +214,14 @@ mod tests {
 
     #[test]
     fn terminal_states_accept_nothing() {
-        let events = [E::Claimed, E::Step, E::Completed, E::Failed, E::Retry, E::Cancel];
+        let events = [
+            E::Claimed,
+            E::Step,
+            E::Completed,
+            E::Failed,
+            E::Retry,
+            E::Cancel,
+        ];
         for from in [S::Completed, S::Failed, S::Cancelled] {
             assert!(from.is_terminal());
             for event in events {

@@ -1,1 +1,65 @@
-fn main() {}
+//! `slipway-scheduler`: parse config, init telemetry, run until SIGTERM/SIGINT.
+
+use clap::Parser;
+use slipway_scheduler::{Config, run};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!(
+                "slipway-scheduler: {}",
+                err.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid configuration")
+            );
+            return std::process::ExitCode::from(64);
+        }
+    };
+    if let Err(msg) = config.validate() {
+        eprintln!("slipway-scheduler: {msg}");
+        return std::process::ExitCode::from(64);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let result = run(config, cancel.clone(), tracker.clone()).await;
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "scheduler stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}

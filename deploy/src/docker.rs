@@ -1,0 +1,227 @@
+//! The `docker` target: run the new image as a container on the local engine, wait for its
+//! HTTP health check, then retire the previous container of the app. If the new container
+//! never becomes healthy it is removed and the old one keeps serving.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::{DeployTarget, Error, Live, LogFn, Release};
+
+/// Labels that mark Slipway's containers.
+pub const LABEL_APP: &str = "dev.slipway.app";
+pub const LABEL_ENV: &str = "dev.slipway.environment";
+pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
+
+/// Settings of the docker target.
+#[derive(Debug, Clone)]
+pub struct DockerTargetConfig {
+    /// Host address the app's port is published on (a random free port is chosen).
+    pub publish_address: String,
+    /// How long a new container has to answer its health check.
+    pub health_timeout: Duration,
+    /// Memory limit of app containers in bytes, if any.
+    pub memory_bytes: Option<i64>,
+}
+
+/// Deploys to the Docker engine the runner talks to.
+#[derive(Debug, Clone)]
+pub struct DockerTarget {
+    docker: Docker,
+    config: DockerTargetConfig,
+    http: reqwest::Client,
+}
+
+impl DockerTarget {
+    /// A target on `docker` with `config`.
+    pub fn new(docker: Docker, config: DockerTargetConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self { docker, config, http }
+    }
+
+    /// The container name of a release: stable per deployment so a retry replaces it.
+    pub fn container_name(release: &Release) -> String {
+        format!("slipway-{}-{}-{}", release.app, release.environment, release.deployment_id.simple())
+    }
+
+    async fn start(&self, release: &Release, name: &str) -> Result<u16, Error> {
+        let engine = |action| move |source| Error::Engine { action, source };
+        // A container of the same deployment is what an earlier attempt left: replace it.
+        let _ = self
+            .docker
+            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+            .await;
+        let port_key = format!("{}/tcp", release.port);
+        let labels = HashMap::from([
+            (LABEL_APP.to_string(), release.app.clone()),
+            (LABEL_ENV.to_string(), release.environment.clone()),
+            (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(release.image.clone()),
+            env: Some(release.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            exposed_ports: Some(vec![port_key.clone()]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    port_key.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some(self.config.publish_address.clone()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                memory: self.config.memory_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
+            .await
+            .map_err(engine("creating the container"))?;
+        self.docker.start_container(name, None).await.map_err(engine("starting the container"))?;
+        let info = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(engine("inspecting the container"))?;
+        let host_port = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(&port_key).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok());
+        match host_port {
+            Some(port) => Ok(port),
+            None => Err(Error::Unhealthy {
+                reason: format!("the container exposes no port {} (did it exit at once?)", release.port),
+                last_output: self.last_output(name).await,
+            }),
+        }
+    }
+
+    /// Polls the health URL until it answers 2xx or 3xx, the container exits, or time runs out.
+    async fn wait_healthy(&self, name: &str, url: &str, log: LogFn<'_>) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.config.health_timeout;
+        let mut logged_at = tokio::time::Instant::now();
+        loop {
+            let last = match self.http.get(url).send().await {
+                Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => return Ok(()),
+                Ok(resp) => format!("health check answered {}", resp.status()),
+                Err(err) => format!("health check failed: {}", error_chain(&err)),
+            };
+            if let Ok(info) = self.docker.inspect_container(name, None::<InspectContainerOptions>).await {
+                let state = info.state.unwrap_or_default();
+                if state.running == Some(false) || state.restarting == Some(true) {
+                    return Err(format!("the container stopped (exit code {})", state.exit_code.unwrap_or_default()));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("no healthy answer from {url} within {:?}; last: {last}", self.config.health_timeout));
+            }
+            if logged_at.elapsed() >= Duration::from_secs(5) {
+                log(format!("waiting for {url}: {last}"));
+                logged_at = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The last lines the container printed.
+    async fn last_output(&self, name: &str) -> Vec<String> {
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("50").build();
+        let mut stream = self.docker.logs(name, Some(opts));
+        let mut lines = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            lines.extend(String::from_utf8_lossy(&chunk.into_bytes()).lines().map(str::to_string));
+        }
+        lines
+    }
+
+    async fn remove(&self, name: &str) {
+        let _ = self
+            .docker
+            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+            .await;
+    }
+
+    /// Stops and removes every container of the app and environment but `keep`.
+    async fn retire_others(&self, release: &Release, keep: &str, log: LogFn<'_>) -> Result<(), Error> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_APP}={}", release.app), format!("{LABEL_ENV}={}", release.environment)],
+        )]);
+        let old = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
+        for c in old {
+            let Some(name) = c.names.and_then(|n| n.into_iter().next()) else { continue };
+            let name = name.trim_start_matches('/').to_string();
+            if name == keep {
+                continue;
+            }
+            log(format!("retiring previous container {name}"));
+            let _ = self.docker.stop_container(&name, Some(StopContainerOptionsBuilder::default().t(10).build())).await;
+            self.remove(&name).await;
+        }
+        Ok(())
+    }
+}
+
+impl DeployTarget for DockerTarget {
+    async fn deploy(&self, release: &Release, log: LogFn<'_>) -> Result<Live, Error> {
+        let name = Self::container_name(release);
+        log(format!("starting container {name} from {}", release.image));
+        let host_port = match self.start(release, &name).await {
+            Ok(port) => port,
+            Err(err) => {
+                self.remove(&name).await;
+                return Err(err);
+            }
+        };
+        let base = format!("http://{}:{host_port}", self.config.publish_address);
+        let health_url = format!("{base}{}", release.health_path);
+        log(format!("waiting for {health_url} to answer"));
+        if let Err(reason) = self.wait_healthy(&name, &health_url, log).await {
+            let last_output = self.last_output(&name).await;
+            log(format!("{reason}; last output of the new container:"));
+            for line in &last_output {
+                log(format!("  | {line}"));
+            }
+            self.remove(&name).await;
+            log("removed the new container; the previous version keeps serving".into());
+            return Err(Error::Unhealthy { reason, last_output });
+        }
+        log(format!("healthy: {health_url}"));
+        self.retire_others(release, &name, log).await?;
+        Ok(Live { url: Some(base) })
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

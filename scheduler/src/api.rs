@@ -1,0 +1,221 @@
+//! The HTTP surface: routes, the REST handlers for apps and deployments, and error mapping.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::apps::{self, AppError, NewApp};
+use crate::deployments::{self, Created};
+use crate::{Shared, logs, webhook};
+
+/// An error answered to an HTTP client; 5xx bodies are generic and the detail is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Db(err) => {
+                tracing::error!(error = %err, "request failed on the database");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "internal error"})),
+                )
+                    .into_response();
+            }
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Exists(_) => ApiError::Conflict(err.to_string()),
+            AppError::Db(db) => ApiError::Db(db),
+            AppError::Name(_) | AppError::Invalid(_) => ApiError::Unprocessable(err.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+/// Every route of the scheduler.
+pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
+    let webhooks = Router::new()
+        .route("/api/v1/webhooks/github", post(webhook::github))
+        .layer(DefaultBodyLimit::max(webhook_max_bytes));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/apps", get(list_apps).post(create_app))
+        .route("/api/v1/apps/{name}", get(get_app))
+        .route("/api/v1/apps/{name}/deployments", post(deploy_app))
+        .route("/api/v1/deployments", get(list_deployments))
+        .route("/api/v1/deployments/{id}", get(get_deployment))
+        .route("/api/v1/deployments/{id}/logs", get(logs::stream))
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .merge(webhooks)
+        .with_state(shared)
+}
+
+async fn create_app(
+    State(shared): State<Shared>,
+    body: Result<Json<NewApp>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(new) = body?;
+    let app = apps::create(&shared.pool, &new).await?;
+    tracing::info!(app = %app.name, repo = %app.repo_url, "app registered");
+    Ok((StatusCode::CREATED, Json(json!(app))))
+}
+
+async fn list_apps(State(shared): State<Shared>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(apps::list(&shared.pool).await?)))
+}
+
+async fn get_app(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = apps::get(&shared.pool, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
+    Ok(Json(json!(app)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    #[serde(default)]
+    sha: Option<String>,
+}
+
+async fn deploy_app(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Json<DeployRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body?;
+    let app = apps::get(&shared.pool, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
+    let sha = match req.sha {
+        Some(sha) if webhook::is_sha(&sha) => sha.to_ascii_lowercase(),
+        Some(sha) => {
+            return Err(ApiError::Unprocessable(format!(
+                "`{}` is not a full commit SHA (40 or 64 hex digits)",
+                sha.chars().take(80).collect::<String>()
+            )));
+        }
+        None => resolve_branch(app.repo_url.clone(), app.branch.clone()).await?,
+    };
+    let git_ref = format!("refs/heads/{}", app.branch);
+    let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None).await?;
+    let (status, id, new) = match created {
+        Created::New(id) => (StatusCode::ACCEPTED, id, true),
+        Created::Existing(id) => (StatusCode::OK, id, false),
+    };
+    if new {
+        webhook::announce_queued(&shared, id, &app.name, &sha);
+    }
+    Ok((
+        status,
+        Json(json!({"deployment_id": id, "sha": sha, "new": new})),
+    ))
+}
+
+/// The commit `branch` points at in `repo_url` (like `git ls-remote`), on a blocking thread.
+async fn resolve_branch(repo_url: String, branch: String) -> Result<String, ApiError> {
+    let wanted = format!("refs/heads/{branch}");
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<String>, git2::Error> {
+        let mut remote = git2::Remote::create_detached(repo_url.as_str())?;
+        remote.connect(git2::Direction::Fetch)?;
+        let head = remote
+            .list()?
+            .iter()
+            .find(|h| h.name() == wanted)
+            .map(|h| h.oid().to_string());
+        Ok(head)
+    })
+    .await
+    .map_err(|e| ApiError::Unprocessable(format!("could not resolve the branch: {e}")))?;
+    match found {
+        Ok(Some(sha)) => Ok(sha),
+        Ok(None) => Err(ApiError::Unprocessable(format!(
+            "the repository has no branch `{branch}`; pass a SHA"
+        ))),
+        Err(e) => Err(ApiError::Unprocessable(format!(
+            "could not list the repository's branches ({}); pass a SHA",
+            e.message()
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    app: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_deployments(
+    State(shared): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(json!(
+        deployments::list(&shared.pool, q.app.as_deref(), limit).await?
+    )))
+}
+
+/// Parses a deployment id from a path segment, with a clear error.
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "`{}` is not a deployment id",
+            raw.chars().take(80).collect::<String>()
+        ))
+    })
+}
+
+async fn get_deployment(
+    State(shared): State<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let (dep, steps) = deployments::get(&shared.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
+    let mut body = json!(dep);
+    body["steps"] = json!(steps);
+    Ok(Json(body))
+}

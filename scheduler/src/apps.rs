@@ -1,0 +1,321 @@
+//! Registered apps: validation of what users send, and their rows in PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use slipway_proto::{JobApp, TargetKind, validate_dns_label};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What a user sends to register an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    pub name: String,
+    pub repo_url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    #[serde(default = "default_target")]
+    pub target: String,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default = "default_port")]
+    pub port: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub webhook_secret: String,
+}
+
+/// A registered app as the API shows it (never with its webhook secret).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct App {
+    pub id: Uuid,
+    pub name: String,
+    pub repo_url: String,
+    pub branch: String,
+    pub environment: String,
+    pub target: String,
+    pub health_path: String,
+    pub port: i32,
+    pub env: sqlx::types::Json<BTreeMap<String, String>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An app with the secret its webhooks are signed with.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AppWithSecret {
+    #[sqlx(flatten)]
+    pub app: App,
+    pub webhook_secret: String,
+}
+
+/// Why an app was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Name(#[from] slipway_proto::NameError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("an app named `{0}` already exists")]
+    Exists(String),
+    #[error("database error")]
+    Db(#[source] sqlx::Error),
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_environment() -> String {
+    "production".into()
+}
+fn default_target() -> String {
+    "docker".into()
+}
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_port() -> u32 {
+    8080
+}
+
+impl NewApp {
+    /// Checks every field; the first problem found is the error.
+    pub fn validate(&self) -> Result<(), AppError> {
+        validate_dns_label("app name", &self.name)?;
+        validate_dns_label("environment", &self.environment)?;
+        let invalid = |m: &str| Err(AppError::Invalid(m.to_string()));
+        if TargetKind::parse(&self.target).is_none() {
+            return invalid("target must be `docker` or `kubernetes`");
+        }
+        if !(1..=65535).contains(&self.port) {
+            return invalid("port must be between 1 and 65535");
+        }
+        if !self.health_path.starts_with('/')
+            || self.health_path.len() > 1024
+            || self.health_path.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return invalid("health_path must be an absolute URL path such as /healthz");
+        }
+        if self.branch.is_empty()
+            || self.branch.len() > 255
+            || self.branch.starts_with("refs/")
+            || self
+                .branch
+                .chars()
+                .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+        {
+            return invalid("branch must be a branch name such as `main` (not a full ref)");
+        }
+        validate_repo_url(&self.repo_url)?;
+        if self.webhook_secret.len() < 16 || self.webhook_secret.len() > 1024 {
+            return invalid("webhook_secret must be 16 to 1024 characters");
+        }
+        for key in self.env.keys() {
+            let ok = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(AppError::Invalid(format!(
+                    "environment variable name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A repository URL: `https://`, `http://`, `git://` or `ssh://`, with no credentials in it.
+pub fn validate_repo_url(url: &str) -> Result<(), AppError> {
+    let invalid = |m: &str| Err(AppError::Invalid(m.to_string()));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return invalid("repo_url must be a URL such as https://github.com/org/repo.git");
+    };
+    if !["https", "http", "git", "ssh"].contains(&scheme) {
+        return invalid("repo_url scheme must be https, http, git or ssh");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') && scheme != "ssh" {
+        return invalid(
+            "repo_url must not contain credentials; give the runner a token instead (SLIPWAY_GIT_TOKEN)",
+        );
+    }
+    if authority.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
+        return invalid("repo_url has no host or contains spaces or control characters");
+    }
+    Ok(())
+}
+
+/// The form repository URLs are compared in: lowercase scheme and host, no trailing `/` or `.git`.
+pub fn normalize_repo_url(url: &str) -> String {
+    let trimmed = url.trim().trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed);
+    match trimmed.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            format!(
+                "{}://{}/{}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase(),
+                path
+            )
+        }
+        None => trimmed.to_string(),
+    }
+}
+
+const APP_COLUMNS: &str =
+    "id, name, repo_url, branch, environment, target, health_path, port, env, created_at";
+
+/// Inserts a validated app.
+pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
+    new.validate()?;
+    let row = sqlx::query_as::<_, App>(
+        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret)
+         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (name) DO NOTHING
+         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&new.name)
+    .bind(&new.repo_url)
+    .bind(&new.branch)
+    .bind(&new.environment)
+    .bind(&new.target)
+    .bind(&new.health_path)
+    .bind(new.port as i32)
+    .bind(sqlx::types::Json(&new.env))
+    .bind(&new.webhook_secret)
+    .bind(normalize_repo_url(&new.repo_url))
+    .fetch_optional(pool)
+    .await
+    .map_err(AppError::Db)?;
+    row.ok_or_else(|| AppError::Exists(new.name.clone()))
+}
+
+/// Every app, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<App>, sqlx::Error> {
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
+        "SELECT {APP_COLUMNS} FROM apps ORDER BY name"
+    )))
+    .fetch_all(pool)
+    .await
+}
+
+/// One app by name.
+pub async fn get(pool: &PgPool, name: &str) -> Result<Option<App>, sqlx::Error> {
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
+        "SELECT {APP_COLUMNS} FROM apps WHERE name = $1"
+    )))
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Apps following `repo_url` (normalized), with their secrets, for webhook verification.
+pub async fn following_repo(
+    pool: &PgPool,
+    repo_urls: &[String],
+) -> Result<Vec<AppWithSecret>, sqlx::Error> {
+    let normalized: Vec<String> = repo_urls.iter().map(|u| normalize_repo_url(u)).collect();
+    sqlx::query_as::<_, AppWithSecret>(sqlx::AssertSqlSafe(format!(
+        "SELECT {APP_COLUMNS}, webhook_secret FROM apps WHERE repo_key = ANY($1) ORDER BY name"
+    )))
+    .bind(&normalized)
+    .fetch_all(pool)
+    .await
+}
+
+impl App {
+    /// What a runner needs of this app.
+    pub fn job_app(&self) -> JobApp {
+        JobApp {
+            name: self.name.clone(),
+            repo_url: self.repo_url.clone(),
+            environment: self.environment.clone(),
+            target: TargetKind::parse(&self.target).unwrap_or(TargetKind::Docker),
+            port: u16::try_from(self.port).unwrap_or(8080),
+            health_path: self.health_path.clone(),
+            env: self.env.0.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> NewApp {
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "repo_url": "https://github.com/acme/web.git", "webhook_secret": "0123456789abcdef"
+        }))
+        .expect("valid app json")
+    }
+
+    #[test]
+    fn defaults_are_filled_and_valid() {
+        let app = valid();
+        assert_eq!(
+            (app.branch.as_str(), app.environment.as_str(), app.port),
+            ("main", "production", 8080)
+        );
+        app.validate().expect("valid");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(fn(&mut NewApp), &str)> = vec![
+            (|a| a.name = "Web_App".into(), "app name"),
+            (|a| a.environment = "".into(), "environment"),
+            (|a| a.target = "nomad".into(), "target"),
+            (|a| a.port = 70000, "port"),
+            (|a| a.health_path = "health".into(), "health_path"),
+            (|a| a.branch = "refs/heads/main".into(), "branch"),
+            (
+                |a| a.repo_url = "https://user:token@github.com/a/b".into(),
+                "credentials",
+            ),
+            (|a| a.repo_url = "file:///etc".into(), "scheme"),
+            (|a| a.repo_url = "not a url".into(), "repo_url"),
+            (|a| a.webhook_secret = "short".into(), "webhook_secret"),
+            (
+                |a| {
+                    a.env.insert("1BAD".into(), "x".into());
+                },
+                "1BAD",
+            ),
+        ];
+        for (mutate, needle) in cases {
+            let mut app = valid();
+            mutate(&mut app);
+            let err = app.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "`{err}` should mention `{needle}`");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_value::<NewApp>(serde_json::json!({
+            "name": "web", "repo_url": "https://x/y", "webhook_secret": "0123456789abcdef", "prot": 80
+        }))
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn repo_urls_compare_without_case_suffix_or_slash() {
+        assert_eq!(
+            normalize_repo_url("https://GitHub.com/Acme/Web.git"),
+            "https://github.com/Acme/Web"
+        );
+        assert_eq!(
+            normalize_repo_url("https://github.com/Acme/Web/"),
+            "https://github.com/Acme/Web"
+        );
+        assert_eq!(
+            normalize_repo_url("git://127.0.0.1:9418/app.git"),
+            "git://127.0.0.1:9418/app"
+        );
+    }
+}

@@ -1,0 +1,731 @@
+//! Deployments in PostgreSQL: creation (deduplicated), queries, and the compare-and-set that
+//! applies runner messages through the state machine in `slipway_proto`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slipway_proto::{
+    Body, Cause, Envelope, Event, Job, Notification, State, Step, StepStatus, apply, retry_decision,
+};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::apps::App;
+
+/// A deployment as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub app: String,
+    pub sha: String,
+    pub environment: String,
+    pub git_ref: String,
+    pub source: String,
+    pub state: String,
+    pub attempt: i32,
+    pub runner_id: Option<String>,
+    pub current_step: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub error_step: Option<String>,
+    pub error_cause: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// One step of one attempt, with its timings.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub attempt: i32,
+    pub step: String,
+    pub status: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// The result of recording a push or a manual deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new deployment row (and so a new job).
+    New(Uuid),
+    /// The same (app, sha, environment) was recorded before: nothing new.
+    Existing(Uuid),
+}
+
+/// What applying a runner message did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The state or a step changed; publish this notification.
+    Changed(Notification),
+    /// A log line was stored (or was a duplicate).
+    Logged,
+    /// A duplicate or a heartbeat: nothing to announce.
+    Unchanged,
+    /// The message is from an attempt or runner that no longer owns the job; tell it to stop.
+    Rejected { runner_id: String, reason: String },
+}
+
+/// What the row says now, locked for the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub state: State,
+    pub attempt: u32,
+    pub runner_id: Option<String>,
+}
+
+/// What a runner message means for the row, decided without IO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply this event to the state machine.
+    Apply(Event),
+    /// Only refresh the lease.
+    Heartbeat,
+    /// A duplicate or late message from the owner: nothing to do.
+    Ignore,
+    /// The sender does not own this attempt.
+    Reject(String),
+}
+
+const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.git_ref, d.source, d.state, d.attempt, d.runner_id,
+    d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message";
+
+/// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
+/// cancels older deployments of the app that are still only queued (superseded).
+pub async fn create(
+    pool: &PgPool,
+    app: &App,
+    sha: &str,
+    git_ref: &str,
+    source: &str,
+    delivery_id: Option<&str>,
+) -> Result<Created, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let id = Uuid::now_v7();
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+         ON CONFLICT (app_id, sha, environment) DO NOTHING RETURNING id",
+    )
+    .bind(id)
+    .bind(app.id)
+    .bind(sha)
+    .bind(&app.environment)
+    .bind(git_ref)
+    .bind(source)
+    .bind(delivery_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let created = match inserted {
+        Some(id) => {
+            sqlx::query(
+                "UPDATE deployments SET state = 'cancelled', finished_at = now(),
+                        error_message = 'superseded by a newer deployment ' || $3
+                 WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $4",
+            )
+            .bind(app.id)
+            .bind(&app.environment)
+            .bind(sha)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            Created::New(id)
+        }
+        None => {
+            let existing: Uuid = sqlx::query_scalar(
+                "SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3",
+            )
+            .bind(app.id)
+            .bind(sha)
+            .bind(&app.environment)
+            .fetch_one(&mut *tx)
+            .await?;
+            Created::Existing(existing)
+        }
+    };
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// One deployment with the steps of all its attempts.
+pub async fn get(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(Deployment, Vec<StepRow>)>, sqlx::Error> {
+    let dep = sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(dep) = dep else { return Ok(None) };
+    let steps = sqlx::query_as::<_, StepRow>(
+        "SELECT attempt, step, status, started_at, finished_at, error FROM deployment_steps
+         WHERE deployment_id = $1 ORDER BY attempt, started_at NULLS LAST",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((dep, steps)))
+}
+
+/// The newest deployments, of one app or of all.
+pub async fn list(
+    pool: &PgPool,
+    app: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
+         WHERE $1::text IS NULL OR a.name = $1 ORDER BY d.created_at DESC LIMIT $2"
+    )))
+    .bind(app)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The state of a deployment, if it exists.
+pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, sqlx::Error> {
+    let s: Option<String> = sqlx::query_scalar("SELECT state FROM deployments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(s.as_deref().and_then(State::parse))
+}
+
+/// Jobs waiting in the outbox: queued, not yet confirmed published, and not behind a running
+/// deployment of the same app and environment (one rollout at a time).
+pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (Uuid, i32, String, String, Uuid)>(
+        "SELECT d.id, d.attempt, d.sha, d.git_ref, d.app_id FROM deployments d
+         WHERE d.state = 'queued' AND d.published_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id
+                           AND r.environment = d.environment AND r.state = 'running')
+         ORDER BY d.created_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for (deployment_id, attempt, sha, git_ref, app_id) in rows {
+        let app = sqlx::query_as::<_, App>(
+            "SELECT id, name, repo_url, branch, environment, target, health_path, port, env, created_at FROM apps WHERE id = $1",
+        )
+        .bind(app_id)
+        .fetch_one(pool)
+        .await?;
+        jobs.push(Job {
+            deployment_id,
+            attempt: attempt as u32,
+            sha,
+            git_ref,
+            app: app.job_app(),
+        });
+    }
+    Ok(jobs)
+}
+
+/// Marks the outbox row of (id, attempt) as published; false if it moved on meanwhile.
+pub async fn mark_published(pool: &PgPool, id: Uuid, attempt: u32) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE deployments SET published_at = now() WHERE id = $1 AND attempt = $2 AND state = 'queued' AND published_at IS NULL")
+        .bind(id)
+        .bind(attempt as i32)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Decides what `body` from `runner_id` for `attempt` means given the row's current values.
+pub fn decide(
+    current: &Current,
+    runner_id: &str,
+    attempt: u32,
+    body: &Body,
+    max_attempts: u32,
+) -> Decision {
+    if attempt != current.attempt {
+        return Decision::Reject(format!(
+            "attempt {attempt} is stale; the current attempt is {}",
+            current.attempt
+        ));
+    }
+    let owner = current.runner_id.as_deref() == Some(runner_id);
+    if let Body::Claimed = body {
+        return match current.state {
+            State::Queued => Decision::Apply(Event::Claimed),
+            State::Running | State::Completed | State::Failed if owner => Decision::Ignore,
+            State::Running => Decision::Reject(format!(
+                "taken by runner {}",
+                current.runner_id.as_deref().unwrap_or("?")
+            )),
+            other => Decision::Reject(format!("the deployment is {}", other.as_str())),
+        };
+    }
+    if !owner {
+        return Decision::Reject("this runner does not hold the job".into());
+    }
+    if current.state.is_terminal() {
+        return match current.state {
+            State::Cancelled => Decision::Reject("the deployment was cancelled".into()),
+            _ => Decision::Ignore,
+        };
+    }
+    match body {
+        Body::Claimed | Body::Log(_) => Decision::Ignore,
+        Body::Heartbeat => Decision::Heartbeat,
+        Body::Step { .. } => Decision::Apply(Event::Step),
+        Body::Completed { .. } => Decision::Apply(Event::Completed),
+        Body::Failed { cause, .. } => {
+            Decision::Apply(retry_decision(*cause, attempt, max_attempts))
+        }
+        Body::Abandoned { .. } => Decision::Apply(Event::Retry),
+    }
+}
+
+/// Applies one runner message as a compare-and-set on (id, state, attempt, runner).
+pub async fn apply_envelope(
+    pool: &PgPool,
+    env: &Envelope,
+    max_attempts: u32,
+) -> Result<Applied, sqlx::Error> {
+    if let Body::Log(line) = &env.body {
+        sqlx::query(
+            "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts)
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(env.deployment_id)
+        .bind(env.attempt as i32)
+        .bind(line.seq as i64)
+        .bind(line.step.map(Step::as_str))
+        .bind(&line.line)
+        .bind(line.ts)
+        .execute(pool)
+        .await?;
+        return Ok(Applied::Logged);
+    }
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as::<_, (String, i32, Option<String>, String)>(
+        "SELECT d.state, d.attempt, d.runner_id, a.name FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1 FOR UPDATE OF d",
+    )
+    .bind(env.deployment_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((state, attempt, runner_id, app)) = row else {
+        return Ok(Applied::Rejected {
+            runner_id: env.runner_id.clone(),
+            reason: "unknown deployment".into(),
+        });
+    };
+    let current = Current {
+        state: State::parse(&state).unwrap_or(State::Failed),
+        attempt: attempt as u32,
+        runner_id,
+    };
+    let event = match decide(
+        &current,
+        &env.runner_id,
+        env.attempt,
+        &env.body,
+        max_attempts,
+    ) {
+        Decision::Ignore => return Ok(Applied::Unchanged),
+        Decision::Reject(reason) => {
+            return Ok(Applied::Rejected {
+                runner_id: env.runner_id.clone(),
+                reason,
+            });
+        }
+        Decision::Heartbeat => {
+            sqlx::query("UPDATE deployments SET heartbeat_at = now() WHERE id = $1")
+                .bind(env.deployment_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Applied::Unchanged);
+        }
+        Decision::Apply(event) => event,
+    };
+    let Ok(next) = apply(current.state, event) else {
+        tracing::warn!(deployment_id = %env.deployment_id, state = current.state.as_str(), ?event, "runner message does not apply; ignored");
+        return Ok(Applied::Unchanged);
+    };
+    let mut note = Notification {
+        deployment_id: env.deployment_id,
+        app,
+        attempt: env.attempt,
+        state: next,
+        step: None,
+        step_status: None,
+        message: None,
+    };
+    write_transition(&mut tx, env, event, &mut note).await?;
+    tx.commit().await?;
+    Ok(Applied::Changed(note))
+}
+
+async fn write_transition(
+    tx: &mut Transaction<'_, Postgres>,
+    env: &Envelope,
+    event: Event,
+    note: &mut Notification,
+) -> Result<(), sqlx::Error> {
+    let (id, attempt) = (env.deployment_id, env.attempt as i32);
+    match (&env.body, event) {
+        (Body::Claimed, _) => {
+            sqlx::query(
+                "UPDATE deployments SET state = 'running', runner_id = $3, heartbeat_at = now(), started_at = coalesce(started_at, now())
+                 WHERE id = $1 AND attempt = $2 AND state = 'queued'",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(&env.runner_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        (
+            Body::Step {
+                step,
+                status,
+                error,
+            },
+            _,
+        ) => {
+            note.step = Some(*step);
+            note.step_status = Some(*status);
+            note.message = error.clone();
+            let running = *status == StepStatus::Running;
+            sqlx::query(
+                "INSERT INTO deployment_steps (deployment_id, attempt, step, status, started_at, finished_at, error)
+                 VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN NULL ELSE now() END, $6)
+                 ON CONFLICT (deployment_id, attempt, step) DO UPDATE
+                 SET status = $4, finished_at = CASE WHEN $5 THEN NULL ELSE now() END, error = $6",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(step.as_str())
+            .bind(status.as_str())
+            .bind(running)
+            .bind(error)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE deployments SET current_step = $2, heartbeat_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(step.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        (Body::Completed { image, url }, _) => {
+            note.message = url.clone();
+            sqlx::query(
+                "UPDATE deployments SET state = 'completed', finished_at = now(), current_step = NULL, image = $2, url = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(image)
+            .bind(url)
+            .execute(&mut **tx)
+            .await?;
+        }
+        (
+            Body::Failed {
+                step,
+                cause,
+                message,
+            },
+            event,
+        ) => {
+            note.step = Some(*step);
+            note.message = Some(message.clone());
+            record_failure(tx, id, *step, *cause, message, event == Event::Retry).await?;
+        }
+        (Body::Abandoned { reason }, _) => {
+            note.message = Some(reason.clone());
+            requeue(
+                tx,
+                id,
+                &format!("runner {} handed the job back: {reason}", env.runner_id),
+            )
+            .await?;
+        }
+        (Body::Heartbeat | Body::Log(_), _) => {}
+    }
+    Ok(())
+}
+
+async fn record_failure(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    step: Step,
+    cause: Cause,
+    message: &str,
+    retry: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deployment_steps SET status = 'failed', finished_at = coalesce(finished_at, now()), error = $3 WHERE deployment_id = $1 AND step = $2 AND status = 'running'")
+        .bind(id)
+        .bind(step.as_str())
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE deployments SET error_step = $2, error_cause = $3, error_message = $4 WHERE id = $1")
+        .bind(id)
+        .bind(step.as_str())
+        .bind(cause.as_str())
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    if retry {
+        requeue(tx, id, message).await
+    } else {
+        sqlx::query("UPDATE deployments SET state = 'failed', finished_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Puts a deployment back in the outbox as its next attempt.
+async fn requeue(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deployments SET state = 'queued', attempt = attempt + 1, runner_id = NULL, published_at = NULL,
+                heartbeat_at = NULL, current_step = NULL, error_message = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A deployment whose runner stopped sending heartbeats, and what became of it.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub runner_id: String,
+    pub old_attempt: u32,
+    pub note: Notification,
+}
+
+/// Dispatches again (or fails, when out of attempts) every running deployment whose lease ran out.
+pub async fn expire_leases(
+    pool: &PgPool,
+    lease: std::time::Duration,
+    max_attempts: u32,
+) -> Result<Vec<Expired>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, (Uuid, i32, Option<String>, String)>(
+        "SELECT d.id, d.attempt, d.runner_id, a.name FROM deployments d JOIN apps a ON a.id = d.app_id
+         WHERE d.state = 'running' AND d.heartbeat_at < now() - make_interval(secs => $1)
+         FOR UPDATE OF d SKIP LOCKED",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut expired = Vec::with_capacity(rows.len());
+    for (id, attempt, runner_id, app) in rows {
+        let runner_id = runner_id.unwrap_or_default();
+        let message =
+            format!("runner {runner_id} stopped sending heartbeats during attempt {attempt}");
+        let event = retry_decision(Cause::Infrastructure, attempt as u32, max_attempts);
+        let step = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT current_step FROM deployments WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .as_deref()
+        .and_then(Step::parse)
+        .unwrap_or(Step::Clone);
+        record_failure(
+            &mut tx,
+            id,
+            step,
+            Cause::Infrastructure,
+            &message,
+            event == Event::Retry,
+        )
+        .await?;
+        let state = apply(State::Running, event).unwrap_or(State::Failed);
+        expired.push(Expired {
+            runner_id,
+            old_attempt: attempt as u32,
+            note: Notification {
+                deployment_id: id,
+                app,
+                attempt: if state == State::Queued {
+                    attempt as u32 + 1
+                } else {
+                    attempt as u32
+                },
+                state,
+                step: Some(step),
+                step_status: None,
+                message: Some(message),
+            },
+        });
+    }
+    tx.commit().await?;
+    Ok(expired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::{Cause, LogLine};
+
+    fn current(state: State, attempt: u32, runner: Option<&str>) -> Current {
+        Current {
+            state,
+            attempt,
+            runner_id: runner.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let failed_user = Body::Failed {
+            step: Step::Build,
+            cause: Cause::User,
+            message: "x".into(),
+        };
+        let failed_infra = Body::Failed {
+            step: Step::Push,
+            cause: Cause::Infrastructure,
+            message: "x".into(),
+        };
+        let completed = Body::Completed {
+            image: "i".into(),
+            url: None,
+        };
+        let log = Body::Log(LogLine {
+            seq: 1,
+            step: None,
+            line: "l".into(),
+            ts: Utc::now(),
+        });
+        let rows: Vec<(Current, &str, u32, Body, Decision)> = vec![
+            (
+                current(State::Queued, 1, None),
+                "a",
+                1,
+                Body::Claimed,
+                Decision::Apply(Event::Claimed),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                Body::Claimed,
+                Decision::Ignore,
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "b",
+                1,
+                Body::Claimed,
+                Decision::Reject("taken by runner a".into()),
+            ),
+            (
+                current(State::Cancelled, 1, None),
+                "b",
+                1,
+                Body::Claimed,
+                Decision::Reject("the deployment is cancelled".into()),
+            ),
+            (
+                current(State::Queued, 2, None),
+                "a",
+                1,
+                Body::Claimed,
+                Decision::Reject("attempt 1 is stale; the current attempt is 2".into()),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                Body::Heartbeat,
+                Decision::Heartbeat,
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "b",
+                1,
+                Body::Heartbeat,
+                Decision::Reject("this runner does not hold the job".into()),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                completed.clone(),
+                Decision::Apply(Event::Completed),
+            ),
+            (
+                current(State::Completed, 1, Some("a")),
+                "a",
+                1,
+                completed,
+                Decision::Ignore,
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                failed_user,
+                Decision::Apply(Event::Failed),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                failed_infra.clone(),
+                Decision::Apply(Event::Retry),
+            ),
+            (
+                current(State::Running, 3, Some("a")),
+                "a",
+                3,
+                failed_infra,
+                Decision::Apply(Event::Failed),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                Body::Abandoned {
+                    reason: "drain".into(),
+                },
+                Decision::Apply(Event::Retry),
+            ),
+            (
+                current(State::Cancelled, 1, Some("a")),
+                "a",
+                1,
+                Body::Heartbeat,
+                Decision::Reject("the deployment was cancelled".into()),
+            ),
+            (
+                current(State::Running, 1, Some("a")),
+                "a",
+                1,
+                log,
+                Decision::Ignore,
+            ),
+        ];
+        for (cur, runner, attempt, body, expected) in rows {
+            assert_eq!(
+                decide(&cur, runner, attempt, &body, 3),
+                expected,
+                "{cur:?} {runner} {attempt} {body:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The Slipway scheduler: the only writer of PostgreSQL. It takes webhooks and API calls,
+//! records deployments (the outbox), relays them to RabbitMQ, applies what runners report,
+//! re-dispatches jobs whose runner went silent, and serves live logs.
+
+pub mod api;
+pub mod apps;
+pub mod broker;
+pub mod config;
+pub mod deployments;
+pub mod inbox;
+pub mod lease;
+pub mod logs;
+pub mod relay;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use slipway_proto::Topology;
+use sqlx::PgPool;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// What handlers and background tasks share.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub pool: PgPool,
+    pub topo: Topology,
+    pub amqp_url: String,
+    pub max_attempts: u32,
+    /// Wakes the outbox relay after a commit that queued a job.
+    pub relay_wake: Arc<Notify>,
+    /// Carries the id of a deployment that has new log lines or a new state.
+    pub live: broadcast::Sender<uuid::Uuid>,
+    pub publisher: broker::Publisher,
+}
+
+/// Connects to PostgreSQL, applies migrations, starts the background tasks on `tracker` and
+/// serves HTTP until `cancel` fires.
+pub async fn run(
+    config: Config,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+
+    let topo = Topology::new(&config.queue_prefix);
+    let (publisher, publisher_queue) = broker::Publisher::new(topo.clone());
+    let shared = Shared {
+        pool,
+        topo: topo.clone(),
+        amqp_url: config.amqp_url.clone(),
+        max_attempts: config.max_attempts,
+        relay_wake: Arc::new(Notify::new()),
+        live: broadcast::channel(1024).0,
+        publisher,
+    };
+    tracker.spawn(broker::run_publisher(
+        config.amqp_url.clone(),
+        topo,
+        publisher_queue,
+        cancel.clone(),
+    ));
+    tracker.spawn(relay::run(shared.clone(), cancel.clone()));
+    tracker.spawn(inbox::run(shared.clone(), cancel.clone()));
+    tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "scheduler listening");
+    let app = api::router(shared, config.webhook_max_bytes)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Live logs: `GET /api/v1/deployments/{id}/logs` as Server-Sent Events. PostgreSQL is the
+//! source; the in-process broadcast only wakes followers. Event ids are `<attempt>.<seq>`, so a
+//! client resumes with `Last-Event-ID` and gets exactly the lines after it.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use crate::api::{ApiError, parse_id};
+use crate::{Shared, deployments};
+
+const PAGE: i64 = 500;
+
+/// A position in a deployment's log: (attempt, seq).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub attempt: i32,
+    pub seq: i64,
+}
+
+impl Cursor {
+    /// Parses a `Last-Event-ID` of the form `<attempt>.<seq>`.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (a, s) = raw.trim().split_once('.')?;
+        Some(Self {
+            attempt: a.parse().ok().filter(|a: &i32| *a >= 0)?,
+            seq: s.parse().ok().filter(|s: &i64| *s >= 0)?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Line {
+    attempt: i32,
+    seq: i64,
+    step: Option<String>,
+    line: String,
+    ts: DateTime<Utc>,
+}
+
+/// The SSE handler.
+pub async fn stream(
+    State(shared): State<Shared>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = parse_id(&raw)?;
+    if deployments::state(&shared.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no deployment {id}")));
+    }
+    let cursor = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(raw) => Cursor::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest("Last-Event-ID must look like <attempt>.<seq>".into())
+        })?,
+        None => Cursor::default(),
+    };
+    let wake = shared.live.subscribe();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(follow(shared.pool.clone(), id, cursor, wake, tx));
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+async fn follow(
+    pool: PgPool,
+    id: Uuid,
+    mut cursor: Cursor,
+    mut wake: broadcast::Receiver<Uuid>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut saw_end = false;
+    loop {
+        let lines = match page(&pool, id, cursor).await {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::warn!(error = %err, deployment_id = %id, "log page query failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let full = lines.len() as i64 == PAGE;
+        for l in lines {
+            cursor = Cursor {
+                attempt: l.attempt,
+                seq: l.seq,
+            };
+            let data = json!({"attempt": l.attempt, "seq": l.seq, "step": l.step, "line": l.line, "ts": l.ts});
+            let event = Event::default()
+                .id(format!("{}.{}", l.attempt, l.seq))
+                .event("log")
+                .data(data.to_string());
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        if full {
+            continue;
+        }
+        if saw_end {
+            let state = deployments::state(&pool, id)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.as_str())
+                .unwrap_or("unknown");
+            let _ = tx
+                .send(Ok(Event::default()
+                    .event("end")
+                    .data(json!({"state": state}).to_string())))
+                .await;
+            return;
+        }
+        // Lines are committed before the terminal state (one queue, in order), so once the
+        // state is terminal one more page read is the last.
+        if matches!(deployments::state(&pool, id).await, Ok(Some(s)) if s.is_terminal()) {
+            saw_end = true;
+            continue;
+        }
+        wait_for(&mut wake, id, &tx).await;
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn wait_for(
+    wake: &mut broadcast::Receiver<Uuid>,
+    id: Uuid,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            got = wake.recv() => match got {
+                Ok(woke) if woke == id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn page(pool: &PgPool, id: Uuid, after: Cursor) -> Result<Vec<Line>, sqlx::Error> {
+    sqlx::query_as::<_, Line>(
+        "SELECT attempt, seq, step, line, ts FROM log_lines WHERE deployment_id = $1 AND (attempt, seq) > ($2, $3)
+         ORDER BY attempt, seq LIMIT $4",
+    )
+    .bind(id)
+    .bind(after.attempt)
+    .bind(after.seq)
+    .bind(PAGE)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_parses_last_event_id() {
+        assert_eq!(
+            Cursor::parse("2.17"),
+            Some(Cursor {
+                attempt: 2,
+                seq: 17
+            })
+        );
+        for bad in ["", "2", "a.b", "-1.3", "1.-3", "1.2.3", "99999999999.1"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+        assert!(
+            Cursor {
+                attempt: 1,
+                seq: 900
+            } < Cursor { attempt: 2, seq: 1 }
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! The outbox relay: publishes queued deployments to the jobs queue with publisher confirms
+//! and marks them published only once the broker confirmed. A broker outage delays jobs; it
+//! never drops one (the row stays unpublished until a confirm arrives).
+
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Shared, broker, deployments};
+
+const BATCH: i64 = 100;
+
+/// Runs until `cancel`; wakes on `shared.relay_wake` and at least every second.
+pub async fn run(shared: Shared, cancel: CancellationToken) {
+    while let Some(conn) = broker::connect(&shared.amqp_url, &cancel).await {
+        match relay(&shared, &conn, &cancel).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox relay interrupted; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn relay(
+    shared: &Shared,
+    conn: &lapin::Connection,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = broker::confirm_channel(conn, &shared.topo).await?;
+    loop {
+        let jobs = deployments::outbox(&shared.pool, BATCH).await?;
+        for job in &jobs {
+            let payload = serde_json::to_vec(job)?;
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    shared.topo.jobs_queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &payload,
+                    broker::persistent_json()
+                        .with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into()),
+                )
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Ack(None) => {
+                    deployments::mark_published(&shared.pool, job.deployment_id, job.attempt)
+                        .await?;
+                    tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
+                }
+                other => {
+                    anyhow::bail!("broker did not accept job {}: {other:?}", job.deployment_id)
+                }
+            }
+        }
+        if jobs.len() as i64 == BATCH {
+            continue;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = shared.relay_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if !conn.status().connected() {
+            anyhow::bail!("connection to rabbitmq lost");
+        }
+    }
+}

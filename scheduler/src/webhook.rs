@@ -1,0 +1,324 @@
+//! GitHub push webhooks: signature verification and the decision of what a push deploys.
+//! The parsing and verification are pure; [`github`] is the axum handler.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use slipway_proto::{Notification, State as DeployState};
+
+use crate::Shared;
+use crate::api::ApiError;
+use crate::apps::{self, AppWithSecret};
+use crate::deployments::{self, Created};
+
+/// The fields of a `push` event Slipway reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Push {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub after: String,
+    #[serde(default)]
+    pub deleted: bool,
+    pub repository: Repository,
+}
+
+/// The repository of any event; its URLs identify the apps that follow it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Repository {
+    #[serde(default)]
+    pub clone_url: Option<String>,
+    #[serde(default)]
+    pub html_url: Option<String>,
+    #[serde(default)]
+    pub ssh_url: Option<String>,
+    #[serde(default)]
+    pub git_url: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl Repository {
+    /// Every URL the forge gave for the repository.
+    pub fn urls(&self) -> Vec<String> {
+        [
+            &self.clone_url,
+            &self.html_url,
+            &self.ssh_url,
+            &self.git_url,
+            &self.url,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+}
+
+/// What a push asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushIntent {
+    /// Deploy `sha` of `branch`.
+    Deploy { branch: String, sha: String },
+    /// Nothing to deploy, and why.
+    Ignore(String),
+}
+
+/// Checks `X-Hub-Signature-256` (`sha256=<hex>`) against the HMAC-SHA256 of `body`, in constant time.
+pub fn signature_matches(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// Decides what a push deploys: branch pushes with a commit; not deletions or tags.
+pub fn intent(push: &Push) -> PushIntent {
+    if push.deleted || push.after.bytes().all(|b| b == b'0') {
+        return PushIntent::Ignore(format!("{} was deleted", push.git_ref));
+    }
+    if let Some(tag) = push.git_ref.strip_prefix("refs/tags/") {
+        return PushIntent::Ignore(format!("tag pushes are not deployed (tag {tag})"));
+    }
+    let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else {
+        return PushIntent::Ignore(format!("{} is not a branch", push.git_ref));
+    };
+    if !is_sha(&push.after) {
+        return PushIntent::Ignore(format!(
+            "`after` is not a commit SHA: {}",
+            push.after.chars().take(80).collect::<String>()
+        ));
+    }
+    PushIntent::Deploy {
+        branch: branch.to_string(),
+        sha: push.after.to_ascii_lowercase(),
+    }
+}
+
+/// A full SHA-1 or SHA-256 object name in hex.
+pub fn is_sha(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `POST /api/v1/webhooks/github`.
+pub async fn github(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"))
+    {
+        return Err(ApiError::UnsupportedMediaType(
+            "set the webhook's content type to application/json".into(),
+        ));
+    }
+    let event = header("x-github-event")
+        .ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Event header".into()))?;
+    let signature = header("x-hub-signature-256")
+        .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256 header".into()))?;
+    let delivery = header("x-github-delivery").map(|d| d.chars().take(100).collect::<String>());
+
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let repository: Repository = value
+        .get("repository")
+        .map(|r| serde_json::from_value(r.clone()))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("`repository` is malformed: {e}")))?
+        .unwrap_or_default();
+    let candidates = apps::following_repo(&shared.pool, &repository.urls()).await?;
+    if candidates.is_empty() {
+        return Ok(ignored("no app follows this repository"));
+    }
+    let verified: Vec<AppWithSecret> = candidates
+        .into_iter()
+        .filter(|a| signature_matches(a.webhook_secret.as_bytes(), &body, signature))
+        .collect();
+    if verified.is_empty() {
+        tracing::warn!(
+            event,
+            delivery = delivery.as_deref().unwrap_or(""),
+            "webhook signature did not verify"
+        );
+        return Err(ApiError::Unauthorized("signature does not match".into()));
+    }
+    match event {
+        "ping" => return Ok((StatusCode::OK, Json(json!({"status": "pong"})))),
+        "push" => {}
+        other => return Ok(ignored(&format!("event `{other}` is not deployed"))),
+    }
+    let push: Push = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("push payload is malformed: {e}")))?;
+    let (branch, sha) = match intent(&push) {
+        PushIntent::Deploy { branch, sha } => (branch, sha),
+        PushIntent::Ignore(reason) => return Ok(ignored(&reason)),
+    };
+    let following: Vec<_> = verified
+        .into_iter()
+        .filter(|a| a.app.branch == branch)
+        .collect();
+    if following.is_empty() {
+        return Ok(ignored(&format!("no app follows branch `{branch}`")));
+    }
+    let mut out = Vec::new();
+    let mut any_new = false;
+    for app in following {
+        let created = deployments::create(
+            &shared.pool,
+            &app.app,
+            &sha,
+            &push.git_ref,
+            "github",
+            delivery.as_deref(),
+        )
+        .await?;
+        let (id, new) = match created {
+            Created::New(id) => (id, true),
+            Created::Existing(id) => (id, false),
+        };
+        if new {
+            any_new = true;
+            announce_queued(&shared, id, &app.app.name, &sha);
+        }
+        out.push(json!({"app": app.app.name, "deployment_id": id, "new": new}));
+    }
+    let status = if any_new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let word = if any_new { "queued" } else { "duplicate" };
+    Ok((
+        status,
+        Json(json!({"status": word, "sha": sha, "deployments": out})),
+    ))
+}
+
+/// Wakes the relay and publishes `deploy.queued` for a new deployment.
+pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str) {
+    tracing::info!(deployment_id = %id, app, sha, "deployment queued");
+    shared.relay_wake.notify_one();
+    shared.publisher.notify(&Notification {
+        deployment_id: id,
+        app: app.to_string(),
+        attempt: 1,
+        state: DeployState::Queued,
+        step: None,
+        step_status: None,
+        message: None,
+    });
+}
+
+fn ignored(reason: &str) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "ignored", "reason": reason})),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signature_verifies_only_with_the_right_secret_and_body() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let good = sign("s3cret-s3cret-s3cret", body);
+        assert!(signature_matches(b"s3cret-s3cret-s3cret", body, &good));
+        assert!(!signature_matches(b"other-secret-value", body, &good));
+        assert!(!signature_matches(b"s3cret-s3cret-s3cret", b"{}", &good));
+        assert!(!signature_matches(
+            b"s3cret-s3cret-s3cret",
+            body,
+            good.trim_start_matches("sha256=")
+        ));
+        assert!(!signature_matches(
+            b"s3cret-s3cret-s3cret",
+            body,
+            "sha256=zz"
+        ));
+        assert!(!signature_matches(b"s3cret-s3cret-s3cret", body, "sha256="));
+        assert!(!signature_matches(
+            b"s3cret-s3cret-s3cret",
+            body,
+            &good.replace("sha256", "sha1")
+        ));
+    }
+
+    fn push(git_ref: &str, after: &str, deleted: bool) -> Push {
+        Push {
+            git_ref: git_ref.into(),
+            after: after.into(),
+            deleted,
+            repository: Repository::default(),
+        }
+    }
+
+    #[test]
+    fn intent_table() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            intent(&push("refs/heads/main", sha, false)),
+            PushIntent::Deploy {
+                branch: "main".into(),
+                sha: sha.into()
+            }
+        );
+        assert_eq!(
+            intent(&push("refs/heads/feature/x", &sha.to_uppercase(), false)),
+            PushIntent::Deploy {
+                branch: "feature/x".into(),
+                sha: sha.into()
+            }
+        );
+        for (r, a, d, reason) in [
+            ("refs/heads/main", sha, true, "deleted"),
+            (
+                "refs/heads/main",
+                "0000000000000000000000000000000000000000",
+                false,
+                "deleted",
+            ),
+            ("refs/tags/v1.0", sha, false, "tag"),
+            ("refs/notes/x", sha, false, "not a branch"),
+            ("refs/heads/main", "abc", false, "not a commit"),
+        ] {
+            match intent(&push(r, a, d)) {
+                PushIntent::Ignore(why) => assert!(why.contains(reason), "{why}"),
+                other => panic!("{r} {a} should be ignored, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn real_github_push_payload_parses() {
+        let raw = include_str!("../testdata/github-push.json");
+        let p: Push = serde_json::from_str(raw).expect("github push payload");
+        assert_eq!(p.git_ref, "refs/heads/main");
+        assert!(
+            p.repository
+                .urls()
+                .iter()
+                .any(|u| u == "https://github.com/Codertocat/Hello-World.git")
+        );
+        assert!(matches!(intent(&p), PushIntent::Deploy { .. }));
+    }
+}
