@@ -1,1 +1,45 @@
-fn main() {}
+//! `slipway-runner`: parse config, init telemetry, run until SIGTERM/SIGINT, then drain.
+
+use clap::Parser;
+use slipway_runner::{Config, run};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!("slipway-runner: {}", err.to_string().lines().next().unwrap_or("invalid configuration"));
+            return std::process::ExitCode::from(64);
+        }
+    };
+    if let Err(msg) = config.validate() {
+        eprintln!("slipway-runner: {msg}");
+        return std::process::ExitCode::from(64);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    match run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "runner stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}

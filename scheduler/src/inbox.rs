@@ -12,7 +12,9 @@ use slipway_proto::{Control, Envelope, State};
 use tokio_util::sync::CancellationToken;
 
 use crate::deployments::{self, Applied};
-use crate::{Shared, broker};
+use slipway_broker as broker;
+
+use crate::Shared;
 
 /// Runs until `cancel`, reconnecting when the broker goes away.
 pub async fn run(shared: Shared, cancel: CancellationToken) {

@@ -4,12 +4,12 @@
 
 pub mod api;
 pub mod apps;
-pub mod broker;
 pub mod config;
 pub mod deployments;
 pub mod inbox;
 pub mod lease;
 pub mod logs;
+pub mod publisher;
 pub mod relay;
 pub mod webhook;
 
@@ -34,7 +34,7 @@ pub struct Shared {
     pub relay_wake: Arc<Notify>,
     /// Carries the id of a deployment that has new log lines or a new state.
     pub live: broadcast::Sender<uuid::Uuid>,
-    pub publisher: broker::Publisher,
+    pub publisher: publisher::Publisher,
 }
 
 /// Connects to PostgreSQL, applies migrations, starts the background tasks on `tracker` and
@@ -57,7 +57,7 @@ pub async fn run(
         .context("applying migrations")?;
 
     let topo = Topology::new(&config.queue_prefix);
-    let (publisher, publisher_queue) = broker::Publisher::new(topo.clone());
+    let (publisher, publisher_queue) = publisher::Publisher::new(topo.clone());
     let shared = Shared {
         pool,
         topo: topo.clone(),
@@ -67,7 +67,7 @@ pub async fn run(
         live: broadcast::channel(1024).0,
         publisher,
     };
-    tracker.spawn(broker::run_publisher(
+    tracker.spawn(publisher::run_publisher(
         config.amqp_url.clone(),
         topo,
         publisher_queue,

@@ -8,7 +8,9 @@ use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, broker, deployments};
+use slipway_broker as broker;
+
+use crate::{Shared, deployments};
 
 const BATCH: i64 = 100;
 

@@ -1,0 +1,73 @@
+//! RabbitMQ plumbing shared by the scheduler and runners: connecting with backoff until the
+//! broker answers, declaring the topology the same way on both sides, and message properties.
+//! lapin's own auto-recovery is not used: each consumer and publisher owns its reconnect loop.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use slipway_proto::Topology;
+use tokio_util::sync::CancellationToken;
+
+/// Connects to `url`, retrying with exponential backoff (capped at 5 s) until it works or
+/// `cancel` fires (then `None`).
+pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection> {
+    let attempt = || async { Connection::connect(url, ConnectionProperties::default()).await };
+    let retrying = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times(),
+        )
+        .notify(|err, delay| tracing::warn!(error = %err, retry_in = ?delay, "rabbitmq unreachable; retrying"));
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        conn = retrying => conn.ok(),
+    }
+}
+
+/// Declares every queue and exchange. Idempotent, and identical wherever it is called, so
+/// scheduler and runners may start in any order.
+pub async fn declare(channel: &Channel, topo: &Topology) -> lapin::Result<()> {
+    for queue in [&topo.jobs_queue, &topo.runner_queue] {
+        channel
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), quorum_args())
+            .await?;
+    }
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(topo.control_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(topo.events_exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    Ok(())
+}
+
+/// A channel with publisher confirms on and the topology declared.
+pub async fn confirm_channel(conn: &Connection, topo: &Topology) -> lapin::Result<Channel> {
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    declare(&channel, topo).await?;
+    Ok(channel)
+}
+
+/// Arguments of the durable queues: quorum queues, written to disk before a confirm.
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+/// Properties of a persistent JSON message.
+pub fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}

@@ -1,0 +1,247 @@
+//! The build context tarball: the checked-out tree minus `.git` and what `.dockerignore`
+//! excludes, in a deterministic order with zeroed times and owners (so the layer cache hits),
+//! and with symlinks stored as links, never followed (so nothing outside the repository gets in).
+
+use std::io;
+use std::path::Path;
+
+use globset::{GlobBuilder, GlobMatcher};
+use walkdir::WalkDir;
+
+/// Why the context could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error(".dockerignore line {line}: invalid pattern `{pattern}`: {source}")]
+    Pattern {
+        line: usize,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("the build context is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `.dockerignore` rules with Docker's semantics: patterns are relative to the context root,
+/// `*` and `?` stop at `/`, `**` spans directories, a pattern matching a directory excludes
+/// everything in it, `!` re-includes, and the last matching rule wins.
+#[derive(Debug, Default)]
+pub struct DockerIgnore {
+    rules: Vec<(GlobMatcher, bool)>,
+}
+
+impl DockerIgnore {
+    /// Parses the text of a `.dockerignore`.
+    pub fn parse(text: &str) -> Result<Self, ContextError> {
+        let mut rules = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let (negate, pattern) = match trimmed.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, trimmed),
+            };
+            let pattern = clean(pattern);
+            if pattern.is_empty() {
+                continue;
+            }
+            let glob = GlobBuilder::new(&pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|source| ContextError::Pattern { line: i + 1, pattern: pattern.clone(), source })?;
+            rules.push((glob.compile_matcher(), negate));
+        }
+        Ok(Self { rules })
+    }
+
+    /// Whether `rel` (a `/`-separated path relative to the root) is left out of the context.
+    pub fn excludes(&self, rel: &str) -> bool {
+        let mut excluded = false;
+        for (matcher, negate) in &self.rules {
+            if matches_or_parent(matcher, rel) {
+                excluded = !negate;
+            }
+        }
+        excluded
+    }
+
+    fn has_negations(&self) -> bool {
+        self.rules.iter().any(|(_, n)| *n)
+    }
+}
+
+/// Like Go's `filepath.Clean` for the patterns Docker accepts, without a leading `/`.
+fn clean(pattern: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in pattern.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn matches_or_parent(matcher: &GlobMatcher, rel: &str) -> bool {
+    if matcher.is_match(rel) {
+        return true;
+    }
+    let mut end = rel.len();
+    while let Some(i) = rel[..end].rfind('/') {
+        if matcher.is_match(&rel[..i]) {
+            return true;
+        }
+        end = i;
+    }
+    false
+}
+
+/// Builds the context tarball of `root` in memory, refusing contexts over `limit` bytes.
+/// Blocking: call it from `spawn_blocking`.
+pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
+    let io_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ContextError::Io { path, source }
+    };
+    let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
+        Ok(text) => DockerIgnore::parse(&text)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
+        Err(e) => return Err(io_err(&root.join(".dockerignore"))(e)),
+    };
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    let mut total: u64 = 0;
+    let mut walk = WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(|e| ContextError::Io { path: root.display().to_string(), source: e.into() })?;
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().replace('\\', "/");
+        let file_type = entry.file_type();
+        if rel == ".git" && file_type.is_dir() {
+            walk.skip_current_dir();
+            continue;
+        }
+        // The Dockerfile and .dockerignore always reach the builder, as with `docker build`.
+        let always = rel == "Dockerfile" || rel == ".dockerignore";
+        if !always && ignore.excludes(&rel) {
+            if file_type.is_dir() && !ignore.has_negations() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        let meta = entry.path().symlink_metadata().map_err(io_err(entry.path()))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        if file_type.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(io_err(entry.path()))?;
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            builder.append_link(&mut header, &rel, &target).map_err(io_err(entry.path()))?;
+        } else if file_type.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            builder.append_data(&mut header, format!("{rel}/"), io::empty()).map_err(io_err(entry.path()))?;
+        } else if file_type.is_file() {
+            total += meta.len();
+            if total > limit {
+                return Err(ContextError::TooLarge { limit });
+            }
+            let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(if executable { 0o755 } else { 0o644 });
+            header.set_size(meta.len());
+            let file = std::fs::File::open(entry.path()).map_err(io_err(entry.path()))?;
+            builder.append_data(&mut header, &rel, file).map_err(io_err(entry.path()))?;
+        }
+    }
+    builder.into_inner().map_err(io_err(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn names(tar_bytes: &[u8]) -> Vec<(String, tar::EntryType)> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                (e.path().expect("path").to_string_lossy().into_owned(), e.header().entry_type())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dockerignore_semantics() {
+        let ig = DockerIgnore::parse("# comment\n/node_modules\n*.log\n!keep.log\nbuild/**/*.o\n./secret/../tmp\n").expect("parse");
+        assert!(ig.excludes("node_modules"));
+        assert!(ig.excludes("node_modules/x/y.js"), "a matched directory excludes its content");
+        assert!(ig.excludes("app.log"));
+        assert!(!ig.excludes("keep.log"), "negation re-includes");
+        assert!(!ig.excludes("logs/app.log"), "* does not cross /");
+        assert!(ig.excludes("build/a/b/c.o"));
+        assert!(ig.excludes("build/c.o"), "** matches zero directories");
+        assert!(ig.excludes("tmp/x"), "patterns are cleaned like filepath.Clean");
+        assert!(!ig.excludes("src/main.rs"));
+    }
+
+    #[test]
+    fn invalid_pattern_names_the_line() {
+        let err = DockerIgnore::parse("ok\n[unclosed\n").expect_err("bad pattern");
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tarball_is_deterministic_skips_git_and_ignored_and_keeps_symlinks_as_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join(".git/objects")).expect("git dir");
+        std::fs::write(root.join(".git/config"), "x").expect("write");
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").expect("write");
+        std::fs::write(root.join(".dockerignore"), "secrets\n").expect("write");
+        std::fs::create_dir(root.join("secrets")).expect("mkdir");
+        std::fs::write(root.join("secrets/key"), "k").expect("write");
+        std::fs::write(root.join("b.txt"), "b").expect("write");
+        std::fs::write(root.join("a.txt"), "a").expect("write");
+        let outside = tempfile::NamedTempFile::new().expect("outside file");
+        std::fs::write(outside.path(), "TOP SECRET OUTSIDE").expect("write");
+        symlink(outside.path(), root.join("escape")).expect("symlink");
+
+        let first = tarball(root, 1 << 20).expect("tarball");
+        std::fs::write(root.join("a.txt"), "a").expect("rewrite (new mtime)");
+        let second = tarball(root, 1 << 20).expect("tarball");
+        assert_eq!(first, second, "same tree, same bytes");
+
+        let entries = names(&first);
+        let paths: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, [".dockerignore", "Dockerfile", "a.txt", "b.txt", "escape"]);
+        assert_eq!(entries[4].1, tar::EntryType::Symlink);
+        let text = String::from_utf8_lossy(&first);
+        assert!(!text.contains("TOP SECRET OUTSIDE"), "the symlink target's content must not be in the context");
+    }
+
+    #[test]
+    fn oversized_context_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("big"), vec![0u8; 4096]).expect("write");
+        assert!(matches!(tarball(dir.path(), 1000), Err(ContextError::TooLarge { .. })));
+    }
+}

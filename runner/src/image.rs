@@ -1,0 +1,139 @@
+//! Images: the reference a job's image gets, building it through the Docker API from a context
+//! tarball, and pushing it to the registry.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
+use futures_util::StreamExt;
+use oci_spec::distribution::Reference;
+
+/// Why building or pushing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("`{0}` is not a valid image reference: {1}")]
+    Reference(String, String),
+    /// The Dockerfile or the code failed to build: the user's to fix.
+    #[error("the build failed: {0}")]
+    BuildFailed(String),
+    #[error("the registry refused the push: {0}")]
+    PushFailed(String),
+    #[error("the Docker engine failed while {action}")]
+    Engine {
+        action: &'static str,
+        #[source]
+        source: DockerError,
+    },
+}
+
+impl ImageError {
+    /// A failed build is the user's; everything else is the platform's.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            ImageError::BuildFailed(_) | ImageError::Reference(..) => true,
+            ImageError::PushFailed(_) | ImageError::Engine { .. } => false,
+        }
+    }
+}
+
+/// `<registry>/<app>:<sha>`, checked to be a valid, lowercase OCI reference.
+pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, ImageError> {
+    let raw = format!("{registry}/{app}:{}", sha.to_ascii_lowercase());
+    let parsed: Reference = raw.parse().map_err(|e: oci_spec::distribution::ParseError| ImageError::Reference(raw.clone(), e.to_string()))?;
+    if parsed.whole() != raw || raw.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(ImageError::Reference(raw.clone(), "it must be lowercase and fully qualified".into()));
+    }
+    Ok(parsed)
+}
+
+/// Whether the registry already holds `image` (so a retried attempt skips build and push).
+pub async fn in_registry(docker: &Docker, image: &str) -> bool {
+    docker.inspect_registry_image(image, None).await.is_ok()
+}
+
+/// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`.
+pub async fn build(docker: &Docker, context: Vec<u8>, tag: &str, labels: HashMap<String, String>, log: &(dyn Fn(String) + Send + Sync)) -> Result<(), ImageError> {
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile("Dockerfile")
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut last_lines: Vec<String> = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        log(line.to_string());
+                        last_lines.push(line.to_string());
+                        if last_lines.len() > 20 {
+                            last_lines.remove(0);
+                        }
+                    }
+                }
+                if let Some(detail) = info.error_detail {
+                    return Err(ImageError::BuildFailed(detail.message.unwrap_or_else(|| "unknown build error".into())));
+                }
+            }
+            Err(DockerError::DockerStreamError { error }) => {
+                log(error.clone());
+                return Err(ImageError::BuildFailed(error));
+            }
+            Err(DockerError::DockerResponseServerError { status_code, message }) if (400..500).contains(&status_code) => {
+                log(message.clone());
+                return Err(ImageError::BuildFailed(message));
+            }
+            Err(source) => return Err(ImageError::Engine { action: "building", source }),
+        }
+    }
+    Ok(())
+}
+
+/// Pushes `image` and returns its digest when the registry reports one.
+pub async fn push(docker: &Docker, image: &Reference, log: &(dyn Fn(String) + Send + Sync)) -> Result<Option<String>, ImageError> {
+    let name = format!("{}/{}", image.registry(), image.repository());
+    let options = PushImageOptionsBuilder::default().tag(image.tag().unwrap_or("latest")).build();
+    let mut stream = docker.push_image(&name, Some(options), None);
+    let mut digest = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail {
+                    return Err(ImageError::PushFailed(detail.message.unwrap_or_default()));
+                }
+                if let Some(status) = info.status {
+                    if let Some(d) = status.split_whitespace().skip_while(|w| *w != "digest:").nth(1) {
+                        digest = Some(d.to_string());
+                    }
+                    if !matches!(status.as_str(), "Pushing" | "Preparing" | "Waiting") {
+                        log(status);
+                    }
+                }
+            }
+            Err(DockerError::DockerStreamError { error }) => return Err(ImageError::PushFailed(error)),
+            Err(source) => return Err(ImageError::Engine { action: "pushing", source }),
+        }
+    }
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_lowercase_and_qualified() {
+        let r = reference("127.0.0.1:5000", "web", "ABCDEF0123456789abcdef0123456789abcdef01").expect("valid");
+        assert_eq!(r.whole(), "127.0.0.1:5000/web:abcdef0123456789abcdef0123456789abcdef01");
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "web");
+        let r = reference("registry.example.com/team", "web", "0123456789abcdef0123456789abcdef01234567").expect("namespace");
+        assert_eq!(r.repository(), "team/web");
+        assert!(reference("Registry.Example.com", "Web", "x").is_err());
+        assert!(reference("127.0.0.1:5000", "we b", "0123").is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! One job attempt, step by step: workspace, clone, build, push, deploy, cleanup. Each step is
+//! reported with its status; a failure names the step and whether it is the user's or the
+//! platform's; the workspace is removed whatever happens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use slipway_deploy::{DeployTarget, DockerTarget, Release};
+use slipway_proto::{Body, Cause, Job, Step, StepStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkout::{self, GitAuth};
+use crate::config::Config;
+use crate::context;
+use crate::image;
+use crate::report::Reporter;
+
+/// Largest build context accepted.
+const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+
+/// What a job needs besides the job message.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub docker: Docker,
+    pub target: DockerTarget,
+    pub config: Arc<Config>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed { image: String, url: Option<String> },
+    Failed { step: Step, cause: Cause, message: String },
+    /// Stopped through its cancellation token before it finished.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The final message to the scheduler.
+    pub fn into_body(self, cancel_reason: &str) -> Body {
+        match self {
+            Outcome::Completed { image, url } => Body::Completed { image, url },
+            Outcome::Failed { step, cause, message } => Body::Failed { step, cause, message },
+            Outcome::Cancelled => Body::Abandoned { reason: cancel_reason.to_string() },
+        }
+    }
+}
+
+struct StepFailure {
+    cause: Cause,
+    message: String,
+}
+
+impl StepFailure {
+    fn new(user: bool, message: String) -> Self {
+        let cause = if user { Cause::User } else { Cause::Infrastructure };
+        Self { cause, message }
+    }
+}
+
+/// Runs every step of `job`, reporting as it goes.
+pub async fn run(job: &Job, tools: &Tools, reporter: &Reporter, cancel: &CancellationToken) -> Outcome {
+    let r = reporter;
+    r.line(None, &format!("attempt {} of deployment {} on runner {}", job.attempt, job.deployment_id, tools.config.runner_id()));
+    let workspace = match workspace(&tools.config) {
+        Ok(dir) => dir,
+        Err(err) => return failed(r, Step::Clone, StepFailure::new(false, format!("creating the workspace failed: {err}"))),
+    };
+    let result = steps(job, tools, r, cancel, workspace.path()).await;
+    r.step(Step::Cleanup, StepStatus::Running, None);
+    let path = workspace.path().display().to_string();
+    let removed = tokio::task::spawn_blocking(move || workspace.close()).await;
+    match removed {
+        Ok(Ok(())) => {
+            r.line(Some(Step::Cleanup), &format!("removed workspace {path}"));
+            r.step(Step::Cleanup, StepStatus::Succeeded, None);
+        }
+        Ok(Err(err)) => {
+            r.line(Some(Step::Cleanup), &format!("could not remove workspace {path}: {err}"));
+            r.step(Step::Cleanup, StepStatus::Failed, Some(err.to_string()));
+        }
+        Err(err) => r.step(Step::Cleanup, StepStatus::Failed, Some(err.to_string())),
+    }
+    result
+}
+
+fn workspace(config: &Config) -> std::io::Result<tempfile::TempDir> {
+    let builder = tempfile::Builder::new().prefix("slipway-job-").to_owned();
+    match &config.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            builder.tempdir_in(dir)
+        }
+        None => builder.tempdir(),
+    }
+}
+
+async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &std::path::Path) -> Outcome {
+    let log = |step: Step| {
+        let r = r.clone();
+        move |line: String| r.line(Some(step), &line)
+    };
+
+    // clone
+    r.step(Step::Clone, StepStatus::Running, None);
+    let auth = tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let (url, sha, git_ref, dest, clone_log) = (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf(), log(Step::Clone));
+    let cloning = tokio::task::spawn_blocking(move || checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &clone_log));
+    match cancellable(cancel, cloning).await {
+        None => return Outcome::Cancelled,
+        Some(Ok(Ok(()))) => r.step(Step::Clone, StepStatus::Succeeded, None),
+        Some(Ok(Err(err))) => return failed(r, Step::Clone, StepFailure::new(err.is_user_error(), err.to_string())),
+        Some(Err(join)) => return failed(r, Step::Clone, StepFailure::new(false, format!("clone task failed: {join}"))),
+    }
+
+    // build and push, unless an earlier attempt already pushed this commit's image
+    let reference = match image::reference(&tools.config.registry, &job.app.name, &job.sha) {
+        Ok(reference) => reference,
+        Err(err) => return failed(r, Step::Build, StepFailure::new(true, err.to_string())),
+    };
+    let image_name = reference.whole();
+    if image::in_registry(&tools.docker, &image_name).await {
+        for step in [Step::Build, Step::Push] {
+            r.line(Some(step), &format!("{image_name} is already in the registry; skipping"));
+            r.step(step, StepStatus::Skipped, None);
+        }
+    } else {
+        if let Some(outcome) = build(job, tools, r, cancel, dir, &image_name).await {
+            return outcome;
+        }
+        r.step(Step::Push, StepStatus::Running, None);
+        match cancellable(cancel, image::push(&tools.docker, &reference, &log(Step::Push))).await {
+            None => return Outcome::Cancelled,
+            Some(Ok(digest)) => {
+                r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));
+                r.step(Step::Push, StepStatus::Succeeded, None);
+            }
+            Some(Err(err)) => return failed(r, Step::Push, StepFailure::new(err.is_user_error(), err.to_string())),
+        }
+    }
+
+    // deploy: never cut off half-way, so not cancellable
+    r.step(Step::Deploy, StepStatus::Running, None);
+    let release = Release {
+        app: job.app.name.clone(),
+        environment: job.app.environment.clone(),
+        deployment_id: job.deployment_id,
+        image: image_name.clone(),
+        port: job.app.port,
+        health_path: job.app.health_path.clone(),
+        env: job.app.env.clone(),
+    };
+    match tools.target.deploy(&release, &log(Step::Deploy)).await {
+        Ok(live) => {
+            if let Some(url) = &live.url {
+                r.line(Some(Step::Deploy), &format!("live at {url}"));
+            }
+            r.step(Step::Deploy, StepStatus::Succeeded, None);
+            Outcome::Completed { image: image_name, url: live.url }
+        }
+        Err(err) => failed(r, Step::Deploy, StepFailure::new(err.is_user_error(), err.to_string())),
+    }
+}
+
+async fn build(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &std::path::Path, tag: &str) -> Option<Outcome> {
+    r.step(Step::Build, StepStatus::Running, None);
+    if !dir.join("Dockerfile").is_file() {
+        return Some(failed(r, Step::Build, StepFailure::new(true, "the repository has no Dockerfile at its root".into())));
+    }
+    let root = dir.to_path_buf();
+    let tar = match tokio::task::spawn_blocking(move || context::tarball(&root, CONTEXT_LIMIT)).await {
+        Ok(Ok(tar)) => tar,
+        Ok(Err(err)) => return Some(failed(r, Step::Build, StepFailure::new(true, err.to_string()))),
+        Err(join) => return Some(failed(r, Step::Build, StepFailure::new(false, format!("context task failed: {join}")))),
+    };
+    r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
+    let labels = HashMap::from([
+        ("dev.slipway.app".to_string(), job.app.name.clone()),
+        ("dev.slipway.sha".to_string(), job.sha.clone()),
+    ]);
+    let r2 = r.clone();
+    let log = move |line: String| r2.line(Some(Step::Build), &line);
+    let limit = Duration::from_secs(tools.config.build_timeout_seconds);
+    let building = tokio::time::timeout(limit, image::build(&tools.docker, tar, tag, labels, &log));
+    match cancellable(cancel, building).await {
+        None => Some(Outcome::Cancelled),
+        Some(Err(_elapsed)) => Some(failed(r, Step::Build, StepFailure::new(true, format!("the build took longer than {limit:?}")))),
+        Some(Ok(Err(err))) => Some(failed(r, Step::Build, StepFailure::new(err.is_user_error(), err.to_string()))),
+        Some(Ok(Ok(()))) => {
+            r.step(Step::Build, StepStatus::Succeeded, None);
+            None
+        }
+    }
+}
+
+/// Runs `fut` unless `cancel` fires first (then `None`; the future is dropped at an await point).
+async fn cancellable<F: std::future::Future>(cancel: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+fn failed(r: &Reporter, step: Step, failure: StepFailure) -> Outcome {
+    r.line(Some(step), &format!("{} failed: {}", step.as_str(), failure.message));
+    r.step(step, StepStatus::Failed, Some(failure.message.clone()));
+    Outcome::Failed {
+        step,
+        cause: failure.cause,
+        message: failure.message,
+    }
+}
