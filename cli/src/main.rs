@@ -1,1 +1,342 @@
-fn main() {}
+//! `slipway`: the command for people — apps, deploys, status and live logs.
+
+mod client;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use client::{Client, LogEnd};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Deploy apps with git push, and watch them go live"
+)]
+struct Cli {
+    /// The scheduler's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SLIPWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register and list apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Deploy an app's branch head, or a given commit, without a webhook.
+    Deploy {
+        app: String,
+        /// The commit to deploy (default: the head of the app's branch).
+        #[arg(long)]
+        sha: Option<String>,
+        /// Follow the deployment's logs until it ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Recent deployments, or one deployment with its steps and timings.
+    Status {
+        deployment: Option<String>,
+        /// Only deployments of this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// A deployment's log.
+    Logs {
+        deployment: String,
+        /// Keep following until the deployment ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppsCommand {
+    /// Register an app.
+    Create {
+        /// DNS-label name: lowercase letters, digits and '-'.
+        name: String,
+        /// Repository URL (https://, git:// or ssh://), without credentials.
+        #[arg(long)]
+        repo: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long, default_value = "production")]
+        environment: String,
+        /// `docker` or `kubernetes`.
+        #[arg(long, default_value = "docker")]
+        target: String,
+        #[arg(long, default_value = "/")]
+        health_path: String,
+        /// Port the app listens on in its container.
+        #[arg(long, default_value_t = 8080)]
+        port: u32,
+        /// Environment variable for the app, `KEY=VALUE`; repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Secret the forge signs webhooks with.
+        #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: String,
+    },
+    /// List apps.
+    List,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&cli.url)?;
+    match cli.command {
+        Command::Apps {
+            command: AppsCommand::List,
+        } => {
+            let apps = client.get("/api/v1/apps").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                println!(
+                    "{:<24} {:<12} {:<12} {:<8} REPOSITORY",
+                    "NAME", "BRANCH", "ENV", "TARGET"
+                );
+                for a in apps.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<12} {:<12} {:<8} {}",
+                        s(a, "name"),
+                        s(a, "branch"),
+                        s(a, "environment"),
+                        s(a, "target"),
+                        s(a, "repo_url")
+                    );
+                }
+            }
+        }
+        Command::Apps {
+            command:
+                AppsCommand::Create {
+                    name,
+                    repo,
+                    branch,
+                    environment,
+                    target,
+                    health_path,
+                    port,
+                    env,
+                    webhook_secret,
+                },
+        } => {
+            let mut vars = serde_json::Map::new();
+            for pair in env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
+                vars.insert(k.to_string(), json!(v));
+            }
+            let body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
+                              "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret});
+            let app = client.post("/api/v1/apps", &body).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&app)?);
+            } else {
+                println!(
+                    "registered {} ({} on {}, branch {})",
+                    s(&app, "name"),
+                    s(&app, "environment"),
+                    s(&app, "target"),
+                    s(&app, "branch")
+                );
+                println!(
+                    "webhook: POST {}/api/v1/webhooks/github (content type application/json, your secret)",
+                    cli.url
+                );
+            }
+        }
+        Command::Deploy { app, sha, follow } => {
+            let body = match sha {
+                Some(sha) => json!({"sha": sha}),
+                None => json!({}),
+            };
+            let out = client
+                .post(&format!("/api/v1/apps/{app}/deployments"), &body)
+                .await?;
+            let id = s(&out, "deployment_id").to_string();
+            if cli.json && !follow {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let word = if out.get("new") == Some(&json!(true)) {
+                    "queued"
+                } else {
+                    "already recorded as"
+                };
+                println!("{word} deployment {id} of {app} at {}", s(&out, "sha"));
+            }
+            if follow {
+                return follow_logs(&client, &id).await;
+            }
+        }
+        Command::Status {
+            deployment: Some(id),
+            ..
+        } => {
+            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_deployment(&d);
+            }
+        }
+        Command::Status {
+            deployment: None,
+            app,
+        } => {
+            let path = match &app {
+                Some(app) => format!("/api/v1/deployments?app={app}"),
+                None => "/api/v1/deployments".to_string(),
+            };
+            let list = client.get(&path).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<36} {:<16} {:<10} {:<10} {:>7} {:<8} CREATED",
+                    "DEPLOYMENT", "APP", "SHA", "STATE", "ATTEMPT", "STEP"
+                );
+                for d in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<36} {:<16} {:<10} {:<10} {:>7} {:<8} {}",
+                        s(d, "id"),
+                        s(d, "app"),
+                        s(d, "sha").chars().take(10).collect::<String>(),
+                        s(d, "state"),
+                        d.get("attempt").and_then(Value::as_i64).unwrap_or_default(),
+                        s(d, "current_step"),
+                        s(d, "created_at")
+                    );
+                }
+            }
+        }
+        Command::Logs { deployment, follow } => {
+            if follow {
+                return follow_logs(&client, &deployment).await;
+            }
+            client.logs(&deployment, false, print_line).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    match client.logs(id, true, print_line).await? {
+        LogEnd::State(state) if state == "completed" => {
+            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
+            println!(
+                "deployment {id} completed{}",
+                d.get("url")
+                    .and_then(Value::as_str)
+                    .map(|u| format!(": {u}"))
+                    .unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LogEnd::State(state) => {
+            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
+            eprintln!(
+                "deployment {id} {state} at step {} ({} error): {}",
+                s(&d, "error_step"),
+                s(&d, "error_cause"),
+                s(&d, "error_message")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        LogEnd::Drained => bail!("the log stream ended before the deployment did"),
+    }
+}
+
+fn print_line(v: &Value) {
+    let step = v.get("step").and_then(Value::as_str).unwrap_or("runner");
+    println!("[{step:>7}] {}", s(v, "line"));
+}
+
+fn print_deployment(d: &Value) {
+    println!(
+        "deployment {}  app {}  sha {}",
+        s(d, "id"),
+        s(d, "app"),
+        s(d, "sha")
+    );
+    println!(
+        "state      {} (attempt {})",
+        s(d, "state"),
+        d.get("attempt").and_then(Value::as_i64).unwrap_or_default()
+    );
+    if let Some(url) = d.get("url").and_then(Value::as_str) {
+        println!("url        {url}");
+    }
+    if d.get("error_message").is_some_and(|v| !v.is_null()) {
+        println!(
+            "error      {} at {} ({} error)",
+            s(d, "error_message"),
+            s(d, "error_step"),
+            s(d, "error_cause")
+        );
+    }
+    println!(
+        "{:>7}  {:<8} {:<10} {:>9}  ERROR",
+        "ATTEMPT", "STEP", "STATUS", "SECONDS"
+    );
+    for st in d
+        .get("steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let secs = match (ts(st, "started_at"), ts(st, "finished_at")) {
+            (Some(a), Some(b)) => format!("{:.2}", (b - a).num_milliseconds() as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>7}  {:<8} {:<10} {:>9}  {}",
+            st.get("attempt")
+                .and_then(Value::as_i64)
+                .unwrap_or_default(),
+            s(st, "step"),
+            s(st, "status"),
+            secs,
+            s(st, "error")
+        );
+    }
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn ts(v: &Value, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
+}

@@ -40,9 +40,16 @@ impl ImageError {
 /// `<registry>/<app>:<sha>`, checked to be a valid, lowercase OCI reference.
 pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, ImageError> {
     let raw = format!("{registry}/{app}:{}", sha.to_ascii_lowercase());
-    let parsed: Reference = raw.parse().map_err(|e: oci_spec::distribution::ParseError| ImageError::Reference(raw.clone(), e.to_string()))?;
+    let parsed: Reference = raw
+        .parse()
+        .map_err(|e: oci_spec::distribution::ParseError| {
+            ImageError::Reference(raw.clone(), e.to_string())
+        })?;
     if parsed.whole() != raw || raw.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(ImageError::Reference(raw.clone(), "it must be lowercase and fully qualified".into()));
+        return Err(ImageError::Reference(
+            raw.clone(),
+            "it must be lowercase and fully qualified".into(),
+        ));
     }
     Ok(parsed)
 }
@@ -53,7 +60,13 @@ pub async fn in_registry(docker: &Docker, image: &str) -> bool {
 }
 
 /// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`.
-pub async fn build(docker: &Docker, context: Vec<u8>, tag: &str, labels: HashMap<String, String>, log: &(dyn Fn(String) + Send + Sync)) -> Result<(), ImageError> {
+pub async fn build(
+    docker: &Docker,
+    context: Vec<u8>,
+    tag: &str,
+    labels: HashMap<String, String>,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), ImageError> {
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(tag)
@@ -76,27 +89,45 @@ pub async fn build(docker: &Docker, context: Vec<u8>, tag: &str, labels: HashMap
                     }
                 }
                 if let Some(detail) = info.error_detail {
-                    return Err(ImageError::BuildFailed(detail.message.unwrap_or_else(|| "unknown build error".into())));
+                    return Err(ImageError::BuildFailed(
+                        detail
+                            .message
+                            .unwrap_or_else(|| "unknown build error".into()),
+                    ));
                 }
             }
             Err(DockerError::DockerStreamError { error }) => {
                 log(error.clone());
                 return Err(ImageError::BuildFailed(error));
             }
-            Err(DockerError::DockerResponseServerError { status_code, message }) if (400..500).contains(&status_code) => {
+            Err(DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            }) if (400..500).contains(&status_code) => {
                 log(message.clone());
                 return Err(ImageError::BuildFailed(message));
             }
-            Err(source) => return Err(ImageError::Engine { action: "building", source }),
+            Err(source) => {
+                return Err(ImageError::Engine {
+                    action: "building",
+                    source,
+                });
+            }
         }
     }
     Ok(())
 }
 
 /// Pushes `image` and returns its digest when the registry reports one.
-pub async fn push(docker: &Docker, image: &Reference, log: &(dyn Fn(String) + Send + Sync)) -> Result<Option<String>, ImageError> {
+pub async fn push(
+    docker: &Docker,
+    image: &Reference,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<Option<String>, ImageError> {
     let name = format!("{}/{}", image.registry(), image.repository());
-    let options = PushImageOptionsBuilder::default().tag(image.tag().unwrap_or("latest")).build();
+    let options = PushImageOptionsBuilder::default()
+        .tag(image.tag().unwrap_or("latest"))
+        .build();
     let mut stream = docker.push_image(&name, Some(options), None);
     let mut digest = None;
     while let Some(item) = stream.next().await {
@@ -106,7 +137,11 @@ pub async fn push(docker: &Docker, image: &Reference, log: &(dyn Fn(String) + Se
                     return Err(ImageError::PushFailed(detail.message.unwrap_or_default()));
                 }
                 if let Some(status) = info.status {
-                    if let Some(d) = status.split_whitespace().skip_while(|w| *w != "digest:").nth(1) {
+                    if let Some(d) = status
+                        .split_whitespace()
+                        .skip_while(|w| *w != "digest:")
+                        .nth(1)
+                    {
                         digest = Some(d.to_string());
                     }
                     if !matches!(status.as_str(), "Pushing" | "Preparing" | "Waiting") {
@@ -114,8 +149,15 @@ pub async fn push(docker: &Docker, image: &Reference, log: &(dyn Fn(String) + Se
                     }
                 }
             }
-            Err(DockerError::DockerStreamError { error }) => return Err(ImageError::PushFailed(error)),
-            Err(source) => return Err(ImageError::Engine { action: "pushing", source }),
+            Err(DockerError::DockerStreamError { error }) => {
+                return Err(ImageError::PushFailed(error));
+            }
+            Err(source) => {
+                return Err(ImageError::Engine {
+                    action: "pushing",
+                    source,
+                });
+            }
         }
     }
     Ok(digest)
@@ -127,11 +169,24 @@ mod tests {
 
     #[test]
     fn references_are_lowercase_and_qualified() {
-        let r = reference("127.0.0.1:5000", "web", "ABCDEF0123456789abcdef0123456789abcdef01").expect("valid");
-        assert_eq!(r.whole(), "127.0.0.1:5000/web:abcdef0123456789abcdef0123456789abcdef01");
+        let r = reference(
+            "127.0.0.1:5000",
+            "web",
+            "ABCDEF0123456789abcdef0123456789abcdef01",
+        )
+        .expect("valid");
+        assert_eq!(
+            r.whole(),
+            "127.0.0.1:5000/web:abcdef0123456789abcdef0123456789abcdef01"
+        );
         assert_eq!(r.registry(), "127.0.0.1:5000");
         assert_eq!(r.repository(), "web");
-        let r = reference("registry.example.com/team", "web", "0123456789abcdef0123456789abcdef01234567").expect("namespace");
+        let r = reference(
+            "registry.example.com/team",
+            "web",
+            "0123456789abcdef0123456789abcdef01234567",
+        )
+        .expect("namespace");
         assert_eq!(r.repository(), "team/web");
         assert!(reference("Registry.Example.com", "Web", "x").is_err());
         assert!(reference("127.0.0.1:5000", "we b", "0123").is_err());

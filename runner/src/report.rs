@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use slipway_proto::{Body, Envelope, LogLine, Step, StepStatus, Topology};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,12 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(outbox: Outbox, deployment_id: uuid::Uuid, attempt: u32, runner_id: Arc<str>) -> Self {
+    pub fn new(
+        outbox: Outbox,
+        deployment_id: uuid::Uuid,
+        attempt: u32,
+        runner_id: Arc<str>,
+    ) -> Self {
         Self {
             outbox,
             deployment_id,
@@ -97,7 +102,11 @@ impl Reporter {
 
     /// A step changed status.
     pub fn step(&self, step: Step, status: StepStatus, error: Option<String>) {
-        self.send(Body::Step { step, status, error });
+        self.send(Body::Step {
+            step,
+            status,
+            error,
+        });
     }
 }
 
@@ -113,7 +122,12 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 }
 
 /// Publishes everything queued on the outbox until `cancel` and the outbox is drained.
-pub async fn run_shipper(url: String, topo: Topology, mut rx: mpsc::UnboundedReceiver<Outbound>, cancel: CancellationToken) {
+pub async fn run_shipper(
+    url: String,
+    topo: Topology,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    cancel: CancellationToken,
+) {
     let mut pending: Option<Outbound> = None;
     'connect: while let Some(conn) = broker::connect(&url, &cancel).await {
         let channel = match conn.create_channel().await {
@@ -123,7 +137,10 @@ pub async fn run_shipper(url: String, topo: Topology, mut rx: mpsc::UnboundedRec
                 continue;
             }
         };
-        if let Err(err) = channel.confirm_select(ConfirmSelectOptions::default()).await {
+        if let Err(err) = channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+        {
             tracing::warn!(error = %err, "shipper confirm mode failed; reconnecting");
             continue;
         }
@@ -135,7 +152,9 @@ pub async fn run_shipper(url: String, topo: Topology, mut rx: mpsc::UnboundedRec
                     None => return,
                 },
             };
-            let Ok(payload) = serde_json::to_vec(&msg.envelope) else { continue };
+            let Ok(payload) = serde_json::to_vec(&msg.envelope) else {
+                continue;
+            };
             let published = async {
                 channel
                     .basic_publish(

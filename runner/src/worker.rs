@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -72,7 +72,12 @@ impl Worker {
     async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Reporter)>> {
         let tag = format!("{}-{index}", self.runner_id);
         let mut consumer = channel
-            .basic_consume(self.topo.jobs_queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                self.topo.jobs_queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         loop {
             let delivery = tokio::select! {
@@ -86,23 +91,48 @@ impl Worker {
                 },
             };
             // Idle no more: stop the consumer before acknowledging, so nothing else is sent here.
-            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+            channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await?;
             let job: Job = match serde_json::from_slice(&delivery.data) {
                 Ok(job) => job,
                 Err(err) => {
                     tracing::error!(error = %err, bytes = delivery.data.len(), "unreadable job message rejected");
-                    delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
                     consumer = channel
-                        .basic_consume(self.topo.jobs_queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                        .basic_consume(
+                            self.topo.jobs_queue.as_str().into(),
+                            tag.as_str().into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
                         .await?;
                     continue;
                 }
             };
-            let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone());
-            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
+            let reporter = Reporter::new(
+                self.outbox.clone(),
+                job.deployment_id,
+                job.attempt,
+                self.runner_id.clone(),
+            );
+            let claimed =
+                tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
             if !matches!(claimed, Ok(true)) {
-                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                anyhow::bail!("could not report the claim of {}; job handed back", job.deployment_id);
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                anyhow::bail!(
+                    "could not report the claim of {}; job handed back",
+                    job.deployment_id
+                );
             }
             delivery.acker.ack(BasicAckOptions::default()).await?;
             return Ok(Some((job, reporter)));
@@ -116,18 +146,32 @@ impl Worker {
         tracing::info!("job started");
         let cancel = self.abort.child_token();
         let key = (job.deployment_id, job.attempt);
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(key, cancel.clone());
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, cancel.clone());
         let beating = CancellationToken::new();
-        let heart = tokio::spawn(heartbeat(reporter.clone(), self.tools.config.heartbeat(), beating.clone()));
+        let heart = tokio::spawn(heartbeat(
+            reporter.clone(),
+            self.tools.config.heartbeat(),
+            beating.clone(),
+        ));
 
         let outcome = job::run(&job, &self.tools, &reporter, &cancel).await;
 
         tracing::info!(outcome = ?outcome, "job ended");
-        let reason = if self.abort.is_cancelled() { "the runner is shutting down" } else { "stopped on the scheduler's request" };
+        let reason = if self.abort.is_cancelled() {
+            "the runner is shutting down"
+        } else {
+            "stopped on the scheduler's request"
+        };
         reporter.send_confirmed(outcome.into_body(reason)).await;
         beating.cancel();
         let _ = heart.await;
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     }
 }
 
@@ -141,7 +185,13 @@ async fn heartbeat(reporter: Reporter, every: Duration, stop: CancellationToken)
 }
 
 /// Listens on the control exchange and stops the jobs the scheduler names.
-pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, running: Running, cancel: CancellationToken) {
+pub async fn control(
+    url: String,
+    topo: Topology,
+    runner_id: Arc<str>,
+    running: Running,
+    cancel: CancellationToken,
+) {
     while let Some(conn) = broker::connect(&url, &cancel).await {
         match listen(&conn, &topo, &runner_id, &running, &cancel).await {
             Ok(()) => return,
@@ -153,17 +203,45 @@ pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, running: 
     }
 }
 
-async fn listen(conn: &Connection, topo: &Topology, runner_id: &str, running: &Running, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn listen(
+    conn: &Connection,
+    topo: &Topology,
+    runner_id: &str,
+    running: &Running,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
     broker::declare(&channel, topo).await?;
     let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .queue_bind(queue.name().clone(), topo.control_exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.name().clone(),
+            topo.control_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut consumer = channel
-        .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     loop {
         let delivery = tokio::select! {
@@ -173,13 +251,23 @@ async fn listen(conn: &Connection, topo: &Topology, runner_id: &str, running: &R
                 None => anyhow::bail!("control consumer cancelled"),
             },
         };
-        let Ok(Control::Cancel { deployment_id, attempt, runner_id: target, reason }) = serde_json::from_slice::<Control>(&delivery.data) else {
+        let Ok(Control::Cancel {
+            deployment_id,
+            attempt,
+            runner_id: target,
+            reason,
+        }) = serde_json::from_slice::<Control>(&delivery.data)
+        else {
             continue;
         };
         if target.as_deref().is_some_and(|t| t != runner_id) {
             continue;
         }
-        if let Some(token) = running.lock().unwrap_or_else(|e| e.into_inner()).get(&(deployment_id, attempt)) {
+        if let Some(token) = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(deployment_id, attempt))
+        {
             tracing::warn!(deployment_id = %deployment_id, attempt, reason = %reason, "scheduler asked to stop the job");
             token.cancel();
         }

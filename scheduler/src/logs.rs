@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
@@ -48,10 +48,18 @@ struct Line {
     ts: DateTime<Utc>,
 }
 
+/// Query of the logs endpoint: `?follow=false` sends what is stored and ends.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogsQuery {
+    #[serde(default)]
+    follow: Option<bool>,
+}
+
 /// The SSE handler.
 pub async fn stream(
     State(shared): State<Shared>,
     Path(raw): Path<String>,
+    Query(query): Query<LogsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&raw)?;
@@ -66,7 +74,14 @@ pub async fn stream(
     };
     let wake = shared.live.subscribe();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(shared.pool.clone(), id, cursor, wake, tx));
+    tokio::spawn(follow(
+        shared.pool.clone(),
+        id,
+        cursor,
+        query.follow.unwrap_or(true),
+        wake,
+        tx,
+    ));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
@@ -74,6 +89,7 @@ async fn follow(
     pool: PgPool,
     id: Uuid,
     mut cursor: Cursor,
+    follow: bool,
     mut wake: broadcast::Receiver<Uuid>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
@@ -121,7 +137,8 @@ async fn follow(
         }
         // Lines are committed before the terminal state (one queue, in order), so once the
         // state is terminal one more page read is the last.
-        if matches!(deployments::state(&pool, id).await, Ok(Some(s)) if s.is_terminal()) {
+        if !follow || matches!(deployments::state(&pool, id).await, Ok(Some(s)) if s.is_terminal())
+        {
             saw_end = true;
             continue;
         }

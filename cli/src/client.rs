@@ -1,0 +1,143 @@
+//! The scheduler's REST API and log stream, as the CLI uses them.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// A client of one scheduler.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// How a followed log stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEnd {
+    /// The deployment reached this state.
+    State(String),
+    /// The stream had nothing more (not following).
+    Drained,
+}
+
+impl Client {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("SLIPWAY_URL must start with http:// or https://");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    /// GETs `path` and returns its JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Self::json(resp).await
+    }
+
+    /// POSTs `body` to `path` and returns the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Self::json(resp).await
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "could not reach the scheduler at {} (set SLIPWAY_URL)",
+            self.base
+        )
+    }
+
+    async fn json(resp: reqwest::Response) -> anyhow::Result<Value> {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no detail");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(body)
+    }
+
+    /// Streams the log of `id` to `each`, resuming with `Last-Event-ID` after a dropped
+    /// connection, until the deployment ends (or, without `follow`, until what is stored is sent).
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        mut each: impl FnMut(&Value),
+    ) -> anyhow::Result<LogEnd> {
+        let mut last_id: Option<String> = None;
+        let mut failures = 0;
+        loop {
+            let mut req = self.http.get(format!(
+                "{}/api/v1/deployments/{id}/logs?follow={follow}",
+                self.base
+            ));
+            if let Some(last) = &last_id {
+                req = req.header("Last-Event-ID", last);
+            }
+            let resp = match req.send().await {
+                Ok(resp) if resp.status().is_success() => resp,
+                Ok(resp) => return Self::json(resp).await.map(|_| LogEnd::Drained),
+                Err(err) if failures < 30 => {
+                    failures += 1;
+                    eprintln!("log stream interrupted ({err}); reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(err) => return Err(err).with_context(|| self.unreachable()),
+            };
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { break };
+                failures = 0;
+                match event.event.as_str() {
+                    "log" => {
+                        last_id = Some(event.id.clone());
+                        if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                            each(&v);
+                        }
+                    }
+                    "end" => {
+                        let state = serde_json::from_str::<Value>(&event.data).ok();
+                        let state = state
+                            .as_ref()
+                            .and_then(|v| v.get("state"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("unknown");
+                        return Ok(if follow {
+                            LogEnd::State(state.to_string())
+                        } else {
+                            LogEnd::Drained
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            failures += 1;
+            if failures > 30 {
+                bail!("the log stream kept dropping");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Slipway's binaries as child processes, each test with its own database and queue prefix,
+//! plus the HTTP calls tests make.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::{eventually, free_port, unique};
+
+/// A child process, killed on drop; its output goes to a log file kept for failures.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Knobs of a test installation.
+#[derive(Debug, Clone)]
+pub struct SlipwayOptions {
+    pub runners: usize,
+    pub amqp_url: String,
+    pub lease_seconds: u64,
+    pub heartbeat_seconds: u64,
+    pub health_timeout_seconds: u64,
+}
+
+impl Default for SlipwayOptions {
+    fn default() -> Self {
+        Self {
+            runners: 1,
+            amqp_url: crate::env("SLIPWAY_AMQP_URL"),
+            lease_seconds: 30,
+            heartbeat_seconds: 2,
+            health_timeout_seconds: 20,
+        }
+    }
+}
+
+/// One scheduler and its runners, on a fresh database.
+pub struct Slipway {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub scheduler: Proc,
+    pub runners: Vec<Proc>,
+    pub database_url: String,
+    pub prefix: String,
+    options: SlipwayOptions,
+    logs: tempfile::TempDir,
+    apps: Vec<String>,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+impl Slipway {
+    /// Creates a database, starts the scheduler and `options.runners` runners, and waits until
+    /// the scheduler answers.
+    pub async fn start(options: SlipwayOptions) -> Self {
+        let prefix = unique("t").replace('-', "");
+        let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
+        let db_name = format!("slipway_{prefix}");
+        psql(&admin, &format!("CREATE DATABASE {db_name}"));
+        let database_url = admin
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{db_name}"))
+            .expect("admin url has a database");
+        let logs = tempfile::tempdir().expect("log dir");
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let scheduler = spawn(
+            "scheduler",
+            &bin("slipway-scheduler"),
+            &logs,
+            &[
+                ("SLIPWAY_LISTEN", format!("127.0.0.1:{port}")),
+                ("DATABASE_URL", database_url.clone()),
+                ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
+                ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
+                ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
+            ],
+        );
+        let mut me = Self {
+            base,
+            http: reqwest::Client::new(),
+            scheduler,
+            runners: Vec::new(),
+            database_url,
+            prefix,
+            options: options.clone(),
+            logs,
+            apps: Vec::new(),
+        };
+        for _ in 0..options.runners {
+            me.add_runner();
+        }
+        let http = me.http.clone();
+        let health = format!("{}/healthz", me.base);
+        eventually(Duration::from_secs(30), "the scheduler to answer", || {
+            let (http, health) = (http.clone(), health.clone());
+            async move {
+                http.get(&health)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        me
+    }
+
+    /// Starts one more runner; its id is `runner-<n>`.
+    pub fn add_runner(&mut self) -> String {
+        let id = format!("runner-{}", self.runners.len() + 1);
+        let work = self.logs.path().join(format!("{id}-work"));
+        let proc = spawn(
+            &id,
+            &bin("slipway-runner"),
+            &self.logs,
+            &[
+                ("SLIPWAY_RUNNER_ID", id.clone()),
+                ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
+                ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
+                ("SLIPWAY_REGISTRY", crate::env("SLIPWAY_REGISTRY")),
+                (
+                    "SLIPWAY_HEARTBEAT_SECONDS",
+                    self.options.heartbeat_seconds.to_string(),
+                ),
+                (
+                    "SLIPWAY_HEALTH_TIMEOUT_SECONDS",
+                    self.options.health_timeout_seconds.to_string(),
+                ),
+                ("SLIPWAY_WORK_DIR", work.display().to_string()),
+                ("SLIPWAY_DRAIN_SECONDS", "5".into()),
+            ],
+        );
+        self.runners.push(proc);
+        id
+    }
+
+    /// Everything the processes printed, for failure messages.
+    pub fn dump(&self) -> String {
+        let mut out = format!("--- scheduler\n{}", self.scheduler.output());
+        for r in &self.runners {
+            out.push_str(&format!("--- {}\n{}", r.name, r.output()));
+        }
+        out
+    }
+
+    /// Registers an app named `unique(stem)` following `repo_url`; returns its name.
+    pub async fn create_app(
+        &mut self,
+        stem: &str,
+        repo_url: &str,
+        secret: &str,
+        extra: Value,
+    ) -> String {
+        let name = unique(stem);
+        let mut body = json!({"name": name, "repo_url": repo_url, "webhook_secret": secret, "health_path": "/healthz"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, answer) = self.post("/api/v1/apps", &body).await;
+        assert_eq!(status, 201, "creating app: {answer}");
+        self.apps.push(name.clone());
+        name
+    }
+
+    /// POSTs JSON, returning status and body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a GitHub webhook with the given headers and raw body.
+    pub async fn webhook(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/v1/webhooks/github", self.base))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.body(body).send().await.expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a correctly signed `push` of `sha` to `main` of `repo_url`.
+    pub async fn push(
+        &self,
+        repo_url: &str,
+        sha: &str,
+        secret: &str,
+        delivery: &str,
+    ) -> (u16, Value) {
+        let body = push_body(repo_url, "refs/heads/main", sha);
+        let headers = [
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", sign(secret, &body)),
+        ];
+        self.webhook(&headers, body).await
+    }
+
+    /// The deployment, with its steps.
+    pub async fn deployment(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/deployments/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until the deployment is in a terminal state and returns it.
+    pub async fn finished(&self, id: &str, timeout: Duration) -> Value {
+        let result = tokio::time::timeout(timeout, async {
+            loop {
+                let d = self.deployment(id).await;
+                if matches!(
+                    d["state"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                ) {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        match result {
+            Ok(d) => d,
+            Err(_) => panic!(
+                "deployment {id} did not finish within {timeout:?}: {}\n{}",
+                self.deployment(id).await,
+                self.dump()
+            ),
+        }
+    }
+
+    /// Every log line of a deployment (not following), from the SSE endpoint.
+    pub async fn log_lines(&self, id: &str, last_event_id: Option<&str>) -> Vec<(String, String)> {
+        let mut req = self.http.get(format!(
+            "{}/api/v1/deployments/{id}/logs?follow=false",
+            self.base
+        ));
+        if let Some(last) = last_event_id {
+            req = req.header("Last-Event-ID", last);
+        }
+        let text = req
+            .send()
+            .await
+            .expect("logs reachable")
+            .text()
+            .await
+            .expect("logs body");
+        parse_sse(&text)
+            .into_iter()
+            .filter(|(event, _, _)| event == "log")
+            .map(|(_, id, data)| {
+                let v: Value = serde_json::from_str(&data).expect("log event is JSON");
+                (id, v["line"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    /// How many deployments the app has.
+    pub async fn deployments_of(&self, app: &str) -> Vec<Value> {
+        let (_, list) = self.get(&format!("/api/v1/deployments?app={app}")).await;
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Fetches `path` from a deployed app.
+    pub async fn app_body(&self, url: &str, path: &str) -> Option<String> {
+        let resp = self
+            .http
+            .get(format!("{url}{path}"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.text().await.ok()
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        for app in &self.apps {
+            if let Ok(ids) = crate::docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=dev.slipway.app={app}"),
+            ]) {
+                for id in ids.split_whitespace() {
+                    let _ = crate::docker(&["rm", "-f", id]);
+                }
+            }
+        }
+    }
+}
+
+fn spawn(name: &str, path: &PathBuf, logs: &tempfile::TempDir, env: &[(&str, String)]) -> Proc {
+    let log = logs.path().join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let err = file.try_clone().expect("log file clone");
+    let mut cmd = Command::new(path);
+    cmd.env("SLIPWAY_LOG", "info,slipway=debug")
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+    }
+}
+
+/// A GitHub-shaped push payload.
+pub fn push_body(repo_url: &str, git_ref: &str, sha: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": git_ref, "before": "0000000000000000000000000000000000000000", "after": sha,
+        "created": false, "deleted": false, "forced": false,
+        "repository": {"full_name": "test/repo", "clone_url": repo_url, "html_url": repo_url},
+        "pusher": {"name": "test"}, "commits": []
+    }))
+    .expect("json")
+}
+
+/// `sha256=<hex hmac>` as GitHub sends it.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Parses an SSE body into (event, id, data) triples.
+pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut fields: HashMap<&str, String> = HashMap::new();
+        for line in block.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                fields
+                    .entry(k)
+                    .or_default()
+                    .push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if let Some(event) = fields.get("event") {
+            out.push((
+                event.clone(),
+                fields.get("id").cloned().unwrap_or_default(),
+                fields.get("data").cloned().unwrap_or_default(),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs one SQL statement with psql against `url`.
+pub fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-qXc", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

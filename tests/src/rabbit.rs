@@ -1,0 +1,84 @@
+//! A RabbitMQ node of the test's own (through `scripts/rabbitmq-node`), which the test may stop
+//! and start again without disturbing other tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A private broker node; stopped on drop.
+pub struct PrivateBroker {
+    pub name: String,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-node")
+}
+
+impl PrivateBroker {
+    /// Starts a node with the given extra `rabbitmq.conf` lines.
+    pub fn start(conf: &str) -> Self {
+        let name = crate::unique("slipwaytest").replace('-', "");
+        let port = 20000 + (rand_u16() % 20000);
+        let dir = tempfile::Builder::new()
+            .prefix("slipway-rabbit-")
+            .tempdir()
+            .expect("broker dir");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{port}\n{conf}\n"),
+        )
+        .expect("rabbitmq.conf");
+        // The node runs as the rabbitmq user: it must be able to enter and write the directory.
+        let _ = Command::new("chmod")
+            .args(["755", &dir.path().display().to_string()])
+            .status();
+        let broker = Self { name, port, dir };
+        broker.run("start");
+        broker
+    }
+
+    /// The AMQP URL of the node.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the node (blocking until it is down).
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    /// Starts the node again with its data.
+    pub fn restart(&self) {
+        self.run("start");
+    }
+
+    fn run(&self, verb: &str) {
+        let out = Command::new(script())
+            .args([
+                verb,
+                &self.name,
+                &self.port.to_string(),
+                &self.dir.path().display().to_string(),
+            ])
+            .output()
+            .expect("run scripts/rabbitmq-node");
+        assert!(
+            out.status.success(),
+            "rabbitmq-node {verb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+fn rand_u16() -> u16 {
+    let b = uuid::Uuid::new_v4();
+    u16::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1]])
+}
