@@ -80,8 +80,8 @@ impl GitServer {
         self.dir.path().join("work").join(name)
     }
 
-    /// Commits `entries` to branch `main` of repository `name` (created on first use) and
-    /// returns the new commit's SHA.
+    /// Commits a tree of exactly `entries` to branch `main` of repository `name` (created on
+    /// first use) and returns the new commit's SHA.
     pub fn commit(&self, name: &str, message: &str, entries: &[Entry<'_>]) -> String {
         let work = self.work(name);
         let bare = self.dir.path().join("repos").join(format!("{name}.git"));
@@ -102,6 +102,16 @@ impl GitServer {
                     bare.to_str().expect("utf-8 path"),
                 ],
             );
+        }
+        for old in std::fs::read_dir(&work).expect("read work dir").flatten() {
+            if old.file_name() != ".git" {
+                let path = old.path();
+                if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(path).expect("clear work tree");
+                } else {
+                    std::fs::remove_file(path).expect("clear work tree");
+                }
+            }
         }
         for entry in entries {
             match entry {
