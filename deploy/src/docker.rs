@@ -45,7 +45,7 @@ impl DockerTarget {
     /// A target on `docker` with `config`.
     pub fn new(docker: Docker, config: DockerTargetConfig) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(2))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
@@ -109,6 +109,8 @@ impl DockerTarget {
                     maximum_retry_count: None,
                 }),
                 memory: self.config.memory_bytes,
+                // An init as PID 1 forwards SIGTERM (so the old version stops at once) and reaps zombies.
+                init: Some(true),
                 ..Default::default()
             }),
             ..Default::default()

@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use slipway_tests::git::Entry;
-use slipway_tests::{GitServer, PrivateBroker, Slipway, SlipwayOptions, docker, eventually, unique};
+use slipway_tests::{
+    GitServer, PrivateBroker, Slipway, SlipwayOptions, docker, eventually, unique,
+};
 
 const SECRET: &str = "pipeline-secret-0123456789";
 const FINISH: Duration = Duration::from_secs(120);
@@ -27,7 +29,10 @@ fn site(marker: &str, healthy: bool) -> Vec<(String, Vec<u8>)> {
 }
 
 fn commit(git: &GitServer, repo: &str, message: &str, files: &[(String, Vec<u8>)]) -> String {
-    let entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
+    let entries: Vec<Entry<'_>> = files
+        .iter()
+        .map(|(p, c)| Entry::File(p.as_str(), c.as_slice()))
+        .collect();
     git.commit(repo, message, &entries)
 }
 
@@ -36,23 +41,37 @@ fn steps_of(d: &Value) -> Vec<(i64, String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|s| (s["attempt"].as_i64().unwrap_or(0), s["step"].as_str().unwrap_or("").to_string(), s["status"].as_str().unwrap_or("").to_string()))
+        .map(|s| {
+            (
+                s["attempt"].as_i64().unwrap_or(0),
+                s["step"].as_str().unwrap_or("").to_string(),
+                s["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect()
 }
 
 async fn deploy(s: &Slipway, repo_url: &str, sha: &str) -> Value {
     let (status, answer) = s.push(repo_url, sha, SECRET, &unique("delivery")).await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"].as_str().expect("deployment id").to_string();
+    let id = answer["deployments"][0]["deployment_id"]
+        .as_str()
+        .expect("deployment id")
+        .to_string();
     s.finished(&id, FINISH).await
 }
 
 fn containers_of(app: &str) -> Vec<String> {
-    docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")])
-        .expect("docker ps")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=dev.slipway.app={app}"),
+    ])
+    .expect("docker ps")
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
 }
 
 #[tokio::test]
@@ -70,40 +89,72 @@ async fn signed_push_ends_completed_with_the_container_answering_and_logs_resuma
     let live = d["url"].as_str().expect("url").to_string();
     let body = s.app_body(&live, "/").await.expect("the app answers");
     assert!(body.contains(&marker_v1), "{body}");
-    assert_eq!(d["image"].as_str(), Some(format!("{}/{app}:{sha1}", slipway_tests::env("SLIPWAY_REGISTRY")).as_str()));
+    assert_eq!(
+        d["image"].as_str(),
+        Some(format!("{}/{app}:{sha1}", slipway_tests::env("SLIPWAY_REGISTRY")).as_str())
+    );
 
     let steps = steps_of(&d);
     let names: Vec<&str> = steps.iter().map(|(_, n, _)| n.as_str()).collect();
     assert_eq!(names, ["clone", "build", "push", "deploy", "cleanup"]);
-    assert!(steps.iter().all(|(a, _, st)| *a == 1 && st == "succeeded"), "{steps:?}");
+    assert!(
+        steps.iter().all(|(a, _, st)| *a == 1 && st == "succeeded"),
+        "{steps:?}"
+    );
     for step in d["steps"].as_array().expect("steps") {
-        assert!(step["started_at"].is_string() && step["finished_at"].is_string(), "timings: {step}");
+        assert!(
+            step["started_at"].is_string() && step["finished_at"].is_string(),
+            "timings: {step}"
+        );
     }
 
     let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
     let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-    assert!(text.iter().any(|l| l.starts_with("checked out")), "{text:?}");
-    assert!(text.iter().any(|l| l.starts_with("Step 1/")), "builder output: {text:?}");
+    assert!(
+        text.iter().any(|l| l.starts_with("checked out")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|l| l.starts_with("Step 1/")),
+        "builder output: {text:?}"
+    );
     assert!(text.iter().any(|l| l.starts_with("live at")), "{text:?}");
     let ids: Vec<&str> = lines.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids[0], "1.1");
-    let resumed = s.log_lines(d["id"].as_str().expect("id"), Some(&lines[2].0)).await;
-    assert_eq!(resumed, lines[3..].to_vec(), "Last-Event-ID resumes right after the given line");
+    let resumed = s
+        .log_lines(d["id"].as_str().expect("id"), Some(&lines[2].0))
+        .await;
+    assert_eq!(
+        resumed,
+        lines[3..].to_vec(),
+        "Last-Event-ID resumes right after the given line"
+    );
 
     // A second push replaces the first container.
     let marker_v2 = unique("version-two");
     let sha2 = commit(&git, &repo, "v2", &site(&marker_v2, true));
     let d2 = deploy(&s, &url, &sha2).await;
     assert_eq!(d2["state"], "completed", "{d2}");
-    let body = s.app_body(d2["url"].as_str().expect("url"), "/").await.expect("v2 answers");
+    let body = s
+        .app_body(d2["url"].as_str().expect("url"), "/")
+        .await
+        .expect("v2 answers");
     assert!(body.contains(&marker_v2));
-    assert_eq!(containers_of(&app).len(), 1, "the previous container is retired");
+    assert_eq!(
+        containers_of(&app).len(),
+        1,
+        "the previous container is retired"
+    );
 }
 
 #[tokio::test]
 async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions { runners: 2, ..Default::default() }).await;
+    let mut s = Slipway::start(SlipwayOptions {
+        runners: 2,
+        ..Default::default()
+    })
+    .await;
     let repo = unique("dedupe");
     let url = git.url(&repo);
     let app = s.create_app("dedupe", &url, SECRET, json!({})).await;
@@ -112,9 +163,21 @@ async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     let answers = join_all((0..20).map(|_| s.push(&url, &sha, SECRET, "the-same-delivery"))).await;
     let created = answers.iter().filter(|(status, _)| *status == 202).count();
     assert_eq!(created, 1, "{answers:?}");
-    assert!(answers.iter().all(|(status, _)| *status == 202 || *status == 200), "{answers:?}");
-    let ids: std::collections::HashSet<String> =
-        answers.iter().map(|(_, a)| a["deployments"][0]["deployment_id"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == 202 || *status == 200),
+        "{answers:?}"
+    );
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(_, a)| {
+            a["deployments"][0]["deployment_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
     assert_eq!(ids.len(), 1, "every answer names the same deployment");
 
     let id = ids.into_iter().next().expect("one id");
@@ -122,17 +185,31 @@ async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     assert_eq!(d["state"], "completed", "{d}");
     assert_eq!(d["attempt"], 1);
     assert_eq!(s.deployments_of(&app).await.len(), 1);
-    let builds = steps_of(&d).into_iter().filter(|(_, n, _)| n == "build").count();
+    let builds = steps_of(&d)
+        .into_iter()
+        .filter(|(_, n, _)| n == "build")
+        .count();
     assert_eq!(builds, 1);
     let lines = s.log_lines(&id, None).await;
-    assert_eq!(lines.iter().filter(|(_, l)| l.starts_with("Step 1/")).count(), 1, "the builder ran once");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|(_, l)| l.starts_with("Step 1/"))
+            .count(),
+        1,
+        "the builder ran once"
+    );
     assert_eq!(containers_of(&app).len(), 1);
 }
 
 #[tokio::test]
 async fn a_version_that_never_becomes_healthy_leaves_the_old_one_serving() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions { health_timeout_seconds: 4, ..Default::default() }).await;
+    let mut s = Slipway::start(SlipwayOptions {
+        health_timeout_seconds: 4,
+        ..Default::default()
+    })
+    .await;
     let repo = unique("unhealthy");
     let url = git.url(&repo);
     let app = s.create_app("unhealthy", &url, SECRET, json!({})).await;
@@ -142,17 +219,40 @@ async fn a_version_that_never_becomes_healthy_leaves_the_old_one_serving() {
     assert_eq!(good["state"], "completed", "{good}");
     let live = good["url"].as_str().expect("url").to_string();
 
-    let bad = deploy(&s, &url, &commit(&git, &repo, "no health", &site("bad version", false))).await;
+    let bad = deploy(
+        &s,
+        &url,
+        &commit(&git, &repo, "no health", &site("bad version", false)),
+    )
+    .await;
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["error_step"], "deploy");
     assert_eq!(bad["error_cause"], "user");
-    assert!(bad["error_message"].as_str().unwrap_or_default().contains("did not become healthy"), "{bad}");
+    assert!(
+        bad["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not become healthy"),
+        "{bad}"
+    );
     let lines = s.log_lines(bad["id"].as_str().expect("id"), None).await;
-    assert!(lines.iter().any(|(_, l)| l.contains("last output of the new container")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("last output of the new container")),
+        "{lines:?}"
+    );
 
-    let body = s.app_body(&live, "/").await.expect("the old version still answers");
+    let body = s
+        .app_body(&live, "/")
+        .await
+        .expect("the old version still answers");
     assert!(body.contains(&marker));
-    assert_eq!(containers_of(&app).len(), 1, "the unhealthy container is removed");
+    assert_eq!(
+        containers_of(&app).len(),
+        1,
+        "the unhealthy container is removed"
+    );
 }
 
 #[tokio::test]
@@ -164,16 +264,42 @@ async fn a_broken_dockerfile_fails_at_the_build_step_with_the_builder_output() {
     let app = s.create_app("broken", &url, SECRET, json!({})).await;
     let token = unique("echoed-by-the-build");
     let dockerfile = format!("FROM slipway/busybox:1\nRUN echo {token} && exit 3\n");
-    let sha = git.commit(&repo, "broken", &[Entry::File("Dockerfile", dockerfile.as_bytes())]);
+    let sha = git.commit(
+        &repo,
+        "broken",
+        &[Entry::File("Dockerfile", dockerfile.as_bytes())],
+    );
 
     let d = deploy(&s, &url, &sha).await;
     assert_eq!(d["state"], "failed", "{d}");
-    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("build"), Some("user")));
-    assert!(d["error_message"].as_str().unwrap_or_default().contains("non-zero code: 3"), "{d}");
+    assert_eq!(
+        (d["error_step"].as_str(), d["error_cause"].as_str()),
+        (Some("build"), Some("user"))
+    );
+    assert!(
+        d["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("non-zero code: 3"),
+        "{d}"
+    );
     let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
-    assert!(lines.iter().any(|(_, l)| l.trim() == token), "the RUN output is in the log: {lines:?}");
-    assert!(!steps_of(&d).iter().any(|(_, n, _)| n == "push" || n == "deploy"), "nothing after the build ran");
-    let tags = reqwest::get(format!("http://{}/v2/{app}/tags/list", slipway_tests::env("SLIPWAY_REGISTRY"))).await.expect("registry");
+    assert!(
+        lines.iter().any(|(_, l)| l.trim() == token),
+        "the RUN output is in the log: {lines:?}"
+    );
+    assert!(
+        !steps_of(&d)
+            .iter()
+            .any(|(_, n, _)| n == "push" || n == "deploy"),
+        "nothing after the build ran"
+    );
+    let tags = reqwest::get(format!(
+        "http://{}/v2/{app}/tags/list",
+        slipway_tests::env("SLIPWAY_REGISTRY")
+    ))
+    .await
+    .expect("registry");
     assert_eq!(tags.status().as_u16(), 404, "nothing was pushed");
 }
 
@@ -208,7 +334,10 @@ async fn a_symlink_to_a_file_outside_the_repository_does_not_leak_it_into_the_im
     let image = d["image"].as_str().expect("image");
     for path in ["/www/absolute", "/www/relative"] {
         let read = docker(&["run", "--rm", "--entrypoint", "cat", image, path]);
-        assert!(!read.clone().unwrap_or_default().contains(&secret), "{path} in the image holds the host file: {read:?}");
+        assert!(
+            !read.clone().unwrap_or_default().contains(&secret),
+            "{path} in the image holds the host file: {read:?}"
+        );
     }
 }
 
@@ -216,7 +345,11 @@ async fn a_symlink_to_a_file_outside_the_repository_does_not_leak_it_into_the_im
 async fn a_push_while_rabbitmq_is_stopped_is_deployed_once_it_is_back() {
     let broker = PrivateBroker::start("");
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions { amqp_url: broker.url(), ..Default::default() }).await;
+    let mut s = Slipway::start(SlipwayOptions {
+        amqp_url: broker.url(),
+        ..Default::default()
+    })
+    .await;
     let repo = unique("outage");
     let url = git.url(&repo);
     s.create_app("outage", &url, SECRET, json!({})).await;
@@ -225,24 +358,42 @@ async fn a_push_while_rabbitmq_is_stopped_is_deployed_once_it_is_back() {
 
     broker.stop();
     let (status, answer) = s.push(&url, &sha, SECRET, "outage-delivery").await;
-    assert_eq!(status, 202, "the webhook succeeds while the broker is down: {answer}");
-    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        status, 202,
+        "the webhook succeeds while the broker is down: {answer}"
+    );
+    let id = answer["deployments"][0]["deployment_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = s.deployment(&id).await;
     assert_eq!(waiting["state"], "queued");
-    assert!(waiting["published_at"].is_null(), "not published while the broker is down: {waiting}");
+    assert!(
+        waiting["published_at"].is_null(),
+        "not published while the broker is down: {waiting}"
+    );
 
     broker.restart();
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("the app answers");
+    let body = s
+        .app_body(d["url"].as_str().expect("url"), "/")
+        .await
+        .expect("the app answers");
     assert!(body.contains(&marker));
 }
 
 #[tokio::test]
 async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions { runners: 2, lease_seconds: 4, heartbeat_seconds: 1, ..Default::default() }).await;
+    let mut s = Slipway::start(SlipwayOptions {
+        runners: 2,
+        lease_seconds: 4,
+        heartbeat_seconds: 1,
+        ..Default::default()
+    })
+    .await;
     let repo = unique("killed");
     let url = git.url(&repo);
     let app = s.create_app("killed", &url, SECRET, json!({})).await;
@@ -256,29 +407,56 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
     let sha = commit(&git, &repo, "slow build", &files);
     let (status, answer) = s.push(&url, &sha, SECRET, "kill-delivery").await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let id = answer["deployments"][0]["deployment_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let victim = eventually(Duration::from_secs(60), "the build to start", || {
         let s = &s;
         let id = id.clone();
         async move {
             let d = s.deployment(&id).await;
-            let building = d["current_step"] == "build" && s.log_lines(&id, None).await.iter().any(|(_, l)| l.starts_with("Step 2/"));
+            let building = d["current_step"] == "build"
+                && s.log_lines(&id, None)
+                    .await
+                    .iter()
+                    .any(|(_, l)| l.starts_with("Step 2/"));
             building.then(|| d["runner_id"].as_str().unwrap_or_default().to_string())
         }
     })
     .await;
-    let index = s.runners.iter().position(|r| r.name == victim).expect("the victim is one of ours");
+    let index = s
+        .runners
+        .iter()
+        .position(|r| r.name == victim)
+        .expect("the victim is one of ours");
     s.runners[index].kill9();
 
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    assert_eq!(d["attempt"], 2, "the job was dispatched again after the lease ran out");
+    assert_eq!(
+        d["attempt"], 2,
+        "the job was dispatched again after the lease ran out"
+    );
     assert_ne!(d["runner_id"].as_str(), Some(victim.as_str()));
     let steps = steps_of(&d);
-    assert!(steps.contains(&(1, "build".into(), "failed".into())), "{steps:?}");
-    assert!(steps.contains(&(2, "deploy".into(), "succeeded".into())), "{steps:?}");
-    assert_eq!(steps.iter().filter(|(_, n, st)| n == "deploy" && st == "succeeded").count(), 1, "deployed once");
+    assert!(
+        steps.contains(&(1, "build".into(), "failed".into())),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&(2, "deploy".into(), "succeeded".into())),
+        "{steps:?}"
+    );
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|(_, n, st)| n == "deploy" && st == "succeeded")
+            .count(),
+        1,
+        "deployed once"
+    );
     assert_eq!(containers_of(&app).len(), 1);
     assert_eq!(s.deployments_of(&app).await.len(), 1);
 }
