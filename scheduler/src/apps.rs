@@ -265,7 +265,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut NewApp), &str)> = vec![
+        type Mutation = fn(&mut NewApp);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|a| a.name = "Web_App".into(), "app name"),
             (|a| a.environment = "".into(), "environment"),
             (|a| a.target = "nomad".into(), "target"),

@@ -16,8 +16,9 @@ fn script() -> PathBuf {
 }
 
 impl PrivateBroker {
-    /// Starts a node with the given extra `rabbitmq.conf` lines.
-    pub fn start(conf: &str) -> Self {
+    /// Starts a node with the given extra `rabbitmq.conf` lines and `advanced.config` terms
+    /// (the part inside `[{rabbit, [...]}]`, empty for none).
+    pub fn start(conf: &str, advanced_rabbit: &str) -> Self {
         let name = crate::unique("slipwaytest").replace('-', "");
         let port = 20000 + (rand_u16() % 20000);
         let dir = tempfile::Builder::new()
@@ -29,6 +30,11 @@ impl PrivateBroker {
             format!("loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{port}\n{conf}\n"),
         )
         .expect("rabbitmq.conf");
+        std::fs::write(
+            dir.path().join("advanced.config"),
+            format!("[{{rabbit, [{advanced_rabbit}]}}].\n"),
+        )
+        .expect("advanced.config");
         // The node runs as the rabbitmq user: it must be able to enter and write the directory.
         let _ = Command::new("chmod")
             .args(["755", &dir.path().display().to_string()])

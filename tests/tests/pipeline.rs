@@ -343,7 +343,7 @@ async fn a_symlink_to_a_file_outside_the_repository_does_not_leak_it_into_the_im
 
 #[tokio::test]
 async fn a_push_while_rabbitmq_is_stopped_is_deployed_once_it_is_back() {
-    let broker = PrivateBroker::start("");
+    let broker = PrivateBroker::start("", "");
     let git = GitServer::start();
     let mut s = Slipway::start(SlipwayOptions {
         amqp_url: broker.url(),
