@@ -345,7 +345,18 @@ impl Slipway {
 }
 
 impl Drop for Slipway {
+    /// Removes what the test left: app containers, the database, the queues and exchanges.
     fn drop(&mut self) {
+        self.scheduler.kill9();
+        for runner in &mut self.runners {
+            runner.kill9();
+        }
+        let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
+        if let Some((_, db)) = self.database_url.rsplit_once('/') {
+            let _ = Command::new("psql").args([admin.as_str(), "-qXc", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]).output();
+        }
+        let (url, prefix) = (self.options.amqp_url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || crate::rabbit::delete_topology(&url, &prefix)).join();
         for app in &self.apps {
             if let Ok(ids) = crate::docker(&[
                 "ps",

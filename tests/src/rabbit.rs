@@ -88,3 +88,21 @@ fn rand_u16() -> u16 {
     let b = uuid::Uuid::new_v4();
     u16::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1]])
 }
+
+/// Deletes the queues and exchanges of a test's prefix (best effort; the broker may be gone).
+pub fn delete_topology(url: &str, prefix: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
+        let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await else { return };
+        let Ok(channel) = conn.create_channel().await else { return };
+        for queue in ["jobs", "runner"] {
+            let _ = channel.queue_delete(format!("{prefix}.{queue}").as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for exchange in ["control", "events"] {
+            let _ = channel.exchange_delete(format!("{prefix}.{exchange}").as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    });
+}
