@@ -31,6 +31,14 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits for the process to exit and returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// What the process printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -154,7 +162,7 @@ impl Slipway {
     /// Starts one more runner; its id is `runner-<n>`.
     pub fn add_runner(&mut self) -> String {
         let id = format!("runner-{}", self.runners.len() + 1);
-        let work = self.logs.path().join(format!("{id}-work"));
+        let work = self.work_dir(&id);
         let proc = spawn(
             &id,
             &bin("slipway-runner"),
@@ -178,6 +186,16 @@ impl Slipway {
         );
         self.runners.push(proc);
         id
+    }
+
+    /// The work directory of runner `id` (where its job workspaces are made).
+    pub fn work_dir(&self, id: &str) -> PathBuf {
+        self.logs.path().join(format!("{id}-work"))
+    }
+
+    /// The path of the CLI binary.
+    pub fn cli(&self) -> PathBuf {
+        bin("slipway")
     }
 
     /// Everything the processes printed, for failure messages.
@@ -298,8 +316,23 @@ impl Slipway {
 
     /// Every log line of a deployment (not following), from the SSE endpoint.
     pub async fn log_lines(&self, id: &str, last_event_id: Option<&str>) -> Vec<(String, String)> {
+        let events = self.sse(id, false, last_event_id).await;
+        events
+            .into_iter()
+            .filter(|(event, _, _)| event == "log")
+            .map(|(_, id, line)| (id, line))
+            .collect()
+    }
+
+    /// The events of the log stream as (event, id, line for `log` or data otherwise).
+    pub async fn sse(
+        &self,
+        id: &str,
+        follow: bool,
+        last_event_id: Option<&str>,
+    ) -> Vec<(String, String, String)> {
         let mut req = self.http.get(format!(
-            "{}/api/v1/deployments/{id}/logs?follow=false",
+            "{}/api/v1/deployments/{id}/logs?follow={follow}",
             self.base
         ));
         if let Some(last) = last_event_id {
@@ -314,10 +347,16 @@ impl Slipway {
             .expect("logs body");
         parse_sse(&text)
             .into_iter()
-            .filter(|(event, _, _)| event == "log")
-            .map(|(_, id, data)| {
-                let v: Value = serde_json::from_str(&data).expect("log event is JSON");
-                (id, v["line"].as_str().unwrap_or_default().to_string())
+            .map(|(event, id, data)| match event.as_str() {
+                "log" => {
+                    let v: Value = serde_json::from_str(&data).expect("log event is JSON");
+                    (
+                        event,
+                        id,
+                        v["line"].as_str().unwrap_or_default().to_string(),
+                    )
+                }
+                _ => (event, id, data),
             })
             .collect()
     }
@@ -353,7 +392,13 @@ impl Drop for Slipway {
         }
         let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
         if let Some((_, db)) = self.database_url.rsplit_once('/') {
-            let _ = Command::new("psql").args([admin.as_str(), "-qXc", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]).output();
+            let _ = Command::new("psql")
+                .args([
+                    admin.as_str(),
+                    "-qXc",
+                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                ])
+                .output();
         }
         let (url, prefix) = (self.options.amqp_url.clone(), self.prefix.clone());
         let _ = std::thread::spawn(move || crate::rabbit::delete_topology(&url, &prefix)).join();

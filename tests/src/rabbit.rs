@@ -92,16 +92,36 @@ fn rand_u16() -> u16 {
 /// Deletes the queues and exchanges of a test's prefix (best effort; the broker may be gone).
 pub fn delete_topology(url: &str, prefix: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
     rt.block_on(async {
         let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
-        let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await else { return };
-        let Ok(channel) = conn.create_channel().await else { return };
+        let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await
+        else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
         for queue in ["jobs", "runner"] {
-            let _ = channel.queue_delete(format!("{prefix}.{queue}").as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(
+                    format!("{prefix}.{queue}").as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
         }
         for exchange in ["control", "events"] {
-            let _ = channel.exchange_delete(format!("{prefix}.{exchange}").as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel
+                .exchange_delete(
+                    format!("{prefix}.{exchange}").as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
         }
         let _ = conn.close(200, "done".into()).await;
     });

@@ -3,7 +3,12 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use slipway_tests::git::Entry;
 use slipway_tests::{
@@ -61,6 +66,66 @@ async fn deploy(s: &Slipway, repo_url: &str, sha: &str) -> Value {
     s.finished(&id, FINISH).await
 }
 
+/// A consumer of every `deploy.*` notification of the installation with `prefix`.
+async fn subscribe_events(prefix: &str) -> (lapin::Connection, lapin::Consumer) {
+    let conn = lapin::Connection::connect(
+        &slipway_tests::env("SLIPWAY_AMQP_URL"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    let exchange = format!("{prefix}.events");
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            "deploy.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    (conn, consumer)
+}
+
 fn containers_of(app: &str) -> Vec<String> {
     docker(&[
         "ps",
@@ -82,10 +147,62 @@ async fn signed_push_ends_completed_with_the_container_answering_and_logs_resuma
     let url = git.url(&repo);
     let app = s.create_app("hello", &url, SECRET, json!({})).await;
 
+    let (_amqp, mut events) = subscribe_events(&s.prefix).await;
     let marker_v1 = unique("version-one");
     let sha1 = commit(&git, &repo, "v1", &site(&marker_v1, true));
-    let d = deploy(&s, &url, &sha1).await;
+    let (status, answer) = s.push(&url, &sha1, SECRET, "first-delivery").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // Follow the live stream from the start while the job runs: it must end by itself.
+    let followed = tokio::time::timeout(FINISH, s.sse(&id, true, None))
+        .await
+        .expect("the live stream ends with the deployment");
+    let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let (last_event, _, end) = followed.last().expect("events").clone();
+    assert_eq!(last_event, "end");
+    assert!(end.contains("completed"), "{end}");
+    let followed_lines: Vec<(String, String)> = followed
+        .into_iter()
+        .filter(|(e, _, _)| e == "log")
+        .map(|(_, i, l)| (i, l))
+        .collect();
+    assert_eq!(
+        followed_lines,
+        s.log_lines(&id, None).await,
+        "following live sees every stored line, in order"
+    );
+
+    let mut keys = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(2), events.next()).await
+    {
+        let note: Value = serde_json::from_slice(&delivery.data).expect("notification json");
+        if note["deployment_id"] == id.as_str() {
+            keys.push(delivery.routing_key.to_string());
+        }
+        if delivery.routing_key.as_str() == "deploy.completed" {
+            break;
+        }
+    }
+    assert_eq!(
+        keys.first().map(String::as_str),
+        Some("deploy.queued"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().filter(|k| *k == "deploy.step").count() >= 5,
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.last().map(String::as_str),
+        Some("deploy.completed"),
+        "{keys:?}"
+    );
+
     let live = d["url"].as_str().expect("url").to_string();
     let body = s.app_body(&live, "/").await.expect("the app answers");
     assert!(body.contains(&marker_v1), "{body}");
@@ -301,6 +418,78 @@ async fn a_broken_dockerfile_fails_at_the_build_step_with_the_builder_output() {
     .await
     .expect("registry");
     assert_eq!(tags.status().as_u16(), 404, "nothing was pushed");
+    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1"))
+        .expect("work dir")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the failed job's workspace is removed: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_that_cannot_be_fetched_fails_at_the_clone_step_with_a_clear_error() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("missing");
+    let url = git.url(&repo);
+    s.create_app("missing", &url, SECRET, json!({})).await;
+    commit(&git, &repo, "v1", &site("exists", true));
+    let d = deploy(&s, &url, "0123456789abcdef0123456789abcdef01234567").await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(
+        (d["error_step"].as_str(), d["error_cause"].as_str()),
+        (Some("clone"), Some("user"))
+    );
+    assert!(
+        d["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("0123456789abcdef0123456789abcdef01234567 could not be fetched"),
+        "{d}"
+    );
+    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1"))
+        .expect("work dir")
+        .collect();
+    assert!(left.is_empty(), "the workspace is removed: {left:?}");
+}
+
+#[tokio::test]
+async fn a_runner_told_to_stop_finishes_its_running_job_first() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("drain");
+    let url = git.url(&repo);
+    s.create_app("drain", &url, SECRET, json!({})).await;
+    let mut files = site(&unique("drained"), true);
+    files[0].1 = format!(
+        "FROM slipway/busybox:1\nRUN echo {} && sleep 3\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        unique("drain-layer")
+    )
+    .into_bytes();
+    let sha = commit(&git, &repo, "slow", &files);
+    let (status, answer) = s.push(&url, &sha, SECRET, "drain-delivery").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    eventually(Duration::from_secs(60), "the build to start", || {
+        let (s, id) = (&s, id.clone());
+        async move { (s.deployment(&id).await["current_step"] == "build").then_some(()) }
+    })
+    .await;
+    assert!(
+        s.runners[0].terminate(),
+        "the runner drains and exits 0\n{}",
+        s.dump()
+    );
+    let d = s.finished(&id, Duration::from_secs(10)).await;
+    assert_eq!(
+        d["state"], "completed",
+        "finished by the draining runner: {d}"
+    );
+    assert_eq!(d["attempt"], 1);
 }
 
 #[tokio::test]
