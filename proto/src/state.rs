@@ -185,6 +185,13 @@ pub fn retry_decision(cause: Cause, attempt: u32, max_attempts: u32) -> Event {
     }
 }
 
+/// How long attempt `attempt` (1-based) waits before it is dispatched again after an
+/// infrastructure failure: 5 s, doubling per attempt, at most 5 minutes.
+pub fn retry_delay(attempt: u32) -> std::time::Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    std::time::Duration::from_secs(secs.min(300))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +243,15 @@ mod tests {
         assert_eq!(retry_decision(Cause::Infrastructure, 1, 3), E::Retry);
         assert_eq!(retry_decision(Cause::Infrastructure, 2, 3), E::Retry);
         assert_eq!(retry_decision(Cause::Infrastructure, 3, 3), E::Failed);
+    }
+
+    #[test]
+    fn retry_delay_doubles_and_is_capped() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 7, 60, u32::MAX]
+            .iter()
+            .map(|a| retry_delay(*a).as_secs())
+            .collect();
+        assert_eq!(secs, [5, 10, 20, 40, 300, 300, 300]);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Deployments in PostgreSQL: creation (deduplicated), queries, and the compare-and-set that
 //! applies runner messages through the state machine in `slipway_proto`.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_proto::{
-    Body, Cause, Envelope, Event, Job, Notification, State, Step, StepStatus, apply, retry_decision,
+    Body, Cause, Envelope, Event, Job, Notification, State, Step, StepStatus, apply,
+    retry_decision, retry_delay,
 };
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -199,9 +202,20 @@ pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, sqlx::Error
 /// Jobs waiting in the outbox: queued, not yet confirmed published, and not behind a running
 /// deployment of the same app and environment (one rollout at a time).
 pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, (Uuid, i32, String, String, Uuid)>(
-        "SELECT d.id, d.attempt, d.sha, d.git_ref, d.app_id FROM deployments d
-         WHERE d.state = 'queued' AND d.published_at IS NULL
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        deployment_id: Uuid,
+        attempt: i32,
+        sha: String,
+        git_ref: String,
+        #[sqlx(flatten)]
+        app: App,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref,
+                a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env, a.created_at
+         FROM deployments d JOIN apps a ON a.id = d.app_id
+         WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id
                            AND r.environment = d.environment AND r.state = 'running')
          ORDER BY d.created_at LIMIT $1",
@@ -209,23 +223,16 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let mut jobs = Vec::with_capacity(rows.len());
-    for (deployment_id, attempt, sha, git_ref, app_id) in rows {
-        let app = sqlx::query_as::<_, App>(
-            "SELECT id, name, repo_url, branch, environment, target, health_path, port, env, created_at FROM apps WHERE id = $1",
-        )
-        .bind(app_id)
-        .fetch_one(pool)
-        .await?;
-        jobs.push(Job {
-            deployment_id,
-            attempt: attempt as u32,
-            sha,
-            git_ref,
-            app: app.job_app(),
-        });
-    }
-    Ok(jobs)
+    Ok(rows
+        .into_iter()
+        .map(|r| Job {
+            deployment_id: r.deployment_id,
+            attempt: r.attempt as u32,
+            sha: r.sha,
+            git_ref: r.git_ref,
+            app: r.app.job_app(),
+        })
+        .collect())
 }
 
 /// Marks the outbox row of (id, attempt) as published; false if it moved on meanwhile.
@@ -441,7 +448,8 @@ async fn write_transition(
         ) => {
             note.step = Some(*step);
             note.message = Some(message.clone());
-            record_failure(tx, id, *step, *cause, message, event == Event::Retry).await?;
+            let retry = (event == Event::Retry).then(|| retry_delay(env.attempt));
+            record_failure(tx, id, *step, *cause, message, retry).await?;
         }
         (Body::Abandoned { reason }, _) => {
             note.message = Some(reason.clone());
@@ -449,6 +457,7 @@ async fn write_transition(
                 tx,
                 id,
                 &format!("runner {} handed the job back: {reason}", env.runner_id),
+                Duration::ZERO,
             )
             .await?;
         }
@@ -463,7 +472,7 @@ async fn record_failure(
     step: Step,
     cause: Cause,
     message: &str,
-    retry: bool,
+    retry_after: Option<Duration>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE deployment_steps SET status = 'failed', finished_at = coalesce(finished_at, now()), error = $3 WHERE deployment_id = $1 AND step = $2 AND status = 'running'")
         .bind(id)
@@ -478,8 +487,8 @@ async fn record_failure(
         .bind(message)
         .execute(&mut **tx)
         .await?;
-    if retry {
-        requeue(tx, id, message).await
+    if let Some(delay) = retry_after {
+        requeue(tx, id, message, delay).await
     } else {
         sqlx::query("UPDATE deployments SET state = 'failed', finished_at = now() WHERE id = $1")
             .bind(id)
@@ -489,18 +498,21 @@ async fn record_failure(
     }
 }
 
-/// Puts a deployment back in the outbox as its next attempt.
+/// Puts a deployment back in the outbox as its next attempt, published no sooner than `delay`.
 async fn requeue(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
     reason: &str,
+    delay: Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE deployments SET state = 'queued', attempt = attempt + 1, runner_id = NULL, published_at = NULL,
-                heartbeat_at = NULL, current_step = NULL, error_message = $2 WHERE id = $1",
+                heartbeat_at = NULL, current_step = NULL, error_message = $2,
+                not_before = now() + make_interval(secs => $3) WHERE id = $1",
     )
     .bind(id)
     .bind(reason)
+    .bind(delay.as_secs_f64())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -550,7 +562,7 @@ pub async fn expire_leases(
             step,
             Cause::Infrastructure,
             &message,
-            event == Event::Retry,
+            (event == Event::Retry).then_some(Duration::ZERO),
         )
         .await?;
         let state = apply(State::Running, event).unwrap_or(State::Failed);

@@ -60,6 +60,9 @@ pub struct SlipwayOptions {
     pub lease_seconds: u64,
     pub heartbeat_seconds: u64,
     pub health_timeout_seconds: u64,
+    pub max_attempts: u32,
+    /// The registry runners push to (default: `SLIPWAY_REGISTRY`).
+    pub registry: Option<String>,
 }
 
 impl Default for SlipwayOptions {
@@ -70,6 +73,8 @@ impl Default for SlipwayOptions {
             lease_seconds: 30,
             heartbeat_seconds: 2,
             health_timeout_seconds: 20,
+            max_attempts: 3,
+            registry: None,
         }
     }
 }
@@ -127,6 +132,7 @@ impl Slipway {
                 ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
                 ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
                 ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
+                ("SLIPWAY_MAX_ATTEMPTS", options.max_attempts.to_string()),
             ],
         );
         let mut me = Self {
@@ -171,7 +177,13 @@ impl Slipway {
                 ("SLIPWAY_RUNNER_ID", id.clone()),
                 ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
                 ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
-                ("SLIPWAY_REGISTRY", crate::env("SLIPWAY_REGISTRY")),
+                (
+                    "SLIPWAY_REGISTRY",
+                    self.options
+                        .registry
+                        .clone()
+                        .unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY")),
+                ),
                 (
                     "SLIPWAY_HEARTBEAT_SECONDS",
                     self.options.heartbeat_seconds.to_string(),

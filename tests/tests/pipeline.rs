@@ -649,3 +649,49 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
     assert_eq!(containers_of(&app).len(), 1);
     assert_eq!(s.deployments_of(&app).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_infrastructure_failure_is_retried_with_backoff_then_fails_naming_the_step() {
+    let git = GitServer::start();
+    let dead_registry = format!("127.0.0.1:{}", slipway_tests::free_port());
+    let mut s = Slipway::start(SlipwayOptions {
+        registry: Some(dead_registry),
+        max_attempts: 2,
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("infra");
+    let url = git.url(&repo);
+    s.create_app("infra", &url, SECRET, json!({})).await;
+    let d = deploy(
+        &s,
+        &url,
+        &commit(&git, &repo, "v1", &site("unpushable", true)),
+    )
+    .await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(
+        (d["error_step"].as_str(), d["error_cause"].as_str()),
+        (Some("push"), Some("infrastructure"))
+    );
+    assert_eq!(d["attempt"], 2, "retried once, then out of attempts");
+    let at = |attempt: i64, key: &str| {
+        let step = d["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|st| st["attempt"] == attempt && st["step"] == "push")
+            .cloned();
+        step.and_then(|st| {
+            st[key]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        })
+        .expect("push timings")
+    };
+    let waited = at(2, "started_at") - at(1, "finished_at");
+    assert!(
+        waited >= chrono::Duration::seconds(5),
+        "attempt 2 waited for the backoff ({waited})"
+    );
+}
