@@ -1,0 +1,122 @@
+//! The `slipway` command against a real installation: register, list, deploy, follow.
+
+use std::process::Command;
+
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
+
+fn slipway(s: &Slipway, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(s.cli())
+        .env("SLIPWAY_URL", &s.base)
+        .env_remove("SLIPWAY_WEBHOOK_SECRET")
+        .args(args)
+        .output()
+        .expect("run slipway");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn apps_create_list_and_deploy_with_follow() {
+    let git = GitServer::start();
+    let s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("cli");
+    let url = git.url(&repo);
+    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let sha = git.commit(&repo, "v1", &[Entry::File("Dockerfile", dockerfile)]);
+    let name = unique("cli");
+
+    let (ok, out, err) = slipway(
+        &s,
+        &[
+            "apps",
+            "create",
+            &name,
+            "--repo",
+            &url,
+            "--health-path",
+            "/healthz",
+            "--env",
+            "GREETING=hi",
+            "--webhook-secret",
+            "cli-secret-0123456789",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("registered {name}")), "{out}");
+    let (ok, _, err) = slipway(
+        &s,
+        &[
+            "apps",
+            "create",
+            &name,
+            "--repo",
+            &url,
+            "--webhook-secret",
+            "cli-secret-0123456789",
+        ],
+    );
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = slipway(
+        &s,
+        &[
+            "apps",
+            "create",
+            "Bad_Name",
+            "--repo",
+            &url,
+            "--webhook-secret",
+            "cli-secret-0123456789",
+        ],
+    );
+    assert!(!ok && err.contains("app name"), "{err}");
+    let (ok, _, err) = slipway(
+        &s,
+        &[
+            "apps",
+            "create",
+            "x",
+            "--repo",
+            &url,
+            "--env",
+            "NOEQUALS",
+            "--webhook-secret",
+            "cli-secret-0123456789",
+        ],
+    );
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+
+    let (ok, out, _) = slipway(&s, &["apps", "list"]);
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains(&url)),
+        "{out}"
+    );
+
+    // No --sha: the scheduler resolves the branch head itself.
+    let (ok, out, err) = slipway(&s, &["deploy", &name, "--follow"]);
+    assert!(ok, "{out}{err}\n{}", s.dump());
+    assert!(
+        out.contains("queued deployment") && out.contains(&sha),
+        "{out}"
+    );
+    assert!(
+        out.contains("[  build] Step 1/"),
+        "build output is followed: {out}"
+    );
+    assert!(out.contains("completed: http://127.0.0.1:"), "{out}");
+
+    let (ok, _, err) = slipway(&s, &["deploy", &name, "--sha", "not-a-sha"]);
+    assert!(!ok && err.contains("not a full commit SHA"), "{err}");
+    let (ok, _, err) = slipway(&s, &["status", "00000000-0000-0000-0000-000000000000"]);
+    assert!(!ok && err.contains("no deployment"), "{err}");
+    let (ok, _, err) = slipway(&s, &["--url", "http://127.0.0.1:1", "apps", "list"]);
+    assert!(
+        !ok && err.contains("could not reach the scheduler"),
+        "{err}"
+    );
+}
