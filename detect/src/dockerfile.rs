@@ -1,0 +1,1 @@
+//! Dockerfile generation from a plan (next step).

@@ -1,0 +1,408 @@
+//! Compiled languages: Go, Java (Maven, Gradle, Spring Boot), Rust, .NET and Elixir. Their
+//! final image holds the built artifact, not the toolchain.
+
+use super::{directive, plan, read_toml};
+use crate::{DetectError, Fact, Plan, Provider, Tree};
+
+pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    let Some(gomod) = tree.read("go.mod")? else {
+        return Ok(None);
+    };
+    let Some(module) = directive(&gomod, "module") else {
+        return Err(DetectError::Invalid {
+            file: "go.mod".into(),
+            message: "has no `module` line".into(),
+        });
+    };
+    let mut p = plan(Provider::Go, app_root);
+    p.version = Some(match directive(&gomod, "go") {
+        Some(v) => Fact::new(
+            v.split('.').take(2).collect::<Vec<_>>().join("."),
+            &["go.mod"],
+        ),
+        None => Fact::default_value("1.23".into()),
+    });
+    p.dependency_files = ["go.mod", "go.sum"]
+        .iter()
+        .filter(|f| tree.file(f))
+        .map(|f| f.to_string())
+        .collect();
+    p.install = Some(Fact::new("go mod download".into(), &["go.mod"]));
+    let main_at_root = tree
+        .list(".", |n, d| !d && n.ends_with(".go"))
+        .iter()
+        .any(|f| {
+            tree.read(f)
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.contains("package main"))
+        });
+    let package = if main_at_root {
+        Fact::new(".".to_string(), &["go.mod", "package main"])
+    } else {
+        let cmds = tree.list("cmd", |_, is_dir| is_dir);
+        let name = module.rsplit('/').next().unwrap_or(module);
+        match cmds.as_slice() {
+            [] => {
+                return Err(DetectError::Invalid {
+                    file: "go.mod".into(),
+                    message: "no main package at the root or under cmd/".into(),
+                });
+            }
+            [one] => Fact::new(format!("./cmd/{one}"), &["go.mod", "cmd/"]),
+            several if several.iter().any(|c| c == name) => {
+                Fact::new(format!("./cmd/{name}"), &["go.mod", "cmd/"])
+            }
+            several => {
+                let apps: Vec<String> = several.iter().map(|c| format!("cmd/{c}")).collect();
+                return Err(DetectError::SeveralApps {
+                    root: app_root.into(),
+                    apps: format!("{} (set `build` in slipway.toml)", apps.join(", ")),
+                });
+            }
+        }
+    };
+    p.build = Some(Fact::new(
+        format!(
+            "CGO_ENABLED=0 go build -trimpath -o /out/app {}",
+            package.value
+        ),
+        &package.from.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    p.artifact = Some(Fact::new("/out/app".into(), &["go.mod"]));
+    p.start = Some(Fact::new("/app/app".into(), &["go.mod"]));
+    p.test = Some(Fact::new("go test ./...".into(), &["go.mod"]));
+    Ok(Some(p))
+}
+
+pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    let mut p = plan(Provider::Java, app_root);
+    let (build_file, text) = if let Some(text) = tree.read("pom.xml")? {
+        ("pom.xml", text)
+    } else if let Some(file) = tree.first_file(&["build.gradle.kts", "build.gradle"]) {
+        (file, tree.read(file)?.unwrap_or_default())
+    } else {
+        return Ok(None);
+    };
+    let maven = build_file == "pom.xml";
+    let wrapper = if maven {
+        tree.file("mvnw").then_some("./mvnw")
+    } else {
+        tree.file("gradlew").then_some("./gradlew")
+    };
+    let tool = wrapper.unwrap_or(if maven { "mvn" } else { "gradle" });
+    let tool_from = wrapper
+        .map(|w| w.trim_start_matches("./"))
+        .unwrap_or(build_file);
+    p.package_manager = Some(Fact::new(
+        (if maven { "maven" } else { "gradle" }).to_string(),
+        &[build_file, tool_from],
+    ));
+    let spring = text.contains("spring-boot");
+    if spring {
+        p.framework = Some(Fact::new("spring-boot".into(), &[build_file]));
+    }
+    p.version = Some(
+        java_version(&text)
+            .map(|v| Fact::new(v, &[build_file]))
+            .unwrap_or_else(|| Fact::default_value("21".into())),
+    );
+    p.dependency_files = if maven {
+        ["pom.xml", "mvnw", ".mvn"]
+            .iter()
+            .filter(|f| tree.file(f) || tree.dir(f))
+            .map(|f| f.to_string())
+            .collect()
+    } else {
+        [
+            build_file,
+            "settings.gradle",
+            "settings.gradle.kts",
+            "gradlew",
+            "gradle",
+        ]
+        .iter()
+        .filter(|f| tree.file(f) || tree.dir(f))
+        .map(|f| f.to_string())
+        .collect()
+    };
+    let (install, build, jar_glob, test) = if maven {
+        (
+            format!("{tool} -q -B dependency:go-offline"),
+            format!("{tool} -q -B -DskipTests package"),
+            "target/*.jar",
+            format!("{tool} -q -B test"),
+        )
+    } else {
+        let task = if spring { "bootJar" } else { "build -x test" };
+        (
+            format!("{tool} --no-daemon dependencies"),
+            format!("{tool} --no-daemon {task}"),
+            "build/libs/*.jar",
+            format!("{tool} --no-daemon test"),
+        )
+    };
+    p.install = Some(Fact::new(install, &[build_file]));
+    p.build = Some(Fact::new(build, &[build_file]));
+    p.artifact = Some(Fact::new(jar_glob.to_string(), &[build_file]));
+    p.start = Some(Fact::new("java -jar /app/app.jar".into(), &[build_file]));
+    p.test = Some(Fact::new(test, &[build_file]));
+    Ok(Some(p))
+}
+
+fn java_version(text: &str) -> Option<String> {
+    for key in [
+        "<java.version>",
+        "<maven.compiler.release>",
+        "<maven.compiler.source>",
+        "<maven.compiler.target>",
+    ] {
+        if let Some(rest) = text.split(key).nth(1) {
+            let v: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if !v.is_empty() {
+                return Some(v.trim_start_matches("1.").to_string());
+            }
+        }
+    }
+    for key in [
+        "JavaLanguageVersion.of(",
+        "sourceCompatibility = '",
+        "sourceCompatibility = \"",
+        "JavaVersion.VERSION_",
+    ] {
+        if let Some(rest) = text.split(key).nth(1) {
+            let v: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !v.is_empty() {
+                return Some(v.replace("1_", "").replace('_', "."));
+            }
+        }
+    }
+    None
+}
+
+pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    let Some(manifest) = read_toml(tree, "Cargo.toml")? else {
+        return Ok(None);
+    };
+    let mut p = plan(Provider::Rust, app_root);
+    let mut bins: Vec<String> = Vec::new();
+    let mut from = vec!["Cargo.toml".to_string()];
+    collect_bins(&manifest, tree, ".", &mut bins);
+    if let Some(members) = manifest
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+    {
+        for member in members.iter().filter_map(|m| m.as_str()) {
+            let dirs: Vec<String> = match member.strip_suffix("/*") {
+                Some(parent) => tree
+                    .list(parent, |_, d| d)
+                    .into_iter()
+                    .map(|c| format!("{parent}/{c}"))
+                    .collect(),
+                None => vec![member.to_string()],
+            };
+            for dir in dirs {
+                let file = format!("{dir}/Cargo.toml");
+                if let Some(m) = read_toml(tree, &file)? {
+                    let before = bins.len();
+                    collect_bins(&m, tree, &dir, &mut bins);
+                    if bins.len() > before {
+                        from.push(file);
+                    }
+                }
+            }
+        }
+    }
+    bins.sort();
+    bins.dedup();
+    let bin = match bins.as_slice() {
+        [] => {
+            return Err(DetectError::Invalid {
+                file: "Cargo.toml".into(),
+                message: "no binary to run (no src/main.rs or [[bin]])".into(),
+            });
+        }
+        [one] => one.clone(),
+        several => {
+            return Err(DetectError::SeveralApps {
+                root: app_root.into(),
+                apps: format!(
+                    "binaries {} (set `build` and `start` in slipway.toml)",
+                    several.join(", ")
+                ),
+            });
+        }
+    };
+    let from_refs: Vec<&str> = from.iter().map(String::as_str).collect();
+    p.version = Some(
+        match tree
+            .read("rust-toolchain.toml")?
+            .or(tree.read("rust-toolchain")?)
+        {
+            Some(text) => {
+                let channel = text.lines().find_map(|l| {
+                    l.trim().strip_prefix("channel").map(|r| {
+                        r.trim_start_matches([' ', '='])
+                            .trim_matches('"')
+                            .to_string()
+                    })
+                });
+                Fact::new(
+                    channel.unwrap_or_else(|| text.trim().to_string()),
+                    &["rust-toolchain.toml"],
+                )
+            }
+            None => Fact::default_value("stable".into()),
+        },
+    );
+    p.package_manager = Some(Fact::new("cargo".into(), &["Cargo.toml"]));
+    p.dependency_files = ["Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter(|f| tree.file(f))
+        .map(|f| f.to_string())
+        .collect();
+    let locked = if tree.file("Cargo.lock") {
+        " --locked"
+    } else {
+        ""
+    };
+    p.build = Some(Fact::new(
+        format!("cargo build --release{locked} --bin {bin}"),
+        &from_refs,
+    ));
+    p.artifact = Some(Fact::new(format!("target/release/{bin}"), &from_refs));
+    p.start = Some(Fact::new(format!("/app/{bin}"), &from_refs));
+    p.test = Some(Fact::new(format!("cargo test{locked}"), &["Cargo.toml"]));
+    Ok(Some(p))
+}
+
+fn collect_bins(manifest: &toml::Table, tree: &Tree, dir: &str, bins: &mut Vec<String>) {
+    let explicit: Vec<String> = manifest
+        .get("bin")
+        .and_then(|b| b.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    bins.extend(explicit);
+    let package = manifest
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str());
+    if let Some(name) = package
+        && tree.file(&format!("{dir}/src/main.rs"))
+    {
+        bins.push(name.to_string());
+    }
+}
+
+pub(super) fn dotnet(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    let projects = tree.list(".", |n, d| !d && n.ends_with(".csproj"));
+    let project = match projects.as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        several => {
+            return Err(DetectError::SeveralApps {
+                root: app_root.into(),
+                apps: several.join(", "),
+            });
+        }
+    };
+    let text = tree.read(&project)?.unwrap_or_default();
+    let mut p = plan(Provider::Dotnet, app_root);
+    let assembly = between(&text, "<AssemblyName>", "</AssemblyName>")
+        .unwrap_or_else(|| project.trim_end_matches(".csproj").to_string());
+    p.version = Some(
+        match between(&text, "<TargetFramework>", "</TargetFramework>") {
+            Some(tf) => Fact::new(tf.trim_start_matches("net").to_string(), &[&project]),
+            None => Fact::default_value("8.0".into()),
+        },
+    );
+    p.package_manager = Some(Fact::new("nuget".into(), &[&project]));
+    if text.contains("Microsoft.NET.Sdk.Web") {
+        p.framework = Some(Fact::new("aspnetcore".into(), &[&project]));
+    }
+    p.dependency_files = vec![project.clone()];
+    p.install = Some(Fact::new(format!("dotnet restore {project}"), &[&project]));
+    p.build = Some(Fact::new(
+        format!("dotnet publish {project} -c Release -o /out --no-restore"),
+        &[&project],
+    ));
+    p.artifact = Some(Fact::new("/out".into(), &[&project]));
+    p.start = Some(Fact::new(
+        format!("dotnet /app/{assembly}.dll"),
+        &[&project],
+    ));
+    let tests = tree.list(".", |n, d| d && n.ends_with("Tests"));
+    if !tests.is_empty() {
+        p.test = Some(Fact::new("dotnet test".into(), &[tests[0].as_str()]));
+    }
+    Ok(Some(p))
+}
+
+fn between(text: &str, open: &str, close: &str) -> Option<String> {
+    let rest = text.split(open).nth(1)?;
+    Some(rest.split(close).next()?.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+pub(super) fn elixir(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    let Some(mix) = tree.read("mix.exs")? else {
+        return Ok(None);
+    };
+    let Some(app) = mix
+        .split("app: :")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|a| !a.is_empty())
+    else {
+        return Err(DetectError::Invalid {
+            file: "mix.exs".into(),
+            message: "no `app: :name` in the project".into(),
+        });
+    };
+    let mut p = plan(Provider::Elixir, app_root);
+    p.package_manager = Some(Fact::new("mix".into(), &["mix.exs"]));
+    if mix.contains(":phoenix") {
+        p.framework = Some(Fact::new("phoenix".into(), &["mix.exs"]));
+        p.port = Fact::new(4000, &["mix.exs"]);
+        p.env.insert("PHX_SERVER".into(), "true".into());
+    }
+    p.version = Some(match mix.split("elixir: \"").nth(1) {
+        Some(rest) => Fact::new(
+            rest.chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect(),
+            &["mix.exs"],
+        ),
+        None => Fact::default_value("1.17".into()),
+    });
+    p.dependency_files = ["mix.exs", "mix.lock", "config"]
+        .iter()
+        .filter(|f| tree.file(f) || tree.dir(f))
+        .map(|f| f.to_string())
+        .collect();
+    p.install = Some(Fact::new(
+        "mix deps.get --only prod && mix deps.compile".into(),
+        &["mix.exs"],
+    ));
+    p.build = Some(Fact::new("mix release --path /out".into(), &["mix.exs"]));
+    p.artifact = Some(Fact::new("/out".into(), &["mix.exs"]));
+    p.start = Some(Fact::new(format!("/app/bin/{app} start"), &["mix.exs"]));
+    p.env.insert("MIX_ENV".into(), "prod".into());
+    p.test = Some(Fact::new("mix test".into(), &["mix.exs"]));
+    Ok(Some(p))
+}

@@ -1,0 +1,232 @@
+//! Which provider a repository is, in a fixed order, and the monorepo check when none is.
+
+mod compiled;
+mod node;
+mod python;
+mod scripted;
+
+use serde_json::Value;
+
+use crate::{DetectError, Fact, Plan, Provider, Tree};
+
+type Detector = fn(&Tree, &str) -> Result<Option<Plan>, DetectError>;
+
+/// Detectors in the order they are tried, with the files each looks for.
+const DETECTORS: &[(Provider, &str, Detector)] = &[
+    (Provider::Node, "package.json", node::detect),
+    (Provider::Deno, "deno.json, deno.jsonc", scripted::deno),
+    (
+        Provider::Python,
+        "requirements.txt, pyproject.toml, Pipfile, setup.py",
+        python::detect,
+    ),
+    (Provider::Go, "go.mod", compiled::go),
+    (
+        Provider::Java,
+        "pom.xml, build.gradle, build.gradle.kts",
+        compiled::java,
+    ),
+    (Provider::Ruby, "Gemfile", scripted::ruby),
+    (Provider::Rust, "Cargo.toml", compiled::rust),
+    (Provider::Php, "composer.json, index.php", scripted::php),
+    (Provider::Dotnet, "*.csproj", compiled::dotnet),
+    (Provider::Elixir, "mix.exs", compiled::elixir),
+    (
+        Provider::Static,
+        "index.html, public/index.html, dist/index.html",
+        scripted::static_site,
+    ),
+];
+
+/// Files that make a directory an app, for the monorepo check.
+const APP_MARKERS: &[&str] = &[
+    "Dockerfile",
+    "package.json",
+    "deno.json",
+    "requirements.txt",
+    "pyproject.toml",
+    "Pipfile",
+    "go.mod",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "Gemfile",
+    "Cargo.toml",
+    "composer.json",
+    "mix.exs",
+];
+
+pub(crate) fn detect(
+    tree: &Tree,
+    app_root: &str,
+    forced: Option<&str>,
+    ignore_dockerfile: bool,
+) -> Result<Plan, DetectError> {
+    if forced == Some("dockerfile")
+        || (forced.is_none() && !ignore_dockerfile && tree.file("Dockerfile"))
+    {
+        if !tree.file("Dockerfile") {
+            return Err(DetectError::Invalid {
+                file: "slipway.toml".into(),
+                message: "provider is `dockerfile` but there is no Dockerfile".into(),
+            });
+        }
+        let mut plan = plan(Provider::Dockerfile, app_root);
+        plan.install = None;
+        plan.start = None;
+        return Ok(plan);
+    }
+    for (provider, files, detector) in DETECTORS {
+        if forced.is_some_and(|f| f != provider.as_str()) {
+            continue;
+        }
+        if let Some(plan) = detector(tree, app_root)? {
+            return Ok(plan);
+        }
+        if let Some(f) = forced {
+            return Err(DetectError::Invalid {
+                file: "slipway.toml".into(),
+                message: format!("provider is `{f}` but none of {files} is there"),
+            });
+        }
+    }
+    let apps = nested_apps(tree);
+    if apps.len() > 1 {
+        return Err(DetectError::SeveralApps {
+            root: app_root.into(),
+            apps: apps.join(", "),
+        });
+    }
+    if let [only] = apps.as_slice() {
+        return Err(DetectError::SeveralApps {
+            root: app_root.into(),
+            apps: format!("{only} (the only one; set the app root to it)"),
+        });
+    }
+    let looked_for: Vec<&str> = std::iter::once("Dockerfile")
+        .chain(DETECTORS.iter().map(|(_, files, _)| *files))
+        .collect();
+    Err(DetectError::NothingMatched {
+        root: app_root.into(),
+        looked_for: looked_for.join("; "),
+    })
+}
+
+/// Directories one or two levels down that look like apps of their own.
+fn nested_apps(tree: &Tree) -> Vec<String> {
+    let mut found = Vec::new();
+    for top in tree.list(".", |name, is_dir| {
+        is_dir && !name.starts_with('.') && name != "node_modules"
+    }) {
+        if APP_MARKERS.iter().any(|m| tree.file(&format!("{top}/{m}"))) {
+            found.push(top.clone());
+            continue;
+        }
+        for sub in tree.list(&top, |name, is_dir| {
+            is_dir && !name.starts_with('.') && name != "node_modules"
+        }) {
+            let dir = format!("{top}/{sub}");
+            if APP_MARKERS.iter().any(|m| tree.file(&format!("{dir}/{m}"))) {
+                found.push(dir);
+            }
+        }
+    }
+    found
+}
+
+/// A plan with the defaults every provider starts from.
+pub(crate) fn plan(provider: Provider, app_root: &str) -> Plan {
+    Plan {
+        provider,
+        app_root: app_root.to_string(),
+        version: None,
+        package_manager: None,
+        framework: None,
+        install: None,
+        build: None,
+        start: None,
+        test: None,
+        port: Fact::default_value(8080),
+        health_path: None,
+        dependency_files: Vec::new(),
+        static_dir: None,
+        artifact: None,
+        base_image: None,
+        env: Default::default(),
+    }
+}
+
+/// A `Procfile` `web:` line sets the start command.
+pub(crate) fn apply_procfile(tree: &Tree, plan: &mut Plan) -> Result<(), DetectError> {
+    let Some(text) = tree.read("Procfile")? else {
+        return Ok(());
+    };
+    for (i, line) in text.lines().enumerate() {
+        if let Some(cmd) = line.trim().strip_prefix("web:") {
+            let cmd = cmd.trim();
+            if cmd.is_empty() {
+                return Err(DetectError::Parse {
+                    file: "Procfile".into(),
+                    line: i + 1,
+                    column: 5,
+                    message: "the `web:` line has no command".into(),
+                });
+            }
+            plan.start = Some(Fact::new(cmd.to_string(), &["Procfile"]));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a JSON file, with the file, line and column of a syntax error.
+pub(crate) fn read_json(tree: &Tree, file: &str) -> Result<Option<Value>, DetectError> {
+    let Some(text) = tree.read(file)? else {
+        return Ok(None);
+    };
+    let clean = if file.ends_with(".jsonc") {
+        strip_json_comments(&text)
+    } else {
+        text
+    };
+    serde_json::from_str(&clean)
+        .map(Some)
+        .map_err(|e| DetectError::Parse {
+            file: file.into(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+}
+
+/// Parses a TOML file, with the file, line and column of a syntax error.
+pub(crate) fn read_toml(tree: &Tree, file: &str) -> Result<Option<toml::Table>, DetectError> {
+    let Some(text) = tree.read(file)? else {
+        return Ok(None);
+    };
+    text.parse::<toml::Table>()
+        .map(Some)
+        .map_err(|e| crate::config::toml_error(file, &text, &e))
+}
+
+fn strip_json_comments(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.trim_start().starts_with("//") {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first line of `text` of the form `<key> <value>` (e.g. `go 1.22`), its value.
+pub(crate) fn directive<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(key)
+            .filter(|rest| rest.starts_with(' '))
+            .map(str::trim)
+    })
+}
