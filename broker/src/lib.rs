@@ -33,33 +33,14 @@ pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection
 /// scheduler and runners may start in any order.
 pub async fn declare(channel: &Channel, topo: &Topology) -> lapin::Result<()> {
     for queue in [&topo.jobs_queue, &topo.runner_queue] {
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                quorum_args(),
-            )
-            .await?;
+        channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), quorum_args()).await?;
     }
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
-        .exchange_declare(
-            topo.control_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(topo.control_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
         .await?;
     channel
-        .exchange_declare(
-            topo.events_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(topo.events_exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
         .await?;
     Ok(())
 }
@@ -67,9 +48,7 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> lapin::Result<()> {
 /// A channel with publisher confirms on and the topology declared.
 pub async fn confirm_channel(conn: &Connection, topo: &Topology) -> lapin::Result<Channel> {
     let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     declare(&channel, topo).await?;
     Ok(channel)
 }
@@ -77,16 +56,11 @@ pub async fn confirm_channel(conn: &Connection, topo: &Topology) -> lapin::Resul
 /// Arguments of the durable queues: quorum queues, written to disk before a confirm.
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args
 }
 
 /// Properties of a persistent JSON message.
 pub fn persistent_json() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
+    BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into())
 }

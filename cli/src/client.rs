@@ -28,20 +28,13 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("SLIPWAY_URL must start with http:// or https://");
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
         Ok(Self { base, http })
     }
 
     /// GETs `path` and returns its JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.with_context(|| self.unreachable())?;
         Self::json(resp).await
     }
 
@@ -58,20 +51,14 @@ impl Client {
     }
 
     fn unreachable(&self) -> String {
-        format!(
-            "could not reach the scheduler at {} (set SLIPWAY_URL)",
-            self.base
-        )
+        format!("could not reach the scheduler at {} (set SLIPWAY_URL)", self.base)
     }
 
     async fn json(resp: reqwest::Response) -> anyhow::Result<Value> {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no detail");
+            let msg = body.get("error").and_then(Value::as_str).unwrap_or("no detail");
             bail!("{msg} (HTTP {})", status.as_u16());
         }
         Ok(body)
@@ -79,19 +66,11 @@ impl Client {
 
     /// Streams the log of `id` to `each`, resuming with `Last-Event-ID` after a dropped
     /// connection, until the deployment ends (or, without `follow`, until what is stored is sent).
-    pub async fn logs(
-        &self,
-        id: &str,
-        follow: bool,
-        mut each: impl FnMut(&Value),
-    ) -> anyhow::Result<LogEnd> {
+    pub async fn logs(&self, id: &str, follow: bool, mut each: impl FnMut(&Value)) -> anyhow::Result<LogEnd> {
         let mut last_id: Option<String> = None;
         let mut failures = 0;
         loop {
-            let mut req = self.http.get(format!(
-                "{}/api/v1/deployments/{id}/logs?follow={follow}",
-                self.base
-            ));
+            let mut req = self.http.get(format!("{}/api/v1/deployments/{id}/logs?follow={follow}", self.base));
             if let Some(last) = &last_id {
                 req = req.header("Last-Event-ID", last);
             }
@@ -119,16 +98,9 @@ impl Client {
                     }
                     "end" => {
                         let state = serde_json::from_str::<Value>(&event.data).ok();
-                        let state = state
-                            .as_ref()
-                            .and_then(|v| v.get("state"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("unknown");
-                        return Ok(if follow {
-                            LogEnd::State(state.to_string())
-                        } else {
-                            LogEnd::Drained
-                        });
+                        let state =
+                            state.as_ref().and_then(|v| v.get("state")).and_then(Value::as_str).unwrap_or("unknown");
+                        return Ok(if follow { LogEnd::State(state.to_string()) } else { LogEnd::Drained });
                     }
                     _ => {}
                 }

@@ -11,19 +11,10 @@ use serde_json::{Value, json};
 use client::{Client, LogEnd};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "slipway",
-    version,
-    about = "Deploy apps with git push, and watch them go live"
-)]
+#[command(name = "slipway", version, about = "Deploy apps with git push, and watch them go live")]
 struct Cli {
     /// The scheduler's base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "SLIPWAY_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, global = true, env = "SLIPWAY_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -55,6 +46,18 @@ enum Command {
         /// Only deployments of this app.
         #[arg(long)]
         app: Option<String>,
+    },
+    /// Print the build plan of a directory, and the files that decided it. Needs no service.
+    Detect {
+        /// The repository (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// The app's directory inside the repository, for monorepos.
+        #[arg(long)]
+        app_root: Option<String>,
+        /// Plan a build even when the repository has a Dockerfile.
+        #[arg(long)]
+        ignore_dockerfile: bool,
     },
     /// A deployment's log.
     Logs {
@@ -110,19 +113,25 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Detect { dir, app_root, ignore_dockerfile } = &cli.command {
+        let options = slipway_detect::Options { app_root: app_root.clone(), ignore_dockerfile: *ignore_dockerfile };
+        let plan = slipway_detect::detect(dir, &options)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&serde_json::to_value(&plan)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::new(&cli.url)?;
     match cli.command {
-        Command::Apps {
-            command: AppsCommand::List,
-        } => {
+        Command::Detect { .. } => unreachable!("handled above"),
+        Command::Apps { command: AppsCommand::List } => {
             let apps = client.get("/api/v1/apps").await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
-                println!(
-                    "{:<24} {:<12} {:<12} {:<8} REPOSITORY",
-                    "NAME", "BRANCH", "ENV", "TARGET"
-                );
+                println!("{:<24} {:<12} {:<12} {:<8} REPOSITORY", "NAME", "BRANCH", "ENV", "TARGET");
                 for a in apps.as_array().into_iter().flatten() {
                     println!(
                         "{:<24} {:<12} {:<12} {:<8} {}",
@@ -137,23 +146,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apps {
             command:
-                AppsCommand::Create {
-                    name,
-                    repo,
-                    branch,
-                    environment,
-                    target,
-                    health_path,
-                    port,
-                    env,
-                    webhook_secret,
-                },
+                AppsCommand::Create { name, repo, branch, environment, target, health_path, port, env, webhook_secret },
         } => {
             let mut vars = serde_json::Map::new();
             for pair in env {
-                let (k, v) = pair
-                    .split_once('=')
-                    .with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
+                let (k, v) = pair.split_once('=').with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
                 vars.insert(k.to_string(), json!(v));
             }
             let body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
@@ -180,28 +177,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(sha) => json!({"sha": sha}),
                 None => json!({}),
             };
-            let out = client
-                .post(&format!("/api/v1/apps/{app}/deployments"), &body)
-                .await?;
+            let out = client.post(&format!("/api/v1/apps/{app}/deployments"), &body).await?;
             let id = s(&out, "deployment_id").to_string();
             if cli.json && !follow {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                let word = if out.get("new") == Some(&json!(true)) {
-                    "queued"
-                } else {
-                    "already recorded as"
-                };
+                let word = if out.get("new") == Some(&json!(true)) { "queued" } else { "already recorded as" };
                 println!("{word} deployment {id} of {app} at {}", s(&out, "sha"));
             }
             if follow {
                 return follow_logs(&client, &id).await;
             }
         }
-        Command::Status {
-            deployment: Some(id),
-            ..
-        } => {
+        Command::Status { deployment: Some(id), .. } => {
             let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
@@ -209,10 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_deployment(&d);
             }
         }
-        Command::Status {
-            deployment: None,
-            app,
-        } => {
+        Command::Status { deployment: None, app } => {
             let path = match &app {
                 Some(app) => format!("/api/v1/deployments?app={app}"),
                 None => "/api/v1/deployments".to_string(),
@@ -255,10 +240,7 @@ async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
             let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
             println!(
                 "deployment {id} completed{}",
-                d.get("url")
-                    .and_then(Value::as_str)
-                    .map(|u| format!(": {u}"))
-                    .unwrap_or_default()
+                d.get("url").and_then(Value::as_str).map(|u| format!(": {u}")).unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -276,53 +258,68 @@ async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn print_plan(plan: &Value) {
+    println!("{:<16} {}", "provider", s(plan, "provider"));
+    println!("{:<16} {}", "app root", s(plan, "app_root"));
+    for key in [
+        "version",
+        "package_manager",
+        "framework",
+        "install",
+        "build",
+        "start",
+        "test",
+        "port",
+        "health_path",
+        "static_dir",
+        "artifact",
+        "base_image",
+    ] {
+        let fact = &plan[key];
+        let value = match &fact["value"] {
+            Value::String(v) => v.clone(),
+            Value::Null if key == "test" => "skipped (no test command found)".into(),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        let from: Vec<&str> = fact["from"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let from = if from.is_empty() { String::new() } else { format!("  ({})", from.join(", ")) };
+        println!("{:<16} {value}{from}", key.replace('_', " "));
+    }
+    if let Some(files) = plan["dependency_files"].as_array().filter(|f| !f.is_empty()) {
+        let files: Vec<&str> = files.iter().filter_map(Value::as_str).collect();
+        println!("{:<16} {}", "dependencies", files.join(", "));
+    }
+    if let Some(env) = plan["env"].as_object().filter(|e| !e.is_empty()) {
+        for (k, v) in env {
+            println!("{:<16} {k}={}", "env", v.as_str().unwrap_or_default());
+        }
+    }
+}
+
 fn print_line(v: &Value) {
     let step = v.get("step").and_then(Value::as_str).unwrap_or("runner");
     println!("[{step:>7}] {}", s(v, "line"));
 }
 
 fn print_deployment(d: &Value) {
-    println!(
-        "deployment {}  app {}  sha {}",
-        s(d, "id"),
-        s(d, "app"),
-        s(d, "sha")
-    );
-    println!(
-        "state      {} (attempt {})",
-        s(d, "state"),
-        d.get("attempt").and_then(Value::as_i64).unwrap_or_default()
-    );
+    println!("deployment {}  app {}  sha {}", s(d, "id"), s(d, "app"), s(d, "sha"));
+    println!("state      {} (attempt {})", s(d, "state"), d.get("attempt").and_then(Value::as_i64).unwrap_or_default());
     if let Some(url) = d.get("url").and_then(Value::as_str) {
         println!("url        {url}");
     }
     if d.get("error_message").is_some_and(|v| !v.is_null()) {
-        println!(
-            "error      {} at {} ({} error)",
-            s(d, "error_message"),
-            s(d, "error_step"),
-            s(d, "error_cause")
-        );
+        println!("error      {} at {} ({} error)", s(d, "error_message"), s(d, "error_step"), s(d, "error_cause"));
     }
-    println!(
-        "{:>7}  {:<8} {:<10} {:>9}  ERROR",
-        "ATTEMPT", "STEP", "STATUS", "SECONDS"
-    );
-    for st in d
-        .get("steps")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    println!("{:>7}  {:<8} {:<10} {:>9}  ERROR", "ATTEMPT", "STEP", "STATUS", "SECONDS");
+    for st in d.get("steps").and_then(Value::as_array).into_iter().flatten() {
         let secs = match (ts(st, "started_at"), ts(st, "finished_at")) {
             (Some(a), Some(b)) => format!("{:.2}", (b - a).num_milliseconds() as f64 / 1000.0),
             _ => "-".into(),
         };
         println!(
             "{:>7}  {:<8} {:<10} {:>9}  {}",
-            st.get("attempt")
-                .and_then(Value::as_i64)
-                .unwrap_or_default(),
+            st.get("attempt").and_then(Value::as_i64).unwrap_or_default(),
             s(st, "step"),
             s(st, "status"),
             secs,
@@ -336,7 +333,5 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 fn ts(v: &Value, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse().ok())
+    v.get(key).and_then(Value::as_str).and_then(|t| t.parse().ok())
 }

@@ -6,12 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -49,21 +47,12 @@ impl DockerTarget {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self {
-            docker,
-            config,
-            http,
-        }
+        Self { docker, config, http }
     }
 
     /// The container name of a release: stable per deployment so a retry replaces it.
     pub fn container_name(release: &Release) -> String {
-        format!(
-            "slipway-{}-{}-{}",
-            release.app,
-            release.environment,
-            release.deployment_id.simple()
-        )
+        format!("slipway-{}-{}-{}", release.app, release.environment, release.deployment_id.simple())
     }
 
     async fn start(&self, release: &Release, name: &str) -> Result<u16, Error> {
@@ -71,29 +60,17 @@ impl DockerTarget {
         // A container of the same deployment is what an earlier attempt left: replace it.
         let _ = self
             .docker
-            .remove_container(
-                name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
+            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
             .await;
         let port_key = format!("{}/tcp", release.port);
         let labels = HashMap::from([
             (LABEL_APP.to_string(), release.app.clone()),
             (LABEL_ENV.to_string(), release.environment.clone()),
-            (
-                LABEL_DEPLOYMENT.to_string(),
-                release.deployment_id.to_string(),
-            ),
+            (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
         ]);
         let body = ContainerCreateBody {
             image: Some(release.image.clone()),
-            env: Some(
-                release
-                    .env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect(),
-            ),
+            env: Some(release.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             exposed_ports: Some(vec![port_key.clone()]),
             labels: Some(labels),
             host_config: Some(HostConfig {
@@ -116,16 +93,10 @@ impl DockerTarget {
             ..Default::default()
         };
         self.docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(name).build()),
-                body,
-            )
+            .create_container(Some(CreateContainerOptionsBuilder::default().name(name).build()), body)
             .await
             .map_err(engine("creating the container"))?;
-        self.docker
-            .start_container(name, None)
-            .await
-            .map_err(engine("starting the container"))?;
+        self.docker.start_container(name, None).await.map_err(engine("starting the container"))?;
         let info = self
             .docker
             .inspect_container(name, None::<InspectContainerOptions>)
@@ -140,10 +111,7 @@ impl DockerTarget {
         match host_port {
             Some(port) => Ok(port),
             None => Err(Error::Unhealthy {
-                reason: format!(
-                    "the container exposes no port {} (did it exit at once?)",
-                    release.port
-                ),
+                reason: format!("the container exposes no port {} (did it exit at once?)", release.port),
                 last_output: self.last_output(name).await,
             }),
         }
@@ -161,17 +129,10 @@ impl DockerTarget {
                 Ok(resp) => format!("health check answered {}", resp.status()),
                 Err(err) => format!("health check failed: {}", error_chain(&err)),
             };
-            if let Ok(info) = self
-                .docker
-                .inspect_container(name, None::<InspectContainerOptions>)
-                .await
-            {
+            if let Ok(info) = self.docker.inspect_container(name, None::<InspectContainerOptions>).await {
                 let state = info.state.unwrap_or_default();
                 if state.running == Some(false) || state.restarting == Some(true) {
-                    return Err(format!(
-                        "the container stopped (exit code {})",
-                        state.exit_code.unwrap_or_default()
-                    ));
+                    return Err(format!("the container stopped (exit code {})", state.exit_code.unwrap_or_default()));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -190,19 +151,11 @@ impl DockerTarget {
 
     /// The last lines the container printed.
     async fn last_output(&self, name: &str) -> Vec<String> {
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("50")
-            .build();
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail("50").build();
         let mut stream = self.docker.logs(name, Some(opts));
         let mut lines = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
-            lines.extend(
-                String::from_utf8_lossy(&chunk.into_bytes())
-                    .lines()
-                    .map(str::to_string),
-            );
+            lines.extend(String::from_utf8_lossy(&chunk.into_bytes()).lines().map(str::to_string));
         }
         lines
     }
@@ -210,40 +163,21 @@ impl DockerTarget {
     async fn remove(&self, name: &str) {
         let _ = self
             .docker
-            .remove_container(
-                name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
+            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
             .await;
     }
 
     /// Stops and removes every container of the app and environment but `keep`.
-    async fn retire_others(
-        &self,
-        release: &Release,
-        keep: &str,
-        log: LogFn<'_>,
-    ) -> Result<(), Error> {
+    async fn retire_others(&self, release: &Release, keep: &str, log: LogFn<'_>) -> Result<(), Error> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{LABEL_APP}={}", release.app),
-                format!("{LABEL_ENV}={}", release.environment),
-            ],
+            vec![format!("{LABEL_APP}={}", release.app), format!("{LABEL_ENV}={}", release.environment)],
         )]);
         let old = self
             .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
             .await
-            .map_err(|source| Error::Engine {
-                action: "listing the app's containers",
-                source,
-            })?;
+            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
         for c in old {
             let Some(name) = c.names.and_then(|n| n.into_iter().next()) else {
                 continue;
@@ -253,13 +187,7 @@ impl DockerTarget {
                 continue;
             }
             log(format!("retiring previous container {name}"));
-            let _ = self
-                .docker
-                .stop_container(
-                    &name,
-                    Some(StopContainerOptionsBuilder::default().t(10).build()),
-                )
-                .await;
+            let _ = self.docker.stop_container(&name, Some(StopContainerOptionsBuilder::default().t(10).build())).await;
             self.remove(&name).await;
         }
         Ok(())
@@ -288,10 +216,7 @@ impl DeployTarget for DockerTarget {
             }
             self.remove(&name).await;
             log("removed the new container; the previous version keeps serving".into());
-            return Err(Error::Unhealthy {
-                reason,
-                last_output,
-            });
+            return Err(Error::Unhealthy { reason, last_output });
         }
         log(format!("healthy: {health_url}"));
         self.retire_others(release, &name, log).await?;

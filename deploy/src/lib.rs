@@ -34,10 +34,7 @@ pub struct Live {
 pub enum Error {
     /// The new version never became healthy; the previous one keeps serving.
     #[error("the new version did not become healthy: {reason}")]
-    Unhealthy {
-        reason: String,
-        last_output: Vec<String>,
-    },
+    Unhealthy { reason: String, last_output: Vec<String> },
     /// The engine or cluster failed us.
     #[error("{action} failed")]
     Engine {
@@ -67,9 +64,5 @@ pub type LogFn<'a> = &'a (dyn Fn(String) + Send + Sync);
 /// version stopped unless the new one is healthy, and it cleans up the new version on failure.
 pub trait DeployTarget: Send + Sync {
     /// Makes `release` the serving version, or leaves the previous one serving and says why not.
-    fn deploy(
-        &self,
-        release: &Release,
-        log: LogFn<'_>,
-    ) -> impl Future<Output = Result<Live, Error>> + Send;
+    fn deploy(&self, release: &Release, log: LogFn<'_>) -> impl Future<Output = Result<Live, Error>> + Send;
 }

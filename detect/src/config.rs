@@ -53,20 +53,8 @@ struct Spans {
     test: Option<Spanned<toml::Value>>,
 }
 
-const PROVIDERS: &[&str] = &[
-    "dockerfile",
-    "node",
-    "deno",
-    "python",
-    "go",
-    "java",
-    "ruby",
-    "rust",
-    "php",
-    "dotnet",
-    "elixir",
-    "static",
-];
+const PROVIDERS: &[&str] =
+    &["dockerfile", "node", "deno", "python", "go", "java", "ruby", "rust", "php", "dotnet", "elixir", "static"];
 
 impl SlipwayToml {
     /// Reads and checks `slipway.toml` in `tree`, if there is one.
@@ -84,23 +72,12 @@ impl SlipwayToml {
         let at = |span: &Option<Spanned<toml::Value>>, message: String| {
             let start = span.as_ref().map(|s| s.span().start).unwrap_or(0);
             let (line, column) = line_column(text, start);
-            DetectError::Parse {
-                file: FILE.into(),
-                line,
-                column,
-                message,
-            }
+            DetectError::Parse { file: FILE.into(), line, column, message }
         };
         if let Some(p) = &parsed.provider
             && !PROVIDERS.contains(&p.as_str())
         {
-            return Err(at(
-                &spans.provider,
-                format!(
-                    "`provider` must be one of {}, not `{p}`",
-                    PROVIDERS.join(", ")
-                ),
-            ));
+            return Err(at(&spans.provider, format!("`provider` must be one of {}, not `{p}`", PROVIDERS.join(", "))));
         }
         if parsed.port == Some(0) {
             return Err(at(&spans.port, "`port` must be between 1 and 65535".into()));
@@ -108,19 +85,13 @@ impl SlipwayToml {
         if let Some(h) = &parsed.health_path
             && (!h.starts_with('/') || h.chars().any(|c| c.is_control() || c == ' '))
         {
-            return Err(at(
-                &spans.health_path,
-                "`health_path` must be an absolute URL path such as /healthz".into(),
-            ));
+            return Err(at(&spans.health_path, "`health_path` must be an absolute URL path such as /healthz".into()));
         }
-        for (key, value, span) in [
-            ("base_image", &parsed.base_image, &spans.base_image),
-            ("version", &parsed.version, &spans.version),
-        ] {
+        for (key, value, span) in
+            [("base_image", &parsed.base_image, &spans.base_image), ("version", &parsed.version, &spans.version)]
+        {
             if let Some(v) = value
-                && (v.is_empty()
-                    || v.len() > 255
-                    || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+                && (v.is_empty() || v.len() > 255 || v.chars().any(|c| c.is_whitespace() || c.is_control()))
             {
                 return Err(at(span, format!("`{key}` must be one word without spaces")));
             }
@@ -130,17 +101,11 @@ impl SlipwayToml {
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(at(
-                    &spans.env,
-                    format!("`env.{key}`: names must match [A-Za-z_][A-Za-z0-9_]*"),
-                ));
+                return Err(at(&spans.env, format!("`env.{key}`: names must match [A-Za-z_][A-Za-z0-9_]*")));
             }
         }
         if parsed.test == Some(TestSetting::Enabled(true)) {
-            return Err(at(
-                &spans.test,
-                "`test` is a command, or false to skip the test step".into(),
-            ));
+            return Err(at(&spans.test, "`test` is a command, or false to skip the test step".into()));
         }
         Ok(parsed)
     }
@@ -181,10 +146,7 @@ impl SlipwayToml {
 /// A TOML error as file:line:column and the parser's message, led by the key when the error
 /// is in a value (`port: invalid type ...`).
 pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> DetectError {
-    let (line, column) = err
-        .span()
-        .map(|s| line_column(text, s.start))
-        .unwrap_or((1, 1));
+    let (line, column) = err.span().map(|s| line_column(text, s.start)).unwrap_or((1, 1));
     let mut message = err.message().trim().to_string();
     let line_text = text.lines().nth(line - 1).unwrap_or_default();
     if let Some((key, _)) = line_text.split_once('=') {
@@ -194,24 +156,14 @@ pub fn toml_error(file: &str, text: &str, err: &toml::de::Error) -> DetectError 
             message = format!("`{key}`: {message}");
         }
     }
-    DetectError::Parse {
-        file: file.into(),
-        line,
-        column,
-        message,
-    }
+    DetectError::Parse { file: file.into(), line, column, message }
 }
 
 /// 1-based line and column of byte `offset` in `text`.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
     (line, column)
 }
 
@@ -231,24 +183,15 @@ mod tests {
         .expect("valid");
         assert_eq!(c.port, Some(3000));
         assert_eq!(c.test, Some(TestSetting::Enabled(false)));
-        assert_eq!(
-            c.env.get("NODE_ENV").map(String::as_str),
-            Some("production")
-        );
+        assert_eq!(c.env.get("NODE_ENV").map(String::as_str), Some("production"));
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key_and_line() {
         let e = err("start = \"x\"\nstrat = \"y\"\n");
-        assert!(
-            e.starts_with("slipway.toml:2:1:") && e.contains("unknown field `strat`"),
-            "{e}"
-        );
+        assert!(e.starts_with("slipway.toml:2:1:") && e.contains("unknown field `strat`"), "{e}");
         let e = err("port = \"eighty\"\n");
-        assert!(
-            e.starts_with("slipway.toml:1:") && e.contains("`port`: invalid type"),
-            "{e}"
-        );
+        assert!(e.starts_with("slipway.toml:1:") && e.contains("`port`: invalid type"), "{e}");
         let e = err("\n\nport = 70000\n");
         assert!(e.starts_with("slipway.toml:3:"), "{e}");
         let e = err("install = [\n");

@@ -66,10 +66,7 @@ pub struct Fact<T> {
 impl<T> Fact<T> {
     /// A value decided by `files`.
     pub fn new(value: T, files: &[&str]) -> Self {
-        Self {
-            value,
-            from: files.iter().map(|f| f.to_string()).collect(),
-        }
+        Self { value, from: files.iter().map(|f| f.to_string()).collect() }
     }
 
     /// A value nothing in the repository decided.
@@ -109,12 +106,7 @@ pub struct Plan {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DetectError {
     #[error("{file}:{line}:{column}: {message}")]
-    Parse {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { file: String, line: usize, column: usize, message: String },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
     #[error(
@@ -149,15 +141,9 @@ pub fn detect(repo: &Path, options: &Options) -> Result<Plan, DetectError> {
     let tree = Tree::new(&dir);
     let config = SlipwayToml::load(&tree)?;
     let ignore_dockerfile = options.ignore_dockerfile
-        || config
-            .as_ref()
-            .is_some_and(|c| c.provider.as_deref().is_some_and(|p| p != "dockerfile"));
-    let mut plan = providers::detect(
-        &tree,
-        &app_root,
-        config.as_ref().and_then(|c| c.provider.as_deref()),
-        ignore_dockerfile,
-    )?;
+        || config.as_ref().is_some_and(|c| c.provider.as_deref().is_some_and(|p| p != "dockerfile"));
+    let mut plan =
+        providers::detect(&tree, &app_root, config.as_ref().and_then(|c| c.provider.as_deref()), ignore_dockerfile)?;
     providers::apply_procfile(&tree, &mut plan)?;
     if let Some(config) = config {
         config.apply(&mut plan);
@@ -166,19 +152,12 @@ pub fn detect(repo: &Path, options: &Options) -> Result<Plan, DetectError> {
 }
 
 fn normalize_root(raw: &str) -> Result<String, DetectError> {
-    let parts: Vec<&str> = raw
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let parts: Vec<&str> = raw.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if raw.starts_with('/') || parts.contains(&"..") {
         return Err(DetectError::Io {
             path: raw.to_string(),
             message: "the app root must be a relative path inside the repository".into(),
         });
     }
-    Ok(if parts.is_empty() {
-        ".".into()
-    } else {
-        parts.join("/")
-    })
+    Ok(if parts.is_empty() { ".".into() } else { parts.join("/") })
 }

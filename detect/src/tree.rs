@@ -15,25 +15,17 @@ pub struct Tree {
 
 impl Tree {
     pub fn new(root: &Path) -> Self {
-        Self {
-            root: root.to_path_buf(),
-        }
+        Self { root: root.to_path_buf() }
     }
 
     /// Whether `rel` is a regular file (symlinks do not count).
     pub fn file(&self, rel: &str) -> bool {
-        self.root
-            .join(rel)
-            .symlink_metadata()
-            .is_ok_and(|m| m.is_file())
+        self.root.join(rel).symlink_metadata().is_ok_and(|m| m.is_file())
     }
 
     /// Whether `rel` is a directory (symlinks do not count).
     pub fn dir(&self, rel: &str) -> bool {
-        self.root
-            .join(rel)
-            .symlink_metadata()
-            .is_ok_and(|m| m.is_dir())
+        self.root.join(rel).symlink_metadata().is_ok_and(|m| m.is_dir())
     }
 
     /// The text of `rel`, `None` if it is not a regular file.
@@ -42,18 +34,13 @@ impl Tree {
             return Ok(None);
         }
         let path = self.root.join(rel);
-        let io = |message: String| DetectError::Io {
-            path: rel.to_string(),
-            message,
-        };
+        let io = |message: String| DetectError::Io { path: rel.to_string(), message };
         let len = path.metadata().map_err(|e| io(e.to_string()))?.len();
         if len > MAX_FILE {
             return Err(io(format!("larger than {MAX_FILE} bytes; not read")));
         }
         let bytes = std::fs::read(&path).map_err(|e| io(e.to_string()))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| io("not UTF-8 text".into()))
+        String::from_utf8(bytes).map(Some).map_err(|_| io("not UTF-8 text".into()))
     }
 
     /// Names of the entries of directory `rel` (sorted), filtered by `keep`.

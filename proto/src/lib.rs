@@ -9,9 +9,7 @@ pub mod state;
 
 pub use message::{Body, Control, Envelope, Job, JobApp, LogLine, Notification, TargetKind};
 pub use name::{NameError, validate_dns_label};
-pub use state::{
-    Cause, Event, InvalidTransition, State, Step, StepStatus, apply, retry_decision, retry_delay,
-};
+pub use state::{Cause, Event, InvalidTransition, State, Step, StepStatus, apply, retry_decision, retry_delay};
 
 /// Exchange and queue names, derived from one prefix so tests can run side by side.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -97,11 +97,7 @@ pub enum Body {
         url: Option<String>,
     },
     /// A step failed.
-    Failed {
-        step: Step,
-        cause: Cause,
-        message: String,
-    },
+    Failed { step: Step, cause: Cause, message: String },
     /// The runner stopped the job on request (control message) or while shutting down.
     Abandoned { reason: String },
 }
@@ -170,11 +166,7 @@ mod tests {
             deployment_id: Uuid::nil(),
             attempt: 2,
             runner_id: "r1".into(),
-            body: Body::Step {
-                step: Step::Build,
-                status: StepStatus::Running,
-                error: None,
-            },
+            body: Body::Step { step: Step::Build, status: StepStatus::Running, error: None },
         };
         let json = serde_json::to_value(&env).expect("serialize");
         assert_eq!(json["body"]["type"], "step");

@@ -19,20 +19,14 @@ pub fn validate_dns_label(what: &'static str, name: &str) -> Result<(), NameErro
         return Err(NameError::Empty { what });
     }
     if name.len() > 63 {
-        return Err(NameError::TooLong {
-            what,
-            name: name.chars().take(80).collect(),
-        });
+        return Err(NameError::TooLong { what, name: name.chars().take(80).collect() });
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let first = name.chars().next().is_some_and(alnum);
     let last = name.chars().last().is_some_and(alnum);
     if !(first && last && name.chars().all(ok_char)) {
-        return Err(NameError::Invalid {
-            what,
-            name: name.to_string(),
-        });
+        return Err(NameError::Invalid { what, name: name.to_string() });
     }
     Ok(())
 }
@@ -50,17 +44,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_dns_label() {
-        for bad in [
-            "",
-            "Web",
-            "-web",
-            "web-",
-            "my_app",
-            "a.b",
-            "ä",
-            "web app",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "Web", "-web", "web-", "my_app", "a.b", "ä", "web app", &"a".repeat(64)] {
             let err = validate_dns_label("app name", bad).expect_err(bad);
             assert!(err.to_string().contains("app name"), "{err}");
         }

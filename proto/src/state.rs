@@ -89,15 +89,9 @@ impl State {
 
     /// Parses a stored column value.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            State::Queued,
-            State::Running,
-            State::Completed,
-            State::Failed,
-            State::Cancelled,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        [State::Queued, State::Running, State::Completed, State::Failed, State::Cancelled]
+            .into_iter()
+            .find(|st| st.as_str() == s)
     }
 
     /// No event changes a terminal state.
@@ -111,13 +105,7 @@ impl State {
 
 impl Step {
     /// Every step in pipeline order.
-    pub const ALL: [Step; 5] = [
-        Step::Clone,
-        Step::Build,
-        Step::Push,
-        Step::Deploy,
-        Step::Cleanup,
-    ];
+    pub const ALL: [Step; 5] = [Step::Clone, Step::Build, Step::Push, Step::Deploy, Step::Cleanup];
 
     /// The column value stored in PostgreSQL.
     pub fn as_str(self) -> &'static str {
@@ -221,14 +209,7 @@ mod tests {
 
     #[test]
     fn terminal_states_accept_nothing() {
-        let events = [
-            E::Claimed,
-            E::Step,
-            E::Completed,
-            E::Failed,
-            E::Retry,
-            E::Cancel,
-        ];
+        let events = [E::Claimed, E::Step, E::Completed, E::Failed, E::Retry, E::Cancel];
         for from in [S::Completed, S::Failed, S::Cancelled] {
             assert!(from.is_terminal());
             for event in events {
@@ -247,10 +228,7 @@ mod tests {
 
     #[test]
     fn retry_delay_doubles_and_is_capped() {
-        let secs: Vec<u64> = [1, 2, 3, 4, 7, 60, u32::MAX]
-            .iter()
-            .map(|a| retry_delay(*a).as_secs())
-            .collect();
+        let secs: Vec<u64> = [1, 2, 3, 4, 7, 60, u32::MAX].iter().map(|a| retry_delay(*a).as_secs()).collect();
         assert_eq!(secs, [5, 10, 20, 40, 300, 300, 300]);
     }
 

@@ -6,8 +6,7 @@
 use std::path::Path;
 
 use git2::{
-    AutotagOption, Cred, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository,
-    build::CheckoutBuilder,
+    AutotagOption, Cred, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository, build::CheckoutBuilder,
 };
 
 /// Credentials offered when the server asks for them.
@@ -19,10 +18,7 @@ pub struct GitAuth {
 
 impl std::fmt::Debug for GitAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitAuth")
-            .field("username", &self.username)
-            .field("token", &"<redacted>")
-            .finish()
+        f.debug_struct("GitAuth").field("username", &self.username).field("token", &"<redacted>").finish()
     }
 }
 
@@ -62,54 +58,27 @@ pub fn shallow_checkout(
     if sha.len() < 40 {
         return Err(CheckoutError::BadSha(sha.to_string()));
     }
-    let repo =
-        Repository::init(dest).map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
-    let mut remote = repo
-        .remote_anonymous(url)
-        .map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
+    let repo = Repository::init(dest).map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
+    let mut remote = repo.remote_anonymous(url).map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
     log(format!("fetching {sha} (depth 1)"));
-    let by_sha = remote.fetch(
-        &[format!("+{sha}:refs/slipway/target")],
-        Some(&mut fetch_options(auth)),
-        None,
-    );
+    let by_sha = remote.fetch(&[format!("+{sha}:refs/slipway/target")], Some(&mut fetch_options(auth)), None);
     if let Err(err) = by_sha {
-        log(format!(
-            "the server would not serve the SHA directly ({}); fetching {git_ref} instead",
-            err.message()
-        ));
-        remote
-            .fetch(
-                &[format!("+{git_ref}:refs/slipway/target")],
-                Some(&mut fetch_options(auth)),
-                None,
-            )
-            .map_err(|e| match is_auth_or_network(&e) {
+        log(format!("the server would not serve the SHA directly ({}); fetching {git_ref} instead", err.message()));
+        remote.fetch(&[format!("+{git_ref}:refs/slipway/target")], Some(&mut fetch_options(auth)), None).map_err(
+            |e| match is_auth_or_network(&e) {
                 true => CheckoutError::Fetch(e.message().to_string()),
-                false => CheckoutError::NotFound {
-                    sha: sha.to_string(),
-                    message: e.message().to_string(),
-                },
-            })?;
+                false => CheckoutError::NotFound { sha: sha.to_string(), message: e.message().to_string() },
+            },
+        )?;
     }
     let commit = repo.find_commit(oid).map_err(|_| CheckoutError::NotFound {
         sha: sha.to_string(),
-        message: format!(
-            "it is not the tip of {git_ref} and the server does not allow fetching it by SHA"
-        ),
+        message: format!("it is not the tip of {git_ref} and the server does not allow fetching it by SHA"),
     })?;
     repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
         .map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
-    repo.set_head_detached(oid)
-        .map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
-    let summary = commit
-        .summary()
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-        .chars()
-        .take(200)
-        .collect::<String>();
+    repo.set_head_detached(oid).map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
+    let summary = commit.summary().ok().flatten().unwrap_or_default().chars().take(200).collect::<String>();
     log(format!("checked out {sha}: {summary}"));
     Ok(())
 }
@@ -121,9 +90,7 @@ fn fetch_options(auth: Option<&GitAuth>) -> FetchOptions<'_> {
         callbacks.credentials(move |_url, _username, _allowed| {
             tries += 1;
             if tries > 1 {
-                return Err(git2::Error::from_str(
-                    "the repository refused the configured credentials",
-                ));
+                return Err(git2::Error::from_str("the repository refused the configured credentials"));
             }
             Cred::userpass_plaintext(&auth.username, &auth.token)
         });
@@ -137,8 +104,6 @@ fn fetch_options(auth: Option<&GitAuth>) -> FetchOptions<'_> {
 }
 
 fn is_auth_or_network(err: &git2::Error) -> bool {
-    matches!(
-        err.class(),
-        git2::ErrorClass::Net | git2::ErrorClass::Ssl | git2::ErrorClass::Http
-    ) || err.code() == git2::ErrorCode::Auth
+    matches!(err.class(), git2::ErrorClass::Net | git2::ErrorClass::Ssl | git2::ErrorClass::Http)
+        || err.code() == git2::ErrorCode::Auth
 }

@@ -8,18 +8,10 @@ use clap::Parser;
 /// Everything the runner reads at start-up; `--help` documents each variable. A runner needs
 /// RabbitMQ, the Docker engine and the registry; never the database.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "slipway-runner",
-    version,
-    about = "Slipway runner: clones, builds, pushes and deploys jobs"
-)]
+#[command(name = "slipway-runner", version, about = "Slipway runner: clones, builds, pushes and deploys jobs")]
 pub struct Config {
     /// RabbitMQ connection string.
-    #[arg(
-        long,
-        env = "SLIPWAY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
 
     /// Prefix of every queue and exchange name; must match the scheduler's.
@@ -80,11 +72,8 @@ impl Config {
         if self.heartbeat_seconds == 0 {
             return Err("SLIPWAY_HEARTBEAT_SECONDS must be at least 1".into());
         }
-        if self.registry.is_empty() || self.registry.contains("://") || self.registry.ends_with('/')
-        {
-            return Err(
-                "SLIPWAY_REGISTRY must look like host[:port][/namespace], without a scheme".into(),
-            );
+        if self.registry.is_empty() || self.registry.contains("://") || self.registry.ends_with('/') {
+            return Err("SLIPWAY_REGISTRY must look like host[:port][/namespace], without a scheme".into());
         }
         if let Some(id) = &self.runner_id
             && (id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()))

@@ -57,11 +57,7 @@ impl DockerIgnore {
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
-                .map_err(|source| ContextError::Pattern {
-                    line: i + 1,
-                    pattern: pattern.clone(),
-                    source,
-                })?;
+                .map_err(|source| ContextError::Pattern { line: i + 1, pattern: pattern.clone(), source })?;
             rules.push((glob.compile_matcher(), negate));
         }
         Ok(Self { rules })
@@ -127,22 +123,10 @@ pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     let mut total: u64 = 0;
-    let mut walk = WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter();
+    let mut walk = WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1).into_iter();
     while let Some(entry) = walk.next() {
-        let entry = entry.map_err(|e| ContextError::Io {
-            path: root.display().to_string(),
-            source: e.into(),
-        })?;
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap_or(entry.path())
-            .to_string_lossy()
-            .replace('\\', "/");
+        let entry = entry.map_err(|e| ContextError::Io { path: root.display().to_string(), source: e.into() })?;
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().replace('\\', "/");
         let file_type = entry.file_type();
         if rel == ".git" && file_type.is_dir() {
             walk.skip_current_dir();
@@ -156,10 +140,7 @@ pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
             }
             continue;
         }
-        let meta = entry
-            .path()
-            .symlink_metadata()
-            .map_err(io_err(entry.path()))?;
+        let meta = entry.path().symlink_metadata().map_err(io_err(entry.path()))?;
         let mut header = tar::Header::new_gnu();
         header.set_mtime(0);
         header.set_uid(0);
@@ -169,30 +150,23 @@ pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
-            builder
-                .append_link(&mut header, &rel, &target)
-                .map_err(io_err(entry.path()))?;
+            builder.append_link(&mut header, &rel, &target).map_err(io_err(entry.path()))?;
         } else if file_type.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
-            builder
-                .append_data(&mut header, format!("{rel}/"), io::empty())
-                .map_err(io_err(entry.path()))?;
+            builder.append_data(&mut header, format!("{rel}/"), io::empty()).map_err(io_err(entry.path()))?;
         } else if file_type.is_file() {
             total += meta.len();
             if total > limit {
                 return Err(ContextError::TooLarge { limit });
             }
-            let executable =
-                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+            let executable = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(if executable { 0o755 } else { 0o644 });
             header.set_size(meta.len());
             let file = std::fs::File::open(entry.path()).map_err(io_err(entry.path()))?;
-            builder
-                .append_data(&mut header, &rel, file)
-                .map_err(io_err(entry.path()))?;
+            builder.append_data(&mut header, &rel, file).map_err(io_err(entry.path()))?;
         }
     }
     builder.into_inner().map_err(io_err(root))
@@ -210,34 +184,23 @@ mod tests {
             .expect("entries")
             .map(|e| {
                 let e = e.expect("entry");
-                (
-                    e.path().expect("path").to_string_lossy().into_owned(),
-                    e.header().entry_type(),
-                )
+                (e.path().expect("path").to_string_lossy().into_owned(), e.header().entry_type())
             })
             .collect()
     }
 
     #[test]
     fn dockerignore_semantics() {
-        let ig = DockerIgnore::parse(
-            "# comment\n/node_modules\n*.log\n!keep.log\nbuild/**/*.o\n./secret/../tmp\n",
-        )
-        .expect("parse");
+        let ig = DockerIgnore::parse("# comment\n/node_modules\n*.log\n!keep.log\nbuild/**/*.o\n./secret/../tmp\n")
+            .expect("parse");
         assert!(ig.excludes("node_modules"));
-        assert!(
-            ig.excludes("node_modules/x/y.js"),
-            "a matched directory excludes its content"
-        );
+        assert!(ig.excludes("node_modules/x/y.js"), "a matched directory excludes its content");
         assert!(ig.excludes("app.log"));
         assert!(!ig.excludes("keep.log"), "negation re-includes");
         assert!(!ig.excludes("logs/app.log"), "* does not cross /");
         assert!(ig.excludes("build/a/b/c.o"));
         assert!(ig.excludes("build/c.o"), "** matches zero directories");
-        assert!(
-            ig.excludes("tmp/x"),
-            "patterns are cleaned like filepath.Clean"
-        );
+        assert!(ig.excludes("tmp/x"), "patterns are cleaned like filepath.Clean");
         assert!(!ig.excludes("src/main.rs"));
     }
 
@@ -270,25 +233,16 @@ mod tests {
 
         let entries = names(&first);
         let paths: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(
-            paths,
-            [".dockerignore", "Dockerfile", "a.txt", "b.txt", "escape"]
-        );
+        assert_eq!(paths, [".dockerignore", "Dockerfile", "a.txt", "b.txt", "escape"]);
         assert_eq!(entries[4].1, tar::EntryType::Symlink);
         let text = String::from_utf8_lossy(&first);
-        assert!(
-            !text.contains("TOP SECRET OUTSIDE"),
-            "the symlink target's content must not be in the context"
-        );
+        assert!(!text.contains("TOP SECRET OUTSIDE"), "the symlink target's content must not be in the context");
     }
 
     #[test]
     fn oversized_context_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("big"), vec![0u8; 4096]).expect("write");
-        assert!(matches!(
-            tarball(dir.path(), 1000),
-            Err(ContextError::TooLarge { .. })
-        ));
+        assert!(matches!(tarball(dir.path(), 1000), Err(ContextError::TooLarge { .. })));
     }
 }

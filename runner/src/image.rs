@@ -42,14 +42,9 @@ pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, Imag
     let raw = format!("{registry}/{app}:{}", sha.to_ascii_lowercase());
     let parsed: Reference = raw
         .parse()
-        .map_err(|e: oci_spec::distribution::ParseError| {
-            ImageError::Reference(raw.clone(), e.to_string())
-        })?;
+        .map_err(|e: oci_spec::distribution::ParseError| ImageError::Reference(raw.clone(), e.to_string()))?;
     if parsed.whole() != raw || raw.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(ImageError::Reference(
-            raw.clone(),
-            "it must be lowercase and fully qualified".into(),
-        ));
+        return Err(ImageError::Reference(raw.clone(), "it must be lowercase and fully qualified".into()));
     }
     Ok(parsed)
 }
@@ -90,9 +85,7 @@ pub async fn build(
                 }
                 if let Some(detail) = info.error_detail {
                     return Err(ImageError::BuildFailed(
-                        detail
-                            .message
-                            .unwrap_or_else(|| "unknown build error".into()),
+                        detail.message.unwrap_or_else(|| "unknown build error".into()),
                     ));
                 }
             }
@@ -100,18 +93,14 @@ pub async fn build(
                 log(error.clone());
                 return Err(ImageError::BuildFailed(error));
             }
-            Err(DockerError::DockerResponseServerError {
-                status_code,
-                message,
-            }) if (400..500).contains(&status_code) => {
+            Err(DockerError::DockerResponseServerError { status_code, message })
+                if (400..500).contains(&status_code) =>
+            {
                 log(message.clone());
                 return Err(ImageError::BuildFailed(message));
             }
             Err(source) => {
-                return Err(ImageError::Engine {
-                    action: "building",
-                    source,
-                });
+                return Err(ImageError::Engine { action: "building", source });
             }
         }
     }
@@ -125,9 +114,7 @@ pub async fn push(
     log: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Option<String>, ImageError> {
     let name = format!("{}/{}", image.registry(), image.repository());
-    let options = PushImageOptionsBuilder::default()
-        .tag(image.tag().unwrap_or("latest"))
-        .build();
+    let options = PushImageOptionsBuilder::default().tag(image.tag().unwrap_or("latest")).build();
     let mut stream = docker.push_image(&name, Some(options), None);
     let mut digest = None;
     while let Some(item) = stream.next().await {
@@ -137,11 +124,7 @@ pub async fn push(
                     return Err(ImageError::PushFailed(detail.message.unwrap_or_default()));
                 }
                 if let Some(status) = info.status {
-                    if let Some(d) = status
-                        .split_whitespace()
-                        .skip_while(|w| *w != "digest:")
-                        .nth(1)
-                    {
+                    if let Some(d) = status.split_whitespace().skip_while(|w| *w != "digest:").nth(1) {
                         digest = Some(d.to_string());
                     }
                     if !matches!(status.as_str(), "Pushing" | "Preparing" | "Waiting") {
@@ -153,10 +136,7 @@ pub async fn push(
                 return Err(ImageError::PushFailed(error));
             }
             Err(source) => {
-                return Err(ImageError::Engine {
-                    action: "pushing",
-                    source,
-                });
+                return Err(ImageError::Engine { action: "pushing", source });
             }
         }
     }
@@ -169,24 +149,12 @@ mod tests {
 
     #[test]
     fn references_are_lowercase_and_qualified() {
-        let r = reference(
-            "127.0.0.1:5000",
-            "web",
-            "ABCDEF0123456789abcdef0123456789abcdef01",
-        )
-        .expect("valid");
-        assert_eq!(
-            r.whole(),
-            "127.0.0.1:5000/web:abcdef0123456789abcdef0123456789abcdef01"
-        );
+        let r = reference("127.0.0.1:5000", "web", "ABCDEF0123456789abcdef0123456789abcdef01").expect("valid");
+        assert_eq!(r.whole(), "127.0.0.1:5000/web:abcdef0123456789abcdef0123456789abcdef01");
         assert_eq!(r.registry(), "127.0.0.1:5000");
         assert_eq!(r.repository(), "web");
-        let r = reference(
-            "registry.example.com/team",
-            "web",
-            "0123456789abcdef0123456789abcdef01234567",
-        )
-        .expect("namespace");
+        let r = reference("registry.example.com/team", "web", "0123456789abcdef0123456789abcdef01234567")
+            .expect("namespace");
         assert_eq!(r.repository(), "team/web");
         assert!(reference("Registry.Example.com", "Web", "x").is_err());
         assert!(reference("127.0.0.1:5000", "we b", "0123").is_err());

@@ -49,18 +49,8 @@ impl Outcome {
     pub fn into_body(self, cancel_reason: &str) -> Body {
         match self {
             Outcome::Completed { image, url } => Body::Completed { image, url },
-            Outcome::Failed {
-                step,
-                cause,
-                message,
-            } => Body::Failed {
-                step,
-                cause,
-                message,
-            },
-            Outcome::Cancelled => Body::Abandoned {
-                reason: cancel_reason.to_string(),
-            },
+            Outcome::Failed { step, cause, message } => Body::Failed { step, cause, message },
+            Outcome::Cancelled => Body::Abandoned { reason: cancel_reason.to_string() },
         }
     }
 }
@@ -72,40 +62,22 @@ struct StepFailure {
 
 impl StepFailure {
     fn new(user: bool, message: String) -> Self {
-        let cause = if user {
-            Cause::User
-        } else {
-            Cause::Infrastructure
-        };
+        let cause = if user { Cause::User } else { Cause::Infrastructure };
         Self { cause, message }
     }
 }
 
 /// Runs every step of `job`, reporting as it goes.
-pub async fn run(
-    job: &Job,
-    tools: &Tools,
-    reporter: &Reporter,
-    cancel: &CancellationToken,
-) -> Outcome {
+pub async fn run(job: &Job, tools: &Tools, reporter: &Reporter, cancel: &CancellationToken) -> Outcome {
     let r = reporter;
     r.line(
         None,
-        &format!(
-            "attempt {} of deployment {} on runner {}",
-            job.attempt,
-            job.deployment_id,
-            tools.config.runner_id()
-        ),
+        &format!("attempt {} of deployment {} on runner {}", job.attempt, job.deployment_id, tools.config.runner_id()),
     );
     let workspace = match workspace(&tools.config) {
         Ok(dir) => dir,
         Err(err) => {
-            return failed(
-                r,
-                Step::Clone,
-                StepFailure::new(false, format!("creating the workspace failed: {err}")),
-            );
+            return failed(r, Step::Clone, StepFailure::new(false, format!("creating the workspace failed: {err}")));
         }
     };
     let result = steps(job, tools, r, cancel, workspace.path()).await;
@@ -118,10 +90,7 @@ pub async fn run(
             r.step(Step::Cleanup, StepStatus::Succeeded, None);
         }
         Ok(Err(err)) => {
-            r.line(
-                Some(Step::Cleanup),
-                &format!("could not remove workspace {path}: {err}"),
-            );
+            r.line(Some(Step::Cleanup), &format!("could not remove workspace {path}: {err}"));
             r.step(Step::Cleanup, StepStatus::Failed, Some(err.to_string()));
         }
         Err(err) => r.step(Step::Cleanup, StepStatus::Failed, Some(err.to_string())),
@@ -140,13 +109,7 @@ fn workspace(config: &Config) -> std::io::Result<tempfile::TempDir> {
     }
 }
 
-async fn steps(
-    job: &Job,
-    tools: &Tools,
-    r: &Reporter,
-    cancel: &CancellationToken,
-    dir: &std::path::Path,
-) -> Outcome {
+async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &std::path::Path) -> Outcome {
     let log = |step: Step| {
         let r = r.clone();
         move |line: String| r.line(Some(step), &line)
@@ -154,17 +117,10 @@ async fn steps(
 
     // clone
     r.step(Step::Clone, StepStatus::Running, None);
-    let auth = tools.config.git_token.clone().map(|token| GitAuth {
-        username: tools.config.git_username.clone(),
-        token,
-    });
-    let (url, sha, git_ref, dest, clone_log) = (
-        job.app.repo_url.clone(),
-        job.sha.clone(),
-        job.git_ref.clone(),
-        dir.to_path_buf(),
-        log(Step::Clone),
-    );
+    let auth =
+        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let (url, sha, git_ref, dest, clone_log) =
+        (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf(), log(Step::Clone));
     let cloning = tokio::task::spawn_blocking(move || {
         checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &clone_log)
     });
@@ -172,18 +128,10 @@ async fn steps(
         None => return Outcome::Cancelled,
         Some(Ok(Ok(()))) => r.step(Step::Clone, StepStatus::Succeeded, None),
         Some(Ok(Err(err))) => {
-            return failed(
-                r,
-                Step::Clone,
-                StepFailure::new(err.is_user_error(), err.to_string()),
-            );
+            return failed(r, Step::Clone, StepFailure::new(err.is_user_error(), err.to_string()));
         }
         Some(Err(join)) => {
-            return failed(
-                r,
-                Step::Clone,
-                StepFailure::new(false, format!("clone task failed: {join}")),
-            );
+            return failed(r, Step::Clone, StepFailure::new(false, format!("clone task failed: {join}")));
         }
     }
 
@@ -195,10 +143,7 @@ async fn steps(
     let image_name = reference.whole();
     if image::in_registry(&tools.docker, &image_name).await {
         for step in [Step::Build, Step::Push] {
-            r.line(
-                Some(step),
-                &format!("{image_name} is already in the registry; skipping"),
-            );
+            r.line(Some(step), &format!("{image_name} is already in the registry; skipping"));
             r.step(step, StepStatus::Skipped, None);
         }
     } else {
@@ -206,26 +151,14 @@ async fn steps(
             return outcome;
         }
         r.step(Step::Push, StepStatus::Running, None);
-        match cancellable(
-            cancel,
-            image::push(&tools.docker, &reference, &log(Step::Push)),
-        )
-        .await
-        {
+        match cancellable(cancel, image::push(&tools.docker, &reference, &log(Step::Push))).await {
             None => return Outcome::Cancelled,
             Some(Ok(digest)) => {
-                r.line(
-                    Some(Step::Push),
-                    &format!("pushed {image_name} {}", digest.unwrap_or_default()),
-                );
+                r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));
                 r.step(Step::Push, StepStatus::Succeeded, None);
             }
             Some(Err(err)) => {
-                return failed(
-                    r,
-                    Step::Push,
-                    StepFailure::new(err.is_user_error(), err.to_string()),
-                );
+                return failed(r, Step::Push, StepFailure::new(err.is_user_error(), err.to_string()));
             }
         }
     }
@@ -247,16 +180,9 @@ async fn steps(
                 r.line(Some(Step::Deploy), &format!("live at {url}"));
             }
             r.step(Step::Deploy, StepStatus::Succeeded, None);
-            Outcome::Completed {
-                image: image_name,
-                url: live.url,
-            }
+            Outcome::Completed { image: image_name, url: live.url }
         }
-        Err(err) => failed(
-            r,
-            Step::Deploy,
-            StepFailure::new(err.is_user_error(), err.to_string()),
-        ),
+        Err(err) => failed(r, Step::Deploy, StepFailure::new(err.is_user_error(), err.to_string())),
     }
 }
 
@@ -277,28 +203,16 @@ async fn build(
         ));
     }
     let root = dir.to_path_buf();
-    let tar =
-        match tokio::task::spawn_blocking(move || context::tarball(&root, CONTEXT_LIMIT)).await {
-            Ok(Ok(tar)) => tar,
-            Ok(Err(err)) => {
-                return Some(failed(
-                    r,
-                    Step::Build,
-                    StepFailure::new(true, err.to_string()),
-                ));
-            }
-            Err(join) => {
-                return Some(failed(
-                    r,
-                    Step::Build,
-                    StepFailure::new(false, format!("context task failed: {join}")),
-                ));
-            }
-        };
-    r.line(
-        Some(Step::Build),
-        &format!("build context: {} bytes", tar.len()),
-    );
+    let tar = match tokio::task::spawn_blocking(move || context::tarball(&root, CONTEXT_LIMIT)).await {
+        Ok(Ok(tar)) => tar,
+        Ok(Err(err)) => {
+            return Some(failed(r, Step::Build, StepFailure::new(true, err.to_string())));
+        }
+        Err(join) => {
+            return Some(failed(r, Step::Build, StepFailure::new(false, format!("context task failed: {join}"))));
+        }
+    };
+    r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
     let labels = HashMap::from([
         ("dev.slipway.app".to_string(), job.app.name.clone()),
         ("dev.slipway.sha".to_string(), job.sha.clone()),
@@ -309,16 +223,10 @@ async fn build(
     let building = tokio::time::timeout(limit, image::build(&tools.docker, tar, tag, labels, &log));
     match cancellable(cancel, building).await {
         None => Some(Outcome::Cancelled),
-        Some(Err(_elapsed)) => Some(failed(
-            r,
-            Step::Build,
-            StepFailure::new(true, format!("the build took longer than {limit:?}")),
-        )),
-        Some(Ok(Err(err))) => Some(failed(
-            r,
-            Step::Build,
-            StepFailure::new(err.is_user_error(), err.to_string()),
-        )),
+        Some(Err(_elapsed)) => {
+            Some(failed(r, Step::Build, StepFailure::new(true, format!("the build took longer than {limit:?}"))))
+        }
+        Some(Ok(Err(err))) => Some(failed(r, Step::Build, StepFailure::new(err.is_user_error(), err.to_string()))),
         Some(Ok(Ok(()))) => {
             r.step(Step::Build, StepStatus::Succeeded, None);
             None
@@ -327,10 +235,7 @@ async fn build(
 }
 
 /// Runs `fut` unless `cancel` fires first (then `None`; the future is dropped at an await point).
-async fn cancellable<F: std::future::Future>(
-    cancel: &CancellationToken,
-    fut: F,
-) -> Option<F::Output> {
+async fn cancellable<F: std::future::Future>(cancel: &CancellationToken, fut: F) -> Option<F::Output> {
     tokio::select! {
         _ = cancel.cancelled() => None,
         out = fut => Some(out),
@@ -338,14 +243,7 @@ async fn cancellable<F: std::future::Future>(
 }
 
 fn failed(r: &Reporter, step: Step, failure: StepFailure) -> Outcome {
-    r.line(
-        Some(step),
-        &format!("{} failed: {}", step.as_str(), failure.message),
-    );
+    r.line(Some(step), &format!("{} failed: {}", step.as_str(), failure.message));
     r.step(step, StepStatus::Failed, Some(failure.message.clone()));
-    Outcome::Failed {
-        step,
-        cause: failure.cause,
-        message: failure.message,
-    }
+    Outcome::Failed { step, cause: failure.cause, message: failure.message }
 }

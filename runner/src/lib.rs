@@ -43,19 +43,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let shipper_cancel = CancellationToken::new();
-    let shipper = tokio::spawn(report::run_shipper(
-        config.amqp_url.clone(),
-        topo.clone(),
-        outbox_rx,
-        shipper_cancel.clone(),
-    ));
+    let shipper =
+        tokio::spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_rx, shipper_cancel.clone()));
 
     let worker = worker::Worker {
-        tools: job::Tools {
-            docker,
-            target,
-            config: config.clone(),
-        },
+        tools: job::Tools { docker, target, config: config.clone() },
         topo: topo.clone(),
         runner_id: runner_id.clone(),
         outbox,
@@ -79,14 +71,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(runner_id = %runner_id, concurrency = config.concurrency, "runner ready");
 
     shutdown.cancelled().await;
-    tracing::info!(
-        drain_seconds = config.drain_seconds,
-        "draining: no new jobs"
-    );
-    if tokio::time::timeout(Duration::from_secs(config.drain_seconds), slots.wait())
-        .await
-        .is_err()
-    {
+    tracing::info!(drain_seconds = config.drain_seconds, "draining: no new jobs");
+    if tokio::time::timeout(Duration::from_secs(config.drain_seconds), slots.wait()).await.is_err() {
         tracing::warn!("drain period over; handing back running jobs");
         worker.abort.cancel();
         slots.wait().await;

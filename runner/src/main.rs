@@ -10,13 +10,7 @@ async fn main() -> std::process::ExitCode {
         Ok(config) => config,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            eprintln!(
-                "slipway-runner: {}",
-                err.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid configuration")
-            );
+            eprintln!("slipway-runner: {}", err.to_string().lines().next().unwrap_or("invalid configuration"));
             return std::process::ExitCode::from(64);
         }
     };
@@ -25,10 +19,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(64);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
@@ -43,10 +34,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! {

@@ -36,19 +36,8 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(
-        outbox: Outbox,
-        deployment_id: uuid::Uuid,
-        attempt: u32,
-        runner_id: Arc<str>,
-    ) -> Self {
-        Self {
-            outbox,
-            deployment_id,
-            attempt,
-            runner_id,
-            seq: Arc::new(AtomicU64::new(0)),
-        }
+    pub fn new(outbox: Outbox, deployment_id: uuid::Uuid, attempt: u32, runner_id: Arc<str>) -> Self {
+        Self { outbox, deployment_id, attempt, runner_id, seq: Arc::new(AtomicU64::new(0)) }
     }
 
     fn envelope(&self, body: Body) -> Envelope {
@@ -62,19 +51,13 @@ impl Reporter {
 
     /// Queues `body` for the scheduler.
     pub fn send(&self, body: Body) {
-        let _ = self.outbox.send(Outbound {
-            envelope: self.envelope(body),
-            confirmed: None,
-        });
+        let _ = self.outbox.send(Outbound { envelope: self.envelope(body), confirmed: None });
     }
 
     /// Sends `body` and waits until the broker confirmed it; false if the shipper stopped.
     pub async fn send_confirmed(&self, body: Body) -> bool {
         let (tx, rx) = oneshot::channel();
-        let queued = self.outbox.send(Outbound {
-            envelope: self.envelope(body),
-            confirmed: Some(tx),
-        });
+        let queued = self.outbox.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
         queued.is_ok() && rx.await.is_ok()
     }
 
@@ -87,12 +70,7 @@ impl Reporter {
             let cut = floor_char_boundary(rest, MAX);
             let (head, tail) = rest.split_at(cut);
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            self.send(Body::Log(LogLine {
-                seq,
-                step,
-                line: head.to_string(),
-                ts: Utc::now(),
-            }));
+            self.send(Body::Log(LogLine { seq, step, line: head.to_string(), ts: Utc::now() }));
             if tail.is_empty() {
                 break;
             }
@@ -102,11 +80,7 @@ impl Reporter {
 
     /// A step changed status.
     pub fn step(&self, step: Step, status: StepStatus, error: Option<String>) {
-        self.send(Body::Step {
-            step,
-            status,
-            error,
-        });
+        self.send(Body::Step { step, status, error });
     }
 }
 
@@ -137,10 +111,7 @@ pub async fn run_shipper(
                 continue;
             }
         };
-        if let Err(err) = channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-        {
+        if let Err(err) = channel.confirm_select(ConfirmSelectOptions::default()).await {
             tracing::warn!(error = %err, "shipper confirm mode failed; reconnecting");
             continue;
         }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -91,17 +91,12 @@ impl Worker {
                 },
             };
             // Idle no more: stop the consumer before acknowledging, so nothing else is sent here.
-            channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await?;
+            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
             let job: Job = match serde_json::from_slice(&delivery.data) {
                 Ok(job) => job,
                 Err(err) => {
                     tracing::error!(error = %err, bytes = delivery.data.len(), "unreadable job message rejected");
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?;
+                    delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
                     consumer = channel
                         .basic_consume(
                             self.topo.jobs_queue.as_str().into(),
@@ -113,26 +108,11 @@ impl Worker {
                     continue;
                 }
             };
-            let reporter = Reporter::new(
-                self.outbox.clone(),
-                job.deployment_id,
-                job.attempt,
-                self.runner_id.clone(),
-            );
-            let claimed =
-                tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
+            let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone());
+            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
             if !matches!(claimed, Ok(true)) {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-                anyhow::bail!(
-                    "could not report the claim of {}; job handed back",
-                    job.deployment_id
-                );
+                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                anyhow::bail!("could not report the claim of {}; job handed back", job.deployment_id);
             }
             delivery.acker.ack(BasicAckOptions::default()).await?;
             return Ok(Some((job, reporter)));
@@ -146,16 +126,9 @@ impl Worker {
         tracing::info!("job started");
         let cancel = self.abort.child_token();
         let key = (job.deployment_id, job.attempt);
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, cancel.clone());
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(key, cancel.clone());
         let beating = CancellationToken::new();
-        let heart = tokio::spawn(heartbeat(
-            reporter.clone(),
-            self.tools.config.heartbeat(),
-            beating.clone(),
-        ));
+        let heart = tokio::spawn(heartbeat(reporter.clone(), self.tools.config.heartbeat(), beating.clone()));
 
         let outcome = job::run(&job, &self.tools, &reporter, &cancel).await;
 
@@ -168,10 +141,7 @@ impl Worker {
         reporter.send_confirmed(outcome.into_body(reason)).await;
         beating.cancel();
         let _ = heart.await;
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     }
 }
 
@@ -185,13 +155,7 @@ async fn heartbeat(reporter: Reporter, every: Duration, stop: CancellationToken)
 }
 
 /// Listens on the control exchange and stops the jobs the scheduler names.
-pub async fn control(
-    url: String,
-    topo: Topology,
-    runner_id: Arc<str>,
-    running: Running,
-    cancel: CancellationToken,
-) {
+pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, running: Running, cancel: CancellationToken) {
     while let Some(conn) = broker::connect(&url, &cancel).await {
         match listen(&conn, &topo, &runner_id, &running, &cancel).await {
             Ok(()) => return,
@@ -215,11 +179,7 @@ async fn listen(
     let queue = channel
         .queue_declare(
             "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
             FieldTable::default(),
         )
         .await?;
@@ -236,10 +196,7 @@ async fn listen(
         .basic_consume(
             queue.name().clone(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
             FieldTable::default(),
         )
         .await?;
@@ -251,23 +208,15 @@ async fn listen(
                 None => anyhow::bail!("control consumer cancelled"),
             },
         };
-        let Ok(Control::Cancel {
-            deployment_id,
-            attempt,
-            runner_id: target,
-            reason,
-        }) = serde_json::from_slice::<Control>(&delivery.data)
+        let Ok(Control::Cancel { deployment_id, attempt, runner_id: target, reason }) =
+            serde_json::from_slice::<Control>(&delivery.data)
         else {
             continue;
         };
         if target.as_deref().is_some_and(|t| t != runner_id) {
             continue;
         }
-        if let Some(token) = running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(deployment_id, attempt))
-        {
+        if let Some(token) = running.lock().unwrap_or_else(|e| e.into_inner()).get(&(deployment_id, attempt)) {
             tracing::warn!(deployment_id = %deployment_id, attempt, reason = %reason, "scheduler asked to stop the job");
             token.cancel();
         }

@@ -44,11 +44,7 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Db(err) => {
                 tracing::error!(error = %err, "request failed on the database");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({"error": "internal error"})),
-                )
-                    .into_response();
+                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"}))).into_response();
             }
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
@@ -103,13 +99,9 @@ async fn list_apps(State(shared): State<Shared>) -> Result<Json<Value>, ApiError
     Ok(Json(json!(apps::list(&shared.pool).await?)))
 }
 
-async fn get_app(
-    State(shared): State<Shared>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let app = apps::get(&shared.pool, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
+async fn get_app(State(shared): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let app =
+        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
     Ok(Json(json!(app)))
 }
 
@@ -126,9 +118,8 @@ async fn deploy_app(
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body?;
-    let app = apps::get(&shared.pool, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
+    let app =
+        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
     let sha = match req.sha {
         Some(sha) if webhook::is_sha(&sha) => sha.to_ascii_lowercase(),
         Some(sha) => {
@@ -148,10 +139,7 @@ async fn deploy_app(
     if new {
         webhook::announce_queued(&shared, id, &app.name, &sha);
     }
-    Ok((
-        status,
-        Json(json!({"deployment_id": id, "sha": sha, "new": new})),
-    ))
+    Ok((status, Json(json!({"deployment_id": id, "sha": sha, "new": new}))))
 }
 
 /// The commit `branch` points at in `repo_url` (like `git ls-remote`), on a blocking thread.
@@ -160,20 +148,14 @@ async fn resolve_branch(repo_url: String, branch: String) -> Result<String, ApiE
     let found = tokio::task::spawn_blocking(move || -> Result<Option<String>, git2::Error> {
         let mut remote = git2::Remote::create_detached(repo_url.as_str())?;
         remote.connect(git2::Direction::Fetch)?;
-        let head = remote
-            .list()?
-            .iter()
-            .find(|h| h.name() == wanted)
-            .map(|h| h.oid().to_string());
+        let head = remote.list()?.iter().find(|h| h.name() == wanted).map(|h| h.oid().to_string());
         Ok(head)
     })
     .await
     .map_err(|e| ApiError::Unprocessable(format!("could not resolve the branch: {e}")))?;
     match found {
         Ok(Some(sha)) => Ok(sha),
-        Ok(None) => Err(ApiError::Unprocessable(format!(
-            "the repository has no branch `{branch}`; pass a SHA"
-        ))),
+        Ok(None) => Err(ApiError::Unprocessable(format!("the repository has no branch `{branch}`; pass a SHA"))),
         Err(e) => Err(ApiError::Unprocessable(format!(
             "could not list the repository's branches ({}); pass a SHA",
             e.message()
@@ -187,34 +169,22 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_deployments(
-    State(shared): State<Shared>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+async fn list_deployments(State(shared): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(json!(
-        deployments::list(&shared.pool, q.app.as_deref(), limit).await?
-    )))
+    Ok(Json(json!(deployments::list(&shared.pool, q.app.as_deref(), limit).await?)))
 }
 
 /// Parses a deployment id from a path segment, with a clear error.
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "`{}` is not a deployment id",
-            raw.chars().take(80).collect::<String>()
-        ))
+        ApiError::BadRequest(format!("`{}` is not a deployment id", raw.chars().take(80).collect::<String>()))
     })
 }
 
-async fn get_deployment(
-    State(shared): State<Shared>,
-    Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_deployment(State(shared): State<Shared>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let (dep, steps) = deployments::get(&shared.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
+    let (dep, steps) =
+        deployments::get(&shared.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
     let mut body = json!(dep);
     body["steps"] = json!(steps);
     Ok(Json(body))

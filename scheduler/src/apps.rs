@@ -101,10 +101,7 @@ impl NewApp {
         if self.branch.is_empty()
             || self.branch.len() > 255
             || self.branch.starts_with("refs/")
-            || self
-                .branch
-                .chars()
-                .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+            || self.branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
         {
             return invalid("branch must be a branch name such as `main` (not a full ref)");
         }
@@ -137,9 +134,7 @@ pub fn validate_repo_url(url: &str) -> Result<(), AppError> {
     }
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.contains('@') && scheme != "ssh" {
-        return invalid(
-            "repo_url must not contain credentials; give the runner a token instead (SLIPWAY_GIT_TOKEN)",
-        );
+        return invalid("repo_url must not contain credentials; give the runner a token instead (SLIPWAY_GIT_TOKEN)");
     }
     if authority.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
         return invalid("repo_url has no host or contains spaces or control characters");
@@ -154,19 +149,13 @@ pub fn normalize_repo_url(url: &str) -> String {
     match trimmed.split_once("://") {
         Some((scheme, rest)) => {
             let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-            format!(
-                "{}://{}/{}",
-                scheme.to_ascii_lowercase(),
-                host.to_ascii_lowercase(),
-                path
-            )
+            format!("{}://{}/{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), path)
         }
         None => trimmed.to_string(),
     }
 }
 
-const APP_COLUMNS: &str =
-    "id, name, repo_url, branch, environment, target, health_path, port, env, created_at";
+const APP_COLUMNS: &str = "id, name, repo_url, branch, environment, target, health_path, port, env, created_at";
 
 /// Inserts a validated app.
 pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
@@ -196,28 +185,21 @@ pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
 
 /// Every app, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<App>, sqlx::Error> {
-    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
-        "SELECT {APP_COLUMNS} FROM apps ORDER BY name"
-    )))
-    .fetch_all(pool)
-    .await
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS} FROM apps ORDER BY name")))
+        .fetch_all(pool)
+        .await
 }
 
 /// One app by name.
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<App>, sqlx::Error> {
-    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
-        "SELECT {APP_COLUMNS} FROM apps WHERE name = $1"
-    )))
-    .bind(name)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1")))
+        .bind(name)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Apps following `repo_url` (normalized), with their secrets, for webhook verification.
-pub async fn following_repo(
-    pool: &PgPool,
-    repo_urls: &[String],
-) -> Result<Vec<AppWithSecret>, sqlx::Error> {
+pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<AppWithSecret>, sqlx::Error> {
     let normalized: Vec<String> = repo_urls.iter().map(|u| normalize_repo_url(u)).collect();
     sqlx::query_as::<_, AppWithSecret>(sqlx::AssertSqlSafe(format!(
         "SELECT {APP_COLUMNS}, webhook_secret FROM apps WHERE repo_key = ANY($1) ORDER BY name"
@@ -256,10 +238,7 @@ mod tests {
     #[test]
     fn defaults_are_filled_and_valid() {
         let app = valid();
-        assert_eq!(
-            (app.branch.as_str(), app.environment.as_str(), app.port),
-            ("main", "production", 8080)
-        );
+        assert_eq!((app.branch.as_str(), app.environment.as_str(), app.port), ("main", "production", 8080));
         app.validate().expect("valid");
     }
 
@@ -273,10 +252,7 @@ mod tests {
             (|a| a.port = 70000, "port"),
             (|a| a.health_path = "health".into(), "health_path"),
             (|a| a.branch = "refs/heads/main".into(), "branch"),
-            (
-                |a| a.repo_url = "https://user:token@github.com/a/b".into(),
-                "credentials",
-            ),
+            (|a| a.repo_url = "https://user:token@github.com/a/b".into(), "credentials"),
             (|a| a.repo_url = "file:///etc".into(), "scheme"),
             (|a| a.repo_url = "not a url".into(), "repo_url"),
             (|a| a.webhook_secret = "short".into(), "webhook_secret"),
@@ -306,17 +282,8 @@ mod tests {
 
     #[test]
     fn repo_urls_compare_without_case_suffix_or_slash() {
-        assert_eq!(
-            normalize_repo_url("https://GitHub.com/Acme/Web.git"),
-            "https://github.com/Acme/Web"
-        );
-        assert_eq!(
-            normalize_repo_url("https://github.com/Acme/Web/"),
-            "https://github.com/Acme/Web"
-        );
-        assert_eq!(
-            normalize_repo_url("git://127.0.0.1:9418/app.git"),
-            "git://127.0.0.1:9418/app"
-        );
+        assert_eq!(normalize_repo_url("https://GitHub.com/Acme/Web.git"), "https://github.com/Acme/Web");
+        assert_eq!(normalize_repo_url("https://github.com/Acme/Web/"), "https://github.com/Acme/Web");
+        assert_eq!(normalize_repo_url("git://127.0.0.1:9418/app.git"), "git://127.0.0.1:9418/app");
     }
 }

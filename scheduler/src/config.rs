@@ -7,11 +7,7 @@ use clap::Parser;
 
 /// Everything the scheduler reads at start-up; `--help` documents each variable.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "slipway-scheduler",
-    version,
-    about = "Slipway scheduler: webhooks, API, live logs, outbox relay"
-)]
+#[command(name = "slipway-scheduler", version, about = "Slipway scheduler: webhooks, API, live logs, outbox relay")]
 pub struct Config {
     /// Address the HTTP API, webhooks and /metrics listen on.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -22,11 +18,7 @@ pub struct Config {
     pub database_url: String,
 
     /// RabbitMQ connection string.
-    #[arg(
-        long,
-        env = "SLIPWAY_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
 
     /// Prefix of every queue and exchange name (lets several installations share a broker).
@@ -56,18 +48,11 @@ impl Config {
             return Err("SLIPWAY_MAX_ATTEMPTS must be at least 1".into());
         }
         if self.queue_prefix.is_empty()
-            || !self
-                .queue_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !self.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(
-                "SLIPWAY_QUEUE_PREFIX may contain only letters, digits, '-', '_' and '.'".into(),
-            );
+            return Err("SLIPWAY_QUEUE_PREFIX may contain only letters, digits, '-', '_' and '.'".into());
         }
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
-        {
+        if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err("DATABASE_URL must be a postgres:// URL".into());
         }
         Ok(())

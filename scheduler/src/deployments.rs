@@ -6,8 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_proto::{
-    Body, Cause, Envelope, Event, Job, Notification, State, Step, StepStatus, apply,
-    retry_decision, retry_delay,
+    Body, Cause, Envelope, Event, Job, Notification, State, Step, StepStatus, apply, retry_decision, retry_delay,
 };
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -137,14 +136,13 @@ pub async fn create(
             Created::New(id)
         }
         None => {
-            let existing: Uuid = sqlx::query_scalar(
-                "SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3",
-            )
-            .bind(app.id)
-            .bind(sha)
-            .bind(&app.environment)
-            .fetch_one(&mut *tx)
-            .await?;
+            let existing: Uuid =
+                sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
+                    .bind(app.id)
+                    .bind(sha)
+                    .bind(&app.environment)
+                    .fetch_one(&mut *tx)
+                    .await?;
             Created::Existing(existing)
         }
     };
@@ -153,10 +151,7 @@ pub async fn create(
 }
 
 /// One deployment with the steps of all its attempts.
-pub async fn get(
-    pool: &PgPool,
-    id: Uuid,
-) -> Result<Option<(Deployment, Vec<StepRow>)>, sqlx::Error> {
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<(Deployment, Vec<StepRow>)>, sqlx::Error> {
     let dep = sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1"
     )))
@@ -175,11 +170,7 @@ pub async fn get(
 }
 
 /// The newest deployments, of one app or of all.
-pub async fn list(
-    pool: &PgPool,
-    app: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Deployment>, sqlx::Error> {
+pub async fn list(pool: &PgPool, app: Option<&str>, limit: i64) -> Result<Vec<Deployment>, sqlx::Error> {
     sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE $1::text IS NULL OR a.name = $1 ORDER BY d.created_at DESC LIMIT $2"
@@ -192,10 +183,8 @@ pub async fn list(
 
 /// The state of a deployment, if it exists.
 pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, sqlx::Error> {
-    let s: Option<String> = sqlx::query_scalar("SELECT state FROM deployments WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let s: Option<String> =
+        sqlx::query_scalar("SELECT state FROM deployments WHERE id = $1").bind(id).fetch_optional(pool).await?;
     Ok(s.as_deref().and_then(State::parse))
 }
 
@@ -246,28 +235,18 @@ pub async fn mark_published(pool: &PgPool, id: Uuid, attempt: u32) -> Result<boo
 }
 
 /// Decides what `body` from `runner_id` for `attempt` means given the row's current values.
-pub fn decide(
-    current: &Current,
-    runner_id: &str,
-    attempt: u32,
-    body: &Body,
-    max_attempts: u32,
-) -> Decision {
+pub fn decide(current: &Current, runner_id: &str, attempt: u32, body: &Body, max_attempts: u32) -> Decision {
     if attempt != current.attempt {
-        return Decision::Reject(format!(
-            "attempt {attempt} is stale; the current attempt is {}",
-            current.attempt
-        ));
+        return Decision::Reject(format!("attempt {attempt} is stale; the current attempt is {}", current.attempt));
     }
     let owner = current.runner_id.as_deref() == Some(runner_id);
     if let Body::Claimed = body {
         return match current.state {
             State::Queued => Decision::Apply(Event::Claimed),
             State::Running | State::Completed | State::Failed if owner => Decision::Ignore,
-            State::Running => Decision::Reject(format!(
-                "taken by runner {}",
-                current.runner_id.as_deref().unwrap_or("?")
-            )),
+            State::Running => {
+                Decision::Reject(format!("taken by runner {}", current.runner_id.as_deref().unwrap_or("?")))
+            }
             other => Decision::Reject(format!("the deployment is {}", other.as_str())),
         };
     }
@@ -285,19 +264,13 @@ pub fn decide(
         Body::Heartbeat => Decision::Heartbeat,
         Body::Step { .. } => Decision::Apply(Event::Step),
         Body::Completed { .. } => Decision::Apply(Event::Completed),
-        Body::Failed { cause, .. } => {
-            Decision::Apply(retry_decision(*cause, attempt, max_attempts))
-        }
+        Body::Failed { cause, .. } => Decision::Apply(retry_decision(*cause, attempt, max_attempts)),
         Body::Abandoned { .. } => Decision::Apply(Event::Retry),
     }
 }
 
 /// Applies one runner message as a compare-and-set on (id, state, attempt, runner).
-pub async fn apply_envelope(
-    pool: &PgPool,
-    env: &Envelope,
-    max_attempts: u32,
-) -> Result<Applied, sqlx::Error> {
+pub async fn apply_envelope(pool: &PgPool, env: &Envelope, max_attempts: u32) -> Result<Applied, sqlx::Error> {
     if let Body::Log(line) = &env.body {
         sqlx::query(
             "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts)
@@ -322,29 +295,13 @@ pub async fn apply_envelope(
     .fetch_optional(&mut *tx)
     .await?;
     let Some((state, attempt, runner_id, app)) = row else {
-        return Ok(Applied::Rejected {
-            runner_id: env.runner_id.clone(),
-            reason: "unknown deployment".into(),
-        });
+        return Ok(Applied::Rejected { runner_id: env.runner_id.clone(), reason: "unknown deployment".into() });
     };
-    let current = Current {
-        state: State::parse(&state).unwrap_or(State::Failed),
-        attempt: attempt as u32,
-        runner_id,
-    };
-    let event = match decide(
-        &current,
-        &env.runner_id,
-        env.attempt,
-        &env.body,
-        max_attempts,
-    ) {
+    let current = Current { state: State::parse(&state).unwrap_or(State::Failed), attempt: attempt as u32, runner_id };
+    let event = match decide(&current, &env.runner_id, env.attempt, &env.body, max_attempts) {
         Decision::Ignore => return Ok(Applied::Unchanged),
         Decision::Reject(reason) => {
-            return Ok(Applied::Rejected {
-                runner_id: env.runner_id.clone(),
-                reason,
-            });
+            return Ok(Applied::Rejected { runner_id: env.runner_id.clone(), reason });
         }
         Decision::Heartbeat => {
             sqlx::query("UPDATE deployments SET heartbeat_at = now() WHERE id = $1")
@@ -393,14 +350,7 @@ async fn write_transition(
             .execute(&mut **tx)
             .await?;
         }
-        (
-            Body::Step {
-                step,
-                status,
-                error,
-            },
-            _,
-        ) => {
+        (Body::Step { step, status, error }, _) => {
             note.step = Some(*step);
             note.step_status = Some(*status);
             note.message = error.clone();
@@ -419,13 +369,11 @@ async fn write_transition(
             .bind(error)
             .execute(&mut **tx)
             .await?;
-            sqlx::query(
-                "UPDATE deployments SET current_step = $2, heartbeat_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(step.as_str())
-            .execute(&mut **tx)
-            .await?;
+            sqlx::query("UPDATE deployments SET current_step = $2, heartbeat_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(step.as_str())
+                .execute(&mut **tx)
+                .await?;
         }
         (Body::Completed { image, url }, _) => {
             note.message = url.clone();
@@ -438,14 +386,7 @@ async fn write_transition(
             .execute(&mut **tx)
             .await?;
         }
-        (
-            Body::Failed {
-                step,
-                cause,
-                message,
-            },
-            event,
-        ) => {
+        (Body::Failed { step, cause, message }, event) => {
             note.step = Some(*step);
             note.message = Some(message.clone());
             let retry = (event == Event::Retry).then(|| retry_delay(env.attempt));
@@ -453,13 +394,7 @@ async fn write_transition(
         }
         (Body::Abandoned { reason }, _) => {
             note.message = Some(reason.clone());
-            requeue(
-                tx,
-                id,
-                &format!("runner {} handed the job back: {reason}", env.runner_id),
-                Duration::ZERO,
-            )
-            .await?;
+            requeue(tx, id, &format!("runner {} handed the job back: {reason}", env.runner_id), Duration::ZERO).await?;
         }
         (Body::Heartbeat | Body::Log(_), _) => {}
     }
@@ -544,18 +479,15 @@ pub async fn expire_leases(
     let mut expired = Vec::with_capacity(rows.len());
     for (id, attempt, runner_id, app) in rows {
         let runner_id = runner_id.unwrap_or_default();
-        let message =
-            format!("runner {runner_id} stopped sending heartbeats during attempt {attempt}");
+        let message = format!("runner {runner_id} stopped sending heartbeats during attempt {attempt}");
         let event = retry_decision(Cause::Infrastructure, attempt as u32, max_attempts);
-        let step = sqlx::query_scalar::<_, Option<String>>(
-            "SELECT current_step FROM deployments WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?
-        .as_deref()
-        .and_then(Step::parse)
-        .unwrap_or(Step::Clone);
+        let step = sqlx::query_scalar::<_, Option<String>>("SELECT current_step FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .as_deref()
+            .and_then(Step::parse)
+            .unwrap_or(Step::Clone);
         record_failure(
             &mut tx,
             id,
@@ -572,11 +504,7 @@ pub async fn expire_leases(
             note: Notification {
                 deployment_id: id,
                 app,
-                attempt: if state == State::Queued {
-                    attempt as u32 + 1
-                } else {
-                    attempt as u32
-                },
+                attempt: if state == State::Queued { attempt as u32 + 1 } else { attempt as u32 },
                 state,
                 step: Some(step),
                 step_status: None,
@@ -594,50 +522,18 @@ mod tests {
     use slipway_proto::{Cause, LogLine};
 
     fn current(state: State, attempt: u32, runner: Option<&str>) -> Current {
-        Current {
-            state,
-            attempt,
-            runner_id: runner.map(str::to_string),
-        }
+        Current { state, attempt, runner_id: runner.map(str::to_string) }
     }
 
     #[test]
     fn decision_table() {
-        let failed_user = Body::Failed {
-            step: Step::Build,
-            cause: Cause::User,
-            message: "x".into(),
-        };
-        let failed_infra = Body::Failed {
-            step: Step::Push,
-            cause: Cause::Infrastructure,
-            message: "x".into(),
-        };
-        let completed = Body::Completed {
-            image: "i".into(),
-            url: None,
-        };
-        let log = Body::Log(LogLine {
-            seq: 1,
-            step: None,
-            line: "l".into(),
-            ts: Utc::now(),
-        });
+        let failed_user = Body::Failed { step: Step::Build, cause: Cause::User, message: "x".into() };
+        let failed_infra = Body::Failed { step: Step::Push, cause: Cause::Infrastructure, message: "x".into() };
+        let completed = Body::Completed { image: "i".into(), url: None };
+        let log = Body::Log(LogLine { seq: 1, step: None, line: "l".into(), ts: Utc::now() });
         let rows: Vec<(Current, &str, u32, Body, Decision)> = vec![
-            (
-                current(State::Queued, 1, None),
-                "a",
-                1,
-                Body::Claimed,
-                Decision::Apply(Event::Claimed),
-            ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                Body::Claimed,
-                Decision::Ignore,
-            ),
+            (current(State::Queued, 1, None), "a", 1, Body::Claimed, Decision::Apply(Event::Claimed)),
+            (current(State::Running, 1, Some("a")), "a", 1, Body::Claimed, Decision::Ignore),
             (
                 current(State::Running, 1, Some("a")),
                 "b",
@@ -659,13 +555,7 @@ mod tests {
                 Body::Claimed,
                 Decision::Reject("attempt 1 is stale; the current attempt is 2".into()),
             ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                Body::Heartbeat,
-                Decision::Heartbeat,
-            ),
+            (current(State::Running, 1, Some("a")), "a", 1, Body::Heartbeat, Decision::Heartbeat),
             (
                 current(State::Running, 1, Some("a")),
                 "b",
@@ -673,48 +563,16 @@ mod tests {
                 Body::Heartbeat,
                 Decision::Reject("this runner does not hold the job".into()),
             ),
+            (current(State::Running, 1, Some("a")), "a", 1, completed.clone(), Decision::Apply(Event::Completed)),
+            (current(State::Completed, 1, Some("a")), "a", 1, completed, Decision::Ignore),
+            (current(State::Running, 1, Some("a")), "a", 1, failed_user, Decision::Apply(Event::Failed)),
+            (current(State::Running, 1, Some("a")), "a", 1, failed_infra.clone(), Decision::Apply(Event::Retry)),
+            (current(State::Running, 3, Some("a")), "a", 3, failed_infra, Decision::Apply(Event::Failed)),
             (
                 current(State::Running, 1, Some("a")),
                 "a",
                 1,
-                completed.clone(),
-                Decision::Apply(Event::Completed),
-            ),
-            (
-                current(State::Completed, 1, Some("a")),
-                "a",
-                1,
-                completed,
-                Decision::Ignore,
-            ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                failed_user,
-                Decision::Apply(Event::Failed),
-            ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                failed_infra.clone(),
-                Decision::Apply(Event::Retry),
-            ),
-            (
-                current(State::Running, 3, Some("a")),
-                "a",
-                3,
-                failed_infra,
-                Decision::Apply(Event::Failed),
-            ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                Body::Abandoned {
-                    reason: "drain".into(),
-                },
+                Body::Abandoned { reason: "drain".into() },
                 Decision::Apply(Event::Retry),
             ),
             (
@@ -724,20 +582,10 @@ mod tests {
                 Body::Heartbeat,
                 Decision::Reject("the deployment was cancelled".into()),
             ),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                log,
-                Decision::Ignore,
-            ),
+            (current(State::Running, 1, Some("a")), "a", 1, log, Decision::Ignore),
         ];
         for (cur, runner, attempt, body, expected) in rows {
-            assert_eq!(
-                decide(&cur, runner, attempt, &body, 3),
-                expected,
-                "{cur:?} {runner} {attempt} {body:?}"
-            );
+            assert_eq!(decide(&cur, runner, attempt, &body, 3), expected, "{cur:?} {runner} {attempt} {body:?}");
         }
     }
 }

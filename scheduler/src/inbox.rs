@@ -29,11 +29,7 @@ pub async fn run(shared: Shared, cancel: CancellationToken) {
     }
 }
 
-async fn consume(
-    shared: &Shared,
-    conn: &lapin::Connection,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
+async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
     broker::declare(&channel, &shared.topo).await?;
     channel.basic_qos(256, BasicQosOptions::default()).await?;
@@ -68,13 +64,7 @@ async fn consume(
             }
             Err(err) => {
                 tracing::warn!(error = %err, deployment_id = %envelope.deployment_id, "could not apply runner message; will retry");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
+                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }

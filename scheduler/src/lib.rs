@@ -39,11 +39,7 @@ pub struct Shared {
 
 /// Connects to PostgreSQL, applies migrations, starts the background tasks on `tracker` and
 /// serves HTTP until `cancel` fires.
-pub async fn run(
-    config: Config,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker) -> anyhow::Result<()> {
     use anyhow::Context;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
@@ -51,10 +47,7 @@ pub async fn run(
         .connect(&config.database_url)
         .await
         .context("connecting to PostgreSQL (DATABASE_URL)")?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
+    sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
 
     let topo = Topology::new(&config.queue_prefix);
     let (publisher, publisher_queue) = publisher::Publisher::new(topo.clone());
@@ -67,22 +60,15 @@ pub async fn run(
         live: broadcast::channel(1024).0,
         publisher,
     };
-    tracker.spawn(publisher::run_publisher(
-        config.amqp_url.clone(),
-        topo,
-        publisher_queue,
-        cancel.clone(),
-    ));
+    tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
     tracker.spawn(inbox::run(shared.clone(), cancel.clone()));
     tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "scheduler listening");
-    let app = api::router(shared, config.webhook_max_bytes)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::router(shared, config.webhook_max_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

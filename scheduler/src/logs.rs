@@ -67,21 +67,13 @@ pub async fn stream(
         return Err(ApiError::NotFound(format!("no deployment {id}")));
     }
     let cursor = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(raw) => Cursor::parse(raw).ok_or_else(|| {
-            ApiError::BadRequest("Last-Event-ID must look like <attempt>.<seq>".into())
-        })?,
+        Some(raw) => Cursor::parse(raw)
+            .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must look like <attempt>.<seq>".into()))?,
         None => Cursor::default(),
     };
     let wake = shared.live.subscribe();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(
-        shared.pool.clone(),
-        id,
-        cursor,
-        query.follow.unwrap_or(true),
-        wake,
-        tx,
-    ));
+    tokio::spawn(follow(shared.pool.clone(), id, cursor, query.follow.unwrap_or(true), wake, tx));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
@@ -105,15 +97,9 @@ async fn follow(
         };
         let full = lines.len() as i64 == PAGE;
         for l in lines {
-            cursor = Cursor {
-                attempt: l.attempt,
-                seq: l.seq,
-            };
+            cursor = Cursor { attempt: l.attempt, seq: l.seq };
             let data = json!({"attempt": l.attempt, "seq": l.seq, "step": l.step, "line": l.line, "ts": l.ts});
-            let event = Event::default()
-                .id(format!("{}.{}", l.attempt, l.seq))
-                .event("log")
-                .data(data.to_string());
+            let event = Event::default().id(format!("{}.{}", l.attempt, l.seq)).event("log").data(data.to_string());
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }
@@ -122,23 +108,13 @@ async fn follow(
             continue;
         }
         if saw_end {
-            let state = deployments::state(&pool, id)
-                .await
-                .ok()
-                .flatten()
-                .map(|s| s.as_str())
-                .unwrap_or("unknown");
-            let _ = tx
-                .send(Ok(Event::default()
-                    .event("end")
-                    .data(json!({"state": state}).to_string())))
-                .await;
+            let state = deployments::state(&pool, id).await.ok().flatten().map(|s| s.as_str()).unwrap_or("unknown");
+            let _ = tx.send(Ok(Event::default().event("end").data(json!({"state": state}).to_string()))).await;
             return;
         }
         // Lines are committed before the terminal state (one queue, in order), so once the
         // state is terminal one more page read is the last.
-        if !follow || matches!(deployments::state(&pool, id).await, Ok(Some(s)) if s.is_terminal())
-        {
+        if !follow || matches!(deployments::state(&pool, id).await, Ok(Some(s)) if s.is_terminal()) {
             saw_end = true;
             continue;
         }
@@ -149,11 +125,7 @@ async fn follow(
     }
 }
 
-async fn wait_for(
-    wake: &mut broadcast::Receiver<Uuid>,
-    id: Uuid,
-    tx: &mpsc::Sender<Result<Event, Infallible>>,
-) {
+async fn wait_for(wake: &mut broadcast::Receiver<Uuid>, id: Uuid, tx: &mpsc::Sender<Result<Event, Infallible>>) {
     let deadline = tokio::time::sleep(Duration::from_secs(2));
     tokio::pin!(deadline);
     loop {
@@ -189,21 +161,10 @@ mod tests {
 
     #[test]
     fn cursor_parses_last_event_id() {
-        assert_eq!(
-            Cursor::parse("2.17"),
-            Some(Cursor {
-                attempt: 2,
-                seq: 17
-            })
-        );
+        assert_eq!(Cursor::parse("2.17"), Some(Cursor { attempt: 2, seq: 17 }));
         for bad in ["", "2", "a.b", "-1.3", "1.-3", "1.2.3", "99999999999.1"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
-        assert!(
-            Cursor {
-                attempt: 1,
-                seq: 900
-            } < Cursor { attempt: 2, seq: 1 }
-        );
+        assert!(Cursor { attempt: 1, seq: 900 } < Cursor { attempt: 2, seq: 1 });
     }
 }

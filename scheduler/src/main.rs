@@ -11,13 +11,7 @@ async fn main() -> std::process::ExitCode {
         Ok(config) => config,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            eprintln!(
-                "slipway-scheduler: {}",
-                err.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid configuration")
-            );
+            eprintln!("slipway-scheduler: {}", err.to_string().lines().next().unwrap_or("invalid configuration"));
             return std::process::ExitCode::from(64);
         }
     };
@@ -26,10 +20,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(64);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
         .init();
 
     let cancel = CancellationToken::new();
@@ -50,10 +41,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn shutdown_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
     };
     tokio::select! {

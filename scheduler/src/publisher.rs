@@ -37,26 +37,14 @@ impl Publisher {
 
     /// Announces a change on the events exchange.
     pub fn notify(&self, note: &Notification) {
-        self.send(
-            self.topo.events_exchange.clone(),
-            note.routing_key().to_string(),
-            note,
-        );
+        self.send(self.topo.events_exchange.clone(), note.routing_key().to_string(), note);
     }
 
     fn send<T: serde::Serialize>(&self, exchange: String, routing_key: String, body: &T) {
         let Ok(payload) = serde_json::to_vec(body) else {
             return;
         };
-        if self
-            .tx
-            .try_send(Outgoing {
-                exchange,
-                routing_key,
-                payload,
-            })
-            .is_err()
-        {
+        if self.tx.try_send(Outgoing { exchange, routing_key, payload }).is_err() {
             tracing::warn!("publisher queue full or closed; notification dropped");
         }
     }
@@ -67,12 +55,7 @@ impl Publisher {
 pub struct PublisherQueue(mpsc::Receiver<Outgoing>);
 
 /// Publishes what the [`Publisher`] hands over, reconnecting when the broker goes away.
-pub async fn run_publisher(
-    url: String,
-    topo: Topology,
-    mut queue: PublisherQueue,
-    cancel: CancellationToken,
-) {
+pub async fn run_publisher(url: String, topo: Topology, mut queue: PublisherQueue, cancel: CancellationToken) {
     let mut pending: Option<Outgoing> = None;
     while let Some(conn) = broker::connect(&url, &cancel).await {
         let channel = match broker::confirm_channel(&conn, &topo).await {

@@ -27,11 +27,7 @@ pub async fn run(shared: Shared, cancel: CancellationToken) {
     }
 }
 
-async fn relay(
-    shared: &Shared,
-    conn: &lapin::Connection,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
+async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
     let channel = broker::confirm_channel(conn, &shared.topo).await?;
     loop {
         let jobs = deployments::outbox(&shared.pool, BATCH).await?;
@@ -41,20 +37,15 @@ async fn relay(
                 .basic_publish(
                     "".into(),
                     shared.topo.jobs_queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
                     &payload,
-                    broker::persistent_json()
-                        .with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into()),
+                    broker::persistent_json().with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into()),
                 )
                 .await?
                 .await?;
             match confirm {
                 Confirmation::Ack(None) => {
-                    deployments::mark_published(&shared.pool, job.deployment_id, job.attempt)
-                        .await?;
+                    deployments::mark_published(&shared.pool, job.deployment_id, job.attempt).await?;
                     tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
                 }
                 other => {

@@ -45,17 +45,11 @@ pub struct Repository {
 impl Repository {
     /// Every URL the forge gave for the repository.
     pub fn urls(&self) -> Vec<String> {
-        [
-            &self.clone_url,
-            &self.html_url,
-            &self.ssh_url,
-            &self.git_url,
-            &self.url,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+        [&self.clone_url, &self.html_url, &self.ssh_url, &self.git_url, &self.url]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 
@@ -100,10 +94,7 @@ pub fn intent(push: &Push) -> PushIntent {
             push.after.chars().take(80).collect::<String>()
         ));
     }
-    PushIntent::Deploy {
-        branch: branch.to_string(),
-        sha: push.after.to_ascii_lowercase(),
-    }
+    PushIntent::Deploy { branch: branch.to_string(), sha: push.after.to_ascii_lowercase() }
 }
 
 /// A full SHA-1 or SHA-256 object name in hex.
@@ -118,20 +109,16 @@ pub async fn github(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"))
-    {
-        return Err(ApiError::UnsupportedMediaType(
-            "set the webhook's content type to application/json".into(),
-        ));
+    if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")) {
+        return Err(ApiError::UnsupportedMediaType("set the webhook's content type to application/json".into()));
     }
-    let event = header("x-github-event")
-        .ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Event header".into()))?;
+    let event = header("x-github-event").ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Event header".into()))?;
     let signature = header("x-hub-signature-256")
         .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256 header".into()))?;
     let delivery = header("x-github-delivery").map(|d| d.chars().take(100).collect::<String>());
 
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let repository: Repository = value
         .get("repository")
         .map(|r| serde_json::from_value(r.clone()))
@@ -142,16 +129,10 @@ pub async fn github(
     if candidates.is_empty() {
         return Ok(ignored("no app follows this repository"));
     }
-    let verified: Vec<AppWithSecret> = candidates
-        .into_iter()
-        .filter(|a| signature_matches(a.webhook_secret.as_bytes(), &body, signature))
-        .collect();
+    let verified: Vec<AppWithSecret> =
+        candidates.into_iter().filter(|a| signature_matches(a.webhook_secret.as_bytes(), &body, signature)).collect();
     if verified.is_empty() {
-        tracing::warn!(
-            event,
-            delivery = delivery.as_deref().unwrap_or(""),
-            "webhook signature did not verify"
-        );
+        tracing::warn!(event, delivery = delivery.as_deref().unwrap_or(""), "webhook signature did not verify");
         return Err(ApiError::Unauthorized("signature does not match".into()));
     }
     match event {
@@ -159,31 +140,21 @@ pub async fn github(
         "push" => {}
         other => return Ok(ignored(&format!("event `{other}` is not deployed"))),
     }
-    let push: Push = serde_json::from_value(value)
-        .map_err(|e| ApiError::BadRequest(format!("push payload is malformed: {e}")))?;
+    let push: Push =
+        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("push payload is malformed: {e}")))?;
     let (branch, sha) = match intent(&push) {
         PushIntent::Deploy { branch, sha } => (branch, sha),
         PushIntent::Ignore(reason) => return Ok(ignored(&reason)),
     };
-    let following: Vec<_> = verified
-        .into_iter()
-        .filter(|a| a.app.branch == branch)
-        .collect();
+    let following: Vec<_> = verified.into_iter().filter(|a| a.app.branch == branch).collect();
     if following.is_empty() {
         return Ok(ignored(&format!("no app follows branch `{branch}`")));
     }
     let mut out = Vec::new();
     let mut any_new = false;
     for app in following {
-        let created = deployments::create(
-            &shared.pool,
-            &app.app,
-            &sha,
-            &push.git_ref,
-            "github",
-            delivery.as_deref(),
-        )
-        .await?;
+        let created =
+            deployments::create(&shared.pool, &app.app, &sha, &push.git_ref, "github", delivery.as_deref()).await?;
         let (id, new) = match created {
             Created::New(id) => (id, true),
             Created::Existing(id) => (id, false),
@@ -194,16 +165,9 @@ pub async fn github(
         }
         out.push(json!({"app": app.app.name, "deployment_id": id, "new": new}));
     }
-    let status = if any_new {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
+    let status = if any_new { StatusCode::ACCEPTED } else { StatusCode::OK };
     let word = if any_new { "queued" } else { "duplicate" };
-    Ok((
-        status,
-        Json(json!({"status": word, "sha": sha, "deployments": out})),
-    ))
+    Ok((status, Json(json!({"status": word, "sha": sha, "deployments": out}))))
 }
 
 /// Wakes the relay and publishes `deploy.queued` for a new deployment.
@@ -222,10 +186,7 @@ pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str) {
 }
 
 fn ignored(reason: &str) -> (StatusCode, Json<Value>) {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "ignored", "reason": reason})),
-    )
+    (StatusCode::ACCEPTED, Json(json!({"status": "ignored", "reason": reason})))
 }
 
 #[cfg(test)]
@@ -245,31 +206,14 @@ mod tests {
         assert!(signature_matches(b"s3cret-s3cret-s3cret", body, &good));
         assert!(!signature_matches(b"other-secret-value", body, &good));
         assert!(!signature_matches(b"s3cret-s3cret-s3cret", b"{}", &good));
-        assert!(!signature_matches(
-            b"s3cret-s3cret-s3cret",
-            body,
-            good.trim_start_matches("sha256=")
-        ));
-        assert!(!signature_matches(
-            b"s3cret-s3cret-s3cret",
-            body,
-            "sha256=zz"
-        ));
+        assert!(!signature_matches(b"s3cret-s3cret-s3cret", body, good.trim_start_matches("sha256=")));
+        assert!(!signature_matches(b"s3cret-s3cret-s3cret", body, "sha256=zz"));
         assert!(!signature_matches(b"s3cret-s3cret-s3cret", body, "sha256="));
-        assert!(!signature_matches(
-            b"s3cret-s3cret-s3cret",
-            body,
-            &good.replace("sha256", "sha1")
-        ));
+        assert!(!signature_matches(b"s3cret-s3cret-s3cret", body, &good.replace("sha256", "sha1")));
     }
 
     fn push(git_ref: &str, after: &str, deleted: bool) -> Push {
-        Push {
-            git_ref: git_ref.into(),
-            after: after.into(),
-            deleted,
-            repository: Repository::default(),
-        }
+        Push { git_ref: git_ref.into(), after: after.into(), deleted, repository: Repository::default() }
     }
 
     #[test]
@@ -277,26 +221,15 @@ mod tests {
         let sha = "0123456789abcdef0123456789abcdef01234567";
         assert_eq!(
             intent(&push("refs/heads/main", sha, false)),
-            PushIntent::Deploy {
-                branch: "main".into(),
-                sha: sha.into()
-            }
+            PushIntent::Deploy { branch: "main".into(), sha: sha.into() }
         );
         assert_eq!(
             intent(&push("refs/heads/feature/x", &sha.to_uppercase(), false)),
-            PushIntent::Deploy {
-                branch: "feature/x".into(),
-                sha: sha.into()
-            }
+            PushIntent::Deploy { branch: "feature/x".into(), sha: sha.into() }
         );
         for (r, a, d, reason) in [
             ("refs/heads/main", sha, true, "deleted"),
-            (
-                "refs/heads/main",
-                "0000000000000000000000000000000000000000",
-                false,
-                "deleted",
-            ),
+            ("refs/heads/main", "0000000000000000000000000000000000000000", false, "deleted"),
             ("refs/tags/v1.0", sha, false, "tag"),
             ("refs/notes/x", sha, false, "not a branch"),
             ("refs/heads/main", "abc", false, "not a commit"),
@@ -313,12 +246,7 @@ mod tests {
         let raw = include_str!("../testdata/github-push.json");
         let p: Push = serde_json::from_str(raw).expect("github push payload");
         assert_eq!(p.git_ref, "refs/heads/main");
-        assert!(
-            p.repository
-                .urls()
-                .iter()
-                .any(|u| u == "https://github.com/Codertocat/Hello-World.git")
-        );
+        assert!(p.repository.urls().iter().any(|u| u == "https://github.com/Codertocat/Hello-World.git"));
         assert!(matches!(intent(&p), PushIntent::Deploy { .. }));
     }
 }

@@ -31,11 +31,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -46,17 +42,9 @@ impl GitServer {
         std::fs::create_dir_all(dir.path().join("repos")).expect("repos dir");
         let port = crate::free_port();
         let child = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-            ])
+            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
-            .arg(format!(
-                "--base-path={}",
-                dir.path().join("repos").display()
-            ))
+            .arg(format!("--base-path={}", dir.path().join("repos").display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,20 +76,9 @@ impl GitServer {
         if !work.exists() {
             std::fs::create_dir_all(&work).expect("work dir");
             git(&work, &["init", "-q"]);
-            git(
-                self.dir.path(),
-                &["init", "-q", "--bare", bare.to_str().expect("utf-8 path")],
-            );
+            git(self.dir.path(), &["init", "-q", "--bare", bare.to_str().expect("utf-8 path")]);
             git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
-            git(
-                &work,
-                &[
-                    "remote",
-                    "add",
-                    "origin",
-                    bare.to_str().expect("utf-8 path"),
-                ],
-            );
+            git(&work, &["remote", "add", "origin", bare.to_str().expect("utf-8 path")]);
         }
         for old in std::fs::read_dir(&work).expect("read work dir").flatten() {
             if old.file_name() != ".git" {

@@ -33,9 +33,7 @@ impl Proc {
 
     /// SIGTERM, then waits for the process to exit and returns whether it exited with 0.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -94,16 +92,9 @@ pub struct Slipway {
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
     path
 }
 
@@ -115,10 +106,8 @@ impl Slipway {
         let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
         let db_name = format!("slipway_{prefix}");
         psql(&admin, &format!("CREATE DATABASE {db_name}"));
-        let database_url = admin
-            .rsplit_once('/')
-            .map(|(base, _)| format!("{base}/{db_name}"))
-            .expect("admin url has a database");
+        let database_url =
+            admin.rsplit_once('/').map(|(base, _)| format!("{base}/{db_name}")).expect("admin url has a database");
         let logs = tempfile::tempdir().expect("log dir");
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
@@ -153,13 +142,7 @@ impl Slipway {
         let health = format!("{}/healthz", me.base);
         eventually(Duration::from_secs(30), "the scheduler to answer", || {
             let (http, health) = (http.clone(), health.clone());
-            async move {
-                http.get(&health)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
+            async move { http.get(&health).send().await.ok().filter(|r| r.status().is_success()) }
         })
         .await;
         me
@@ -177,21 +160,9 @@ impl Slipway {
                 ("SLIPWAY_RUNNER_ID", id.clone()),
                 ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
                 ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
-                (
-                    "SLIPWAY_REGISTRY",
-                    self.options
-                        .registry
-                        .clone()
-                        .unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY")),
-                ),
-                (
-                    "SLIPWAY_HEARTBEAT_SECONDS",
-                    self.options.heartbeat_seconds.to_string(),
-                ),
-                (
-                    "SLIPWAY_HEALTH_TIMEOUT_SECONDS",
-                    self.options.health_timeout_seconds.to_string(),
-                ),
+                ("SLIPWAY_REGISTRY", self.options.registry.clone().unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY"))),
+                ("SLIPWAY_HEARTBEAT_SECONDS", self.options.heartbeat_seconds.to_string()),
+                ("SLIPWAY_HEALTH_TIMEOUT_SECONDS", self.options.health_timeout_seconds.to_string()),
                 ("SLIPWAY_WORK_DIR", work.display().to_string()),
                 ("SLIPWAY_DRAIN_SECONDS", "5".into()),
             ],
@@ -220,13 +191,7 @@ impl Slipway {
     }
 
     /// Registers an app named `unique(stem)` following `repo_url`; returns its name.
-    pub async fn create_app(
-        &mut self,
-        stem: &str,
-        repo_url: &str,
-        secret: &str,
-        extra: Value,
-    ) -> String {
+    pub async fn create_app(&mut self, stem: &str, repo_url: &str, secret: &str, extra: Value) -> String {
         let name = unique(stem);
         let mut body = json!({"name": name, "repo_url": repo_url, "webhook_secret": secret, "health_path": "/healthz"});
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
@@ -240,35 +205,22 @@ impl Slipway {
 
     /// POSTs JSON, returning status and body.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("scheduler reachable");
+        let resp = self.http.post(format!("{}{path}", self.base)).json(body).send().await.expect("scheduler reachable");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// GETs JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("scheduler reachable");
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.expect("scheduler reachable");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// Sends a GitHub webhook with the given headers and raw body.
     pub async fn webhook(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}/api/v1/webhooks/github", self.base))
-            .header("content-type", "application/json");
+        let mut req =
+            self.http.post(format!("{}/api/v1/webhooks/github", self.base)).header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -278,13 +230,7 @@ impl Slipway {
     }
 
     /// Sends a correctly signed `push` of `sha` to `main` of `repo_url`.
-    pub async fn push(
-        &self,
-        repo_url: &str,
-        sha: &str,
-        secret: &str,
-        delivery: &str,
-    ) -> (u16, Value) {
+    pub async fn push(&self, repo_url: &str, sha: &str, secret: &str, delivery: &str) -> (u16, Value) {
         let body = push_body(repo_url, "refs/heads/main", sha);
         let headers = [
             ("X-GitHub-Event", "push".to_string()),
@@ -306,10 +252,7 @@ impl Slipway {
         let result = tokio::time::timeout(timeout, async {
             loop {
                 let d = self.deployment(id).await;
-                if matches!(
-                    d["state"].as_str(),
-                    Some("completed" | "failed" | "cancelled")
-                ) {
+                if matches!(d["state"].as_str(), Some("completed" | "failed" | "cancelled")) {
                     return d;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -329,44 +272,22 @@ impl Slipway {
     /// Every log line of a deployment (not following), from the SSE endpoint.
     pub async fn log_lines(&self, id: &str, last_event_id: Option<&str>) -> Vec<(String, String)> {
         let events = self.sse(id, false, last_event_id).await;
-        events
-            .into_iter()
-            .filter(|(event, _, _)| event == "log")
-            .map(|(_, id, line)| (id, line))
-            .collect()
+        events.into_iter().filter(|(event, _, _)| event == "log").map(|(_, id, line)| (id, line)).collect()
     }
 
     /// The events of the log stream as (event, id, line for `log` or data otherwise).
-    pub async fn sse(
-        &self,
-        id: &str,
-        follow: bool,
-        last_event_id: Option<&str>,
-    ) -> Vec<(String, String, String)> {
-        let mut req = self.http.get(format!(
-            "{}/api/v1/deployments/{id}/logs?follow={follow}",
-            self.base
-        ));
+    pub async fn sse(&self, id: &str, follow: bool, last_event_id: Option<&str>) -> Vec<(String, String, String)> {
+        let mut req = self.http.get(format!("{}/api/v1/deployments/{id}/logs?follow={follow}", self.base));
         if let Some(last) = last_event_id {
             req = req.header("Last-Event-ID", last);
         }
-        let text = req
-            .send()
-            .await
-            .expect("logs reachable")
-            .text()
-            .await
-            .expect("logs body");
+        let text = req.send().await.expect("logs reachable").text().await.expect("logs body");
         parse_sse(&text)
             .into_iter()
             .map(|(event, id, data)| match event.as_str() {
                 "log" => {
                     let v: Value = serde_json::from_str(&data).expect("log event is JSON");
-                    (
-                        event,
-                        id,
-                        v["line"].as_str().unwrap_or_default().to_string(),
-                    )
+                    (event, id, v["line"].as_str().unwrap_or_default().to_string())
                 }
                 _ => (event, id, data),
             })
@@ -381,13 +302,7 @@ impl Slipway {
 
     /// Fetches `path` from a deployed app.
     pub async fn app_body(&self, url: &str, path: &str) -> Option<String> {
-        let resp = self
-            .http
-            .get(format!("{url}{path}"))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .ok()?;
+        let resp = self.http.get(format!("{url}{path}")).timeout(Duration::from_secs(3)).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -405,22 +320,13 @@ impl Drop for Slipway {
         let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
         if let Some((_, db)) = self.database_url.rsplit_once('/') {
             let _ = Command::new("psql")
-                .args([
-                    admin.as_str(),
-                    "-qXc",
-                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                ])
+                .args([admin.as_str(), "-qXc", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
                 .output();
         }
         let (url, prefix) = (self.options.amqp_url.clone(), self.prefix.clone());
         let _ = std::thread::spawn(move || crate::rabbit::delete_topology(&url, &prefix)).join();
         for app in &self.apps {
-            if let Ok(ids) = crate::docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=dev.slipway.app={app}"),
-            ]) {
+            if let Ok(ids) = crate::docker(&["ps", "-aq", "--filter", &format!("label=dev.slipway.app={app}")]) {
                 for id in ids.split_whitespace() {
                     let _ = crate::docker(&["rm", "-f", id]);
                 }
@@ -434,20 +340,12 @@ fn spawn(name: &str, path: &PathBuf, logs: &tempfile::TempDir, env: &[(&str, Str
     let file = std::fs::File::create(&log).expect("log file");
     let err = file.try_clone().expect("log file clone");
     let mut cmd = Command::new(path);
-    cmd.env("SLIPWAY_LOG", "info,slipway=debug")
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err));
+    cmd.env("SLIPWAY_LOG", "info,slipway=debug").stdout(Stdio::from(file)).stderr(Stdio::from(err));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
-    Proc {
-        name: name.to_string(),
-        child,
-        log,
-    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+    Proc { name: name.to_string(), child, log }
 }
 
 /// A GitHub-shaped push payload.
@@ -475,10 +373,7 @@ pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
         let mut fields: HashMap<&str, String> = HashMap::new();
         for line in block.lines() {
             if let Some((k, v)) = line.split_once(':') {
-                fields
-                    .entry(k)
-                    .or_default()
-                    .push_str(v.strip_prefix(' ').unwrap_or(v));
+                fields.entry(k).or_default().push_str(v.strip_prefix(' ').unwrap_or(v));
             }
         }
         if let Some(event) = fields.get("event") {
@@ -494,13 +389,6 @@ pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
 
 /// Runs one SQL statement with psql against `url`.
 pub fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .args([url, "-qXc", sql])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("psql").args([url, "-qXc", sql]).output().expect("run psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -21,24 +21,16 @@ impl PrivateBroker {
     pub fn start(conf: &str, advanced_rabbit: &str) -> Self {
         let name = crate::unique("slipwaytest").replace('-', "");
         let port = 20000 + (rand_u16() % 20000);
-        let dir = tempfile::Builder::new()
-            .prefix("slipway-rabbit-")
-            .tempdir()
-            .expect("broker dir");
+        let dir = tempfile::Builder::new().prefix("slipway-rabbit-").tempdir().expect("broker dir");
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
             format!("loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{port}\n{conf}\n"),
         )
         .expect("rabbitmq.conf");
-        std::fs::write(
-            dir.path().join("advanced.config"),
-            format!("[{{rabbit, [{advanced_rabbit}]}}].\n"),
-        )
-        .expect("advanced.config");
+        std::fs::write(dir.path().join("advanced.config"), format!("[{{rabbit, [{advanced_rabbit}]}}].\n"))
+            .expect("advanced.config");
         // The node runs as the rabbitmq user: it must be able to enter and write the directory.
-        let _ = Command::new("chmod")
-            .args(["755", &dir.path().display().to_string()])
-            .status();
+        let _ = Command::new("chmod").args(["755", &dir.path().display().to_string()]).status();
         let broker = Self { name, port, dir };
         broker.run("start");
         broker
@@ -61,12 +53,7 @@ impl PrivateBroker {
 
     fn run(&self, verb: &str) {
         let out = Command::new(script())
-            .args([
-                verb,
-                &self.name,
-                &self.port.to_string(),
-                &self.dir.path().display().to_string(),
-            ])
+            .args([verb, &self.name, &self.port.to_string(), &self.dir.path().display().to_string()])
             .output()
             .expect("run scripts/rabbitmq-node");
         assert!(
@@ -92,35 +79,24 @@ fn rand_u16() -> u16 {
 /// Deletes the queues and exchanges of a test's prefix (best effort; the broker may be gone).
 pub fn delete_topology(url: &str, prefix: &str) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
     rt.block_on(async {
         let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
-        let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await
-        else {
+        let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(3), connect).await else {
             return;
         };
         let Ok(channel) = conn.create_channel().await else {
             return;
         };
         for queue in ["jobs", "runner"] {
-            let _ = channel
-                .queue_delete(
-                    format!("{prefix}.{queue}").as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
-                .await;
+            let _ =
+                channel.queue_delete(format!("{prefix}.{queue}").as_str().into(), QueueDeleteOptions::default()).await;
         }
         for exchange in ["control", "events"] {
             let _ = channel
-                .exchange_delete(
-                    format!("{prefix}.{exchange}").as_str().into(),
-                    ExchangeDeleteOptions::default(),
-                )
+                .exchange_delete(format!("{prefix}.{exchange}").as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = conn.close(200, "done".into()).await;

@@ -47,67 +47,26 @@ async fn apps_create_list_and_deploy_with_follow() {
     );
     assert!(ok, "{out}{err}");
     assert!(out.contains(&format!("registered {name}")), "{out}");
-    let (ok, _, err) = slipway(
-        &s,
-        &[
-            "apps",
-            "create",
-            &name,
-            "--repo",
-            &url,
-            "--webhook-secret",
-            "cli-secret-0123456789",
-        ],
-    );
+    let (ok, _, err) =
+        slipway(&s, &["apps", "create", &name, "--repo", &url, "--webhook-secret", "cli-secret-0123456789"]);
     assert!(!ok && err.contains("already exists"), "{err}");
-    let (ok, _, err) = slipway(
-        &s,
-        &[
-            "apps",
-            "create",
-            "Bad_Name",
-            "--repo",
-            &url,
-            "--webhook-secret",
-            "cli-secret-0123456789",
-        ],
-    );
+    let (ok, _, err) =
+        slipway(&s, &["apps", "create", "Bad_Name", "--repo", &url, "--webhook-secret", "cli-secret-0123456789"]);
     assert!(!ok && err.contains("app name"), "{err}");
     let (ok, _, err) = slipway(
         &s,
-        &[
-            "apps",
-            "create",
-            "x",
-            "--repo",
-            &url,
-            "--env",
-            "NOEQUALS",
-            "--webhook-secret",
-            "cli-secret-0123456789",
-        ],
+        &["apps", "create", "x", "--repo", &url, "--env", "NOEQUALS", "--webhook-secret", "cli-secret-0123456789"],
     );
     assert!(!ok && err.contains("KEY=VALUE"), "{err}");
 
     let (ok, out, _) = slipway(&s, &["apps", "list"]);
-    assert!(
-        ok && out
-            .lines()
-            .any(|l| l.starts_with(&name) && l.contains(&url)),
-        "{out}"
-    );
+    assert!(ok && out.lines().any(|l| l.starts_with(&name) && l.contains(&url)), "{out}");
 
     // No --sha: the scheduler resolves the branch head itself.
     let (ok, out, err) = slipway(&s, &["deploy", &name, "--follow"]);
     assert!(ok, "{out}{err}\n{}", s.dump());
-    assert!(
-        out.contains("queued deployment") && out.contains(&sha),
-        "{out}"
-    );
-    assert!(
-        out.contains("[  build] Step 1/"),
-        "build output is followed: {out}"
-    );
+    assert!(out.contains("queued deployment") && out.contains(&sha), "{out}");
+    assert!(out.contains("[  build] Step 1/"), "build output is followed: {out}");
     assert!(out.contains("completed: http://127.0.0.1:"), "{out}");
 
     let (ok, _, err) = slipway(&s, &["deploy", &name, "--sha", "not-a-sha"]);
@@ -115,8 +74,5 @@ async fn apps_create_list_and_deploy_with_follow() {
     let (ok, _, err) = slipway(&s, &["status", "00000000-0000-0000-0000-000000000000"]);
     assert!(!ok && err.contains("no deployment"), "{err}");
     let (ok, _, err) = slipway(&s, &["--url", "http://127.0.0.1:1", "apps", "list"]);
-    assert!(
-        !ok && err.contains("could not reach the scheduler"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("could not reach the scheduler"), "{err}");
 }

@@ -11,11 +11,7 @@ const SECRET: &str = "intake-secret-0123456789";
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 async fn scheduler_only() -> Slipway {
-    Slipway::start(SlipwayOptions {
-        runners: 0,
-        ..Default::default()
-    })
-    .await
+    Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await
 }
 
 #[tokio::test]
@@ -26,47 +22,21 @@ async fn forged_or_missing_signature_is_refused_and_records_nothing() {
     let body = push_body(repo, "refs/heads/main", SHA);
 
     let wrong = sign("another-secret-0123456789", &body);
-    let (status, answer) = s
-        .webhook(
-            &[
-                ("X-GitHub-Event", "push".into()),
-                ("X-Hub-Signature-256", wrong),
-            ],
-            body.clone(),
-        )
-        .await;
+    let (status, answer) =
+        s.webhook(&[("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", wrong)], body.clone()).await;
     assert_eq!(status, 401, "{answer}");
 
     let mut tampered = body.clone();
     let good = sign(SECRET, &body);
     tampered.extend_from_slice(b" ");
-    let (status, _) = s
-        .webhook(
-            &[
-                ("X-GitHub-Event", "push".into()),
-                ("X-Hub-Signature-256", good),
-            ],
-            tampered,
-        )
-        .await;
-    assert_eq!(
-        status, 401,
-        "a signature over a different body must not verify"
-    );
+    let (status, _) = s.webhook(&[("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", good)], tampered).await;
+    assert_eq!(status, 401, "a signature over a different body must not verify");
 
     let (status, answer) = s.webhook(&[("X-GitHub-Event", "push".into())], body).await;
     assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("X-Hub-Signature-256")
-    );
+    assert!(answer["error"].as_str().unwrap_or_default().contains("X-Hub-Signature-256"));
 
-    assert!(
-        s.deployments_of(&app).await.is_empty(),
-        "nothing may be recorded"
-    );
+    assert!(s.deployments_of(&app).await.is_empty(), "nothing may be recorded");
 }
 
 #[tokio::test]
@@ -92,111 +62,46 @@ async fn deletions_tags_other_branches_and_other_events_are_acknowledged_and_ign
     let repo = "https://git.example.com/acme/ignored.git";
     let app = s.create_app("ignored", repo, SECRET, json!({})).await;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "push",
-            push_body(
-                repo,
-                "refs/heads/main",
-                "0000000000000000000000000000000000000000",
-            ),
-            "deleted",
-        ),
+        ("push", push_body(repo, "refs/heads/main", "0000000000000000000000000000000000000000"), "deleted"),
         ("push", push_body(repo, "refs/tags/v1.0.0", SHA), "tag"),
-        (
-            "push",
-            push_body(repo, "refs/heads/feature", SHA),
-            "branch `feature`",
-        ),
-        (
-            "issues",
-            push_body(repo, "refs/heads/main", SHA),
-            "`issues`",
-        ),
+        ("push", push_body(repo, "refs/heads/feature", SHA), "branch `feature`"),
+        ("issues", push_body(repo, "refs/heads/main", SHA), "`issues`"),
     ];
     for (event, body, reason) in cases {
         let sig = sign(SECRET, &body);
-        let (status, answer) = s
-            .webhook(
-                &[
-                    ("X-GitHub-Event", event.into()),
-                    ("X-Hub-Signature-256", sig),
-                ],
-                body,
-            )
-            .await;
+        let (status, answer) = s.webhook(&[("X-GitHub-Event", event.into()), ("X-Hub-Signature-256", sig)], body).await;
         assert!((200..300).contains(&status), "{event}: {status} {answer}");
         assert_eq!(answer["status"], "ignored", "{answer}");
-        assert!(
-            answer["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(reason),
-            "{answer} should mention {reason}"
-        );
+        assert!(answer["reason"].as_str().unwrap_or_default().contains(reason), "{answer} should mention {reason}");
     }
     let mut deleted = push_body(repo, "refs/heads/main", SHA);
     let mut v: Value = serde_json::from_slice(&deleted).expect("json");
     v["deleted"] = json!(true);
     deleted = serde_json::to_vec(&v).expect("json");
     let sig = sign(SECRET, &deleted);
-    let (status, answer) = s
-        .webhook(
-            &[
-                ("X-GitHub-Event", "push".into()),
-                ("X-Hub-Signature-256", sig),
-            ],
-            deleted,
-        )
-        .await;
+    let (status, answer) = s.webhook(&[("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", sig)], deleted).await;
     assert_eq!((status, answer["status"].clone()), (202, json!("ignored")));
     assert!(s.deployments_of(&app).await.is_empty());
 
-    let ping = serde_json::to_vec(&json!({"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"clone_url": repo}})).expect("json");
+    let ping = serde_json::to_vec(
+        &json!({"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"clone_url": repo}}),
+    )
+    .expect("json");
     let sig = sign(SECRET, &ping);
-    let (status, answer) = s
-        .webhook(
-            &[
-                ("X-GitHub-Event", "ping".into()),
-                ("X-Hub-Signature-256", sig),
-            ],
-            ping,
-        )
-        .await;
+    let (status, answer) = s.webhook(&[("X-GitHub-Event", "ping".into()), ("X-Hub-Signature-256", sig)], ping).await;
     assert_eq!((status, answer["status"].clone()), (200, json!("pong")));
 }
 
 #[tokio::test]
 async fn malformed_and_oversized_bodies_get_clear_errors() {
     let s = scheduler_only().await;
-    let headers = || {
-        vec![
-            ("X-GitHub-Event", "push".to_string()),
-            ("X-Hub-Signature-256", "sha256=00".to_string()),
-        ]
-    };
+    let headers = || vec![("X-GitHub-Event", "push".to_string()), ("X-Hub-Signature-256", "sha256=00".to_string())];
     let (status, answer) = s.webhook(&headers(), b"{\"ref\": ".to_vec()).await;
     assert_eq!(status, 400);
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("not valid JSON"),
-        "{answer}"
-    );
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("line 1"),
-        "{answer}"
-    );
+    assert!(answer["error"].as_str().unwrap_or_default().contains("not valid JSON"), "{answer}");
+    assert!(answer["error"].as_str().unwrap_or_default().contains("line 1"), "{answer}");
 
-    let (status, _) = s
-        .webhook(
-            &[("X-Hub-Signature-256", "sha256=00".into())],
-            b"{}".to_vec(),
-        )
-        .await;
+    let (status, _) = s.webhook(&[("X-Hub-Signature-256", "sha256=00".into())], b"{}".to_vec()).await;
     assert_eq!(status, 400, "missing event header");
 
     // 25 MB is accepted as a size (it then fails verification: no app follows it), 1 byte more is 413.
@@ -228,11 +133,7 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
         (json!({"name": "Bad_Name"}), 422, "app name"),
         (json!({"name": "a".repeat(64)}), 422, "longer than 63"),
         (json!({"port": 0}), 422, "port"),
-        (
-            json!({"repo_url": "https://user:pw@git.example.com/a/b"}),
-            422,
-            "credentials",
-        ),
+        (json!({"repo_url": "https://user:pw@git.example.com/a/b"}), 422, "credentials"),
         (json!({"target": "nomad"}), 422, "target"),
         (json!({"webhook_secret": "short"}), 422, "webhook_secret"),
         (json!({"colour": "blue"}), 400, "colour"),
@@ -240,18 +141,10 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
     ];
     for (patch, want, needle) in cases {
         let mut body = base.clone();
-        body.as_object_mut()
-            .expect("object")
-            .extend(patch.as_object().expect("object").clone());
+        body.as_object_mut().expect("object").extend(patch.as_object().expect("object").clone());
         let (status, answer) = s.post("/api/v1/apps", &body).await;
         assert_eq!(status, want, "{patch}: {answer}");
-        assert!(
-            answer["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(needle),
-            "{answer} should mention {needle}"
-        );
+        assert!(answer["error"].as_str().unwrap_or_default().contains(needle), "{answer} should mention {needle}");
     }
     let (status, _) = s.post("/api/v1/apps", &base).await;
     assert_eq!(status, 201);
@@ -268,26 +161,15 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
         .expect("reachable");
     assert_eq!(resp.status().as_u16(), 400);
 
-    let (status, answer) = s
-        .post(
-            "/api/v1/apps/valid-name/deployments",
-            &json!({"sha": "HEAD; rm -rf /"}),
-        )
-        .await;
+    let (status, answer) = s.post("/api/v1/apps/valid-name/deployments", &json!({"sha": "HEAD; rm -rf /"})).await;
     assert_eq!(status, 422, "{answer}");
     let (status, _) = s.get("/api/v1/deployments/not-a-uuid").await;
     assert_eq!(status, 400);
-    let (status, _) = s
-        .get(&format!("/api/v1/deployments/{}", uuid::Uuid::new_v4()))
-        .await;
+    let (status, _) = s.get(&format!("/api/v1/deployments/{}", uuid::Uuid::new_v4())).await;
     assert_eq!(status, 404);
     let resp = s
         .http
-        .get(format!(
-            "{}/api/v1/deployments/{}/logs",
-            s.base,
-            uuid::Uuid::new_v4()
-        ))
+        .get(format!("{}/api/v1/deployments/{}/logs", s.base, uuid::Uuid::new_v4()))
         .timeout(Duration::from_secs(5))
         .send()
         .await

@@ -17,16 +17,10 @@ const SECRET: &str = "long-build-secret-0123456789";
 
 /// How long the broker takes to close a channel that holds a delivery unacknowledged.
 async fn broker_enforcement_delay(url: &str) -> Duration {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.expect("connect");
     let channel = conn.create_channel().await.expect("channel");
     channel
-        .queue_declare(
-            "probe".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+        .queue_declare("probe".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .expect("declare");
     channel
@@ -40,25 +34,13 @@ async fn broker_enforcement_delay(url: &str) -> Duration {
         .await
         .expect("publish");
     let mut consumer = channel
-        .basic_consume(
-            "probe".into(),
-            "holder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume("probe".into(), "holder".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect("consume");
-    let _held = consumer
-        .next()
-        .await
-        .expect("a delivery")
-        .expect("delivery ok");
+    let _held = consumer.next().await.expect("a delivery").expect("delivery ok");
     let start = Instant::now();
     while channel.status().connected() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the broker never enforced its consumer timeout"
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "the broker never enforced its consumer timeout");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     start.elapsed()
@@ -74,12 +56,7 @@ async fn a_build_longer_than_the_delivery_timeout_finishes_once() {
     );
 
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        amqp_url: broker.url(),
-        runners: 2,
-        ..Default::default()
-    })
-    .await;
+    let mut s = Slipway::start(SlipwayOptions { amqp_url: broker.url(), runners: 2, ..Default::default() }).await;
     let repo = unique("long");
     let url = git.url(&repo);
     let app = s.create_app("long", &url, SECRET, json!({})).await;
@@ -88,60 +65,22 @@ async fn a_build_longer_than_the_delivery_timeout_finishes_once() {
         "FROM slipway/busybox:1\nRUN echo {} && sleep {build_secs}\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
         unique("long-layer")
     );
-    let sha = git.commit(
-        &repo,
-        "long build",
-        &[Entry::File("Dockerfile", dockerfile.as_bytes())],
-    );
+    let sha = git.commit(&repo, "long build", &[Entry::File("Dockerfile", dockerfile.as_bytes())]);
     let (status, answer) = s.push(&url, &sha, SECRET, "long-delivery").await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
 
     let d = s.finished(&id, Duration::from_secs(180)).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
     assert_eq!(d["attempt"], 1, "never dispatched twice");
-    let build = d["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|st| st["step"] == "build")
-        .expect("build step")
-        .clone();
-    let at = |key: &str| {
-        build[key]
-            .as_str()
-            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-            .expect("step timing")
-    };
-    let took = (at("finished_at") - at("started_at"))
-        .to_std()
-        .expect("positive duration");
-    assert!(
-        took > enforced_after + Duration::from_secs(2),
-        "the build ({took:?}) outlived the broker's timeout"
-    );
+    let build =
+        d["steps"].as_array().expect("steps").iter().find(|st| st["step"] == "build").expect("build step").clone();
+    let at = |key: &str| build[key].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()).expect("step timing");
+    let took = (at("finished_at") - at("started_at")).to_std().expect("positive duration");
+    assert!(took > enforced_after + Duration::from_secs(2), "the build ({took:?}) outlived the broker's timeout");
     let lines = s.log_lines(&id, None).await;
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|(_, l)| l.starts_with("Step 1/"))
-            .count(),
-        1,
-        "the builder ran once"
-    );
+    assert_eq!(lines.iter().filter(|(_, l)| l.starts_with("Step 1/")).count(), 1, "the builder ran once");
     assert_eq!(s.deployments_of(&app).await.len(), 1);
-    let starts: usize = s
-        .runners
-        .iter()
-        .map(|r| r.output().matches("job started").count())
-        .sum();
-    assert_eq!(
-        starts,
-        1,
-        "the job message was delivered to a runner exactly once\n{}",
-        s.dump()
-    );
+    let starts: usize = s.runners.iter().map(|r| r.output().matches("job started").count()).sum();
+    assert_eq!(starts, 1, "the job message was delivered to a runner exactly once\n{}", s.dump());
 }

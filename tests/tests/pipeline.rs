@@ -5,15 +5,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use slipway_tests::git::Entry;
-use slipway_tests::{
-    GitServer, PrivateBroker, Slipway, SlipwayOptions, docker, eventually, unique,
-};
+use slipway_tests::{GitServer, PrivateBroker, Slipway, SlipwayOptions, docker, eventually, unique};
 
 const SECRET: &str = "pipeline-secret-0123456789";
 const FINISH: Duration = Duration::from_secs(120);
@@ -34,10 +30,7 @@ fn site(marker: &str, healthy: bool) -> Vec<(String, Vec<u8>)> {
 }
 
 fn commit(git: &GitServer, repo: &str, message: &str, files: &[(String, Vec<u8>)]) -> String {
-    let entries: Vec<Entry<'_>> = files
-        .iter()
-        .map(|(p, c)| Entry::File(p.as_str(), c.as_slice()))
-        .collect();
+    let entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
     git.commit(repo, message, &entries)
 }
 
@@ -59,44 +52,27 @@ fn steps_of(d: &Value) -> Vec<(i64, String, String)> {
 async fn deploy(s: &Slipway, repo_url: &str, sha: &str) -> Value {
     let (status, answer) = s.push(repo_url, sha, SECRET, &unique("delivery")).await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("deployment id")
-        .to_string();
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("deployment id").to_string();
     s.finished(&id, FINISH).await
 }
 
 /// A consumer of every `deploy.*` notification of the installation with `prefix`.
 async fn subscribe_events(prefix: &str) -> (lapin::Connection, lapin::Consumer) {
-    let conn = lapin::Connection::connect(
-        &slipway_tests::env("SLIPWAY_AMQP_URL"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("amqp");
+    let conn =
+        lapin::Connection::connect(&slipway_tests::env("SLIPWAY_AMQP_URL"), lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp");
     let channel = conn.create_channel().await.expect("channel");
     let exchange = format!("{prefix}.events");
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default())
         .await
         .expect("exchange");
     let queue = channel
         .queue_declare(
             "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -115,10 +91,7 @@ async fn subscribe_events(prefix: &str) -> (lapin::Connection, lapin::Consumer) 
         .basic_consume(
             queue.name().clone(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
             FieldTable::default(),
         )
         .await
@@ -127,16 +100,11 @@ async fn subscribe_events(prefix: &str) -> (lapin::Connection, lapin::Consumer) 
 }
 
 fn containers_of(app: &str) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=dev.slipway.app={app}"),
-    ])
-    .expect("docker ps")
-    .split_whitespace()
-    .map(str::to_string)
-    .collect()
+    docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")])
+        .expect("docker ps")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -152,34 +120,21 @@ async fn signed_push_ends_completed_with_the_container_answering_and_logs_resuma
     let sha1 = commit(&git, &repo, "v1", &site(&marker_v1, true));
     let (status, answer) = s.push(&url, &sha1, SECRET, "first-delivery").await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
     // Follow the live stream from the start while the job runs: it must end by itself.
-    let followed = tokio::time::timeout(FINISH, s.sse(&id, true, None))
-        .await
-        .expect("the live stream ends with the deployment");
+    let followed =
+        tokio::time::timeout(FINISH, s.sse(&id, true, None)).await.expect("the live stream ends with the deployment");
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
     let (last_event, _, end) = followed.last().expect("events").clone();
     assert_eq!(last_event, "end");
     assert!(end.contains("completed"), "{end}");
-    let followed_lines: Vec<(String, String)> = followed
-        .into_iter()
-        .filter(|(e, _, _)| e == "log")
-        .map(|(_, i, l)| (i, l))
-        .collect();
-    assert_eq!(
-        followed_lines,
-        s.log_lines(&id, None).await,
-        "following live sees every stored line, in order"
-    );
+    let followed_lines: Vec<(String, String)> =
+        followed.into_iter().filter(|(e, _, _)| e == "log").map(|(_, i, l)| (i, l)).collect();
+    assert_eq!(followed_lines, s.log_lines(&id, None).await, "following live sees every stored line, in order");
 
     let mut keys = Vec::new();
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_secs(2), events.next()).await
-    {
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_secs(2), events.next()).await {
         let note: Value = serde_json::from_slice(&delivery.data).expect("notification json");
         if note["deployment_id"] == id.as_str() {
             keys.push(delivery.routing_key.to_string());
@@ -188,90 +143,47 @@ async fn signed_push_ends_completed_with_the_container_answering_and_logs_resuma
             break;
         }
     }
-    assert_eq!(
-        keys.first().map(String::as_str),
-        Some("deploy.queued"),
-        "{keys:?}"
-    );
-    assert!(
-        keys.iter().filter(|k| *k == "deploy.step").count() >= 5,
-        "{keys:?}"
-    );
-    assert_eq!(
-        keys.last().map(String::as_str),
-        Some("deploy.completed"),
-        "{keys:?}"
-    );
+    assert_eq!(keys.first().map(String::as_str), Some("deploy.queued"), "{keys:?}");
+    assert!(keys.iter().filter(|k| *k == "deploy.step").count() >= 5, "{keys:?}");
+    assert_eq!(keys.last().map(String::as_str), Some("deploy.completed"), "{keys:?}");
 
     let live = d["url"].as_str().expect("url").to_string();
     let body = s.app_body(&live, "/").await.expect("the app answers");
     assert!(body.contains(&marker_v1), "{body}");
-    assert_eq!(
-        d["image"].as_str(),
-        Some(format!("{}/{app}:{sha1}", slipway_tests::env("SLIPWAY_REGISTRY")).as_str())
-    );
+    assert_eq!(d["image"].as_str(), Some(format!("{}/{app}:{sha1}", slipway_tests::env("SLIPWAY_REGISTRY")).as_str()));
 
     let steps = steps_of(&d);
     let names: Vec<&str> = steps.iter().map(|(_, n, _)| n.as_str()).collect();
     assert_eq!(names, ["clone", "build", "push", "deploy", "cleanup"]);
-    assert!(
-        steps.iter().all(|(a, _, st)| *a == 1 && st == "succeeded"),
-        "{steps:?}"
-    );
+    assert!(steps.iter().all(|(a, _, st)| *a == 1 && st == "succeeded"), "{steps:?}");
     for step in d["steps"].as_array().expect("steps") {
-        assert!(
-            step["started_at"].is_string() && step["finished_at"].is_string(),
-            "timings: {step}"
-        );
+        assert!(step["started_at"].is_string() && step["finished_at"].is_string(), "timings: {step}");
     }
 
     let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
     let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-    assert!(
-        text.iter().any(|l| l.starts_with("checked out")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter().any(|l| l.starts_with("Step 1/")),
-        "builder output: {text:?}"
-    );
+    assert!(text.iter().any(|l| l.starts_with("checked out")), "{text:?}");
+    assert!(text.iter().any(|l| l.starts_with("Step 1/")), "builder output: {text:?}");
     assert!(text.iter().any(|l| l.starts_with("live at")), "{text:?}");
     let ids: Vec<&str> = lines.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids[0], "1.1");
-    let resumed = s
-        .log_lines(d["id"].as_str().expect("id"), Some(&lines[2].0))
-        .await;
-    assert_eq!(
-        resumed,
-        lines[3..].to_vec(),
-        "Last-Event-ID resumes right after the given line"
-    );
+    let resumed = s.log_lines(d["id"].as_str().expect("id"), Some(&lines[2].0)).await;
+    assert_eq!(resumed, lines[3..].to_vec(), "Last-Event-ID resumes right after the given line");
 
     // A second push replaces the first container.
     let marker_v2 = unique("version-two");
     let sha2 = commit(&git, &repo, "v2", &site(&marker_v2, true));
     let d2 = deploy(&s, &url, &sha2).await;
     assert_eq!(d2["state"], "completed", "{d2}");
-    let body = s
-        .app_body(d2["url"].as_str().expect("url"), "/")
-        .await
-        .expect("v2 answers");
+    let body = s.app_body(d2["url"].as_str().expect("url"), "/").await.expect("v2 answers");
     assert!(body.contains(&marker_v2));
-    assert_eq!(
-        containers_of(&app).len(),
-        1,
-        "the previous container is retired"
-    );
+    assert_eq!(containers_of(&app).len(), 1, "the previous container is retired");
 }
 
 #[tokio::test]
 async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        runners: 2,
-        ..Default::default()
-    })
-    .await;
+    let mut s = Slipway::start(SlipwayOptions { runners: 2, ..Default::default() }).await;
     let repo = unique("dedupe");
     let url = git.url(&repo);
     let app = s.create_app("dedupe", &url, SECRET, json!({})).await;
@@ -280,20 +192,10 @@ async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     let answers = join_all((0..20).map(|_| s.push(&url, &sha, SECRET, "the-same-delivery"))).await;
     let created = answers.iter().filter(|(status, _)| *status == 202).count();
     assert_eq!(created, 1, "{answers:?}");
-    assert!(
-        answers
-            .iter()
-            .all(|(status, _)| *status == 202 || *status == 200),
-        "{answers:?}"
-    );
+    assert!(answers.iter().all(|(status, _)| *status == 202 || *status == 200), "{answers:?}");
     let ids: std::collections::HashSet<String> = answers
         .iter()
-        .map(|(_, a)| {
-            a["deployments"][0]["deployment_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
+        .map(|(_, a)| a["deployments"][0]["deployment_id"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(ids.len(), 1, "every answer names the same deployment");
 
@@ -302,31 +204,17 @@ async fn the_same_delivery_sent_20_times_yields_one_deployment_and_one_build() {
     assert_eq!(d["state"], "completed", "{d}");
     assert_eq!(d["attempt"], 1);
     assert_eq!(s.deployments_of(&app).await.len(), 1);
-    let builds = steps_of(&d)
-        .into_iter()
-        .filter(|(_, n, _)| n == "build")
-        .count();
+    let builds = steps_of(&d).into_iter().filter(|(_, n, _)| n == "build").count();
     assert_eq!(builds, 1);
     let lines = s.log_lines(&id, None).await;
-    assert_eq!(
-        lines
-            .iter()
-            .filter(|(_, l)| l.starts_with("Step 1/"))
-            .count(),
-        1,
-        "the builder ran once"
-    );
+    assert_eq!(lines.iter().filter(|(_, l)| l.starts_with("Step 1/")).count(), 1, "the builder ran once");
     assert_eq!(containers_of(&app).len(), 1);
 }
 
 #[tokio::test]
 async fn a_version_that_never_becomes_healthy_leaves_the_old_one_serving() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        health_timeout_seconds: 4,
-        ..Default::default()
-    })
-    .await;
+    let mut s = Slipway::start(SlipwayOptions { health_timeout_seconds: 4, ..Default::default() }).await;
     let repo = unique("unhealthy");
     let url = git.url(&repo);
     let app = s.create_app("unhealthy", &url, SECRET, json!({})).await;
@@ -336,40 +224,17 @@ async fn a_version_that_never_becomes_healthy_leaves_the_old_one_serving() {
     assert_eq!(good["state"], "completed", "{good}");
     let live = good["url"].as_str().expect("url").to_string();
 
-    let bad = deploy(
-        &s,
-        &url,
-        &commit(&git, &repo, "no health", &site("bad version", false)),
-    )
-    .await;
+    let bad = deploy(&s, &url, &commit(&git, &repo, "no health", &site("bad version", false))).await;
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["error_step"], "deploy");
     assert_eq!(bad["error_cause"], "user");
-    assert!(
-        bad["error_message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("did not become healthy"),
-        "{bad}"
-    );
+    assert!(bad["error_message"].as_str().unwrap_or_default().contains("did not become healthy"), "{bad}");
     let lines = s.log_lines(bad["id"].as_str().expect("id"), None).await;
-    assert!(
-        lines
-            .iter()
-            .any(|(_, l)| l.contains("last output of the new container")),
-        "{lines:?}"
-    );
+    assert!(lines.iter().any(|(_, l)| l.contains("last output of the new container")), "{lines:?}");
 
-    let body = s
-        .app_body(&live, "/")
-        .await
-        .expect("the old version still answers");
+    let body = s.app_body(&live, "/").await.expect("the old version still answers");
     assert!(body.contains(&marker));
-    assert_eq!(
-        containers_of(&app).len(),
-        1,
-        "the unhealthy container is removed"
-    );
+    assert_eq!(containers_of(&app).len(), 1, "the unhealthy container is removed");
 }
 
 #[tokio::test]
@@ -381,50 +246,21 @@ async fn a_broken_dockerfile_fails_at_the_build_step_with_the_builder_output() {
     let app = s.create_app("broken", &url, SECRET, json!({})).await;
     let token = unique("echoed-by-the-build");
     let dockerfile = format!("FROM slipway/busybox:1\nRUN echo {token} && exit 3\n");
-    let sha = git.commit(
-        &repo,
-        "broken",
-        &[Entry::File("Dockerfile", dockerfile.as_bytes())],
-    );
+    let sha = git.commit(&repo, "broken", &[Entry::File("Dockerfile", dockerfile.as_bytes())]);
 
     let d = deploy(&s, &url, &sha).await;
     assert_eq!(d["state"], "failed", "{d}");
-    assert_eq!(
-        (d["error_step"].as_str(), d["error_cause"].as_str()),
-        (Some("build"), Some("user"))
-    );
-    assert!(
-        d["error_message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("non-zero code: 3"),
-        "{d}"
-    );
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("build"), Some("user")));
+    assert!(d["error_message"].as_str().unwrap_or_default().contains("non-zero code: 3"), "{d}");
     let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
-    assert!(
-        lines.iter().any(|(_, l)| l.trim() == token),
-        "the RUN output is in the log: {lines:?}"
-    );
-    assert!(
-        !steps_of(&d)
-            .iter()
-            .any(|(_, n, _)| n == "push" || n == "deploy"),
-        "nothing after the build ran"
-    );
-    let tags = reqwest::get(format!(
-        "http://{}/v2/{app}/tags/list",
-        slipway_tests::env("SLIPWAY_REGISTRY")
-    ))
-    .await
-    .expect("registry");
+    assert!(lines.iter().any(|(_, l)| l.trim() == token), "the RUN output is in the log: {lines:?}");
+    assert!(!steps_of(&d).iter().any(|(_, n, _)| n == "push" || n == "deploy"), "nothing after the build ran");
+    let tags = reqwest::get(format!("http://{}/v2/{app}/tags/list", slipway_tests::env("SLIPWAY_REGISTRY")))
+        .await
+        .expect("registry");
     assert_eq!(tags.status().as_u16(), 404, "nothing was pushed");
-    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1"))
-        .expect("work dir")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the failed job's workspace is removed: {left:?}"
-    );
+    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1")).expect("work dir").collect();
+    assert!(left.is_empty(), "the failed job's workspace is removed: {left:?}");
 }
 
 #[tokio::test]
@@ -437,10 +273,7 @@ async fn a_commit_that_cannot_be_fetched_fails_at_the_clone_step_with_a_clear_er
     commit(&git, &repo, "v1", &site("exists", true));
     let d = deploy(&s, &url, "0123456789abcdef0123456789abcdef01234567").await;
     assert_eq!(d["state"], "failed", "{d}");
-    assert_eq!(
-        (d["error_step"].as_str(), d["error_cause"].as_str()),
-        (Some("clone"), Some("user"))
-    );
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("user")));
     assert!(
         d["error_message"]
             .as_str()
@@ -448,9 +281,7 @@ async fn a_commit_that_cannot_be_fetched_fails_at_the_clone_step_with_a_clear_er
             .contains("0123456789abcdef0123456789abcdef01234567 could not be fetched"),
         "{d}"
     );
-    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1"))
-        .expect("work dir")
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(s.work_dir("runner-1")).expect("work dir").collect();
     assert!(left.is_empty(), "the workspace is removed: {left:?}");
 }
 
@@ -470,25 +301,15 @@ async fn a_runner_told_to_stop_finishes_its_running_job_first() {
     let sha = commit(&git, &repo, "slow", &files);
     let (status, answer) = s.push(&url, &sha, SECRET, "drain-delivery").await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
     eventually(Duration::from_secs(60), "the build to start", || {
         let (s, id) = (&s, id.clone());
         async move { (s.deployment(&id).await["current_step"] == "build").then_some(()) }
     })
     .await;
-    assert!(
-        s.runners[0].terminate(),
-        "the runner drains and exits 0\n{}",
-        s.dump()
-    );
+    assert!(s.runners[0].terminate(), "the runner drains and exits 0\n{}", s.dump());
     let d = s.finished(&id, Duration::from_secs(10)).await;
-    assert_eq!(
-        d["state"], "completed",
-        "finished by the draining runner: {d}"
-    );
+    assert_eq!(d["state"], "completed", "finished by the draining runner: {d}");
     assert_eq!(d["attempt"], 1);
 }
 
@@ -534,11 +355,7 @@ async fn a_symlink_to_a_file_outside_the_repository_does_not_leak_it_into_the_im
 async fn a_push_while_rabbitmq_is_stopped_is_deployed_once_it_is_back() {
     let broker = PrivateBroker::start("", "");
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        amqp_url: broker.url(),
-        ..Default::default()
-    })
-    .await;
+    let mut s = Slipway::start(SlipwayOptions { amqp_url: broker.url(), ..Default::default() }).await;
     let repo = unique("outage");
     let url = git.url(&repo);
     s.create_app("outage", &url, SECRET, json!({})).await;
@@ -547,42 +364,26 @@ async fn a_push_while_rabbitmq_is_stopped_is_deployed_once_it_is_back() {
 
     broker.stop();
     let (status, answer) = s.push(&url, &sha, SECRET, "outage-delivery").await;
-    assert_eq!(
-        status, 202,
-        "the webhook succeeds while the broker is down: {answer}"
-    );
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    assert_eq!(status, 202, "the webhook succeeds while the broker is down: {answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = s.deployment(&id).await;
     assert_eq!(waiting["state"], "queued");
-    assert!(
-        waiting["published_at"].is_null(),
-        "not published while the broker is down: {waiting}"
-    );
+    assert!(waiting["published_at"].is_null(), "not published while the broker is down: {waiting}");
 
     broker.restart();
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    let body = s
-        .app_body(d["url"].as_str().expect("url"), "/")
-        .await
-        .expect("the app answers");
+    let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("the app answers");
     assert!(body.contains(&marker));
 }
 
 #[tokio::test]
 async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once() {
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        runners: 2,
-        lease_seconds: 4,
-        heartbeat_seconds: 1,
-        ..Default::default()
-    })
-    .await;
+    let mut s =
+        Slipway::start(SlipwayOptions { runners: 2, lease_seconds: 4, heartbeat_seconds: 1, ..Default::default() })
+            .await;
     let repo = unique("killed");
     let url = git.url(&repo);
     let app = s.create_app("killed", &url, SECRET, json!({})).await;
@@ -596,10 +397,7 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
     let sha = commit(&git, &repo, "slow build", &files);
     let (status, answer) = s.push(&url, &sha, SECRET, "kill-delivery").await;
     assert_eq!(status, 202, "{answer}");
-    let id = answer["deployments"][0]["deployment_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
 
     let victim = eventually(Duration::from_secs(60), "the build to start", || {
         let s = &s;
@@ -607,45 +405,22 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
         async move {
             let d = s.deployment(&id).await;
             let building = d["current_step"] == "build"
-                && s.log_lines(&id, None)
-                    .await
-                    .iter()
-                    .any(|(_, l)| l.starts_with("Step 2/"));
+                && s.log_lines(&id, None).await.iter().any(|(_, l)| l.starts_with("Step 2/"));
             building.then(|| d["runner_id"].as_str().unwrap_or_default().to_string())
         }
     })
     .await;
-    let index = s
-        .runners
-        .iter()
-        .position(|r| r.name == victim)
-        .expect("the victim is one of ours");
+    let index = s.runners.iter().position(|r| r.name == victim).expect("the victim is one of ours");
     s.runners[index].kill9();
 
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    assert_eq!(
-        d["attempt"], 2,
-        "the job was dispatched again after the lease ran out"
-    );
+    assert_eq!(d["attempt"], 2, "the job was dispatched again after the lease ran out");
     assert_ne!(d["runner_id"].as_str(), Some(victim.as_str()));
     let steps = steps_of(&d);
-    assert!(
-        steps.contains(&(1, "build".into(), "failed".into())),
-        "{steps:?}"
-    );
-    assert!(
-        steps.contains(&(2, "deploy".into(), "succeeded".into())),
-        "{steps:?}"
-    );
-    assert_eq!(
-        steps
-            .iter()
-            .filter(|(_, n, st)| n == "deploy" && st == "succeeded")
-            .count(),
-        1,
-        "deployed once"
-    );
+    assert!(steps.contains(&(1, "build".into(), "failed".into())), "{steps:?}");
+    assert!(steps.contains(&(2, "deploy".into(), "succeeded".into())), "{steps:?}");
+    assert_eq!(steps.iter().filter(|(_, n, st)| n == "deploy" && st == "succeeded").count(), 1, "deployed once");
     assert_eq!(containers_of(&app).len(), 1);
     assert_eq!(s.deployments_of(&app).await.len(), 1);
 }
@@ -654,26 +429,14 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
 async fn an_infrastructure_failure_is_retried_with_backoff_then_fails_naming_the_step() {
     let git = GitServer::start();
     let dead_registry = format!("127.0.0.1:{}", slipway_tests::free_port());
-    let mut s = Slipway::start(SlipwayOptions {
-        registry: Some(dead_registry),
-        max_attempts: 2,
-        ..Default::default()
-    })
-    .await;
+    let mut s =
+        Slipway::start(SlipwayOptions { registry: Some(dead_registry), max_attempts: 2, ..Default::default() }).await;
     let repo = unique("infra");
     let url = git.url(&repo);
     s.create_app("infra", &url, SECRET, json!({})).await;
-    let d = deploy(
-        &s,
-        &url,
-        &commit(&git, &repo, "v1", &site("unpushable", true)),
-    )
-    .await;
+    let d = deploy(&s, &url, &commit(&git, &repo, "v1", &site("unpushable", true))).await;
     assert_eq!(d["state"], "failed", "{d}");
-    assert_eq!(
-        (d["error_step"].as_str(), d["error_cause"].as_str()),
-        (Some("push"), Some("infrastructure"))
-    );
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("push"), Some("infrastructure")));
     assert_eq!(d["attempt"], 2, "retried once, then out of attempts");
     let at = |attempt: i64, key: &str| {
         let step = d["steps"]
@@ -682,16 +445,9 @@ async fn an_infrastructure_failure_is_retried_with_backoff_then_fails_naming_the
             .iter()
             .find(|st| st["attempt"] == attempt && st["step"] == "push")
             .cloned();
-        step.and_then(|st| {
-            st[key]
-                .as_str()
-                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-        })
-        .expect("push timings")
+        step.and_then(|st| st[key].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()))
+            .expect("push timings")
     };
     let waited = at(2, "started_at") - at(1, "finished_at");
-    assert!(
-        waited >= chrono::Duration::seconds(5),
-        "attempt 2 waited for the backoff ({waited})"
-    );
+    assert!(waited >= chrono::Duration::seconds(5), "attempt 2 waited for the backoff ({waited})");
 }

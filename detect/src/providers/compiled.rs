@@ -9,34 +9,19 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
         return Ok(None);
     };
     let Some(module) = directive(&gomod, "module") else {
-        return Err(DetectError::Invalid {
-            file: "go.mod".into(),
-            message: "has no `module` line".into(),
-        });
+        return Err(DetectError::Invalid { file: "go.mod".into(), message: "has no `module` line".into() });
     };
     let mut p = plan(Provider::Go, app_root);
     p.version = Some(match directive(&gomod, "go") {
-        Some(v) => Fact::new(
-            v.split('.').take(2).collect::<Vec<_>>().join("."),
-            &["go.mod"],
-        ),
+        Some(v) => Fact::new(v.split('.').take(2).collect::<Vec<_>>().join("."), &["go.mod"]),
         None => Fact::default_value("1.23".into()),
     });
-    p.dependency_files = ["go.mod", "go.sum"]
-        .iter()
-        .filter(|f| tree.file(f))
-        .map(|f| f.to_string())
-        .collect();
+    p.dependency_files = ["go.mod", "go.sum"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
     p.install = Some(Fact::new("go mod download".into(), &["go.mod"]));
     let main_at_root = tree
         .list(".", |n, d| !d && n.ends_with(".go"))
         .iter()
-        .any(|f| {
-            tree.read(f)
-                .ok()
-                .flatten()
-                .is_some_and(|t| t.contains("package main"))
-        });
+        .any(|f| tree.read(f).ok().flatten().is_some_and(|t| t.contains("package main")));
     let package = if main_at_root {
         Fact::new(".".to_string(), &["go.mod", "package main"])
     } else {
@@ -50,9 +35,7 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
                 });
             }
             [one] => Fact::new(format!("./cmd/{one}"), &["go.mod", "cmd/"]),
-            several if several.iter().any(|c| c == name) => {
-                Fact::new(format!("./cmd/{name}"), &["go.mod", "cmd/"])
-            }
+            several if several.iter().any(|c| c == name) => Fact::new(format!("./cmd/{name}"), &["go.mod", "cmd/"]),
             several => {
                 let apps: Vec<String> = several.iter().map(|c| format!("cmd/{c}")).collect();
                 return Err(DetectError::SeveralApps {
@@ -63,10 +46,7 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
         }
     };
     p.build = Some(Fact::new(
-        format!(
-            "CGO_ENABLED=0 go build -trimpath -o /out/app {}",
-            package.value
-        ),
+        format!("CGO_ENABLED=0 go build -trimpath -o /out/app {}", package.value),
         &package.from.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     p.artifact = Some(Fact::new("/out/app".into(), &["go.mod"]));
@@ -85,46 +65,26 @@ pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
         return Ok(None);
     };
     let maven = build_file == "pom.xml";
-    let wrapper = if maven {
-        tree.file("mvnw").then_some("./mvnw")
-    } else {
-        tree.file("gradlew").then_some("./gradlew")
-    };
+    let wrapper =
+        if maven { tree.file("mvnw").then_some("./mvnw") } else { tree.file("gradlew").then_some("./gradlew") };
     let tool = wrapper.unwrap_or(if maven { "mvn" } else { "gradle" });
-    let tool_from = wrapper
-        .map(|w| w.trim_start_matches("./"))
-        .unwrap_or(build_file);
-    p.package_manager = Some(Fact::new(
-        (if maven { "maven" } else { "gradle" }).to_string(),
-        &[build_file, tool_from],
-    ));
+    let tool_from = wrapper.map(|w| w.trim_start_matches("./")).unwrap_or(build_file);
+    p.package_manager = Some(Fact::new((if maven { "maven" } else { "gradle" }).to_string(), &[build_file, tool_from]));
     let spring = text.contains("spring-boot");
     if spring {
         p.framework = Some(Fact::new("spring-boot".into(), &[build_file]));
     }
     p.version = Some(
-        java_version(&text)
-            .map(|v| Fact::new(v, &[build_file]))
-            .unwrap_or_else(|| Fact::default_value("21".into())),
+        java_version(&text).map(|v| Fact::new(v, &[build_file])).unwrap_or_else(|| Fact::default_value("21".into())),
     );
     p.dependency_files = if maven {
-        ["pom.xml", "mvnw", ".mvn"]
+        ["pom.xml", "mvnw", ".mvn"].iter().filter(|f| tree.file(f) || tree.dir(f)).map(|f| f.to_string()).collect()
+    } else {
+        [build_file, "settings.gradle", "settings.gradle.kts", "gradlew", "gradle"]
             .iter()
             .filter(|f| tree.file(f) || tree.dir(f))
             .map(|f| f.to_string())
             .collect()
-    } else {
-        [
-            build_file,
-            "settings.gradle",
-            "settings.gradle.kts",
-            "gradlew",
-            "gradle",
-        ]
-        .iter()
-        .filter(|f| tree.file(f) || tree.dir(f))
-        .map(|f| f.to_string())
-        .collect()
     };
     let (install, build, jar_glob, test) = if maven {
         (
@@ -151,33 +111,19 @@ pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
 }
 
 fn java_version(text: &str) -> Option<String> {
-    for key in [
-        "<java.version>",
-        "<maven.compiler.release>",
-        "<maven.compiler.source>",
-        "<maven.compiler.target>",
-    ] {
+    for key in ["<java.version>", "<maven.compiler.release>", "<maven.compiler.source>", "<maven.compiler.target>"] {
         if let Some(rest) = text.split(key).nth(1) {
-            let v: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
+            let v: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
             if !v.is_empty() {
                 return Some(v.trim_start_matches("1.").to_string());
             }
         }
     }
-    for key in [
-        "JavaLanguageVersion.of(",
-        "sourceCompatibility = '",
-        "sourceCompatibility = \"",
-        "JavaVersion.VERSION_",
-    ] {
+    for key in
+        ["JavaLanguageVersion.of(", "sourceCompatibility = '", "sourceCompatibility = \"", "JavaVersion.VERSION_"]
+    {
         if let Some(rest) = text.split(key).nth(1) {
-            let v: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '_')
-                .collect();
+            let v: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '_').collect();
             if !v.is_empty() {
                 return Some(v.replace("1_", "").replace('_', "."));
             }
@@ -194,18 +140,10 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     let mut bins: Vec<String> = Vec::new();
     let mut from = vec!["Cargo.toml".to_string()];
     collect_bins(&manifest, tree, ".", &mut bins);
-    if let Some(members) = manifest
-        .get("workspace")
-        .and_then(|w| w.get("members"))
-        .and_then(|m| m.as_array())
-    {
+    if let Some(members) = manifest.get("workspace").and_then(|w| w.get("members")).and_then(|m| m.as_array()) {
         for member in members.iter().filter_map(|m| m.as_str()) {
             let dirs: Vec<String> = match member.strip_suffix("/*") {
-                Some(parent) => tree
-                    .list(parent, |_, d| d)
-                    .into_iter()
-                    .map(|c| format!("{parent}/{c}"))
-                    .collect(),
+                Some(parent) => tree.list(parent, |_, d| d).into_iter().map(|c| format!("{parent}/{c}")).collect(),
                 None => vec![member.to_string()],
             };
             for dir in dirs {
@@ -233,50 +171,24 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
         several => {
             return Err(DetectError::SeveralApps {
                 root: app_root.into(),
-                apps: format!(
-                    "binaries {} (set `build` and `start` in slipway.toml)",
-                    several.join(", ")
-                ),
+                apps: format!("binaries {} (set `build` and `start` in slipway.toml)", several.join(", ")),
             });
         }
     };
     let from_refs: Vec<&str> = from.iter().map(String::as_str).collect();
-    p.version = Some(
-        match tree
-            .read("rust-toolchain.toml")?
-            .or(tree.read("rust-toolchain")?)
-        {
-            Some(text) => {
-                let channel = text.lines().find_map(|l| {
-                    l.trim().strip_prefix("channel").map(|r| {
-                        r.trim_start_matches([' ', '='])
-                            .trim_matches('"')
-                            .to_string()
-                    })
-                });
-                Fact::new(
-                    channel.unwrap_or_else(|| text.trim().to_string()),
-                    &["rust-toolchain.toml"],
-                )
-            }
-            None => Fact::default_value("stable".into()),
-        },
-    );
+    p.version = Some(match tree.read("rust-toolchain.toml")?.or(tree.read("rust-toolchain")?) {
+        Some(text) => {
+            let channel = text.lines().find_map(|l| {
+                l.trim().strip_prefix("channel").map(|r| r.trim_start_matches([' ', '=']).trim_matches('"').to_string())
+            });
+            Fact::new(channel.unwrap_or_else(|| text.trim().to_string()), &["rust-toolchain.toml"])
+        }
+        None => Fact::default_value("stable".into()),
+    });
     p.package_manager = Some(Fact::new("cargo".into(), &["Cargo.toml"]));
-    p.dependency_files = ["Cargo.toml", "Cargo.lock"]
-        .iter()
-        .filter(|f| tree.file(f))
-        .map(|f| f.to_string())
-        .collect();
-    let locked = if tree.file("Cargo.lock") {
-        " --locked"
-    } else {
-        ""
-    };
-    p.build = Some(Fact::new(
-        format!("cargo build --release{locked} --bin {bin}"),
-        &from_refs,
-    ));
+    p.dependency_files = ["Cargo.toml", "Cargo.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
+    let locked = if tree.file("Cargo.lock") { " --locked" } else { "" };
+    p.build = Some(Fact::new(format!("cargo build --release{locked} --bin {bin}"), &from_refs));
     p.artifact = Some(Fact::new(format!("target/release/{bin}"), &from_refs));
     p.start = Some(Fact::new(format!("/app/{bin}"), &from_refs));
     p.test = Some(Fact::new(format!("cargo test{locked}"), &["Cargo.toml"]));
@@ -287,17 +199,10 @@ fn collect_bins(manifest: &toml::Table, tree: &Tree, dir: &str, bins: &mut Vec<S
     let explicit: Vec<String> = manifest
         .get("bin")
         .and_then(|b| b.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect())
         .unwrap_or_default();
     bins.extend(explicit);
-    let package = manifest
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str());
+    let package = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str());
     if let Some(name) = package
         && tree.file(&format!("{dir}/src/main.rs"))
     {
@@ -311,37 +216,26 @@ pub(super) fn dotnet(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         [] => return Ok(None),
         [one] => one.clone(),
         several => {
-            return Err(DetectError::SeveralApps {
-                root: app_root.into(),
-                apps: several.join(", "),
-            });
+            return Err(DetectError::SeveralApps { root: app_root.into(), apps: several.join(", ") });
         }
     };
     let text = tree.read(&project)?.unwrap_or_default();
     let mut p = plan(Provider::Dotnet, app_root);
     let assembly = between(&text, "<AssemblyName>", "</AssemblyName>")
         .unwrap_or_else(|| project.trim_end_matches(".csproj").to_string());
-    p.version = Some(
-        match between(&text, "<TargetFramework>", "</TargetFramework>") {
-            Some(tf) => Fact::new(tf.trim_start_matches("net").to_string(), &[&project]),
-            None => Fact::default_value("8.0".into()),
-        },
-    );
+    p.version = Some(match between(&text, "<TargetFramework>", "</TargetFramework>") {
+        Some(tf) => Fact::new(tf.trim_start_matches("net").to_string(), &[&project]),
+        None => Fact::default_value("8.0".into()),
+    });
     p.package_manager = Some(Fact::new("nuget".into(), &[&project]));
     if text.contains("Microsoft.NET.Sdk.Web") {
         p.framework = Some(Fact::new("aspnetcore".into(), &[&project]));
     }
     p.dependency_files = vec![project.clone()];
     p.install = Some(Fact::new(format!("dotnet restore {project}"), &[&project]));
-    p.build = Some(Fact::new(
-        format!("dotnet publish {project} -c Release -o /out --no-restore"),
-        &[&project],
-    ));
+    p.build = Some(Fact::new(format!("dotnet publish {project} -c Release -o /out --no-restore"), &[&project]));
     p.artifact = Some(Fact::new("/out".into(), &[&project]));
-    p.start = Some(Fact::new(
-        format!("dotnet /app/{assembly}.dll"),
-        &[&project],
-    ));
+    p.start = Some(Fact::new(format!("dotnet /app/{assembly}.dll"), &[&project]));
     let tests = tree.list(".", |n, d| d && n.ends_with("Tests"));
     if !tests.is_empty() {
         p.test = Some(Fact::new("dotnet test".into(), &[tests[0].as_str()]));
@@ -361,17 +255,10 @@ pub(super) fn elixir(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     let Some(app) = mix
         .split("app: :")
         .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect::<String>()
-        })
+        .map(|r| r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>())
         .filter(|a| !a.is_empty())
     else {
-        return Err(DetectError::Invalid {
-            file: "mix.exs".into(),
-            message: "no `app: :name` in the project".into(),
-        });
+        return Err(DetectError::Invalid { file: "mix.exs".into(), message: "no `app: :name` in the project".into() });
     };
     let mut p = plan(Provider::Elixir, app_root);
     p.package_manager = Some(Fact::new("mix".into(), &["mix.exs"]));
@@ -382,10 +269,7 @@ pub(super) fn elixir(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     }
     p.version = Some(match mix.split("elixir: \"").nth(1) {
         Some(rest) => Fact::new(
-            rest.chars()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect(),
+            rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit() || *c == '.').collect(),
             &["mix.exs"],
         ),
         None => Fact::default_value("1.17".into()),
@@ -395,10 +279,7 @@ pub(super) fn elixir(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         .filter(|f| tree.file(f) || tree.dir(f))
         .map(|f| f.to_string())
         .collect();
-    p.install = Some(Fact::new(
-        "mix deps.get --only prod && mix deps.compile".into(),
-        &["mix.exs"],
-    ));
+    p.install = Some(Fact::new("mix deps.get --only prod && mix deps.compile".into(), &["mix.exs"]));
     p.build = Some(Fact::new("mix release --path /out".into(), &["mix.exs"]));
     p.artifact = Some(Fact::new("/out".into(), &["mix.exs"]));
     p.start = Some(Fact::new(format!("/app/bin/{app} start"), &["mix.exs"]));

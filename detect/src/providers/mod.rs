@@ -15,27 +15,15 @@ type Detector = fn(&Tree, &str) -> Result<Option<Plan>, DetectError>;
 const DETECTORS: &[(Provider, &str, Detector)] = &[
     (Provider::Node, "package.json", node::detect),
     (Provider::Deno, "deno.json, deno.jsonc", scripted::deno),
-    (
-        Provider::Python,
-        "requirements.txt, pyproject.toml, Pipfile, setup.py",
-        python::detect,
-    ),
+    (Provider::Python, "requirements.txt, pyproject.toml, Pipfile, setup.py", python::detect),
     (Provider::Go, "go.mod", compiled::go),
-    (
-        Provider::Java,
-        "pom.xml, build.gradle, build.gradle.kts",
-        compiled::java,
-    ),
+    (Provider::Java, "pom.xml, build.gradle, build.gradle.kts", compiled::java),
     (Provider::Ruby, "Gemfile", scripted::ruby),
     (Provider::Rust, "Cargo.toml", compiled::rust),
     (Provider::Php, "composer.json, index.php", scripted::php),
     (Provider::Dotnet, "*.csproj", compiled::dotnet),
     (Provider::Elixir, "mix.exs", compiled::elixir),
-    (
-        Provider::Static,
-        "index.html, public/index.html, dist/index.html",
-        scripted::static_site,
-    ),
+    (Provider::Static, "index.html, public/index.html, dist/index.html", scripted::static_site),
 ];
 
 /// Files that make a directory an app, for the monorepo check.
@@ -62,9 +50,7 @@ pub(crate) fn detect(
     forced: Option<&str>,
     ignore_dockerfile: bool,
 ) -> Result<Plan, DetectError> {
-    if forced == Some("dockerfile")
-        || (forced.is_none() && !ignore_dockerfile && tree.file("Dockerfile"))
-    {
+    if forced == Some("dockerfile") || (forced.is_none() && !ignore_dockerfile && tree.file("Dockerfile")) {
         if !tree.file("Dockerfile") {
             return Err(DetectError::Invalid {
                 file: "slipway.toml".into(),
@@ -92,10 +78,7 @@ pub(crate) fn detect(
     }
     let apps = nested_apps(tree);
     if apps.len() > 1 {
-        return Err(DetectError::SeveralApps {
-            root: app_root.into(),
-            apps: apps.join(", "),
-        });
+        return Err(DetectError::SeveralApps { root: app_root.into(), apps: apps.join(", ") });
     }
     if let [only] = apps.as_slice() {
         return Err(DetectError::SeveralApps {
@@ -103,28 +86,20 @@ pub(crate) fn detect(
             apps: format!("{only} (the only one; set the app root to it)"),
         });
     }
-    let looked_for: Vec<&str> = std::iter::once("Dockerfile")
-        .chain(DETECTORS.iter().map(|(_, files, _)| *files))
-        .collect();
-    Err(DetectError::NothingMatched {
-        root: app_root.into(),
-        looked_for: looked_for.join("; "),
-    })
+    let looked_for: Vec<&str> =
+        std::iter::once("Dockerfile").chain(DETECTORS.iter().map(|(_, files, _)| *files)).collect();
+    Err(DetectError::NothingMatched { root: app_root.into(), looked_for: looked_for.join("; ") })
 }
 
 /// Directories one or two levels down that look like apps of their own.
 fn nested_apps(tree: &Tree) -> Vec<String> {
     let mut found = Vec::new();
-    for top in tree.list(".", |name, is_dir| {
-        is_dir && !name.starts_with('.') && name != "node_modules"
-    }) {
+    for top in tree.list(".", |name, is_dir| is_dir && !name.starts_with('.') && name != "node_modules") {
         if APP_MARKERS.iter().any(|m| tree.file(&format!("{top}/{m}"))) {
             found.push(top.clone());
             continue;
         }
-        for sub in tree.list(&top, |name, is_dir| {
-            is_dir && !name.starts_with('.') && name != "node_modules"
-        }) {
+        for sub in tree.list(&top, |name, is_dir| is_dir && !name.starts_with('.') && name != "node_modules") {
             let dir = format!("{top}/{sub}");
             if APP_MARKERS.iter().any(|m| tree.file(&format!("{dir}/{m}"))) {
                 found.push(dir);
@@ -183,19 +158,12 @@ pub(crate) fn read_json(tree: &Tree, file: &str) -> Result<Option<Value>, Detect
     let Some(text) = tree.read(file)? else {
         return Ok(None);
     };
-    let clean = if file.ends_with(".jsonc") {
-        strip_json_comments(&text)
-    } else {
-        text
-    };
-    serde_json::from_str(&clean)
-        .map(Some)
-        .map_err(|e| DetectError::Parse {
-            file: file.into(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })
+    let clean = if file.ends_with(".jsonc") { strip_json_comments(&text) } else { text };
+    serde_json::from_str(&clean).map(Some).map_err(|e| {
+        let text = e.to_string();
+        let message = text.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(text);
+        DetectError::Parse { file: file.into(), line: e.line(), column: e.column(), message }
+    })
 }
 
 /// Parses a TOML file, with the file, line and column of a syntax error.
@@ -203,30 +171,14 @@ pub(crate) fn read_toml(tree: &Tree, file: &str) -> Result<Option<toml::Table>, 
     let Some(text) = tree.read(file)? else {
         return Ok(None);
     };
-    text.parse::<toml::Table>()
-        .map(Some)
-        .map_err(|e| crate::config::toml_error(file, &text, &e))
+    text.parse::<toml::Table>().map(Some).map_err(|e| crate::config::toml_error(file, &text, &e))
 }
 
 fn strip_json_comments(text: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if l.trim_start().starts_with("//") {
-                ""
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n")
 }
 
 /// The first line of `text` of the form `<key> <value>` (e.g. `go 1.22`), its value.
 pub(crate) fn directive<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(key)
-            .filter(|rest| rest.starts_with(' '))
-            .map(str::trim)
-    })
+    text.lines().find_map(|l| l.trim().strip_prefix(key).filter(|rest| rest.starts_with(' ')).map(str::trim))
 }

@@ -20,28 +20,13 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         return Ok(None);
     };
     if !pkg.is_object() {
-        return Err(DetectError::Invalid {
-            file: "package.json".into(),
-            message: "must be a JSON object".into(),
-        });
+        return Err(DetectError::Invalid { file: "package.json".into(), message: "must be a JSON object".into() });
     }
     let mut p = plan(Provider::Node, app_root);
-    let scripts = pkg
-        .get("scripts")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let script = |name: &str| {
-        scripts
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let has_dep = |name: &str| {
-        ["dependencies", "devDependencies"]
-            .iter()
-            .any(|k| pkg.get(k).and_then(|d| d.get(name)).is_some())
-    };
+    let scripts = pkg.get("scripts").and_then(Value::as_object).cloned().unwrap_or_default();
+    let script = |name: &str| scripts.get(name).and_then(Value::as_str).map(str::to_string);
+    let has_dep =
+        |name: &str| ["dependencies", "devDependencies"].iter().any(|k| pkg.get(k).and_then(|d| d.get(name)).is_some());
 
     if let Some(workspaces) = workspaces(&pkg)
         && script("start").is_none()
@@ -49,11 +34,7 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         let apps = expand_workspaces(tree, &workspaces);
         return Err(DetectError::SeveralApps {
             root: app_root.into(),
-            apps: if apps.is_empty() {
-                workspaces.join(", ")
-            } else {
-                apps.join(", ")
-            },
+            apps: if apps.is_empty() { workspaces.join(", ") } else { apps.join(", ") },
         });
     }
 
@@ -61,57 +42,34 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     p.package_manager = Some(Fact::new(pm.to_string(), &[pm_from]));
     p.version = Some(version(tree, &pkg)?);
     let lockfile = lockfile(tree, pm);
-    p.dependency_files = [
-        "package.json",
-        ".npmrc",
-        ".yarnrc.yml",
-        lockfile.unwrap_or(""),
-    ]
-    .into_iter()
-    .filter(|f| !f.is_empty() && tree.file(f))
-    .map(str::to_string)
-    .collect();
+    p.dependency_files = ["package.json", ".npmrc", ".yarnrc.yml", lockfile.unwrap_or("")]
+        .into_iter()
+        .filter(|f| !f.is_empty() && tree.file(f))
+        .map(str::to_string)
+        .collect();
     let install = match (pm, lockfile.is_some()) {
         ("npm", true) => "npm ci",
         ("npm", false) => "npm install",
-        ("yarn", _) if tree.file(".yarnrc.yml") || is_berry_lock(tree)? => {
-            "yarn install --immutable"
-        }
+        ("yarn", _) if tree.file(".yarnrc.yml") || is_berry_lock(tree)? => "yarn install --immutable",
         ("yarn", _) => "yarn install --frozen-lockfile",
         ("pnpm", _) => "pnpm install --frozen-lockfile",
         _ => "bun install --frozen-lockfile",
     };
-    p.install = Some(Fact::new(
-        install.to_string(),
-        &[lockfile.unwrap_or("package.json")],
-    ));
+    p.install = Some(Fact::new(install.to_string(), &[lockfile.unwrap_or("package.json")]));
     let run = |s: &str| {
-        if pm == "npm" {
-            format!("npm run {s}")
-        } else {
-            format!("{pm} run {s}")
-        }
+        if pm == "npm" { format!("npm run {s}") } else { format!("{pm} run {s}") }
     };
     if script("build").is_some() {
         p.build = Some(Fact::new(run("build"), &["package.json"]));
     }
     if script("test").is_some_and(|t| !t.contains("no test specified")) {
-        p.test = Some(Fact::new(
-            if pm == "npm" {
-                "npm test".into()
-            } else {
-                format!("{pm} test")
-            },
-            &["package.json"],
-        ));
+        p.test = Some(Fact::new(if pm == "npm" { "npm test".into() } else { format!("{pm} test") }, &["package.json"]));
     }
 
     if has_dep("next") {
         p.framework = Some(Fact::new("next".into(), &["package.json"]));
         p.start = Some(Fact::new(
-            script("start")
-                .map(|_| run("start"))
-                .unwrap_or_else(|| "npx next start -p $PORT".into()),
+            script("start").map(|_| run("start")).unwrap_or_else(|| "npx next start -p $PORT".into()),
             &["package.json"],
         ));
         p.port = Fact::new(3000, &["package.json"]);
@@ -130,24 +88,15 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     for framework in ["express", "fastify", "koa", "@nestjs/core", "hono"] {
         if has_dep(framework) {
             p.framework = Some(Fact::new(
-                framework
-                    .trim_start_matches('@')
-                    .split('/')
-                    .next()
-                    .unwrap_or(framework)
-                    .to_string(),
+                framework.trim_start_matches('@').split('/').next().unwrap_or(framework).to_string(),
                 &["package.json"],
             ));
             break;
         }
     }
     if p.start.is_none() {
-        let main = pkg
-            .get("main")
-            .and_then(Value::as_str)
-            .filter(|m| tree.file(m));
-        let entry =
-            main.or_else(|| tree.first_file(&["server.js", "index.js", "app.js", "main.js"]));
+        let main = pkg.get("main").and_then(Value::as_str).filter(|m| tree.file(m));
+        let entry = main.or_else(|| tree.first_file(&["server.js", "index.js", "app.js", "main.js"]));
         if let Some(entry) = entry {
             p.start = Some(Fact::new(format!("node {entry}"), &["package.json", entry]));
         }
@@ -157,15 +106,8 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
 
 fn workspaces(pkg: &Value) -> Option<Vec<String>> {
     let ws = pkg.get("workspaces")?;
-    let list = ws
-        .as_array()
-        .or_else(|| ws.get("packages").and_then(Value::as_array))?;
-    Some(
-        list.iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-    )
+    let list = ws.as_array().or_else(|| ws.get("packages").and_then(Value::as_array))?;
+    Some(list.iter().filter_map(Value::as_str).map(str::to_string).collect())
 }
 
 /// `packages/*` → the package directories under `packages/`.
@@ -221,9 +163,7 @@ fn lockfile(tree: &Tree, pm: &str) -> Option<&'static str> {
 }
 
 fn is_berry_lock(tree: &Tree) -> Result<bool, DetectError> {
-    Ok(tree
-        .read("yarn.lock")?
-        .is_some_and(|t| t.contains("__metadata:")))
+    Ok(tree.read("yarn.lock")?.is_some_and(|t| t.contains("__metadata:")))
 }
 
 fn version(tree: &Tree, pkg: &Value) -> Result<Fact<String>, DetectError> {
@@ -235,16 +175,9 @@ fn version(tree: &Tree, pkg: &Value) -> Result<Fact<String>, DetectError> {
             }
         }
     }
-    if let Some(range) = pkg
-        .get("engines")
-        .and_then(|e| e.get("node"))
-        .and_then(Value::as_str)
-    {
-        let digits: String = range
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
+    if let Some(range) = pkg.get("engines").and_then(|e| e.get("node")).and_then(Value::as_str) {
+        let digits: String =
+            range.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_digit()).collect();
         if !digits.is_empty() {
             return Ok(Fact::new(digits, &["package.json"]));
         }

@@ -11,34 +11,19 @@ pub(super) fn deno(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     let config = read_json(tree, file)?.unwrap_or_default();
     let mut p = plan(Provider::Deno, app_root);
     p.version = Some(Fact::default_value("2".into()));
-    p.dependency_files = [file, "deno.lock"]
-        .iter()
-        .filter(|f| tree.file(f))
-        .map(|f| f.to_string())
-        .collect();
+    p.dependency_files = [file, "deno.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
     let task = |name: &str| config.get("tasks").and_then(|t| t.get(name)).is_some();
     let entry = tree.first_file(&["main.ts", "mod.ts", "server.ts", "main.js"]);
     p.start = if task("start") {
         Some(Fact::new("deno task start".into(), &[file]))
     } else {
-        entry.map(|e| {
-            Fact::new(
-                format!("deno run --allow-net --allow-env --allow-read {e}"),
-                &[e],
-            )
-        })
+        entry.map(|e| Fact::new(format!("deno run --allow-net --allow-env --allow-read {e}"), &[e]))
     };
     if let Some(e) = entry {
         p.install = Some(Fact::new(format!("deno cache {e}"), &[e]));
     }
-    p.test = Some(Fact::new(
-        if task("test") {
-            "deno task test".into()
-        } else {
-            "deno test --allow-all".into()
-        },
-        &[file],
-    ));
+    p.test =
+        Some(Fact::new(if task("test") { "deno task test".into() } else { "deno test --allow-all".into() }, &[file]));
     Ok(Some(p))
 }
 
@@ -48,59 +33,35 @@ pub(super) fn ruby(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     };
     let mut p = plan(Provider::Ruby, app_root);
     let gem = |name: &str| {
-        gemfile.lines().any(|l| {
-            l.trim().starts_with(&format!("gem '{name}'"))
-                || l.trim().starts_with(&format!("gem \"{name}\""))
-        })
+        gemfile
+            .lines()
+            .any(|l| l.trim().starts_with(&format!("gem '{name}'")) || l.trim().starts_with(&format!("gem \"{name}\"")))
     };
     p.package_manager = Some(Fact::new("bundler".into(), &["Gemfile"]));
     p.version = Some(if let Some(v) = tree.read(".ruby-version")? {
-        Fact::new(
-            v.trim().trim_start_matches("ruby-").to_string(),
-            &[".ruby-version"],
-        )
+        Fact::new(v.trim().trim_start_matches("ruby-").to_string(), &[".ruby-version"])
     } else if let Some(v) = gemfile.lines().find_map(|l| l.trim().strip_prefix("ruby ")) {
         Fact::new(v.trim_matches(['"', '\'', ' ']).to_string(), &["Gemfile"])
     } else {
         Fact::default_value("3.3".into())
     });
-    p.dependency_files = ["Gemfile", "Gemfile.lock"]
-        .iter()
-        .filter(|f| tree.file(f))
-        .map(|f| f.to_string())
-        .collect();
-    p.install = Some(Fact::new(
-        "bundle config set --local without 'development test' && bundle install".into(),
-        &["Gemfile"],
-    ));
+    p.dependency_files = ["Gemfile", "Gemfile.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
+    p.install =
+        Some(Fact::new("bundle config set --local without 'development test' && bundle install".into(), &["Gemfile"]));
     if gem("rails") || tree.file("config/application.rb") {
         p.framework = Some(Fact::new("rails".into(), &["Gemfile"]));
-        p.build = Some(Fact::new(
-            "bundle exec rails assets:precompile".into(),
-            &["Gemfile"],
-        ));
-        p.start = Some(Fact::new(
-            "bundle exec rails server -b 0.0.0.0 -p $PORT".into(),
-            &["Gemfile"],
-        ));
+        p.build = Some(Fact::new("bundle exec rails assets:precompile".into(), &["Gemfile"]));
+        p.start = Some(Fact::new("bundle exec rails server -b 0.0.0.0 -p $PORT".into(), &["Gemfile"]));
         p.env.insert("RAILS_ENV".into(), "production".into());
         p.test = Some(Fact::new("bundle exec rails test".into(), &["Gemfile"]));
     } else if tree.file("config.ru") {
-        p.framework = Some(Fact::new(
-            if gem("sinatra") { "sinatra" } else { "rack" }.into(),
-            &["Gemfile", "config.ru"],
-        ));
-        p.start = Some(Fact::new(
-            "bundle exec rackup -o 0.0.0.0 -p $PORT".into(),
-            &["config.ru"],
-        ));
+        p.framework =
+            Some(Fact::new(if gem("sinatra") { "sinatra" } else { "rack" }.into(), &["Gemfile", "config.ru"]));
+        p.start = Some(Fact::new("bundle exec rackup -o 0.0.0.0 -p $PORT".into(), &["config.ru"]));
     } else if gem("sinatra") {
         p.framework = Some(Fact::new("sinatra".into(), &["Gemfile"]));
         if let Some(entry) = tree.first_file(&["app.rb", "main.rb", "server.rb"]) {
-            p.start = Some(Fact::new(
-                format!("bundle exec ruby {entry} -o 0.0.0.0 -p $PORT"),
-                &["Gemfile", entry],
-            ));
+            p.start = Some(Fact::new(format!("bundle exec ruby {entry} -o 0.0.0.0 -p $PORT"), &["Gemfile", entry]));
         }
     }
     if p.test.is_none() && tree.dir("spec") {
@@ -116,19 +77,12 @@ pub(super) fn php(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErr
     }
     let mut p = plan(Provider::Php, app_root);
     let requires = |name: &str| {
-        composer.as_ref().is_some_and(|c| {
-            ["require", "require-dev"]
-                .iter()
-                .any(|k| c.get(k).and_then(|r| r.get(name)).is_some())
-        })
+        composer
+            .as_ref()
+            .is_some_and(|c| ["require", "require-dev"].iter().any(|k| c.get(k).and_then(|r| r.get(name)).is_some()))
     };
     p.version = Some(
-        match composer
-            .as_ref()
-            .and_then(|c| c.get("require"))
-            .and_then(|r| r.get("php"))
-            .and_then(|v| v.as_str())
-        {
+        match composer.as_ref().and_then(|c| c.get("require")).and_then(|r| r.get("php")).and_then(|v| v.as_str()) {
             Some(range) => Fact::new(
                 range
                     .chars()
@@ -142,35 +96,21 @@ pub(super) fn php(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErr
     );
     if composer.is_some() {
         p.package_manager = Some(Fact::new("composer".into(), &["composer.json"]));
-        p.dependency_files = ["composer.json", "composer.lock"]
-            .iter()
-            .filter(|f| tree.file(f))
-            .map(|f| f.to_string())
-            .collect();
+        p.dependency_files =
+            ["composer.json", "composer.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
         p.install = Some(Fact::new(
             "composer install --no-dev --no-interaction --prefer-dist --no-scripts".into(),
             &["composer.json"],
         ));
     }
-    let docroot = if tree.file("public/index.php") {
-        "public"
-    } else {
-        "."
-    };
+    let docroot = if tree.file("public/index.php") { "public" } else { "." };
     if tree.file("artisan") || requires("laravel/framework") {
         p.framework = Some(Fact::new("laravel".into(), &["composer.json", "artisan"]));
-        p.start = Some(Fact::new(
-            "php artisan serve --host=0.0.0.0 --port=$PORT".into(),
-            &["artisan"],
-        ));
+        p.start = Some(Fact::new("php artisan serve --host=0.0.0.0 --port=$PORT".into(), &["artisan"]));
     } else {
         p.start = Some(Fact::new(
             format!("php -S 0.0.0.0:$PORT -t {docroot}"),
-            &[if docroot == "." {
-                "index.php"
-            } else {
-                "public/index.php"
-            }],
+            &[if docroot == "." { "index.php" } else { "public/index.php" }],
         ));
     }
     if requires("phpunit/phpunit") {
