@@ -119,10 +119,8 @@ pub fn generate(plan: &Plan, images: &BaseImages) -> Result<String, GenerateErro
     if plan.static_dir.is_some() && plan.start.is_none() {
         let dir = plan.static_dir.as_ref().map(|s| s.value.clone()).unwrap_or_default();
         d.line(&format!("FROM {}", images.get("static-run", version)));
-        d.line(&format!(
-            "COPY --from={TEST_STAGE} --chown={APP_UID}:{APP_UID} {} /www",
-            json(&[&format!("{workdir}/{dir}")])
-        ));
+        let src = format!("{workdir}/{dir}");
+        d.line(&format!("COPY --from={TEST_STAGE} --chown={APP_UID}:{APP_UID} {}", json(&[&src, "/www"])));
         return Ok(d.finish_static(plan));
     }
     let start = plan.start.as_ref().ok_or(GenerateError::NoStart)?;
