@@ -71,33 +71,43 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum AppsCommand {
     /// Register an app.
-    Create {
-        /// DNS-label name: lowercase letters, digits and '-'.
-        name: String,
-        /// Repository URL (https://, git:// or ssh://), without credentials.
-        #[arg(long)]
-        repo: String,
-        #[arg(long, default_value = "main")]
-        branch: String,
-        #[arg(long, default_value = "production")]
-        environment: String,
-        /// `docker` or `kubernetes`.
-        #[arg(long, default_value = "docker")]
-        target: String,
-        #[arg(long, default_value = "/")]
-        health_path: String,
-        /// Port the app listens on in its container.
-        #[arg(long, default_value_t = 8080)]
-        port: u32,
-        /// Environment variable for the app, `KEY=VALUE`; repeatable.
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Secret the forge signs webhooks with.
-        #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
-        webhook_secret: String,
-    },
+    Create(Box<CreateApp>),
     /// List apps.
     List,
+}
+
+/// `slipway apps create` arguments.
+#[derive(Debug, clap::Args)]
+struct CreateApp {
+    /// DNS-label name: lowercase letters, digits and '-'.
+    name: String,
+    /// Repository URL (https://, git:// or ssh://), without credentials.
+    #[arg(long)]
+    repo: String,
+    #[arg(long, default_value = "main")]
+    branch: String,
+    #[arg(long, default_value = "production")]
+    environment: String,
+    /// `docker` or `kubernetes`.
+    #[arg(long, default_value = "docker")]
+    target: String,
+    #[arg(long, default_value = "/")]
+    health_path: String,
+    /// Port the app listens on in its container.
+    #[arg(long, default_value_t = 8080)]
+    port: u32,
+    /// Environment variable for the app, `KEY=VALUE`; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The app's directory inside the repository, for monorepos.
+    #[arg(long, default_value = ".")]
+    app_root: String,
+    /// Let the app's tests use the network (off by default).
+    #[arg(long)]
+    test_network: bool,
+    /// Secret the forge signs webhooks with.
+    #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: String,
 }
 
 #[tokio::main]
@@ -144,17 +154,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Apps {
-            command:
-                AppsCommand::Create { name, repo, branch, environment, target, health_path, port, env, webhook_secret },
-        } => {
+        Command::Apps { command: AppsCommand::Create(args) } => {
+            let CreateApp {
+                name,
+                repo,
+                branch,
+                environment,
+                target,
+                health_path,
+                port,
+                env,
+                app_root,
+                test_network,
+                webhook_secret,
+            } = *args;
             let mut vars = serde_json::Map::new();
             for pair in env {
                 let (k, v) = pair.split_once('=').with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
                 vars.insert(k.to_string(), json!(v));
             }
             let body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
-                              "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret});
+                              "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret,
+                              "app_root": app_root, "test_network": test_network});
             let app = client.post("/api/v1/apps", &body).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&app)?);

@@ -49,6 +49,16 @@ pub struct JobApp {
     /// Path answered with 2xx once the app is ready.
     pub health_path: String,
     pub env: BTreeMap<String, String>,
+    /// The app's directory inside the repository (`.` for the root).
+    #[serde(default = "dot")]
+    pub app_root: String,
+    /// Whether the test step may use the network.
+    #[serde(default)]
+    pub test_network: bool,
+}
+
+fn dot() -> String {
+    ".".into()
 }
 
 /// One unit of work on the jobs queue: deploy `sha` of `app`, attempt `attempt`.

@@ -24,6 +24,8 @@ pub enum State {
 pub enum Step {
     Clone,
     Build,
+    /// The app's own tests, run in the built image before anything is pushed.
+    Test,
     Push,
     Deploy,
     Cleanup,
@@ -105,13 +107,14 @@ impl State {
 
 impl Step {
     /// Every step in pipeline order.
-    pub const ALL: [Step; 5] = [Step::Clone, Step::Build, Step::Push, Step::Deploy, Step::Cleanup];
+    pub const ALL: [Step; 6] = [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Deploy, Step::Cleanup];
 
     /// The column value stored in PostgreSQL.
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Clone => "clone",
             Step::Build => "build",
+            Step::Test => "test",
             Step::Push => "push",
             Step::Deploy => "deploy",
             Step::Cleanup => "cleanup",

@@ -58,6 +58,24 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_DRAIN_SECONDS", default_value_t = 300)]
     pub drain_seconds: u64,
 
+    /// Base images of generated Dockerfiles, `role=image` pairs separated by commas, where a role
+    /// is a provider (build stages, e.g. `node`) or `<provider>-run` (the final stage), and
+    /// `{version}` stands for the detected runtime version.
+    #[arg(long, env = "SLIPWAY_BASE_IMAGES", default_value = "")]
+    pub base_images: String,
+
+    /// Seconds the test step may take.
+    #[arg(long, env = "SLIPWAY_TEST_TIMEOUT_SECONDS", default_value_t = 1800)]
+    pub test_timeout_seconds: u64,
+
+    /// Memory limit of the test container, in MiB.
+    #[arg(long, env = "SLIPWAY_TEST_MEMORY_MB", default_value_t = 2048)]
+    pub test_memory_mb: i64,
+
+    /// CPUs the test container may use.
+    #[arg(long, env = "SLIPWAY_TEST_CPUS", default_value_t = 1.0)]
+    pub test_cpus: f64,
+
     /// Seconds a build may take before it is stopped (a user error).
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT_SECONDS", default_value_t = 4 * 3600)]
     pub build_timeout_seconds: u64,
@@ -75,6 +93,12 @@ impl Config {
         if self.registry.is_empty() || self.registry.contains("://") || self.registry.ends_with('/') {
             return Err("SLIPWAY_REGISTRY must look like host[:port][/namespace], without a scheme".into());
         }
+        if let Err(err) = slipway_detect::dockerfile::BaseImages::with_overrides(&self.base_images) {
+            return Err(format!("SLIPWAY_BASE_IMAGES: {err}"));
+        }
+        if self.test_memory_mb < 16 || !(0.1..=64.0).contains(&self.test_cpus) || self.test_timeout_seconds == 0 {
+            return Err("SLIPWAY_TEST_MEMORY_MB must be at least 16, SLIPWAY_TEST_CPUS between 0.1 and 64, SLIPWAY_TEST_TIMEOUT_SECONDS above 0".into());
+        }
         if let Some(id) = &self.runner_id
             && (id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()))
         {
@@ -89,6 +113,16 @@ impl Config {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "runner".into());
             format!("{}-{}", host.trim(), std::process::id())
         })
+    }
+
+    /// Limits of the test container.
+    pub fn test_limits(&self) -> crate::suite::Limits {
+        crate::suite::Limits {
+            memory_bytes: self.test_memory_mb * 1024 * 1024,
+            nano_cpus: (self.test_cpus * 1e9) as i64,
+            pids: 1024,
+            timeout: Duration::from_secs(self.test_timeout_seconds),
+        }
     }
 
     pub fn heartbeat(&self) -> Duration {

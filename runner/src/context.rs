@@ -108,9 +108,13 @@ fn matches_or_parent(matcher: &GlobMatcher, rel: &str) -> bool {
     false
 }
 
-/// Builds the context tarball of `root` in memory, refusing contexts over `limit` bytes.
-/// Blocking: call it from `spawn_blocking`.
-pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
+/// The name a generated Dockerfile gets inside the context.
+pub const GENERATED_DOCKERFILE: &str = "Dockerfile.slipway-generated";
+
+/// Builds the context tarball of `root` in memory, refusing contexts over `limit` bytes; a
+/// `generated` Dockerfile is added as [`GENERATED_DOCKERFILE`]. Blocking: call it from
+/// `spawn_blocking`.
+pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u8>, ContextError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| ContextError::Io { path, source }
@@ -134,6 +138,9 @@ pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
         }
         // The Dockerfile and .dockerignore always reach the builder, as with `docker build`.
         let always = rel == "Dockerfile" || rel == ".dockerignore";
+        if rel == GENERATED_DOCKERFILE && generated.is_some() {
+            continue;
+        }
         if !always && ignore.excludes(&rel) {
             if file_type.is_dir() && !ignore.has_negations() {
                 walk.skip_current_dir();
@@ -168,6 +175,16 @@ pub fn tarball(root: &Path, limit: u64) -> Result<Vec<u8>, ContextError> {
             let file = std::fs::File::open(entry.path()).map_err(io_err(entry.path()))?;
             builder.append_data(&mut header, &rel, file).map_err(io_err(entry.path()))?;
         }
+    }
+    if let Some(text) = generated {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(text.len() as u64);
+        builder.append_data(&mut header, GENERATED_DOCKERFILE, text.as_bytes()).map_err(io_err(root))?;
     }
     builder.into_inner().map_err(io_err(root))
 }
@@ -226,9 +243,9 @@ mod tests {
         std::fs::write(outside.path(), "TOP SECRET OUTSIDE").expect("write");
         symlink(outside.path(), root.join("escape")).expect("symlink");
 
-        let first = tarball(root, 1 << 20).expect("tarball");
+        let first = tarball(root, 1 << 20, None).expect("tarball");
         std::fs::write(root.join("a.txt"), "a").expect("rewrite (new mtime)");
-        let second = tarball(root, 1 << 20).expect("tarball");
+        let second = tarball(root, 1 << 20, None).expect("tarball");
         assert_eq!(first, second, "same tree, same bytes");
 
         let entries = names(&first);
@@ -243,6 +260,6 @@ mod tests {
     fn oversized_context_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("big"), vec![0u8; 4096]).expect("write");
-        assert!(matches!(tarball(dir.path(), 1000), Err(ContextError::TooLarge { .. })));
+        assert!(matches!(tarball(dir.path(), 1000, None), Err(ContextError::TooLarge { .. })));
     }
 }

@@ -60,10 +60,13 @@ pub async fn build(
     context: Vec<u8>,
     tag: &str,
     labels: HashMap<String, String>,
+    dockerfile: &str,
+    target: Option<&str>,
     log: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), ImageError> {
     let options = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
+        .dockerfile(dockerfile)
+        .target(target.unwrap_or(""))
         .t(tag)
         .rm(true)
         .forcerm(true)

@@ -3,11 +3,14 @@
 //! platform's; the workspace is removed whatever happens.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use slipway_deploy::{DeployTarget, DockerTarget, Release};
+use slipway_detect::dockerfile::{self, BaseImages};
+use slipway_detect::{Options, Provider};
 use slipway_proto::{Body, Cause, Job, Step, StepStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +19,7 @@ use crate::config::Config;
 use crate::context;
 use crate::image;
 use crate::report::Reporter;
+use crate::suite::{self, Verdict};
 
 /// Largest build context accepted.
 const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -26,6 +30,7 @@ pub struct Tools {
     pub docker: Docker,
     pub target: DockerTarget,
     pub config: Arc<Config>,
+    pub base_images: BaseImages,
 }
 
 /// How an attempt ended.
@@ -109,7 +114,7 @@ fn workspace(config: &Config) -> std::io::Result<tempfile::TempDir> {
     }
 }
 
-async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &std::path::Path) -> Outcome {
+async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &Path) -> Outcome {
     let log = |step: Step| {
         let r = r.clone();
         move |line: String| r.line(Some(step), &line)
@@ -142,12 +147,12 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
     };
     let image_name = reference.whole();
     if image::in_registry(&tools.docker, &image_name).await {
-        for step in [Step::Build, Step::Push] {
-            r.line(Some(step), &format!("{image_name} is already in the registry; skipping"));
+        for step in [Step::Build, Step::Test, Step::Push] {
+            r.line(Some(step), &format!("{image_name} is already in the registry (built and tested before); skipping"));
             r.step(step, StepStatus::Skipped, None);
         }
     } else {
-        if let Some(outcome) = build(job, tools, r, cancel, dir, &image_name).await {
+        if let Some(outcome) = build_and_test(job, tools, r, cancel, dir, &image_name).await {
             return outcome;
         }
         r.step(Step::Push, StepStatus::Running, None);
@@ -186,52 +191,154 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
     }
 }
 
-async fn build(
+/// Plans, builds and tests the image; `Some(outcome)` ends the job there.
+async fn build_and_test(
     job: &Job,
     tools: &Tools,
     r: &Reporter,
     cancel: &CancellationToken,
-    dir: &std::path::Path,
+    dir: &Path,
     tag: &str,
 ) -> Option<Outcome> {
     r.step(Step::Build, StepStatus::Running, None);
-    if !dir.join("Dockerfile").is_file() {
-        return Some(failed(
-            r,
-            Step::Build,
-            StepFailure::new(true, "the repository has no Dockerfile at its root".into()),
-        ));
-    }
-    let root = dir.to_path_buf();
-    let tar = match tokio::task::spawn_blocking(move || context::tarball(&root, CONTEXT_LIMIT)).await {
-        Ok(Ok(tar)) => tar,
-        Ok(Err(err)) => {
-            return Some(failed(r, Step::Build, StepFailure::new(true, err.to_string())));
-        }
+    let build_failed = |message: String| Some(failed(r, Step::Build, StepFailure::new(true, message)));
+    let options = Options { app_root: Some(job.app.app_root.clone()), ignore_dockerfile: false };
+    let repo = dir.to_path_buf();
+    let plan = match tokio::task::spawn_blocking(move || slipway_detect::detect(&repo, &options)).await {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(err)) => return build_failed(format!("no build plan: {err}")),
         Err(join) => {
-            return Some(failed(r, Step::Build, StepFailure::new(false, format!("context task failed: {join}"))));
+            return Some(failed(r, Step::Build, StepFailure::new(false, format!("detect task failed: {join}"))));
         }
     };
+    for line in plan_summary(&plan) {
+        r.line(Some(Step::Build), &line);
+    }
+    let generated = match plan.provider {
+        Provider::Dockerfile => None,
+        _ => match dockerfile::generate(&plan, &tools.base_images) {
+            Ok(text) => Some(text),
+            Err(err) => return build_failed(err.to_string()),
+        },
+    };
+    if let Some(text) = &generated {
+        r.line(Some(Step::Build), "generated Dockerfile:");
+        for line in text.lines() {
+            r.line(Some(Step::Build), &format!("  {line}"));
+        }
+    }
+    let app_dir = dir.join(&plan.app_root);
+    let text = generated.clone();
+    let tar =
+        match tokio::task::spawn_blocking(move || context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref())).await {
+            Ok(Ok(tar)) => tar,
+            Ok(Err(err)) => return build_failed(err.to_string()),
+            Err(join) => {
+                return Some(failed(r, Step::Build, StepFailure::new(false, format!("context task failed: {join}"))));
+            }
+        };
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
+    let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
     let labels = HashMap::from([
         ("dev.slipway.app".to_string(), job.app.name.clone()),
         ("dev.slipway.sha".to_string(), job.sha.clone()),
     ]);
+    if let Some(outcome) = build_image(tools, r, cancel, tar.clone(), tag, &labels, dockerfile_name, None).await {
+        return Some(outcome);
+    }
+    r.step(Step::Build, StepStatus::Succeeded, None);
+
+    let Some(test) = &plan.test else {
+        r.line(Some(Step::Test), "no test command found; skipped (set `test` in slipway.toml to run one)");
+        r.step(Step::Test, StepStatus::Skipped, None);
+        return None;
+    };
+    r.step(Step::Test, StepStatus::Running, None);
+    // Generated images are tested in their build stage (sources and dev dependencies present).
+    let test_image = match generated {
+        Some(_) => {
+            let test_tag = format!("{tag}-test");
+            let stage = Some(dockerfile::TEST_STAGE);
+            if let Some(outcome) = build_image(tools, r, cancel, tar, &test_tag, &labels, dockerfile_name, stage).await
+            {
+                return Some(outcome);
+            }
+            test_tag
+        }
+        None => tag.to_string(),
+    };
+    r.line(Some(Step::Test), &format!("running `{}` in {test_image}", test.value));
+    let log = {
+        let r = r.clone();
+        move |line: String| r.line(Some(Step::Test), &line)
+    };
+    let limits = tools.config.test_limits();
+    let running = suite::run(&tools.docker, &test_image, &test.value, &plan.env, limits, job.app.test_network, &log);
+    let verdict = match cancellable(cancel, running).await {
+        None => return Some(Outcome::Cancelled),
+        Some(verdict) => verdict,
+    };
+    let failure = match verdict {
+        Ok(Verdict::Passed) => {
+            r.step(Step::Test, StepStatus::Succeeded, None);
+            return None;
+        }
+        Ok(Verdict::Failed { exit_code }) => {
+            StepFailure::new(true, format!("the tests failed (exit code {exit_code})"))
+        }
+        Ok(Verdict::TimedOut) => StepFailure::new(true, format!("the tests took longer than {:?}", limits.timeout)),
+        Err(err) => StepFailure::new(false, format!("running the tests failed: {err}")),
+    };
+    Some(failed(r, Step::Test, failure))
+}
+
+/// Builds `tar` as `tag` (optionally only up to `target`), with the build timeout.
+#[allow(clippy::too_many_arguments)]
+async fn build_image(
+    tools: &Tools,
+    r: &Reporter,
+    cancel: &CancellationToken,
+    tar: Vec<u8>,
+    tag: &str,
+    labels: &HashMap<String, String>,
+    dockerfile: &str,
+    target: Option<&str>,
+) -> Option<Outcome> {
+    let step = if target.is_some() { Step::Test } else { Step::Build };
     let r2 = r.clone();
-    let log = move |line: String| r2.line(Some(Step::Build), &line);
+    let log = move |line: String| r2.line(Some(step), &line);
     let limit = Duration::from_secs(tools.config.build_timeout_seconds);
-    let building = tokio::time::timeout(limit, image::build(&tools.docker, tar, tag, labels, &log));
-    match cancellable(cancel, building).await {
+    let building = image::build(&tools.docker, tar, tag, labels.clone(), dockerfile, target, &log);
+    match cancellable(cancel, tokio::time::timeout(limit, building)).await {
         None => Some(Outcome::Cancelled),
         Some(Err(_elapsed)) => {
-            Some(failed(r, Step::Build, StepFailure::new(true, format!("the build took longer than {limit:?}"))))
+            Some(failed(r, step, StepFailure::new(true, format!("the build took longer than {limit:?}"))))
         }
-        Some(Ok(Err(err))) => Some(failed(r, Step::Build, StepFailure::new(err.is_user_error(), err.to_string()))),
-        Some(Ok(Ok(()))) => {
-            r.step(Step::Build, StepStatus::Succeeded, None);
-            None
-        }
+        Some(Ok(Err(err))) => Some(failed(r, step, StepFailure::new(err.is_user_error(), err.to_string()))),
+        Some(Ok(Ok(()))) => None,
     }
+}
+
+/// The plan in a few log lines: what was decided, and from which files.
+fn plan_summary(plan: &slipway_detect::Plan) -> Vec<String> {
+    let fact = |name: &str, f: &Option<slipway_detect::Fact<String>>| {
+        f.as_ref().map(|f| format!("plan: {name} {} ({})", f.value, f.from.join(", ")))
+    };
+    let mut lines = vec![format!("plan: provider {} in {}", plan.provider.as_str(), plan.app_root)];
+    lines.extend(
+        [
+            fact("version", &plan.version),
+            fact("package manager", &plan.package_manager),
+            fact("framework", &plan.framework),
+            fact("install", &plan.install),
+            fact("build", &plan.build),
+            fact("start", &plan.start),
+            fact("test", &plan.test),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    lines
 }
 
 /// Runs `fut` unless `cancel` fires first (then `None`; the future is dropped at an await point).

@@ -7,6 +7,7 @@ pub mod context;
 pub mod image;
 pub mod job;
 pub mod report;
+pub mod suite;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -47,7 +48,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_rx, shipper_cancel.clone()));
 
     let worker = worker::Worker {
-        tools: job::Tools { docker, target, config: config.clone() },
+        tools: job::Tools {
+            docker,
+            target,
+            config: config.clone(),
+            base_images: slipway_detect::dockerfile::BaseImages::with_overrides(&config.base_images)
+                .context("SLIPWAY_BASE_IMAGES")?,
+        },
         topo: topo.clone(),
         runner_id: runner_id.clone(),
         outbox,

@@ -26,6 +26,10 @@ pub struct NewApp {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub webhook_secret: String,
+    #[serde(default = "default_app_root")]
+    pub app_root: String,
+    #[serde(default)]
+    pub test_network: bool,
 }
 
 /// A registered app as the API shows it (never with its webhook secret).
@@ -40,6 +44,8 @@ pub struct App {
     pub health_path: String,
     pub port: i32,
     pub env: sqlx::types::Json<BTreeMap<String, String>>,
+    pub app_root: String,
+    pub test_network: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -76,6 +82,9 @@ fn default_target() -> String {
 fn default_health_path() -> String {
     "/".into()
 }
+fn default_app_root() -> String {
+    ".".into()
+}
 fn default_port() -> u32 {
     8080
 }
@@ -106,6 +115,14 @@ impl NewApp {
             return invalid("branch must be a branch name such as `main` (not a full ref)");
         }
         validate_repo_url(&self.repo_url)?;
+        let root_parts: Vec<&str> = self.app_root.split('/').collect();
+        if self.app_root.starts_with('/')
+            || self.app_root.len() > 255
+            || root_parts.contains(&"..")
+            || self.app_root.chars().any(|c| c.is_control() || c == '\\')
+        {
+            return invalid("app_root must be a relative directory inside the repository, such as apps/web");
+        }
         if self.webhook_secret.len() < 16 || self.webhook_secret.len() > 1024 {
             return invalid("webhook_secret must be 16 to 1024 characters");
         }
@@ -155,16 +172,17 @@ pub fn normalize_repo_url(url: &str) -> String {
     }
 }
 
-const APP_COLUMNS: &str = "id, name, repo_url, branch, environment, target, health_path, port, env, created_at";
+const APP_COLUMNS: &str =
+    "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, created_at";
 
 /// Inserts a validated app.
 pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
     new.validate()?;
     let row = sqlx::query_as::<_, App>(
-        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret)
-         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret, app_root, test_network)
+         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10, $12, $13)
          ON CONFLICT (name) DO NOTHING
-         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, created_at",
+         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(&new.name)
@@ -177,6 +195,8 @@ pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
     .bind(sqlx::types::Json(&new.env))
     .bind(&new.webhook_secret)
     .bind(normalize_repo_url(&new.repo_url))
+    .bind(&new.app_root)
+    .bind(new.test_network)
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -220,6 +240,8 @@ impl App {
             port: u16::try_from(self.port).unwrap_or(8080),
             health_path: self.health_path.clone(),
             env: self.env.0.clone(),
+            app_root: self.app_root.clone(),
+            test_network: self.test_network,
         }
     }
 }
@@ -256,6 +278,8 @@ mod tests {
             (|a| a.repo_url = "file:///etc".into(), "scheme"),
             (|a| a.repo_url = "not a url".into(), "repo_url"),
             (|a| a.webhook_secret = "short".into(), "webhook_secret"),
+            (|a| a.app_root = "../other".into(), "app_root"),
+            (|a| a.app_root = "/abs".into(), "app_root"),
             (
                 |a| {
                     a.env.insert("1BAD".into(), "x".into());

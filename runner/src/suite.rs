@@ -1,0 +1,107 @@
+//! The test step: the app's own test command in a container of the built image (or its build
+//! stage), with CPU, memory, process and time limits, no Docker socket, no runner credentials,
+//! no mounts, and no network unless the app allows it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions};
+use futures_util::StreamExt;
+
+/// Limits of a test run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub timeout: Duration,
+}
+
+/// How the suite ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed { exit_code: i64 },
+    TimedOut,
+}
+
+/// Runs `command` with `/bin/sh -c` in `image`, streaming its output to `log`.
+pub async fn run(
+    docker: &Docker,
+    image: &str,
+    command: &str,
+    env: &BTreeMap<String, String>,
+    limits: Limits,
+    network: bool,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<Verdict, bollard::errors::Error> {
+    let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    vars.push("CI=true".into());
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.to_string()]),
+        env: Some(vars),
+        network_disabled: Some(!network),
+        labels: Some([("dev.slipway.role".to_string(), "test".to_string())].into()),
+        host_config: Some(HostConfig {
+            network_mode: Some(if network { "bridge" } else { "none" }.into()),
+            memory: Some(limits.memory_bytes),
+            memory_swap: Some(limits.memory_bytes),
+            nano_cpus: Some(limits.nano_cpus),
+            pids_limit: Some(limits.pids),
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await?;
+    let id = created.id;
+    let result = watch(docker, &id, limits.timeout, log).await;
+    let _ = docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    result
+}
+
+async fn watch(
+    docker: &Docker,
+    id: &str,
+    timeout: Duration,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<Verdict, bollard::errors::Error> {
+    docker.start_container(id, None).await?;
+    let output = async {
+        let opts = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let mut stream = docker.logs(id, Some(opts));
+        let mut partial = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(i) = partial.find('\n') {
+                log(partial[..i].to_string());
+                partial.drain(..=i);
+            }
+        }
+        if !partial.is_empty() {
+            log(partial);
+        }
+    };
+    let waited = async {
+        let mut wait = docker.wait_container(id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e),
+            None => Ok(-1),
+        }
+    };
+    match tokio::time::timeout(timeout, async { tokio::join!(output, waited).1 }).await {
+        Err(_) => Ok(Verdict::TimedOut),
+        Ok(Ok(0)) => Ok(Verdict::Passed),
+        Ok(Ok(code)) => Ok(Verdict::Failed { exit_code: code }),
+        Ok(Err(e)) => Err(e),
+    }
+}
