@@ -1,7 +1,6 @@
 //! Images: the reference a job's image gets, building it through the Docker API from a context
 //! tarball, and pushing it to the registry.
 
-use std::collections::HashMap;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
@@ -59,7 +58,6 @@ pub async fn build(
     docker: &Docker,
     context: Vec<u8>,
     tag: &str,
-    labels: HashMap<String, String>,
     dockerfile: &str,
     target: Option<&str>,
     log: &(dyn Fn(String) + Send + Sync),
@@ -70,7 +68,6 @@ pub async fn build(
         .t(tag)
         .rm(true)
         .forcerm(true)
-        .labels(&labels)
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut last_lines: Vec<String> = Vec::new();

@@ -2,7 +2,6 @@
 //! reported with its status; a failure names the step and whether it is the user's or the
 //! platform's; the workspace is removed whatever happens.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,11 +238,7 @@ async fn build_and_test(
         };
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
-    let labels = HashMap::from([
-        ("dev.slipway.app".to_string(), job.app.name.clone()),
-        ("dev.slipway.sha".to_string(), job.sha.clone()),
-    ]);
-    if let Some(outcome) = build_image(tools, r, cancel, tar.clone(), tag, &labels, dockerfile_name, None).await {
+    if let Some(outcome) = build_image(tools, r, cancel, tar.clone(), tag, dockerfile_name, None).await {
         return Some(outcome);
     }
     r.step(Step::Build, StepStatus::Succeeded, None);
@@ -259,8 +254,7 @@ async fn build_and_test(
         Some(_) => {
             let test_tag = format!("{tag}-test");
             let stage = Some(dockerfile::TEST_STAGE);
-            if let Some(outcome) = build_image(tools, r, cancel, tar, &test_tag, &labels, dockerfile_name, stage).await
-            {
+            if let Some(outcome) = build_image(tools, r, cancel, tar, &test_tag, dockerfile_name, stage).await {
                 return Some(outcome);
             }
             test_tag
@@ -292,15 +286,14 @@ async fn build_and_test(
     Some(failed(r, Step::Test, failure))
 }
 
-/// Builds `tar` as `tag` (optionally only up to `target`), with the build timeout.
-#[allow(clippy::too_many_arguments)]
+/// Builds `tar` as `tag` (optionally only up to `target`), with the build timeout. No labels are
+/// added: a label that names the commit would make every build miss the cache on its last layer.
 async fn build_image(
     tools: &Tools,
     r: &Reporter,
     cancel: &CancellationToken,
     tar: Vec<u8>,
     tag: &str,
-    labels: &HashMap<String, String>,
     dockerfile: &str,
     target: Option<&str>,
 ) -> Option<Outcome> {
@@ -308,7 +301,7 @@ async fn build_image(
     let r2 = r.clone();
     let log = move |line: String| r2.line(Some(step), &line);
     let limit = Duration::from_secs(tools.config.build_timeout_seconds);
-    let building = image::build(&tools.docker, tar, tag, labels.clone(), dockerfile, target, &log);
+    let building = image::build(&tools.docker, tar, tag, dockerfile, target, &log);
     match cancellable(cancel, tokio::time::timeout(limit, building)).await {
         None => Some(Outcome::Cancelled),
         Some(Err(_elapsed)) => {

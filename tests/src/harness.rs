@@ -61,6 +61,8 @@ pub struct SlipwayOptions {
     pub max_attempts: u32,
     /// The registry runners push to (default: `SLIPWAY_REGISTRY`).
     pub registry: Option<String>,
+    /// More environment for every runner.
+    pub runner_env: Vec<(String, String)>,
 }
 
 impl Default for SlipwayOptions {
@@ -73,6 +75,7 @@ impl Default for SlipwayOptions {
             health_timeout_seconds: 20,
             max_attempts: 3,
             registry: None,
+            runner_env: Vec::new(),
         }
     }
 }
@@ -152,21 +155,18 @@ impl Slipway {
     pub fn add_runner(&mut self) -> String {
         let id = format!("runner-{}", self.runners.len() + 1);
         let work = self.work_dir(&id);
-        let proc = spawn(
-            &id,
-            &bin("slipway-runner"),
-            &self.logs,
-            &[
-                ("SLIPWAY_RUNNER_ID", id.clone()),
-                ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
-                ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
-                ("SLIPWAY_REGISTRY", self.options.registry.clone().unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY"))),
-                ("SLIPWAY_HEARTBEAT_SECONDS", self.options.heartbeat_seconds.to_string()),
-                ("SLIPWAY_HEALTH_TIMEOUT_SECONDS", self.options.health_timeout_seconds.to_string()),
-                ("SLIPWAY_WORK_DIR", work.display().to_string()),
-                ("SLIPWAY_DRAIN_SECONDS", "5".into()),
-            ],
-        );
+        let mut env = vec![
+            ("SLIPWAY_RUNNER_ID", id.clone()),
+            ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
+            ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
+            ("SLIPWAY_REGISTRY", self.options.registry.clone().unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY"))),
+            ("SLIPWAY_HEARTBEAT_SECONDS", self.options.heartbeat_seconds.to_string()),
+            ("SLIPWAY_HEALTH_TIMEOUT_SECONDS", self.options.health_timeout_seconds.to_string()),
+            ("SLIPWAY_WORK_DIR", work.display().to_string()),
+            ("SLIPWAY_DRAIN_SECONDS", "5".into()),
+        ];
+        env.extend(self.options.runner_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        let proc = spawn(&id, &bin("slipway-runner"), &self.logs, &env);
         self.runners.push(proc);
         id
     }

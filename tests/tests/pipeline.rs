@@ -156,7 +156,10 @@ async fn signed_push_ends_completed_with_the_container_answering_and_logs_resuma
     let names: Vec<&str> = steps.iter().map(|(_, n, _)| n.as_str()).collect();
     assert_eq!(names, ["clone", "build", "test", "push", "deploy", "cleanup"]);
     let expected = |name: &str| if name == "test" { "skipped" } else { "succeeded" };
-    assert!(steps.iter().all(|(a, n, st)| *a == 1 && st == expected(n)), "no test command is skipped, never passed: {steps:?}");
+    assert!(
+        steps.iter().all(|(a, n, st)| *a == 1 && st == expected(n)),
+        "no test command is skipped, never passed: {steps:?}"
+    );
     for step in d["steps"].as_array().expect("steps") {
         assert!(step["started_at"].is_string() && step["finished_at"].is_string(), "timings: {step}");
     }

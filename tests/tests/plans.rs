@@ -1,0 +1,176 @@
+//! Repositories without a Dockerfile: the runner detects the plan, generates the Dockerfile,
+//! builds it with the layer cache, runs the app's tests in a sandbox, and deploys. No base image
+//! can be pulled here, so the base images are the locally built `slipway/busybox:1`, pointed at
+//! through `SLIPWAY_BASE_IMAGES` exactly as users point them at their own registry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
+
+const SECRET: &str = "plans-secret-0123456789";
+const FINISH: Duration = Duration::from_secs(120);
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+
+async fn installation() -> Slipway {
+    Slipway::start(SlipwayOptions {
+        runner_env: vec![("SLIPWAY_BASE_IMAGES".into(), BASES.into()), ("SLIPWAY_TEST_MEMORY_MB".into(), "256".into())],
+        ..Default::default()
+    })
+    .await
+}
+
+async fn deploy(s: &Slipway, url: &str, sha: &str) -> Value {
+    let (status, answer) = s.push(url, sha, SECRET, &unique("delivery")).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    s.finished(&id, FINISH).await
+}
+
+fn step_status(d: &Value, step: &str) -> String {
+    let steps = d["steps"].as_array().cloned().unwrap_or_default();
+    steps
+        .iter()
+        .rev()
+        .find(|s| s["step"] == step)
+        .map(|s| s["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// A "Node" app whose runtime is busybox: package manifests (named `name`, so no other test run's
+/// layers are in the cache), a dependency install step that leaves a marker, and a web root.
+fn node_app(name: &str, page: &str, test: &str) -> Vec<(String, Vec<u8>)> {
+    let toml = format!(
+        "install = \"echo installing-dependencies && mkdir -p node_modules && date > node_modules/.installed\"\n\
+         start = \"httpd -f -p $PORT -h /app/www\"\n\
+         test = {test}\n\
+         health_path = \"/healthz\"\n"
+    );
+    vec![
+        ("package.json".into(), format!(r#"{{"name":"{name}","scripts":{{"start":"node server.js"}}}}"#).into_bytes()),
+        ("package-lock.json".into(), br#"{"lockfileVersion":3}"#.to_vec()),
+        ("slipway.toml".into(), toml.into_bytes()),
+        ("www/index.html".into(), page.as_bytes().to_vec()),
+        ("www/healthz".into(), b"ok\n".to_vec()),
+    ]
+}
+
+fn commit(git: &GitServer, repo: &str, files: &[(String, Vec<u8>)]) -> String {
+    let entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p, c)).collect();
+    git.commit(repo, "change", &entries)
+}
+
+#[tokio::test]
+async fn a_static_site_without_a_dockerfile_is_built_and_answers() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("static");
+    let url = git.url(&repo);
+    s.create_app("static", &url, SECRET, json!({"port": 8080})).await;
+    let marker = unique("static-page");
+    let page = format!("<h1>{marker}</h1>\n");
+    let sha = git.commit(&repo, "site", &[Entry::File("index.html", page.as_bytes()), Entry::File("healthz", b"ok\n")]);
+    let d = deploy(&s, &url, &sha).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    assert_eq!(step_status(&d, "test"), "skipped", "no test command is reported as skipped");
+    let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers");
+    assert!(body.contains(&marker));
+    let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
+    assert!(lines.iter().any(|(_, l)| l == "plan: provider static in ."), "the plan is in the log");
+    assert!(lines.iter().any(|(_, l)| l.contains("USER 10001:10001")), "the generated Dockerfile is in the log");
+    assert!(lines.iter().any(|(_, l)| l.starts_with("no test command found; skipped")));
+}
+
+#[tokio::test]
+async fn a_source_only_change_reuses_the_dependency_layers_and_an_unchanged_tree_reuses_all() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("cache");
+    let url = git.url(&repo);
+    s.create_app("cache", &url, SECRET, json!({})).await;
+    let test = "\"test -f node_modules/.installed\"";
+
+    let first = deploy(&s, &url, &commit(&git, &repo, &node_app(&repo, &unique("v1"), test))).await;
+    assert_eq!(first["state"], "completed", "{first}\n{}", s.dump());
+    assert_eq!(step_status(&first, "test"), "succeeded");
+    let first_log = s.log_lines(first["id"].as_str().expect("id"), None).await;
+    assert!(first_log.iter().any(|(_, l)| l == "installing-dependencies"), "the first build installs");
+
+    let marker = unique("v2");
+    let second = deploy(&s, &url, &commit(&git, &repo, &node_app(&repo, &marker, test))).await;
+    assert_eq!(second["state"], "completed", "{second}");
+    let log: Vec<String> =
+        s.log_lines(second["id"].as_str().expect("id"), None).await.into_iter().map(|(_, l)| l).collect();
+    assert!(!log.iter().any(|l| l == "installing-dependencies"), "a source-only change must not reinstall: {log:#?}");
+    let install_step =
+        log.iter().position(|l| l.starts_with("Step ") && l.contains("installing-dependencies")).expect("install step");
+    assert_eq!(log[install_step + 1].trim(), "---> Using cache", "the dependency layer comes from the cache");
+    assert!(s.app_body(second["url"].as_str().expect("url"), "/").await.expect("answers").contains(&marker));
+
+    // The same tree again (a new commit, nothing changed): every step of the build is cached.
+    let same = git.commit(
+        &repo,
+        "empty",
+        &node_app(&repo, &marker, test).iter().map(|(p, c)| Entry::File(p, c)).collect::<Vec<_>>(),
+    );
+    let third = deploy(&s, &url, &same).await;
+    assert_eq!(third["state"], "completed", "{third}");
+    let log: Vec<String> =
+        s.log_lines(third["id"].as_str().expect("id"), None).await.into_iter().map(|(_, l)| l).collect();
+    let build: Vec<&String> = log
+        .iter()
+        .skip_while(|l| !l.starts_with("Step 1/"))
+        .take_while(|l| !l.starts_with("Successfully built"))
+        .collect();
+    let steps = build.iter().filter(|l| l.starts_with("Step ")).count();
+    let cached = build.iter().filter(|l| l.trim() == "---> Using cache").count();
+    // FROM steps print no cache line; every other step must have come from the cache.
+    let froms = build.iter().filter(|l| l.starts_with("Step ") && l.contains(" : FROM ")).count();
+    assert_eq!(cached, steps - froms, "every layer reused: {build:#?}");
+    assert!(!build.iter().any(|l| l.contains("Running in")), "nothing ran: {build:#?}");
+}
+
+#[tokio::test]
+async fn failing_tests_stop_the_deployment_before_anything_is_pushed() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("redtests");
+    let url = git.url(&repo);
+    let app = s.create_app("redtests", &url, SECRET, json!({})).await;
+    let marker = unique("assertion-failed");
+    let d =
+        deploy(&s, &url, &commit(&git, &repo, &node_app(&repo, "page", &format!("\"echo {marker}; exit 4\"")))).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("test"), Some("user")));
+    assert!(d["error_message"].as_str().unwrap_or_default().contains("exit code 4"), "{d}");
+    let log = s.log_lines(d["id"].as_str().expect("id"), None).await;
+    assert!(log.iter().any(|(_, l)| l == &marker), "the test output is in the log");
+    assert!(step_status(&d, "push").is_empty() && step_status(&d, "deploy").is_empty(), "nothing after the test step");
+    let tags = reqwest::get(format!("http://{}/v2/{app}/tags/list", slipway_tests::env("SLIPWAY_REGISTRY")))
+        .await
+        .expect("registry");
+    assert_eq!(tags.status().as_u16(), 404, "nothing was pushed");
+}
+
+#[tokio::test]
+async fn tests_run_without_network_docker_socket_or_credentials_and_with_limits() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("sandbox");
+    let url = git.url(&repo);
+    s.create_app("sandbox", &url, SECRET, json!({})).await;
+    let probe = "\"cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sed 's/^/iface=/'; \
+                 test -e /var/run/docker.sock && echo socket=present || echo socket=absent; \
+                 env | grep -c SLIPWAY_ | sed 's/^/slipway_vars=/'; \
+                 echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max); \
+                 echo user=$(id -u)\"";
+    let d = deploy(&s, &url, &commit(&git, &repo, &node_app(&repo, "page", probe))).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let log: Vec<String> = s.log_lines(d["id"].as_str().expect("id"), None).await.into_iter().map(|(_, l)| l).collect();
+    let ifaces: Vec<&String> = log.iter().filter(|l| l.starts_with("iface=")).collect();
+    assert_eq!(ifaces, ["iface=lo"], "only loopback: no network");
+    assert!(log.iter().any(|l| l == "socket=absent"), "{log:#?}");
+    assert!(log.iter().any(|l| l == "slipway_vars=0"), "no runner variables reach the tests");
+    assert!(log.iter().any(|l| l == &format!("memory={}", 256 * 1024 * 1024)), "the memory limit applies: {log:#?}");
+}
