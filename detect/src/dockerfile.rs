@@ -152,6 +152,10 @@ pub fn generate(plan: &Plan, images: &BaseImages) -> Result<String, GenerateErro
 fn stage_env(plan: &Plan, final_stage: bool) -> BTreeMap<String, String> {
     let mut env = plan.env.clone();
     env.insert("PORT".into(), plan.port.value.to_string());
+    if final_stage {
+        // The app user has no home of its own; tools that write caches (npm) get the app dir.
+        env.entry("HOME".into()).or_insert_with(|| "/app".into());
+    }
     match plan.provider {
         Provider::Python => {
             env.insert("VIRTUAL_ENV".into(), "/venv".into());
@@ -175,8 +179,8 @@ fn stage_env(plan: &Plan, final_stage: bool) -> BTreeMap<String, String> {
 fn bootstrap(plan: &Plan) -> String {
     let pm = plan.package_manager.as_ref().map(|p| p.value.as_str()).unwrap_or("");
     match (plan.provider, pm) {
-        (Provider::Python, "pip" | "setuptools") => "python -m venv /venv && ".into(),
-        (Provider::Python, tool) => format!("python -m venv /venv && pip install --no-cache-dir {tool} && "),
+        (Provider::Python, "pip" | "setuptools") => "python3 -m venv /venv && ".into(),
+        (Provider::Python, tool) => format!("python3 -m venv /venv && pip install --no-cache-dir {tool} && "),
         (Provider::Node, "pnpm" | "yarn") => "corepack enable && ".into(),
         _ => String::new(),
     }
