@@ -167,6 +167,10 @@ fn stage_env(plan: &Plan, final_stage: bool) -> BTreeMap<String, String> {
         Provider::Node if final_stage => {
             env.entry("NODE_ENV".into()).or_insert_with(|| "production".into());
         }
+        // Static binaries, and `go test` without a C compiler in the image.
+        Provider::Go if !final_stage => {
+            env.insert("CGO_ENABLED".into(), "0".into());
+        }
         Provider::Dotnet => {
             env.insert("ASPNETCORE_URLS".into(), format!("http://+:{}", plan.port.value));
         }

@@ -1,7 +1,6 @@
 //! Images: the reference a job's image gets, building it through the Docker API from a context
 //! tarball, and pushing it to the registry.
 
-
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};

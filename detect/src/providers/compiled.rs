@@ -46,7 +46,7 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
         }
     };
     p.build = Some(Fact::new(
-        format!("CGO_ENABLED=0 go build -trimpath -o /out/app {}", package.value),
+        format!("go build -trimpath -o /out/app {}", package.value),
         &package.from.iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     p.artifact = Some(Fact::new("/out/app".into(), &["go.mod"]));
