@@ -174,3 +174,30 @@ async fn tests_run_without_network_docker_socket_or_credentials_and_with_limits(
     assert!(log.iter().any(|l| l == "slipway_vars=0"), "no runner variables reach the tests");
     assert!(log.iter().any(|l| l == &format!("memory={}", 256 * 1024 * 1024)), "the memory limit applies: {log:#?}");
 }
+
+#[tokio::test]
+async fn secrets_reach_the_container_never_the_image_and_tests_may_get_the_network_when_allowed() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("secretnet");
+    let url = git.url(&repo);
+    let token = unique("api-token-value");
+    let app = s.create_app("secretnet", &url, SECRET, json!({"env": {"API_TOKEN": token}, "test_network": true})).await;
+    let probe = "\"cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sed 's/^/iface=/'; echo token=${API_TOKEN:-unset}\"";
+    let d = deploy(&s, &url, &commit(&git, &repo, &node_app(&repo, "page", probe))).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let log: Vec<String> = s.log_lines(d["id"].as_str().expect("id"), None).await.into_iter().map(|(_, l)| l).collect();
+    assert!(log.iter().any(|l| l == "iface=eth0"), "the app allowed the network to its tests: {log:#?}");
+    assert!(log.iter().any(|l| l == "token=unset"), "app secrets are not given to the test step");
+    assert!(!log.iter().any(|l| l.contains(&token)), "the secret never reaches the log");
+    let image =
+        slipway_tests::docker(&["image", "inspect", d["image"].as_str().expect("image")]).expect("inspect image");
+    let history =
+        slipway_tests::docker(&["history", "--no-trunc", d["image"].as_str().expect("image")]).expect("history");
+    assert!(!image.contains(&token) && !history.contains(&token), "the secret is in no layer or config");
+    let container =
+        slipway_tests::docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")]).expect("ps");
+    let env = slipway_tests::docker(&["inspect", "--format", "{{json .Config.Env}}", container.trim()])
+        .expect("inspect container");
+    assert!(env.contains(&format!("API_TOKEN={token}")), "the running container gets it: {env}");
+}
