@@ -59,6 +59,8 @@ enum Command {
         #[arg(long)]
         ignore_dockerfile: bool,
     },
+    /// Render the Kubernetes manifests of an app and an image, offline, for review and diff.
+    Manifests(Box<ManifestsArgs>),
     /// A deployment's log.
     Logs {
         deployment: String,
@@ -74,6 +76,39 @@ enum AppsCommand {
     Create(Box<CreateApp>),
     /// List apps.
     List,
+}
+
+/// `slipway manifests` arguments: a YAML config file, flags, or both (flags win).
+#[derive(Debug, clap::Args)]
+struct ManifestsArgs {
+    /// The image reference to deploy, e.g. registry.example.com/web:<sha>.
+    #[arg(long)]
+    image: String,
+    /// App settings in YAML (the keys of `docs/kubernetes.md`).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    port: Option<u32>,
+    #[arg(long)]
+    health_path: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    replicas: Option<i32>,
+    /// The commit the image was built from (labels).
+    #[arg(long, default_value = "0000000000000000000000000000000000000000")]
+    sha: String,
+    /// The deployment id (labels).
+    #[arg(long, default_value = "manual")]
+    deployment_id: String,
+    /// Deployment track for blue-green and canary (`blue`, `green`, `canary`).
+    #[arg(long)]
+    track: Option<String>,
+    /// Print secret values instead of redacting them.
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 /// `slipway apps create` arguments.
@@ -133,9 +168,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Manifests(args) = &cli.command {
+        print!("{}", manifests(args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::new(&cli.url)?;
     match cli.command {
-        Command::Detect { .. } => unreachable!("handled above"),
+        Command::Detect { .. } | Command::Manifests(_) => unreachable!("handled above"),
         Command::Apps { command: AppsCommand::List } => {
             let apps = client.get("/api/v1/apps").await?;
             if cli.json {
@@ -277,6 +316,39 @@ async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
         }
         LogEnd::Drained => bail!("the log stream ended before the deployment did"),
     }
+}
+
+fn manifests(args: &ManifestsArgs) -> anyhow::Result<String> {
+    use slipway_deploy::kubernetes::{KubeSpec, Revision, render};
+    let mut spec: KubeSpec = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => KubeSpec::default(),
+    };
+    if let Some(v) = &args.name {
+        spec.name = v.clone();
+    }
+    if let Some(v) = args.port {
+        spec.port = v;
+    }
+    if let Some(v) = &args.health_path {
+        spec.health_path = v.clone();
+    }
+    if let Some(v) = &args.host {
+        spec.host = Some(v.clone());
+    }
+    if let Some(v) = args.replicas {
+        spec.replicas = v;
+    }
+    if spec.name.is_empty() {
+        bail!("name: set --name or `name:` in the config");
+    }
+    let revision =
+        Revision { deployment_id: args.deployment_id.clone(), sha: args.sha.clone(), image: args.image.clone() };
+    let manifests = render(&spec, &revision, args.track.as_deref())?;
+    Ok(manifests.to_yaml(args.show_secrets))
 }
 
 fn print_plan(plan: &Value) {

@@ -2,6 +2,7 @@
 //! on the local engine (the embedded default); `kubernetes` follows.
 
 pub mod docker;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
