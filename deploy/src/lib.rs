@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 pub use docker::{DockerTarget, DockerTargetConfig};
+pub use kubernetes::KubeTarget;
 
 /// One version of an app to make live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct Release {
     pub app: String,
     pub environment: String,
     pub deployment_id: uuid::Uuid,
+    /// The commit the image was built from.
+    pub sha: String,
     /// A pullable image reference, e.g. `127.0.0.1:5000/web:<sha>`.
     pub image: String,
     /// Port the app listens on inside the container.
@@ -22,6 +25,8 @@ pub struct Release {
     /// Path that answers 2xx once the app is ready.
     pub health_path: String,
     pub env: BTreeMap<String, String>,
+    /// Target-specific settings (for `kubernetes`: the keys of `KubeSpec`).
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Where the release answers once it is live.
@@ -36,21 +41,33 @@ pub enum Error {
     /// The new version never became healthy; the previous one keeps serving.
     #[error("the new version did not become healthy: {reason}")]
     Unhealthy { reason: String, last_output: Vec<String> },
-    /// The engine or cluster failed us.
+    /// The engine failed us.
     #[error("{action} failed")]
     Engine {
         action: &'static str,
         #[source]
         source: bollard::errors::Error,
     },
+    /// The app's settings cannot become a deployment.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+    /// The rollout failed and there was nothing to roll back to.
+    #[error("the rollout failed: {0}")]
+    Rollout(String),
+    /// The rollout failed and the previous revision serves again.
+    #[error("rolled back to {to}: {reason}")]
+    RolledBack { reason: String, to: String },
+    /// The cluster failed us.
+    #[error("the cluster failed: {0}")]
+    Cluster(String),
 }
 
 impl Error {
     /// A user error (the app's own fault) is not retried; anything else is.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::Unhealthy { .. } => true,
-            Error::Engine { .. } => false,
+            Error::Unhealthy { .. } | Error::Invalid(_) | Error::Rollout(_) | Error::RolledBack { .. } => true,
+            Error::Engine { .. } | Error::Cluster(_) => false,
         }
     }
 }

@@ -173,10 +173,12 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
         app: job.app.name.clone(),
         environment: job.app.environment.clone(),
         deployment_id: job.deployment_id,
+        sha: job.sha.clone(),
         image: image_name.clone(),
         port: job.app.port,
         health_path: job.app.health_path.clone(),
         env: job.app.env.clone(),
+        settings: None,
     };
     match tools.target.deploy(&release, &log(Step::Deploy)).await {
         Ok(live) => {

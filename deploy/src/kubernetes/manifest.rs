@@ -405,11 +405,12 @@ impl Manifests {
     pub fn to_yaml(&self, show_secrets: bool) -> String {
         let mut docs = Vec::new();
         for mut object in self.objects() {
-            if !show_secrets && object["kind"] == "Secret" {
-                if let Some(data) = object.get_mut("stringData").and_then(|d| d.as_object_mut()) {
-                    for v in data.values_mut() {
-                        *v = serde_json::Value::String("<redacted: use --show-secrets>".into());
-                    }
+            if !show_secrets
+                && object["kind"] == "Secret"
+                && let Some(data) = object.get_mut("stringData").and_then(|d| d.as_object_mut())
+            {
+                for v in data.values_mut() {
+                    *v = serde_json::Value::String("<redacted: use --show-secrets>".into());
                 }
             }
             docs.push(serde_saphyr::to_string(&object).unwrap_or_default());

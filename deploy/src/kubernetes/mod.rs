@@ -1,8 +1,65 @@
 //! The `kubernetes` target: manifests from the app's settings (typed, API v1.33), applied with
 //! server-side apply; rollout watch, rollback and strategies build on them.
 
+pub mod cluster;
 pub mod manifest;
+pub mod rollout;
 pub mod spec;
+pub mod strategy;
 
+use std::time::Duration;
+
+pub use cluster::Cluster;
 pub use manifest::{Manifests, Revision, render};
 pub use spec::{KubeSpec, SpecError, StrategyKind};
+
+use crate::{DeployTarget, Error, Live, LogFn, Release};
+
+/// Deploys to a Kubernetes cluster.
+#[derive(Debug, Clone)]
+pub struct KubeTarget {
+    cluster: Cluster,
+    /// How long a rollout may take before it is failed (and rolled back).
+    pub rollout_timeout: Duration,
+}
+
+impl KubeTarget {
+    pub fn new(client: kube::Client, rollout_timeout: Duration) -> Self {
+        Self { cluster: Cluster::new(client), rollout_timeout }
+    }
+
+    /// The app's settings for a release: its `settings`, with name, environment, port, health
+    /// path and variables from the release.
+    pub fn spec(release: &Release) -> Result<KubeSpec, Error> {
+        let mut spec: KubeSpec = match &release.settings {
+            Some(settings) => serde_json::from_value(settings.clone()).map_err(|e| Error::Invalid(e.to_string()))?,
+            None => KubeSpec::default(),
+        };
+        spec.name = release.app.clone();
+        spec.environment = release.environment.clone();
+        spec.port = u32::from(release.port);
+        spec.health_path = release.health_path.clone();
+        spec.env.extend(release.env.clone());
+        spec.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(spec)
+    }
+}
+
+impl DeployTarget for KubeTarget {
+    async fn deploy(&self, release: &Release, log: LogFn<'_>) -> Result<Live, Error> {
+        let spec = Self::spec(release)?;
+        let revision = Revision {
+            deployment_id: release.deployment_id.to_string(),
+            sha: release.sha.clone(),
+            image: release.image.clone(),
+        };
+        let rollout = strategy::Rollout {
+            cluster: &self.cluster,
+            spec: &spec,
+            revision: &revision,
+            timeout: self.rollout_timeout,
+            log,
+        };
+        rollout.run().await
+    }
+}
