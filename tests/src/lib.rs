@@ -5,6 +5,7 @@
 //! Services come from `scripts/services` (which `scripts/test` runs first); the variables it
 //! prints are read here.
 
+pub mod apiserver;
 pub mod git;
 pub mod harness;
 pub mod rabbit;
