@@ -40,6 +40,16 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Redeploy an earlier successful revision without rebuilding it.
+    Rollback {
+        app: String,
+        /// A deployment id or commit SHA (default: the deployment before the current one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Follow the rollback's logs until it ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Recent deployments, or one deployment with its steps and timings.
     Status {
         deployment: Option<String>,
@@ -249,6 +259,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return follow_logs(&client, &id).await;
             }
         }
+        Command::Rollback { app, to, follow } => {
+            let out = client.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": to})).await?;
+            let id = s(&out, "deployment_id").to_string();
+            println!("rolling {app} back to {} (as deployment {id})", s(&out, "sha"));
+            if follow {
+                return follow_logs(&client, &id).await;
+            }
+        }
         Command::Status { deployment: Some(id), .. } => {
             let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
@@ -400,6 +418,9 @@ fn print_deployment(d: &Value) {
     println!("state      {} (attempt {})", s(d, "state"), d.get("attempt").and_then(Value::as_i64).unwrap_or_default());
     if let Some(url) = d.get("url").and_then(Value::as_str) {
         println!("url        {url}");
+    }
+    if d.get("rolled_back") == Some(&json!(true)) {
+        println!("rolled back yes: the previous revision serves again");
     }
     if d.get("error_message").is_some_and(|v| !v.is_null()) {
         println!("error      {} at {} ({} error)", s(d, "error_message"), s(d, "error_step"), s(d, "error_cause"));

@@ -55,6 +55,9 @@ pub struct JobApp {
     /// Whether the test step may use the network.
     #[serde(default)]
     pub test_network: bool,
+    /// Settings of the deploy target (for `kubernetes`: replicas, resources, host, strategy ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 fn dot() -> String {
@@ -107,7 +110,14 @@ pub enum Body {
         url: Option<String>,
     },
     /// A step failed.
-    Failed { step: Step, cause: Cause, message: String },
+    Failed {
+        step: Step,
+        cause: Cause,
+        message: String,
+        /// The previous revision was put back and serves.
+        #[serde(default)]
+        rolled_back: bool,
+    },
     /// The runner stopped the job on request (control message) or while shutting down.
     Abandoned { reason: String },
 }

@@ -76,6 +76,15 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_TEST_CPUS", default_value_t = 1.0)]
     pub test_cpus: f64,
 
+    /// Deploy apps whose target is `kubernetes`, to the cluster of kube's defaults (KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster service account).
+    #[arg(long, env = "SLIPWAY_KUBERNETES", default_value_t = false)]
+    pub kubernetes: bool,
+
+    /// Seconds a Kubernetes rollout may take before it is failed and rolled back.
+    #[arg(long, env = "SLIPWAY_ROLLOUT_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub rollout_timeout_seconds: u64,
+
     /// Seconds a build may take before it is stopped (a user error).
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT_SECONDS", default_value_t = 4 * 3600)]
     pub build_timeout_seconds: u64,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use slipway_deploy::{DeployTarget, DockerTarget, Release};
+use slipway_deploy::{DeployTarget, DockerTarget, KubeTarget, Release};
 use slipway_detect::dockerfile::{self, BaseImages};
 use slipway_detect::{Options, Provider};
-use slipway_proto::{Body, Cause, Job, Step, StepStatus};
+use slipway_proto::{Body, Cause, Job, Step, StepStatus, TargetKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkout::{self, GitAuth};
@@ -30,6 +30,8 @@ pub struct Tools {
     pub target: DockerTarget,
     pub config: Arc<Config>,
     pub base_images: BaseImages,
+    /// The Kubernetes target, when this runner has a cluster.
+    pub kube: Option<KubeTarget>,
 }
 
 /// How an attempt ended.
@@ -43,6 +45,7 @@ pub enum Outcome {
         step: Step,
         cause: Cause,
         message: String,
+        rolled_back: bool,
     },
     /// Stopped through its cancellation token before it finished.
     Cancelled,
@@ -53,7 +56,7 @@ impl Outcome {
     pub fn into_body(self, cancel_reason: &str) -> Body {
         match self {
             Outcome::Completed { image, url } => Body::Completed { image, url },
-            Outcome::Failed { step, cause, message } => Body::Failed { step, cause, message },
+            Outcome::Failed { step, cause, message, rolled_back } => Body::Failed { step, cause, message, rolled_back },
             Outcome::Cancelled => Body::Abandoned { reason: cancel_reason.to_string() },
         }
     }
@@ -62,12 +65,13 @@ impl Outcome {
 struct StepFailure {
     cause: Cause,
     message: String,
+    rolled_back: bool,
 }
 
 impl StepFailure {
     fn new(user: bool, message: String) -> Self {
         let cause = if user { Cause::User } else { Cause::Infrastructure };
-        Self { cause, message }
+        Self { cause, message, rolled_back: false }
     }
 }
 
@@ -119,38 +123,37 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
         move |line: String| r.line(Some(step), &line)
     };
 
-    // clone
-    r.step(Step::Clone, StepStatus::Running, None);
-    let auth =
-        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
-    let (url, sha, git_ref, dest, clone_log) =
-        (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf(), log(Step::Clone));
-    let cloning = tokio::task::spawn_blocking(move || {
-        checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &clone_log)
-    });
-    match cancellable(cancel, cloning).await {
-        None => return Outcome::Cancelled,
-        Some(Ok(Ok(()))) => r.step(Step::Clone, StepStatus::Succeeded, None),
-        Some(Ok(Err(err))) => {
-            return failed(r, Step::Clone, StepFailure::new(err.is_user_error(), err.to_string()));
-        }
-        Some(Err(join)) => {
-            return failed(r, Step::Clone, StepFailure::new(false, format!("clone task failed: {join}")));
-        }
-    }
-
-    // build and push, unless an earlier attempt already pushed this commit's image
+    // An image already in the registry was built and tested by an earlier attempt (or this is a
+    // rollback): deploy it without cloning or building again.
     let reference = match image::reference(&tools.config.registry, &job.app.name, &job.sha) {
         Ok(reference) => reference,
         Err(err) => return failed(r, Step::Build, StepFailure::new(true, err.to_string())),
     };
     let image_name = reference.whole();
     if image::in_registry(&tools.docker, &image_name).await {
-        for step in [Step::Build, Step::Test, Step::Push] {
+        for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
             r.line(Some(step), &format!("{image_name} is already in the registry (built and tested before); skipping"));
             r.step(step, StepStatus::Skipped, None);
         }
     } else {
+        r.step(Step::Clone, StepStatus::Running, None);
+        let auth =
+            tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+        let (url, sha, git_ref, dest, clone_log) =
+            (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf(), log(Step::Clone));
+        let cloning = tokio::task::spawn_blocking(move || {
+            checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &clone_log)
+        });
+        match cancellable(cancel, cloning).await {
+            None => return Outcome::Cancelled,
+            Some(Ok(Ok(()))) => r.step(Step::Clone, StepStatus::Succeeded, None),
+            Some(Ok(Err(err))) => {
+                return failed(r, Step::Clone, StepFailure::new(err.is_user_error(), err.to_string()));
+            }
+            Some(Err(join)) => {
+                return failed(r, Step::Clone, StepFailure::new(false, format!("clone task failed: {join}")));
+            }
+        }
         if let Some(outcome) = build_and_test(job, tools, r, cancel, dir, &image_name).await {
             return outcome;
         }
@@ -178,9 +181,17 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
         port: job.app.port,
         health_path: job.app.health_path.clone(),
         env: job.app.env.clone(),
-        settings: None,
+        settings: job.app.settings.clone(),
     };
-    match tools.target.deploy(&release, &log(Step::Deploy)).await {
+    let deploy_log = log(Step::Deploy);
+    let deployed = match (job.app.target, &tools.kube) {
+        (TargetKind::Docker, _) => tools.target.deploy(&release, &deploy_log).await,
+        (TargetKind::Kubernetes, Some(kube)) => kube.deploy(&release, &deploy_log).await,
+        (TargetKind::Kubernetes, None) => Err(slipway_deploy::Error::Cluster(
+            "this runner has no Kubernetes cluster configured (SLIPWAY_KUBERNETES=true and a kubeconfig or in-cluster account)".into(),
+        )),
+    };
+    match deployed {
         Ok(live) => {
             if let Some(url) = &live.url {
                 r.line(Some(Step::Deploy), &format!("live at {url}"));
@@ -188,7 +199,11 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
             r.step(Step::Deploy, StepStatus::Succeeded, None);
             Outcome::Completed { image: image_name, url: live.url }
         }
-        Err(err) => failed(r, Step::Deploy, StepFailure::new(err.is_user_error(), err.to_string())),
+        Err(err) => {
+            let rolled_back = matches!(err, slipway_deploy::Error::RolledBack { .. });
+            let failure = StepFailure { rolled_back, ..StepFailure::new(err.is_user_error(), err.to_string()) };
+            failed(r, Step::Deploy, failure)
+        }
     }
 }
 
@@ -347,5 +362,5 @@ async fn cancellable<F: std::future::Future>(cancel: &CancellationToken, fut: F)
 fn failed(r: &Reporter, step: Step, failure: StepFailure) -> Outcome {
     r.line(Some(step), &format!("{} failed: {}", step.as_str(), failure.message));
     r.step(step, StepStatus::Failed, Some(failure.message.clone()));
-    Outcome::Failed { step, cause: failure.cause, message: failure.message }
+    Outcome::Failed { step, cause: failure.cause, message: failure.message, rolled_back: failure.rolled_back }
 }

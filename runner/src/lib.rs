@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bollard::Docker;
-use slipway_deploy::{DockerTarget, DockerTargetConfig};
+use slipway_deploy::{DockerTarget, DockerTargetConfig, KubeTarget};
 use slipway_proto::Topology;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +42,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             memory_bytes: None,
         },
     );
+    let kube = match config.kubernetes {
+        true => {
+            let client = kube::Client::try_default().await.context("connecting to Kubernetes (SLIPWAY_KUBERNETES)")?;
+            Some(KubeTarget::new(client, Duration::from_secs(config.rollout_timeout_seconds)))
+        }
+        false => None,
+    };
     let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let shipper_cancel = CancellationToken::new();
     let shipper =
@@ -54,6 +61,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             config: config.clone(),
             base_images: slipway_detect::dockerfile::BaseImages::with_overrides(&config.base_images)
                 .context("SLIPWAY_BASE_IMAGES")?,
+            kube,
         },
         topo: topo.clone(),
         runner_id: runner_id.clone(),

@@ -77,6 +77,7 @@ pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
         .route("/api/v1/apps", get(list_apps).post(create_app))
         .route("/api/v1/apps/{name}", get(get_app))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
+        .route("/api/v1/apps/{name}/rollback", post(rollback_app))
         .route("/api/v1/deployments", get(list_deployments))
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))
@@ -161,6 +162,51 @@ async fn resolve_branch(repo_url: String, branch: String) -> Result<String, ApiE
             e.message()
         ))),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// A deployment id or a commit SHA (or a prefix of at least 7 hex digits); default: the
+    /// completed deployment before the current one.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// Redeploys an earlier successful revision; its image is in the registry, so nothing is rebuilt.
+async fn rollback_app(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    body: Result<Json<RollbackRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body?;
+    let app =
+        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
+    let history = deployments::completed(&shared.pool, &name, 200).await?;
+    let target = match req.to.as_deref() {
+        None => history
+            .get(1)
+            .ok_or_else(|| ApiError::Unprocessable("no earlier successful deployment to roll back to".into()))?,
+        Some(to) => {
+            let by_id = Uuid::parse_str(to).ok();
+            let sha_prefix = to.len() >= 7 && to.len() <= 64 && to.bytes().all(|b| b.is_ascii_hexdigit());
+            history
+                .iter()
+                .find(|d| Some(d.id) == by_id || (sha_prefix && d.sha.starts_with(&to.to_ascii_lowercase())))
+                .ok_or_else(|| {
+                    ApiError::Unprocessable(format!(
+                        "`{}` names no successful deployment of {name}",
+                        to.chars().take(80).collect::<String>()
+                    ))
+                })?
+        }
+    };
+    let created = deployments::create(&shared.pool, &app, &target.sha, &target.git_ref, "rollback", None).await?;
+    let id = match created {
+        Created::New(id) | Created::Existing(id) => id,
+    };
+    webhook::announce_queued(&shared, id, &app.name, &target.sha);
+    Ok((StatusCode::ACCEPTED, Json(json!({"deployment_id": id, "sha": target.sha, "rollback_of": target.id}))))
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,9 @@ pub struct NewApp {
     pub app_root: String,
     #[serde(default)]
     pub test_network: bool,
+    /// Settings of the `kubernetes` target (the keys of docs/kubernetes.md).
+    #[serde(default)]
+    pub kubernetes: Option<serde_json::Value>,
 }
 
 /// A registered app as the API shows it (never with its webhook secret).
@@ -46,6 +49,7 @@ pub struct App {
     pub env: sqlx::types::Json<BTreeMap<String, String>>,
     pub app_root: String,
     pub test_network: bool,
+    pub kube_settings: Option<sqlx::types::Json<serde_json::Value>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -123,6 +127,22 @@ impl NewApp {
         {
             return invalid("app_root must be a relative directory inside the repository, such as apps/web");
         }
+        if let Some(settings) = &self.kubernetes {
+            let release = slipway_deploy::Release {
+                app: self.name.clone(),
+                environment: self.environment.clone(),
+                deployment_id: Uuid::nil(),
+                sha: String::new(),
+                image: String::new(),
+                port: u16::try_from(self.port).unwrap_or(8080),
+                health_path: self.health_path.clone(),
+                env: self.env.clone(),
+                settings: Some(settings.clone()),
+            };
+            if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
+                return Err(AppError::Invalid(format!("kubernetes: {err}")));
+            }
+        }
         if self.webhook_secret.len() < 16 || self.webhook_secret.len() > 1024 {
             return invalid("webhook_secret must be 16 to 1024 characters");
         }
@@ -173,16 +193,17 @@ pub fn normalize_repo_url(url: &str) -> String {
 }
 
 const APP_COLUMNS: &str =
-    "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, created_at";
+    "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network,
+    kube_settings, created_at";
 
 /// Inserts a validated app.
 pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
     new.validate()?;
     let row = sqlx::query_as::<_, App>(
-        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret, app_root, test_network)
-         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10, $12, $13)
+        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret, app_root, test_network, kube_settings)
+         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14)
          ON CONFLICT (name) DO NOTHING
-         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, created_at",
+         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, kube_settings, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(&new.name)
@@ -197,6 +218,7 @@ pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
     .bind(normalize_repo_url(&new.repo_url))
     .bind(&new.app_root)
     .bind(new.test_network)
+    .bind(new.kubernetes.as_ref().map(sqlx::types::Json))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -242,6 +264,7 @@ impl App {
             env: self.env.0.clone(),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
+            settings: self.kube_settings.as_ref().map(|s| s.0.clone()),
         }
     }
 }
@@ -280,6 +303,8 @@ mod tests {
             (|a| a.webhook_secret = "short".into(), "webhook_secret"),
             (|a| a.app_root = "../other".into(), "app_root"),
             (|a| a.app_root = "/abs".into(), "app_root"),
+            (|a| a.kubernetes = Some(serde_json::json!({"memory_limit": "lots"})), "memory_limit"),
+            (|a| a.kubernetes = Some(serde_json::json!({"host": "not a host"})), "host"),
             (
                 |a| {
                     a.env.insert("1BAD".into(), "x".into());

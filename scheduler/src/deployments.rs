@@ -35,6 +35,8 @@ pub struct Deployment {
     pub error_step: Option<String>,
     pub error_cause: Option<String>,
     pub error_message: Option<String>,
+    /// The rollout failed and the previous revision was put back.
+    pub rolled_back: bool,
 }
 
 /// One step of one attempt, with its timings.
@@ -92,7 +94,8 @@ pub enum Decision {
 }
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.git_ref, d.source, d.state, d.attempt, d.runner_id,
-    d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message";
+    d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message,
+    d.rolled_back";
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// cancels older deployments of the app that are still only queued (superseded).
@@ -109,7 +112,7 @@ pub async fn create(
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
-         ON CONFLICT (app_id, sha, environment) DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' DO NOTHING RETURNING id",
     )
     .bind(id)
     .bind(app.id)
@@ -181,6 +184,18 @@ pub async fn list(pool: &PgPool, app: Option<&str>, limit: i64) -> Result<Vec<De
     .await
 }
 
+/// The app's completed deployments, newest first.
+pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
+         WHERE a.name = $1 AND d.state = 'completed' ORDER BY d.finished_at DESC LIMIT $2"
+    )))
+    .bind(app)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The state of a deployment, if it exists.
 pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, sqlx::Error> {
     let s: Option<String> =
@@ -203,7 +218,7 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
-                a.app_root, a.test_network, a.created_at
+                a.app_root, a.test_network, a.kube_settings, a.created_at
          FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id
@@ -387,11 +402,17 @@ async fn write_transition(
             .execute(&mut **tx)
             .await?;
         }
-        (Body::Failed { step, cause, message }, event) => {
+        (Body::Failed { step, cause, message, rolled_back }, event) => {
             note.step = Some(*step);
             note.message = Some(message.clone());
             let retry = (event == Event::Retry).then(|| retry_delay(env.attempt));
             record_failure(tx, id, *step, *cause, message, retry).await?;
+            if *rolled_back {
+                sqlx::query("UPDATE deployments SET rolled_back = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
         (Body::Abandoned { reason }, _) => {
             note.message = Some(reason.clone());

@@ -455,3 +455,44 @@ async fn an_infrastructure_failure_is_retried_with_backoff_then_fails_naming_the
     let waited = at(2, "started_at") - at(1, "finished_at");
     assert!(waited >= chrono::Duration::seconds(5), "attempt 2 waited for the backoff ({waited})");
 }
+
+#[tokio::test]
+async fn a_manual_rollback_redeploys_an_earlier_revision_without_rebuilding() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("rollback");
+    let url = git.url(&repo);
+    let app = s.create_app("rollback", &url, SECRET, json!({})).await;
+    let (m1, m2) = (unique("first"), unique("second"));
+    let sha1 = commit(&git, &repo, "v1", &site(&m1, true));
+    let d1 = deploy(&s, &url, &sha1).await;
+    let d2 = deploy(&s, &url, &commit(&git, &repo, "v2", &site(&m2, true))).await;
+    assert_eq!((d1["state"].as_str(), d2["state"].as_str()), (Some("completed"), Some("completed")));
+
+    let out = std::process::Command::new(s.cli())
+        .env("SLIPWAY_URL", &s.base)
+        .args(["rollback", &app, "--follow"])
+        .output()
+        .expect("run slipway rollback");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("rolling {app} back to {sha1}")), "{stdout}");
+    let list = s.deployments_of(&app).await;
+    let rb = list.iter().find(|d| d["source"] == "rollback").expect("a rollback deployment");
+    let rb = s.deployment(rb["id"].as_str().expect("id")).await;
+    assert_eq!(rb["state"], "completed", "{rb}");
+    assert_eq!(rb["sha"].as_str(), Some(sha1.as_str()));
+    for step in ["clone", "build", "test", "push"] {
+        assert_eq!(
+            steps_of(&rb).iter().find(|(_, n, _)| n == step).map(|(_, _, st)| st.as_str()),
+            Some("skipped"),
+            "{step}"
+        );
+    }
+    let body = s.app_body(rb["url"].as_str().expect("url"), "/").await.expect("answers");
+    assert!(body.contains(&m1), "the first version serves again: {body}");
+    assert_eq!(containers_of(&app).len(), 1);
+
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": "deadbeef00"})).await;
+    assert_eq!(status, 422, "{answer}");
+}
