@@ -549,8 +549,10 @@ mod tests {
 
     #[test]
     fn decision_table() {
-        let failed_user = Body::Failed { step: Step::Build, cause: Cause::User, message: "x".into(), rolled_back: false };
-        let failed_infra = Body::Failed { step: Step::Push, cause: Cause::Infrastructure, message: "x".into(), rolled_back: false };
+        let failed_user =
+            Body::Failed { step: Step::Build, cause: Cause::User, message: "x".into(), rolled_back: false };
+        let failed_infra =
+            Body::Failed { step: Step::Push, cause: Cause::Infrastructure, message: "x".into(), rolled_back: false };
         let completed = Body::Completed { image: "i".into(), url: None };
         let log = Body::Log(LogLine { seq: 1, step: None, line: "l".into(), ts: Utc::now() });
         let rows: Vec<(Current, &str, u32, Body, Decision)> = vec![
