@@ -118,7 +118,7 @@ impl Drop for Fixture {
             let (cluster, ns) = (self.cluster.clone(), self.ns.clone());
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(async { cluster.delete("Namespace", "", &ns).await })
+                let _ = rt.block_on(async { cluster.delete("Namespace", "", &ns).await });
             })
             .join();
         }
