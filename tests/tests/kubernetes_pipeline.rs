@@ -12,7 +12,7 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 const SECRET: &str = "kube-pipeline-secret-0123456789";
 
 #[tokio::test]
-async fn a_push_deploys_to_kubernetes_and_a_crash_looping_first_rollout_fails_with_its_cause() {
+async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_rollback_reapplies_the_old_image() {
     let api = ApiServer::start(Duration::from_millis(200)).await;
     let dir = tempfile::tempdir().expect("kubeconfig dir");
     let kubeconfig = dir.path().join("config");
@@ -67,4 +67,34 @@ async fn a_push_deploys_to_kubernetes_and_a_crash_looping_first_rollout_fails_wi
             assert!(d["error_message"].as_str().unwrap_or_default().contains("CrashLoopBackOff"), "{d}");
         }
     }
+
+    // A second revision, then a manual rollback: the first image is applied again, unbuilt.
+    let repo = unique("roll");
+    let url = git.url(&repo);
+    let app = s.create_app("roll", &url, SECRET, json!({"target": "kubernetes"})).await;
+    let ns = format!("app-{app}");
+    let image_in_cluster = || {
+        api.get("deployments", &ns, &app)
+            .and_then(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str().map(str::to_string))
+    };
+    let mut images = Vec::new();
+    for n in 1..=2 {
+        let file =
+            format!("FROM slipway/busybox:1\nRUN echo {n} > /version\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\"]\n");
+        let sha = git.commit(&repo, "rev", &[Entry::File("Dockerfile", file.as_bytes())]);
+        let (_, answer) = s.push(&url, &sha, SECRET, &unique("delivery")).await;
+        let d =
+            s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+        assert_eq!(d["state"], "completed", "{d}");
+        images.push(d["image"].as_str().expect("image").to_string());
+    }
+    assert_eq!(image_in_cluster().as_deref(), Some(images[1].as_str()));
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/rollback"), &json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    let d = s.finished(answer["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(image_in_cluster().as_deref(), Some(images[0].as_str()), "the first revision is applied again");
+    let build =
+        d["steps"].as_array().expect("steps").iter().find(|st| st["step"] == "build").cloned().expect("build step");
+    assert_eq!(build["status"], "skipped", "nothing was rebuilt");
 }
