@@ -29,6 +29,26 @@ pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection
     }
 }
 
+/// Runs `session` on a fresh connection, and again on a new one whenever it fails (the broker
+/// restarted, the connection dropped), until it returns `Ok` or `cancel` fires. `what` names the
+/// session in the warning logged for each reconnect.
+pub async fn with_reconnect<E, F, Fut>(url: &str, cancel: &CancellationToken, what: &str, mut session: F)
+where
+    E: std::fmt::Display,
+    F: FnMut(Connection) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    while let Some(conn) = connect(url, cancel).await {
+        match session(conn).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, session = what, "rabbitmq session interrupted; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Declares every queue and exchange. Idempotent, and identical wherever it is called, so
 /// scheduler and runners may start in any order.
 pub async fn declare(channel: &Channel, topo: &Topology) -> lapin::Result<()> {

@@ -45,15 +45,12 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 impl Worker {
     /// One slot: take a job, run it, repeat until `stop`.
     pub async fn slot(self, index: u16) {
-        while let Some(conn) = broker::connect(&self.tools.config.amqp_url, &self.stop).await {
-            match self.serve(&conn, index).await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, slot = index, "job consumer interrupted; reconnecting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        let url = self.tools.config.amqp_url.clone();
+        let session = |conn: Connection| {
+            let worker = self.clone();
+            async move { worker.serve(&conn, index).await }
+        };
+        broker::with_reconnect(&url, &self.stop, "job consumer", session).await;
     }
 
     async fn serve(&self, conn: &Connection, index: u16) -> anyhow::Result<()> {
@@ -71,14 +68,16 @@ impl Worker {
     /// Waits for one job, claims it and acknowledges it; `None` when stopping.
     async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Reporter)>> {
         let tag = format!("{}-{index}", self.runner_id);
-        let mut consumer = channel
-            .basic_consume(
+        let consume = || {
+            let options = BasicConsumeOptions::default();
+            channel.basic_consume(
                 self.topo.jobs_queue.as_str().into(),
                 tag.as_str().into(),
-                BasicConsumeOptions::default(),
+                options,
                 FieldTable::default(),
             )
-            .await?;
+        };
+        let mut consumer = consume().await?;
         loop {
             let delivery = tokio::select! {
                 _ = self.stop.cancelled() => {
@@ -97,14 +96,7 @@ impl Worker {
                 Err(err) => {
                     tracing::error!(error = %err, bytes = delivery.data.len(), "unreadable job message rejected");
                     delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
-                    consumer = channel
-                        .basic_consume(
-                            self.topo.jobs_queue.as_str().into(),
-                            tag.as_str().into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    consumer = consume().await?;
                     continue;
                 }
             };
@@ -156,15 +148,11 @@ async fn heartbeat(reporter: Reporter, every: Duration, stop: CancellationToken)
 
 /// Listens on the control exchange and stops the jobs the scheduler names.
 pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, running: Running, cancel: CancellationToken) {
-    while let Some(conn) = broker::connect(&url, &cancel).await {
-        match listen(&conn, &topo, &runner_id, &running, &cancel).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "control listener interrupted; reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let session = |conn: Connection| {
+        let (topo, runner_id, running, cancel) = (topo.clone(), runner_id.clone(), running.clone(), cancel.clone());
+        async move { listen(&conn, &topo, &runner_id, &running, &cancel).await }
+    };
+    broker::with_reconnect(&url, &cancel, "control listener", session).await;
 }
 
 async fn listen(

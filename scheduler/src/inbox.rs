@@ -18,15 +18,12 @@ use crate::Shared;
 
 /// Runs until `cancel`, reconnecting when the broker goes away.
 pub async fn run(shared: Shared, cancel: CancellationToken) {
-    while let Some(conn) = broker::connect(&shared.amqp_url, &cancel).await {
-        match consume(&shared, &conn, &cancel).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "runner queue consumer interrupted; reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let url = shared.amqp_url.clone();
+    let session = |conn: lapin::Connection| {
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        async move { consume(&shared, &conn, &cancel).await }
+    };
+    broker::with_reconnect(&url, &cancel, "runner queue consumer", session).await;
 }
 
 async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {

@@ -16,15 +16,12 @@ const BATCH: i64 = 100;
 
 /// Runs until `cancel`; wakes on `shared.relay_wake` and at least every second.
 pub async fn run(shared: Shared, cancel: CancellationToken) {
-    while let Some(conn) = broker::connect(&shared.amqp_url, &cancel).await {
-        match relay(&shared, &conn, &cancel).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox relay interrupted; reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    let url = shared.amqp_url.clone();
+    let session = |conn: lapin::Connection| {
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        async move { relay(&shared, &conn, &cancel).await }
+    };
+    broker::with_reconnect(&url, &cancel, "outbox relay", session).await;
 }
 
 async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
