@@ -1,5 +1,5 @@
 //! Consumes what runners send (claims, heartbeats, steps, log lines, outcomes) from the runner
-//! queue and applies each through [`deployments::apply_envelope`]. A message is acknowledged
+//! queue and applies each through [`transition::apply_envelope`]. A message is acknowledged
 //! only after its effect is committed, so a crash here redelivers it and the compare-and-set
 //! makes the repeat a no-op.
 
@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use slipway_proto::{Control, Envelope, State};
 use tokio_util::sync::CancellationToken;
 
-use crate::deployments::{self, Applied};
+use crate::transition::{self, Applied};
 use slipway_broker as broker;
 
 use crate::Shared;
@@ -54,7 +54,7 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 continue;
             }
         };
-        match deployments::apply_envelope(&shared.pool, &envelope, shared.max_attempts).await {
+        match transition::apply_envelope(&shared.pool, &envelope, shared.max_attempts).await {
             Ok(applied) => {
                 react(shared, &envelope, applied);
                 delivery.acker.ack(BasicAckOptions::default()).await?;

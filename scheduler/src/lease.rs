@@ -6,7 +6,7 @@ use std::time::Duration;
 use slipway_proto::Control;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, deployments};
+use crate::{Shared, transition};
 
 /// Checks every quarter lease until `cancel`.
 pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
@@ -16,7 +16,7 @@ pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        match deployments::expire_leases(&shared.pool, lease, shared.max_attempts).await {
+        match transition::expire_leases(&shared.pool, lease, shared.max_attempts).await {
             Ok(expired) => {
                 for e in expired {
                     tracing::warn!(deployment_id = %e.note.deployment_id, attempt = e.old_attempt, runner_id = %e.runner_id, state = e.note.state.as_str(), "lease expired");

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod logs;
 pub mod publisher;
 pub mod relay;
+pub mod transition;
 pub mod webhook;
 
 use std::sync::Arc;
