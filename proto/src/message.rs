@@ -64,6 +64,26 @@ fn dot() -> String {
     ".".into()
 }
 
+impl JobApp {
+    /// Values never to show in a log: those of variables whose name says secret (TOKEN, SECRET,
+    /// PASSWORD, KEY, CREDENTIAL, AUTH, PRIVATE, DSN, ..._URL) and every `secret_env` value of
+    /// the target settings; longest first, so a value containing another is masked whole.
+    pub fn secret_values(&self) -> Vec<String> {
+        const MARKERS: &[&str] = &["TOKEN", "SECRET", "PASSW", "KEY", "CREDENTIAL", "AUTH", "PRIVATE", "DSN"];
+        let secret_name = |k: &str| {
+            let k = k.to_ascii_uppercase();
+            MARKERS.iter().any(|m| k.contains(m)) || k.ends_with("_URL")
+        };
+        let mut values: Vec<String> = self.env.iter().filter(|(k, _)| secret_name(k)).map(|(_, v)| v.clone()).collect();
+        let settings = self.settings.as_ref().and_then(|s| s.get("secret_env")).and_then(|e| e.as_object());
+        values.extend(settings.into_iter().flatten().filter_map(|(_, v)| v.as_str().map(str::to_string)));
+        values.retain(|v| v.len() >= 4);
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        values
+    }
+}
+
 /// One unit of work on the jobs queue: deploy `sha` of `app`, attempt `attempt`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -193,6 +213,28 @@ mod tests {
         assert_eq!(json["body"]["step"], "build");
         let back: Envelope = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn secret_values_come_from_secret_looking_names_and_secret_env() {
+        let app = JobApp {
+            name: "web".into(),
+            repo_url: "https://x/y".into(),
+            environment: "production".into(),
+            target: TargetKind::Docker,
+            port: 8080,
+            health_path: "/".into(),
+            env: BTreeMap::from([
+                ("API_TOKEN".into(), "tok-123456".into()),
+                ("DATABASE_URL".into(), "postgres://u:p@db/x".into()),
+                ("NODE_ENV".into(), "production".into()),
+                ("SECRET_SHORT".into(), "abc".into()),
+            ]),
+            app_root: ".".into(),
+            test_network: false,
+            settings: Some(serde_json::json!({"secret_env": {"SESSION": "s3ss10n-value"}})),
+        };
+        assert_eq!(app.secret_values(), ["postgres://u:p@db/x", "s3ss10n-value", "tok-123456"]);
     }
 
     #[test]

@@ -33,11 +33,30 @@ pub struct Reporter {
     attempt: u32,
     runner_id: Arc<str>,
     seq: Arc<AtomicU64>,
+    /// Values replaced by `***` in every line and failure message.
+    secrets: Arc<[String]>,
 }
 
 impl Reporter {
     pub fn new(outbox: Outbox, deployment_id: uuid::Uuid, attempt: u32, runner_id: Arc<str>) -> Self {
-        Self { outbox, deployment_id, attempt, runner_id, seq: Arc::new(AtomicU64::new(0)) }
+        Self { outbox, deployment_id, attempt, runner_id, seq: Arc::new(AtomicU64::new(0)), secrets: Arc::from([]) }
+    }
+
+    /// Masks `values` (longest first) wherever they appear in what this reporter sends.
+    pub fn with_secrets(mut self, values: Vec<String>) -> Self {
+        self.secrets = values.into();
+        self
+    }
+
+    /// `text` with every secret value replaced by `***`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.secrets.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
     }
 
     fn envelope(&self, body: Body) -> Envelope {
@@ -64,8 +83,8 @@ impl Reporter {
     /// One line of output, attributed to `step`. Long lines are split, never dropped.
     pub fn line(&self, step: Option<Step>, line: &str) {
         const MAX: usize = 16 * 1024;
-        let line = line.trim_end_matches(['\r', '\n']);
-        let mut rest = line;
+        let masked = self.mask(line.trim_end_matches(['\r', '\n']));
+        let mut rest = masked.as_str();
         loop {
             let cut = floor_char_boundary(rest, MAX);
             let (head, tail) = rest.split_at(cut);

@@ -100,7 +100,8 @@ impl Worker {
                     continue;
                 }
             };
-            let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone());
+            let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone())
+                .with_secrets(job.app.secret_values());
             let claimed = tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
             if !matches!(claimed, Ok(true)) {
                 delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
@@ -130,7 +131,13 @@ impl Worker {
         } else {
             "stopped on the scheduler's request"
         };
-        reporter.send_confirmed(outcome.into_body(reason)).await;
+        let body = match outcome.into_body(reason) {
+            Body::Failed { step, cause, message, rolled_back } => {
+                Body::Failed { step, cause, message: reporter.mask(&message), rolled_back }
+            }
+            other => other,
+        };
+        reporter.send_confirmed(body).await;
         beating.cancel();
         let _ = heart.await;
         self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);

@@ -496,3 +496,57 @@ async fn a_manual_rollback_redeploys_an_earlier_revision_without_rebuilding() {
     let (status, answer) = s.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": "deadbeef00"})).await;
     assert_eq!(status, 422, "{answer}");
 }
+
+#[tokio::test]
+async fn secret_values_never_reach_the_log() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { health_timeout_seconds: 5, ..Default::default() }).await;
+    let repo = unique("masked");
+    let url = git.url(&repo);
+    let token = unique("tok");
+    s.create_app("masked", &url, SECRET, json!({"env": {"API_TOKEN": token, "GREETING": "hello-there"}})).await;
+    let dockerfile =
+        b"FROM slipway/busybox:1\nCMD [\"sh\", \"-c\", \"echo token is $API_TOKEN and $GREETING; exit 1\"]\n";
+    let d = deploy(&s, &url, &git.commit(&repo, "leaky", &[Entry::File("Dockerfile", dockerfile)])).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        text.iter().any(|l| l.contains("token is *** and hello-there")),
+        "the app's output is shown, masked: {text:#?}"
+    );
+    assert!(!text.iter().any(|l| l.contains(&token)), "the secret never appears");
+    assert!(!d.to_string().contains(&token));
+}
+
+#[tokio::test]
+async fn a_queued_deployment_superseded_by_a_newer_push_never_runs() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = unique("supersede");
+    let url = git.url(&repo);
+    s.create_app("supersede", &url, SECRET, json!({})).await;
+    let older = commit(&git, &repo, "older", &site("older", true));
+    let (_, a) = s.push(&url, &older, SECRET, "older-delivery").await;
+    let marker = unique("newer");
+    let newer = commit(&git, &repo, "newer", &site(&marker, true));
+    let (_, b) = s.push(&url, &newer, SECRET, "newer-delivery").await;
+    let older_id = a["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let newer_id = b["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let superseded = s.deployment(&older_id).await;
+    assert_eq!(superseded["state"], "cancelled", "{superseded}");
+    assert!(
+        superseded["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("superseded by a newer deployment {newer}"))
+    );
+
+    s.add_runner();
+    let d = s.finished(&newer_id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert!(s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers").contains(&marker));
+    let old = s.deployment(&older_id).await;
+    assert_eq!(old["state"], "cancelled");
+    assert!(old["steps"].as_array().is_none_or(|st| st.is_empty()), "the superseded deployment never ran: {old}");
+}
