@@ -1,7 +1,7 @@
 //! A Kubernetes API-server double for the `kubernetes` target's tests: a real HTTP server that
 //! kube's client talks to over the wire, holding objects in memory. It implements what the target
 //! uses — server-side apply PATCH (field manager required), JSON merge PATCH, GET, LIST by label
-//! selector, DELETE — and a scripted controller that advances Deployment status and pods by the
+//! selector, watch (`?watch=true`, with field and label selectors), DELETE — and a scripted controller that advances Deployment status and pods by the
 //! image's name: `...crash...` pods crash-loop, `...stall...` exceeds the progress deadline,
 //! `...flaky...` becomes ready then restarts, anything else is ready after `ready_after`.
 
@@ -28,6 +28,17 @@ pub struct Inner {
     pub reject_kinds: Vec<String>,
     /// Every request as "METHOD path?query", for assertions.
     pub requests: Vec<String>,
+    /// Tells watchers that objects of (plural, namespace) changed.
+    changes: Option<tokio::sync::broadcast::Sender<(String, String)>>,
+}
+
+impl Inner {
+    fn changed(&mut self, plural: &str, namespace: &str) {
+        self.resource_version += 1;
+        if let Some(tx) = &self.changes {
+            let _ = tx.send((plural.to_string(), namespace.to_string()));
+        }
+    }
 }
 
 /// A running double; stopped on drop.
@@ -47,7 +58,8 @@ struct Ctx {
 impl ApiServer {
     /// Starts the double on a free port of 127.0.0.1.
     pub async fn start(ready_after: Duration) -> Self {
-        let state = Arc::new(Mutex::new(Inner::default()));
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
+        let state = Arc::new(Mutex::new(Inner { changes: Some(changes), ..Default::default() }));
         let ctx = Ctx { state: state.clone(), ready_after };
         let app = Router::new().fallback(handle).with_state(ctx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -176,6 +188,9 @@ async fn handle(
                 None => status(404, "NotFound", format!("{} \"{name}\" not found", t.plural)),
             }
         }
+        (Method::GET, None) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+            watch(&ctx, t, &query)
+        }
         (Method::GET, None) => {
             let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
             let selector = query.get("labelSelector").cloned().unwrap_or_default();
@@ -197,7 +212,9 @@ async fn handle(
             let removed = st.objects.remove(&(t.plural.clone(), t.namespace.clone(), name.clone()));
             if t.plural == "deployments" {
                 remove_pods(&mut st, &t.namespace, name, None);
+                st.changed("pods", &t.namespace);
             }
+            st.changed(&t.plural, &t.namespace);
             match removed {
                 Some(o) => axum::Json(o).into_response(),
                 None => status(404, "NotFound", format!("{} \"{name}\" not found", t.plural)),
@@ -205,6 +222,72 @@ async fn handle(
         }
         (m, _) => status(405, "MethodNotAllowed", format!("{m} is not implemented by the double")),
     }
+}
+
+/// A watch: the matching objects as ADDED, then MODIFIED/DELETED as they change, one JSON event
+/// per line, until the client goes away or `timeoutSeconds` passes.
+fn watch(ctx: &Ctx, t: Target, query: &BTreeMap<String, String>) -> Response {
+    let labels = query.get("labelSelector").cloned().unwrap_or_default();
+    let name = query.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=")).map(str::to_string);
+    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(300u64);
+    let state = ctx.state.clone();
+    let rx = state.lock().unwrap_or_else(|e| e.into_inner()).changes.as_ref().map(|tx| tx.subscribe());
+    let Some(rx) = rx else { return status(500, "InternalError", "no change feed".into()) };
+    let snapshot = Arc::new(move |state: &Arc<Mutex<Inner>>| -> BTreeMap<String, Value> {
+        let st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.objects
+            .iter()
+            .filter(|((p, ns, n), o)| {
+                *p == t.plural
+                    && *ns == t.namespace
+                    && name.as_ref().is_none_or(|want| want == n)
+                    && matches(&labels, &o["metadata"]["labels"])
+            })
+            .map(|((_, _, n), o)| (n.clone(), o.clone()))
+            .collect()
+    });
+    let line = |kind: &str, object: &Value| Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+    let first = snapshot(&state);
+    let initial: Vec<Result<Bytes, std::convert::Infallible>> = first.values().map(|o| Ok(line("ADDED", o))).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let updates = futures_util::stream::unfold((rx, first, state), move |(mut rx, mut seen, state)| {
+        let snapshot = snapshot.clone();
+        async move {
+            loop {
+                let got = tokio::time::timeout_at(deadline, rx.recv()).await;
+                match got {
+                    Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                    Ok(_) => {}
+                }
+                let now = snapshot(&state);
+                let mut out = Vec::new();
+                for (n, o) in &now {
+                    match seen.get(n) {
+                        None => out.push(line("ADDED", o)),
+                        Some(old)
+                            if old["metadata"]["resourceVersion"] != o["metadata"]["resourceVersion"] || old != o =>
+                        {
+                            out.push(line("MODIFIED", o))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for (n, o) in &seen {
+                    if !now.contains_key(n) {
+                        out.push(line("DELETED", o));
+                    }
+                }
+                seen = now;
+                if !out.is_empty() {
+                    let chunk: Vec<u8> = out.into_iter().flat_map(|b| b.to_vec()).collect();
+                    return Some((Ok::<Bytes, std::convert::Infallible>(Bytes::from(chunk)), (rx, seen, state)));
+                }
+            }
+        }
+    });
+    let body =
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(futures_util::stream::iter(initial), updates));
+    ([("content-type", "application/json")], body).into_response()
 }
 
 /// Equality-based selectors: `a=b,c=d`.
@@ -275,6 +358,7 @@ fn patch(
     }
     let changed = existing.as_ref().map(|o| o["metadata"]["generation"].as_i64()) != Some(Some(generation));
     st.objects.insert(key, object.clone());
+    st.changed(&t.plural, &t.namespace);
     drop(st);
     if t.plural == "deployments" && changed {
         tokio::spawn(controller(ctx.clone(), t.namespace.clone(), name.to_string(), generation));
@@ -401,5 +485,11 @@ fn advance(ctx: &Ctx, ns: &str, name: &str, generation: i64) -> bool {
         let pod_name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
         st.objects.insert(("pods".into(), ns.clone(), pod_name), p);
     }
+    let rv = (st.resource_version + 1).to_string();
+    if let Some(d) = st.objects.get_mut(&key) {
+        d["metadata"]["resourceVersion"] = json!(rv);
+    }
+    st.changed("deployments", &ns);
+    st.changed("pods", &ns);
     behaviour == "flaky"
 }

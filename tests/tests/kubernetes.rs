@@ -159,6 +159,7 @@ async fn rolling_applies_every_object_server_side_and_waits_for_the_rollout() {
     if let Some(server) = &f.server {
         let requests = server.lock().requests.join("\n");
         assert!(requests.contains("fieldManager=slipway") && requests.contains("force=true"), "{requests}");
+        assert!(requests.contains("watch=true"), "the rollout is watched, not only polled: {requests}");
     }
     assert!(f.log().contains(&format!("rollout of {} complete: 2/2 available", f.app)), "{}", f.log());
 }

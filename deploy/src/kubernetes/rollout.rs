@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, WatchParams};
 
 use crate::LogFn;
 
@@ -38,12 +39,14 @@ pub struct Watch<'a> {
     pub timeout: Duration,
 }
 
-/// Polls until the rollout completes or fails.
+/// Waits until the rollout completes or fails: re-evaluated on every change the API server
+/// reports through a watch of the Deployment, and at least every second (for the pods).
 pub async fn wait(client: &kube::Client, watch: &Watch<'_>, log: LogFn<'_>) -> Result<(), RolloutFailure> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), watch.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), watch.namespace);
     let start = Instant::now();
     let mut last_line = String::new();
+    let mut changes = None;
     loop {
         let d = deployments
             .get_opt(watch.deployment)
@@ -93,7 +96,22 @@ pub async fn wait(client: &kube::Client, watch: &Watch<'_>, log: LogFn<'_>) -> R
             log(line.clone());
             last_line = line;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if changes.is_none() {
+            let params = WatchParams::default().fields(&format!("metadata.name={}", watch.deployment)).timeout(290);
+            changes = deployments.watch(&params, "0").await.ok().map(|s| s.boxed());
+        }
+        match changes.as_mut() {
+            Some(stream) => {
+                let ended = tokio::select! {
+                    event = stream.next() => !matches!(event, Some(Ok(_))),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                };
+                if ended {
+                    changes = None; // the server closed the watch; open a new one next time
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
 
