@@ -160,6 +160,17 @@ impl DockerTarget {
         lines
     }
 
+    /// Shows why the new container failed and what it printed, removes it, and says so.
+    async fn give_up(&self, name: &str, reason: String, last_output: Vec<String>, log: LogFn<'_>) -> Error {
+        log(format!("{reason}; last output of the new container:"));
+        for line in &last_output {
+            log(format!("  | {line}"));
+        }
+        self.remove(name).await;
+        log("removed the new container; the previous version keeps serving".into());
+        Error::Unhealthy { reason, last_output }
+    }
+
     async fn remove(&self, name: &str) {
         let _ = self
             .docker
@@ -200,6 +211,9 @@ impl DeployTarget for DockerTarget {
         log(format!("starting container {name} from {}", release.image));
         let host_port = match self.start(release, &name).await {
             Ok(port) => port,
+            Err(Error::Unhealthy { reason, last_output }) => {
+                return Err(self.give_up(&name, reason, last_output, log).await);
+            }
             Err(err) => {
                 self.remove(&name).await;
                 return Err(err);
@@ -210,13 +224,7 @@ impl DeployTarget for DockerTarget {
         log(format!("waiting for {health_url} to answer"));
         if let Err(reason) = self.wait_healthy(&name, &health_url, log).await {
             let last_output = self.last_output(&name).await;
-            log(format!("{reason}; last output of the new container:"));
-            for line in &last_output {
-                log(format!("  | {line}"));
-            }
-            self.remove(&name).await;
-            log("removed the new container; the previous version keeps serving".into());
-            return Err(Error::Unhealthy { reason, last_output });
+            return Err(self.give_up(&name, reason, last_output, log).await);
         }
         log(format!("healthy: {health_url}"));
         self.retire_others(release, &name, log).await?;
