@@ -163,7 +163,7 @@ impl Slipway {
             ("SLIPWAY_HEARTBEAT_SECONDS", self.options.heartbeat_seconds.to_string()),
             ("SLIPWAY_HEALTH_TIMEOUT_SECONDS", self.options.health_timeout_seconds.to_string()),
             ("SLIPWAY_WORK_DIR", work.display().to_string()),
-            ("SLIPWAY_DRAIN_SECONDS", "5".into()),
+            ("SLIPWAY_DRAIN_SECONDS", "60".into()),
         ];
         env.extend(self.options.runner_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let proc = spawn(&id, &bin("slipway-runner"), &self.logs, &env);
