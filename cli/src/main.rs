@@ -168,25 +168,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Detect { dir, app_root, ignore_dockerfile } = &cli.command {
-        let options = slipway_detect::Options { app_root: app_root.clone(), ignore_dockerfile: *ignore_dockerfile };
-        let plan = slipway_detect::detect(dir, &options)?;
-        if cli.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
-        } else {
-            print_plan(&serde_json::to_value(&plan)?);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Command::Manifests(args) = &cli.command {
-        print!("{}", manifests(args)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let client = Client::new(&cli.url)?;
+    // Offline commands never build a client, so a bad SLIPWAY_URL does not stop them.
+    let online = || Client::new(&cli.url);
     match cli.command {
-        Command::Detect { .. } | Command::Manifests(_) => unreachable!("handled above"),
+        Command::Detect { dir, app_root, ignore_dockerfile } => {
+            let plan = slipway_detect::detect(&dir, &slipway_detect::Options { app_root, ignore_dockerfile })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print_plan(&serde_json::to_value(&plan)?);
+            }
+        }
+        Command::Manifests(args) => print!("{}", manifests(&args)?),
         Command::Apps { command: AppsCommand::List } => {
-            let apps = client.get("/api/v1/apps").await?;
+            let apps = online()?.get("/api/v1/apps").await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
@@ -225,7 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
                               "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret,
                               "app_root": app_root, "test_network": test_network});
-            let app = client.post("/api/v1/apps", &body).await?;
+            let app = online()?.post("/api/v1/apps", &body).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&app)?);
             } else {
@@ -247,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(sha) => json!({"sha": sha}),
                 None => json!({}),
             };
-            let out = client.post(&format!("/api/v1/apps/{app}/deployments"), &body).await?;
+            let out = online()?.post(&format!("/api/v1/apps/{app}/deployments"), &body).await?;
             let id = s(&out, "deployment_id").to_string();
             if cli.json && !follow {
                 println!("{}", serde_json::to_string_pretty(&out)?);
@@ -256,19 +251,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{word} deployment {id} of {app} at {}", s(&out, "sha"));
             }
             if follow {
-                return follow_logs(&client, &id).await;
+                return follow_logs(&online()?, &id).await;
             }
         }
         Command::Rollback { app, to, follow } => {
-            let out = client.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": to})).await?;
+            let out = online()?.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": to})).await?;
             let id = s(&out, "deployment_id").to_string();
             println!("rolling {app} back to {} (as deployment {id})", s(&out, "sha"));
             if follow {
-                return follow_logs(&client, &id).await;
+                return follow_logs(&online()?, &id).await;
             }
         }
         Command::Status { deployment: Some(id), .. } => {
-            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
+            let d = online()?.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -280,7 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(app) => format!("/api/v1/deployments?app={app}"),
                 None => "/api/v1/deployments".to_string(),
             };
-            let list = client.get(&path).await?;
+            let list = online()?.get(&path).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -304,9 +299,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Logs { deployment, follow } => {
             if follow {
-                return follow_logs(&client, &deployment).await;
+                return follow_logs(&online()?, &deployment).await;
             }
-            client.logs(&deployment, false, print_line).await?;
+            online()?.logs(&deployment, false, print_line).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
