@@ -157,6 +157,8 @@ struct CreateApp {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `slipway logs ... | head` ends quietly, like any Unix tool, instead of panicking on EPIPE.
+    sigpipe::reset();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
