@@ -150,6 +150,9 @@ struct CreateApp {
     /// Let the app's tests use the network (off by default).
     #[arg(long)]
     test_network: bool,
+    /// Kubernetes settings (YAML, the keys of docs/kubernetes.md) for `--target kubernetes`.
+    #[arg(long, value_name = "FILE")]
+    kubernetes: Option<std::path::PathBuf>,
     /// Secret the forge signs webhooks with.
     #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: String,
@@ -212,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env,
                 app_root,
                 test_network,
+                kubernetes,
                 webhook_secret,
             } = *args;
             let mut vars = serde_json::Map::new();
@@ -219,9 +223,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (k, v) = pair.split_once('=').with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
                 vars.insert(k.to_string(), json!(v));
             }
-            let body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
+            let mut body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
                               "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret,
                               "app_root": app_root, "test_network": test_network});
+            if let Some(path) = kubernetes {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let settings: Value =
+                    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                body["kubernetes"] = settings;
+            }
             let app = online()?.post("/api/v1/apps", &body).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&app)?);

@@ -76,3 +76,30 @@ async fn apps_create_list_and_deploy_with_follow() {
     let (ok, _, err) = slipway(&s, &["--url", "http://127.0.0.1:1", "apps", "list"]);
     assert!(!ok && err.contains("could not reach the scheduler"), "{err}");
 }
+
+#[tokio::test]
+async fn kubernetes_settings_are_validated_when_the_app_is_registered() {
+    let s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "replicas: 3\nhost: shop.example.com\nstrategy: blue-green\n").expect("write");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "memory_limit: lots\n").expect("write");
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "replicaz: 3\n").expect("write");
+    let create = |name: &str, file: &std::path::Path| {
+        let args = ["apps", "create", name, "--repo", "https://git.example.com/a/b.git", "--target", "kubernetes"];
+        let file = file.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--kubernetes", &file, "--webhook-secret", "cli-secret-0123456789"]);
+        slipway(&s, &all)
+    };
+    let (ok, _, err) = create("kbad", &bad);
+    assert!(!ok && err.contains("memory_limit"), "{err}");
+    let (ok, _, err) = create("kunknown", &unknown);
+    assert!(!ok && err.contains("replicaz"), "{err}");
+    let (ok, out, err) = create("kgood", &good);
+    assert!(ok, "{out}{err}");
+    let (_, app) = s.get("/api/v1/apps/kgood").await;
+    assert_eq!(app["kube_settings"]["strategy"], "blue-green", "{app}");
+}
