@@ -278,14 +278,10 @@ pub struct Expired {
 }
 
 /// Dispatches again (or fails, when out of attempts) every running deployment whose lease ran out.
-pub async fn expire_leases(
-    pool: &PgPool,
-    lease: std::time::Duration,
-    max_attempts: u32,
-) -> Result<Vec<Expired>, sqlx::Error> {
+pub async fn expire_leases(pool: &PgPool, lease: Duration, max_attempts: u32) -> Result<Vec<Expired>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query_as::<_, (Uuid, i32, Option<String>, String)>(
-        "SELECT d.id, d.attempt, d.runner_id, a.name FROM deployments d JOIN apps a ON a.id = d.app_id
+    let rows = sqlx::query_as::<_, (Uuid, i32, Option<String>, String, Option<String>)>(
+        "SELECT d.id, d.attempt, d.runner_id, a.name, d.current_step FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'running' AND d.heartbeat_at < now() - make_interval(secs => $1)
          FOR UPDATE OF d SKIP LOCKED",
     )
@@ -293,17 +289,11 @@ pub async fn expire_leases(
     .fetch_all(&mut *tx)
     .await?;
     let mut expired = Vec::with_capacity(rows.len());
-    for (id, attempt, runner_id, app) in rows {
+    for (id, attempt, runner_id, app, current_step) in rows {
         let runner_id = runner_id.unwrap_or_default();
         let message = format!("runner {runner_id} stopped sending heartbeats during attempt {attempt}");
         let event = retry_decision(Cause::Infrastructure, attempt as u32, max_attempts);
-        let step = sqlx::query_scalar::<_, Option<String>>("SELECT current_step FROM deployments WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
-            .as_deref()
-            .and_then(Step::parse)
-            .unwrap_or(Step::Clone);
+        let step = current_step.as_deref().and_then(Step::parse).unwrap_or(Step::Clone);
         record_failure(
             &mut tx,
             id,

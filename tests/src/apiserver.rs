@@ -45,7 +45,6 @@ impl Inner {
 pub struct ApiServer {
     pub url: String,
     pub state: Arc<Mutex<Inner>>,
-    ready_after: Duration,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,7 +66,7 @@ impl ApiServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, state, ready_after, task }
+        Self { url, state, task }
     }
 
     /// A kube client for the double.
@@ -81,28 +80,13 @@ impl ApiServer {
         self.lock().objects.get(&(plural.to_string(), ns.to_string(), name.to_string())).cloned()
     }
 
-    /// Names of the stored objects of `plural` in `ns`.
-    pub fn names(&self, plural: &str, ns: &str) -> Vec<String> {
-        self.lock().objects.keys().filter(|(p, n, _)| p == plural && n == ns).map(|(_, _, name)| name.clone()).collect()
-    }
-
     /// Makes applies of `kind` fail with 422.
     pub fn reject(&self, kind: &str) {
         self.lock().reject_kinds.push(kind.to_string());
     }
 
-    /// Lets applies of every kind through again.
-    pub fn accept_all(&self) {
-        self.lock().reject_kinds.clear();
-    }
-
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How long healthy pods take to become ready.
-    pub fn ready_after(&self) -> Duration {
-        self.ready_after
     }
 }
 
