@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Cancel a deployment: a queued one at once; a running one stops its current step and ends
+    /// `cancelled` (a deploy step already switching traffic finishes first).
+    Cancel {
+        deployment: String,
+        /// Why; recorded with the deployment.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Recent deployments, or one deployment with its steps and timings.
     Status {
         deployment: Option<String>,
@@ -274,6 +282,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return follow_logs(&online()?, &id).await;
             }
         }
+        Command::Cancel { deployment, reason } => {
+            let out =
+                online()?.post(&format!("/api/v1/deployments/{deployment}/cancel"), &json!({"reason": reason})).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if s(&out, "state") == "cancelled" {
+                println!("cancelled deployment {deployment}");
+            } else {
+                println!(
+                    "asked the runner to stop deployment {deployment}; `slipway status {deployment}` shows how it ends"
+                );
+            }
+        }
         Command::Status { deployment: Some(id), .. } => {
             let d = online()?.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
@@ -428,6 +449,9 @@ fn print_deployment(d: &Value) {
     }
     if d.get("rolled_back") == Some(&json!(true)) {
         println!("rolled back yes: the previous revision serves again");
+    }
+    if d.get("cancel_by").is_some_and(|v| !v.is_null()) {
+        println!("cancel     by {}: {}", s(d, "cancel_by"), s(d, "cancel_reason"));
     }
     if d.get("error_message").is_some_and(|v| !v.is_null()) {
         println!("error      {} at {} ({} error)", s(d, "error_message"), s(d, "error_step"), s(d, "error_cause"));

@@ -19,6 +19,7 @@ use crate::{DeployTarget, Error, Live, LogFn, Release};
 pub const LABEL_APP: &str = "dev.slipway.app";
 pub const LABEL_ENV: &str = "dev.slipway.environment";
 pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
+pub const LABEL_ATTEMPT: &str = "dev.slipway.attempt";
 
 /// Settings of the docker target.
 #[derive(Debug, Clone)]
@@ -50,23 +51,51 @@ impl DockerTarget {
         Self { docker, config, http }
     }
 
-    /// The container name of a release: stable per deployment so a retry replaces it.
+    /// The container name of a release attempt. An earlier attempt's container keeps serving
+    /// until this one is healthy; a container of the same attempt is a leftover of a crash here.
     pub fn container_name(release: &Release) -> String {
-        format!("slipway-{}-{}-{}", release.app, release.environment, release.deployment_id.simple())
+        let (app, env, id) = (&release.app, &release.environment, release.deployment_id.simple());
+        format!("slipway-{app}-{env}-{id}-{}", release.attempt)
+    }
+
+    /// The app's containers with the deployment each belongs to (`None`: not a readable label).
+    async fn app_containers(&self, release: &Release) -> Result<Vec<(String, Option<uuid::Uuid>)>, Error> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_APP}={}", release.app), format!("{LABEL_ENV}={}", release.environment)],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let deployment = c.labels.as_ref().and_then(|l| l.get(LABEL_DEPLOYMENT)).and_then(|d| d.parse().ok());
+                let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
+                Some((name, deployment))
+            })
+            .collect())
     }
 
     async fn start(&self, release: &Release, name: &str) -> Result<u16, Error> {
         let engine = |action| move |source| Error::Engine { action, source };
-        // A container of the same deployment is what an earlier attempt left: replace it.
-        let _ = self
-            .docker
-            .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-            .await;
+        // Deployment ids are UUIDv7, ordered by creation: a larger one is a newer deployment.
+        let others = self.app_containers(release).await?;
+        if let Some((newer, _)) = others.iter().find(|(_, d)| d.is_some_and(|d| d > release.deployment_id)) {
+            return Err(Error::Stale { newer: newer.clone() });
+        }
+        if others.iter().any(|(other, _)| other == name) {
+            // Only a crash of this very attempt leaves its container behind: replace it.
+            self.remove(name).await;
+        }
         let port_key = format!("{}/tcp", release.port);
         let labels = HashMap::from([
             (LABEL_APP.to_string(), release.app.clone()),
             (LABEL_ENV.to_string(), release.environment.clone()),
             (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
+            (LABEL_ATTEMPT.to_string(), release.attempt.to_string()),
         ]);
         let body = ContainerCreateBody {
             image: Some(release.image.clone()),
@@ -172,33 +201,29 @@ impl DockerTarget {
     }
 
     async fn remove(&self, name: &str) {
-        let _ = self
+        let removed = self
             .docker
             .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
             .await;
+        match removed {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(err) => tracing::warn!(error = %err, container = name, "could not remove a container"),
+        }
     }
 
-    /// Stops and removes every container of the app and environment but `keep`.
+    /// Stops and removes the app's containers of older deployments (and of earlier attempts of
+    /// this one), but never `keep`, a newer deployment's, or one whose deployment is unreadable.
     async fn retire_others(&self, release: &Release, keep: &str, log: LogFn<'_>) -> Result<(), Error> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_APP}={}", release.app), format!("{LABEL_ENV}={}", release.environment)],
-        )]);
-        let old = self
-            .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
-            .await
-            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
-        for c in old {
-            let Some(name) = c.names.and_then(|n| n.into_iter().next()) else {
-                continue;
-            };
-            let name = name.trim_start_matches('/').to_string();
-            if name == keep {
+        for (name, deployment) in self.app_containers(release).await? {
+            let older = deployment.is_some_and(|d| d <= release.deployment_id);
+            if name == keep || !older {
                 continue;
             }
             log(format!("retiring previous container {name}"));
-            let _ = self.docker.stop_container(&name, Some(StopContainerOptionsBuilder::default().t(10).build())).await;
+            let stop = StopContainerOptionsBuilder::default().t(10).build();
+            if let Err(err) = self.docker.stop_container(&name, Some(stop)).await {
+                log(format!("stopping {name} failed ({err}); removing it"));
+            }
             self.remove(&name).await;
         }
         Ok(())

@@ -16,6 +16,8 @@ pub struct Release {
     pub app: String,
     pub environment: String,
     pub deployment_id: uuid::Uuid,
+    /// The attempt of the deployment making it live (a retry replaces what an earlier one left).
+    pub attempt: u32,
     /// The commit the image was built from.
     pub sha: String,
     /// A pullable image reference, e.g. `127.0.0.1:5000/web:<sha>`.
@@ -60,16 +62,9 @@ pub enum Error {
     /// The cluster failed us.
     #[error("the cluster failed: {0}")]
     Cluster(String),
-}
-
-impl Error {
-    /// A user error (the app's own fault) is not retried; anything else is.
-    pub fn is_user_error(&self) -> bool {
-        match self {
-            Error::Unhealthy { .. } | Error::Invalid(_) | Error::Rollout(_) | Error::RolledBack { .. } => true,
-            Error::Engine { .. } | Error::Cluster(_) => false,
-        }
-    }
+    /// A newer deployment of the app already serves; an older one never replaces it.
+    #[error("a newer deployment ({newer}) of the app already serves; not deploying over it")]
+    Stale { newer: String },
 }
 
 /// Receives progress lines for the deployment's log.
@@ -78,8 +73,9 @@ pub type LogFn<'a> = &'a (dyn Fn(String) + Send + Sync);
 /// A place releases go live.
 ///
 /// Contract: `deploy` is idempotent for a given `Release::deployment_id` (a retried attempt
-/// replaces what an earlier attempt of the same deployment left), it never leaves the previous
-/// version stopped unless the new one is healthy, and it cleans up the new version on failure.
+/// replaces what an earlier attempt of the same deployment left, once its own version is
+/// healthy), it never leaves the previous version stopped unless the new one is healthy, it never
+/// stops or replaces a newer deployment's version, and it cleans up the new version on failure.
 pub trait DeployTarget: Send + Sync {
     /// Makes `release` the serving version, or leaves the previous one serving and says why not.
     fn deploy(&self, release: &Release, log: LogFn<'_>) -> impl Future<Output = Result<Live, Error>> + Send;

@@ -3,13 +3,15 @@
 //! Nothing here does IO or needs an async runtime: both binaries, the CLI and the tests share
 //! these types, and the state machine is tested as a table.
 
+pub mod lifecycle;
 pub mod message;
 pub mod name;
 pub mod state;
 
+pub use lifecycle::{CancelRequest, Decision, Failure, Holder, Input, Phase, Policy, Rejection, Row, decide};
 pub use message::{Body, Control, Envelope, Job, JobApp, LogLine, Notification, TargetKind};
 pub use name::{NameError, validate_dns_label};
-pub use state::{Cause, Event, InvalidTransition, State, Step, StepStatus, apply, retry_decision, retry_delay};
+pub use state::{Cause, State, Step, StepStatus, retry_delay};
 
 /// Exchange and queue names, derived from one prefix so tests can run side by side.
 #[derive(Debug, Clone, PartialEq, Eq)]

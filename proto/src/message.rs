@@ -103,6 +103,9 @@ pub struct Envelope {
     pub deployment_id: Uuid,
     pub attempt: u32,
     pub runner_id: String,
+    /// Unique per taking of a job message: the scheduler grants one claim per attempt, and only
+    /// the granted claim's messages change the deployment.
+    pub claim: Uuid,
     pub body: Body,
 }
 
@@ -110,7 +113,8 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
-    /// The runner took the job; sent (and confirmed) before the job message is acknowledged.
+    /// The runner took a copy of the job and asks for the attempt; it does nothing with side
+    /// effects until the scheduler answers with [`Control::Grant`] for its claim.
     Claimed,
     /// The runner is alive and still working on the job.
     Heartbeat,
@@ -138,7 +142,8 @@ pub enum Body {
         #[serde(default)]
         rolled_back: bool,
     },
-    /// The runner stopped the job on request (control message) or while shutting down.
+    /// The runner stopped the job before it finished: on the scheduler's request (a cancel) or
+    /// while shutting down (a hand-back, dispatched again as the next attempt).
     Abandoned { reason: String },
 }
 
@@ -156,15 +161,19 @@ pub struct LogLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
-    /// Stop working on this attempt (it was cancelled, superseded, or another runner owns it).
-    /// `runner_id` names the runner addressed, or all when absent.
+    /// Stop working on this attempt (it was cancelled, its lease expired, or another claim holds
+    /// it). `runner_id` names the runner addressed and `claim` its copy of the job; all when absent.
     Cancel {
         deployment_id: Uuid,
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         runner_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<Uuid>,
         reason: String,
     },
+    /// The scheduler granted `claim` of `runner_id` the attempt: it may start working.
+    Grant { deployment_id: Uuid, attempt: u32, runner_id: String, claim: Uuid },
 }
 
 /// What the scheduler publishes on the events exchange (`deploy.queued`, `deploy.step`, ...).
@@ -206,6 +215,7 @@ mod tests {
             deployment_id: Uuid::nil(),
             attempt: 2,
             runner_id: "r1".into(),
+            claim: Uuid::nil(),
             body: Body::Step { step: Step::Build, status: StepStatus::Running, error: None },
         };
         let json = serde_json::to_value(&env).expect("serialize");
@@ -239,7 +249,7 @@ mod tests {
 
     #[test]
     fn unknown_body_type_is_an_error() {
-        let raw = r#"{"deployment_id":"00000000-0000-0000-0000-000000000000","attempt":1,"runner_id":"r","body":{"type":"explode"}}"#;
+        let raw = r#"{"deployment_id":"00000000-0000-0000-0000-000000000000","attempt":1,"runner_id":"r","claim":"00000000-0000-0000-0000-000000000000","body":{"type":"explode"}}"#;
         assert!(serde_json::from_str::<Envelope>(raw).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! The deployment state machine: states, steps, events and the pure transition function.
+//! The stored vocabulary of the lifecycle: states, steps, step statuses, causes, and the retry
+//! back-off. The decision itself is in `lifecycle`.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,8 @@ pub enum StepStatus {
     Failed,
     /// Its effect already existed (e.g. the image was already in the registry), or it does not apply.
     Skipped,
+    /// Stopped because the deployment was cancelled.
+    Cancelled,
 }
 
 /// Who has to act on a failure.
@@ -50,31 +53,6 @@ pub enum Cause {
     User,
     /// The platform: registry, engine or broker trouble. Retried with backoff.
     Infrastructure,
-}
-
-/// What can happen to a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A runner took the job for the current attempt.
-    Claimed,
-    /// A step started or finished; the deployment stays running.
-    Step,
-    /// The runner finished every step.
-    Completed,
-    /// A step failed and will not be retried.
-    Failed,
-    /// An infrastructure failure with attempts left, or a lost lease: dispatch again.
-    Retry,
-    /// A person or a newer push stopped it.
-    Cancel,
-}
-
-/// An event that does not apply in the current state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("event {event:?} does not apply to a deployment in state {from:?}")]
-pub struct InvalidTransition {
-    pub from: State,
-    pub event: Event,
 }
 
 impl State {
@@ -135,6 +113,7 @@ impl StepStatus {
             StepStatus::Succeeded => "succeeded",
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -147,32 +126,10 @@ impl Cause {
             Cause::Infrastructure => "infrastructure",
         }
     }
-}
 
-/// The transition function: the state after `event`, or why the event does not apply.
-pub fn apply(from: State, event: Event) -> Result<State, InvalidTransition> {
-    let invalid = Err(InvalidTransition { from, event });
-    match (from, event) {
-        (State::Queued, Event::Claimed) => Ok(State::Running),
-        (State::Queued, Event::Cancel) => Ok(State::Cancelled),
-        (State::Queued, Event::Step | Event::Completed | Event::Failed | Event::Retry) => invalid,
-        (State::Running, Event::Step) => Ok(State::Running),
-        (State::Running, Event::Completed) => Ok(State::Completed),
-        (State::Running, Event::Failed) => Ok(State::Failed),
-        (State::Running, Event::Retry) => Ok(State::Queued),
-        (State::Running, Event::Cancel) => Ok(State::Cancelled),
-        (State::Running, Event::Claimed) => invalid,
-        (State::Completed | State::Failed | State::Cancelled, _) => invalid,
-    }
-}
-
-/// Decides what a failure with `cause` in attempt `attempt` (1-based) becomes: another attempt
-/// only for infrastructure failures while fewer than `max_attempts` were made.
-pub fn retry_decision(cause: Cause, attempt: u32, max_attempts: u32) -> Event {
-    match cause {
-        Cause::User => Event::Failed,
-        Cause::Infrastructure if attempt < max_attempts => Event::Retry,
-        Cause::Infrastructure => Event::Failed,
+    /// Parses a stored column value.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Cause::User, Cause::Infrastructure].into_iter().find(|c| c.as_str() == s)
     }
 }
 
@@ -186,48 +143,7 @@ pub fn retry_delay(attempt: u32) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Event as E;
     use State as S;
-
-    #[test]
-    fn transition_table() {
-        let rows: &[(S, E, Option<S>)] = &[
-            (S::Queued, E::Claimed, Some(S::Running)),
-            (S::Queued, E::Cancel, Some(S::Cancelled)),
-            (S::Queued, E::Step, None),
-            (S::Queued, E::Completed, None),
-            (S::Queued, E::Failed, None),
-            (S::Queued, E::Retry, None),
-            (S::Running, E::Step, Some(S::Running)),
-            (S::Running, E::Completed, Some(S::Completed)),
-            (S::Running, E::Failed, Some(S::Failed)),
-            (S::Running, E::Retry, Some(S::Queued)),
-            (S::Running, E::Cancel, Some(S::Cancelled)),
-            (S::Running, E::Claimed, None),
-        ];
-        for &(from, event, expected) in rows {
-            assert_eq!(apply(from, event).ok(), expected, "{from:?} + {event:?}");
-        }
-    }
-
-    #[test]
-    fn terminal_states_accept_nothing() {
-        let events = [E::Claimed, E::Step, E::Completed, E::Failed, E::Retry, E::Cancel];
-        for from in [S::Completed, S::Failed, S::Cancelled] {
-            assert!(from.is_terminal());
-            for event in events {
-                assert_eq!(apply(from, event), Err(InvalidTransition { from, event }));
-            }
-        }
-    }
-
-    #[test]
-    fn only_infrastructure_failures_retry_and_only_while_attempts_remain() {
-        assert_eq!(retry_decision(Cause::User, 1, 3), E::Failed);
-        assert_eq!(retry_decision(Cause::Infrastructure, 1, 3), E::Retry);
-        assert_eq!(retry_decision(Cause::Infrastructure, 2, 3), E::Retry);
-        assert_eq!(retry_decision(Cause::Infrastructure, 3, 3), E::Failed);
-    }
 
     #[test]
     fn retry_delay_doubles_and_is_capped() {
@@ -243,6 +159,10 @@ mod tests {
         for st in Step::ALL {
             assert_eq!(Step::parse(st.as_str()), Some(st));
         }
+        for c in [Cause::User, Cause::Infrastructure] {
+            assert_eq!(Cause::parse(c.as_str()), Some(c));
+        }
         assert_eq!(S::parse("bogus"), None);
+        assert_eq!(Cause::parse("bogus"), None);
     }
 }

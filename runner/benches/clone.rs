@@ -69,8 +69,16 @@ fn main() {
     for round in 0..rounds {
         let dest = root.path().join(format!("ours-{round}"));
         let start = Instant::now();
-        slipway_runner::checkout::shallow_checkout(&url, &sha, "refs/heads/main", &dest, None, &|_| {})
-            .expect("our checkout");
+        slipway_runner::checkout::shallow_checkout(
+            &url,
+            &sha,
+            "refs/heads/main",
+            &dest,
+            None,
+            &|_| {},
+            &Default::default(),
+        )
+        .expect("our checkout");
         ours.push(start.elapsed());
 
         let dest = root.path().join(format!("git-{round}"));

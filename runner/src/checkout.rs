@@ -1,9 +1,12 @@
 //! Shallow checkout of exactly one commit with git2: fetch the SHA at depth 1 (or, when the
 //! server refuses to serve a SHA directly, the pushed ref at depth 1) and check it out.
 //! Credentials go through git2's callback, never into a URL or a log line. Blocking: call it
-//! from `spawn_blocking`.
+//! from `spawn_blocking`; setting its `stop` flag interrupts the fetch at the next progress
+//! callback, and [`set_network_timeouts`] bounds how long a silent server can hold it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use git2::{
     AutotagOption, Cred, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository, build::CheckoutBuilder,
@@ -33,16 +36,22 @@ pub enum CheckoutError {
     Fetch(String),
     #[error("checking out the commit failed: {0}")]
     Checkout(String),
+    #[error("the fetch was interrupted")]
+    Interrupted,
 }
 
-impl CheckoutError {
-    /// A missing commit or a refused repository is the user's to fix; a network error is not.
-    pub fn is_user_error(&self) -> bool {
-        match self {
-            CheckoutError::BadSha(_) | CheckoutError::NotFound { .. } => true,
-            CheckoutError::Fetch(_) | CheckoutError::Checkout(_) => false,
-        }
+/// Bounds every git network operation of this process: connecting, and each wait for the server.
+/// Call once at start-up, before any fetch.
+pub fn set_network_timeouts(connect: Duration, io: Duration) -> Result<(), git2::Error> {
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: these set libgit2 globals; they are called once at start-up, before any thread
+    // uses libgit2, as libgit2's documentation of git_libgit2_opts requires.
+    #[allow(unsafe_code)]
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect))?;
+        git2::opts::set_server_timeout_in_milliseconds(ms(io))?;
     }
+    Ok(())
 }
 
 /// Fetches `sha` from `url` into `dest` (an empty directory) at depth 1 and checks it out.
@@ -53,6 +62,7 @@ pub fn shallow_checkout(
     dest: &Path,
     auth: Option<&GitAuth>,
     log: &dyn Fn(String),
+    stop: &AtomicBool,
 ) -> Result<(), CheckoutError> {
     let oid = Oid::from_str(sha).map_err(|_| CheckoutError::BadSha(sha.to_string()))?;
     if sha.len() < 40 {
@@ -61,15 +71,22 @@ pub fn shallow_checkout(
     let repo = Repository::init(dest).map_err(|e| CheckoutError::Checkout(e.message().to_string()))?;
     let mut remote = repo.remote_anonymous(url).map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
     log(format!("fetching {sha} (depth 1)"));
-    let by_sha = remote.fetch(&[format!("+{sha}:refs/slipway/target")], Some(&mut fetch_options(auth)), None);
+    let by_sha = remote.fetch(&[format!("+{sha}:refs/slipway/target")], Some(&mut fetch_options(auth, stop)), None);
     if let Err(err) = by_sha {
+        if stop.load(Ordering::Relaxed) {
+            return Err(CheckoutError::Interrupted);
+        }
+        if is_unreachable(&err) {
+            return Err(CheckoutError::Fetch(err.message().to_string()));
+        }
         log(format!("the server would not serve the SHA directly ({}); fetching {git_ref} instead", err.message()));
-        remote.fetch(&[format!("+{git_ref}:refs/slipway/target")], Some(&mut fetch_options(auth)), None).map_err(
-            |e| match is_auth_or_network(&e) {
-                true => CheckoutError::Fetch(e.message().to_string()),
-                false => CheckoutError::NotFound { sha: sha.to_string(), message: e.message().to_string() },
-            },
-        )?;
+        let by_ref =
+            remote.fetch(&[format!("+{git_ref}:refs/slipway/target")], Some(&mut fetch_options(auth, stop)), None);
+        by_ref.map_err(|e| match () {
+            _ if stop.load(Ordering::Relaxed) => CheckoutError::Interrupted,
+            _ if is_missing(&e) => CheckoutError::NotFound { sha: sha.to_string(), message: e.message().to_string() },
+            _ => CheckoutError::Fetch(e.message().to_string()),
+        })?;
     }
     let commit = repo.find_commit(oid).map_err(|_| CheckoutError::NotFound {
         sha: sha.to_string(),
@@ -83,8 +100,11 @@ pub fn shallow_checkout(
     Ok(())
 }
 
-fn fetch_options(auth: Option<&GitAuth>) -> FetchOptions<'_> {
+fn fetch_options<'a>(auth: Option<&'a GitAuth>, stop: &'a AtomicBool) -> FetchOptions<'a> {
     let mut callbacks = RemoteCallbacks::new();
+    // Returning false from a progress callback makes libgit2 abort the fetch.
+    callbacks.transfer_progress(move |_| !stop.load(Ordering::Relaxed));
+    callbacks.sideband_progress(move |_| !stop.load(Ordering::Relaxed));
     if let Some(auth) = auth {
         let mut tries = 0;
         callbacks.credentials(move |_url, _username, _allowed| {
@@ -103,7 +123,21 @@ fn fetch_options(auth: Option<&GitAuth>) -> FetchOptions<'_> {
     opts
 }
 
-fn is_auth_or_network(err: &git2::Error) -> bool {
-    matches!(err.class(), git2::ErrorClass::Net | git2::ErrorClass::Ssl | git2::ErrorClass::Http)
-        || err.code() == git2::ErrorCode::Auth
+/// The server could not be reached at all (refused, timed out): no point asking it for the
+/// ref instead; the platform's problem, retried.
+fn is_unreachable(err: &git2::Error) -> bool {
+    let message = err.message().to_ascii_lowercase();
+    (err.class() == git2::ErrorClass::Os || message.contains("failed to connect") || message.contains("timed out"))
+        && !is_missing(err)
+}
+
+/// The server answered, and what was asked for is not there: the user's to fix.
+fn is_missing(err: &git2::Error) -> bool {
+    let message = err.message().to_ascii_lowercase();
+    err.code() == git2::ErrorCode::NotFound
+        || err.class() == git2::ErrorClass::Reference
+        || message.contains("couldn't find remote ref")
+        || message.contains("not our ref")
+        || message.contains("404")
+        || message.contains("repository not found")
 }

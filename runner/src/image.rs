@@ -6,6 +6,7 @@ use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
 use futures_util::StreamExt;
 use oci_spec::distribution::Reference;
+use slipway_deploy::LogFn;
 
 /// Why building or pushing failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +26,6 @@ pub enum ImageError {
     },
 }
 
-impl ImageError {
-    /// A failed build is the user's; everything else is the platform's.
-    pub fn is_user_error(&self) -> bool {
-        match self {
-            ImageError::BuildFailed(_) | ImageError::Reference(..) => true,
-            ImageError::PushFailed(_) | ImageError::Engine { .. } => false,
-        }
-    }
-}
-
 /// `<registry>/<app>:<sha>`, checked to be a valid, lowercase OCI reference.
 pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, ImageError> {
     let raw = format!("{registry}/{app}:{}", sha.to_ascii_lowercase());
@@ -52,14 +43,18 @@ pub async fn in_registry(docker: &Docker, image: &str) -> bool {
     docker.inspect_registry_image(image, None).await.is_ok()
 }
 
-/// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`.
+/// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`. Dropping
+/// the future closes the connection, which stops the build in the engine; `forcerm` removes
+/// its intermediate containers either way. `labels` mark temporary images (a test stage) with
+/// the runner and deployment; the image that is pushed gets none (they would defeat the cache).
 pub async fn build(
     docker: &Docker,
     context: Vec<u8>,
     tag: &str,
     dockerfile: &str,
     target: Option<&str>,
-    log: &(dyn Fn(String) + Send + Sync),
+    labels: &std::collections::HashMap<&str, &str>,
+    log: LogFn<'_>,
 ) -> Result<(), ImageError> {
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(dockerfile)
@@ -67,6 +62,7 @@ pub async fn build(
         .t(tag)
         .rm(true)
         .forcerm(true)
+        .labels(labels)
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut last_lines: Vec<String> = Vec::new();
@@ -107,11 +103,7 @@ pub async fn build(
 }
 
 /// Pushes `image` and returns its digest when the registry reports one.
-pub async fn push(
-    docker: &Docker,
-    image: &Reference,
-    log: &(dyn Fn(String) + Send + Sync),
-) -> Result<Option<String>, ImageError> {
+pub async fn push(docker: &Docker, image: &Reference, log: LogFn<'_>) -> Result<Option<String>, ImageError> {
     let name = format!("{}/{}", image.registry(), image.repository());
     let options = PushImageOptionsBuilder::default().tag(image.tag().unwrap_or("latest")).build();
     let mut stream = docker.push_image(&name, Some(options), None);

@@ -1,24 +1,27 @@
-//! One job attempt, step by step: workspace, clone, build, push, deploy, cleanup. Each step is
-//! reported with its status; a failure names the step and whether it is the user's or the
-//! platform's; the workspace is removed whatever happens.
+//! One job attempt, step by step: workspace, clone, build, test, push, deploy, cleanup. Each
+//! step is reported with its status and returns a `Result`; a failure is a [`StepError`] naming
+//! the step, classified once by [`JobError::cause`]; the workspace is removed whatever happens.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
 use slipway_deploy::{DeployTarget, DockerTarget, KubeTarget, Release};
 use slipway_detect::dockerfile::{self, BaseImages};
 use slipway_detect::{Options, Provider};
-use slipway_proto::{Body, Cause, Job, Step, StepStatus, TargetKind};
+use slipway_proto::{Job, Step, StepStatus, TargetKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkout::{self, GitAuth};
+use crate::claim::Claim;
 use crate::config::Config;
-use crate::context;
-use crate::image;
+use crate::failure::{JobError, StepError};
 use crate::report::Reporter;
 use crate::suite::{self, Verdict};
+use crate::{context, image, leftovers};
 
 /// Largest build context accepted.
 const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -34,65 +37,32 @@ pub struct Tools {
     pub kube: Option<KubeTarget>,
 }
 
-/// How an attempt ended.
+/// What a completed attempt made live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Completed {
-        image: String,
-        url: Option<String>,
-    },
-    Failed {
-        step: Step,
-        cause: Cause,
-        message: String,
-        rolled_back: bool,
-    },
-    /// Stopped through its cancellation token before it finished.
-    Cancelled,
+pub struct Done {
+    pub image: String,
+    pub url: Option<String>,
 }
 
-impl Outcome {
-    /// The final message to the scheduler.
-    pub fn into_body(self, cancel_reason: &str) -> Body {
-        match self {
-            Outcome::Completed { image, url } => Body::Completed { image, url },
-            Outcome::Failed { step, cause, message, rolled_back } => Body::Failed { step, cause, message, rolled_back },
-            Outcome::Cancelled => Body::Abandoned { reason: cancel_reason.to_string() },
-        }
-    }
-}
+/// How long the scheduler may take to confirm the grant before the deploy step.
+const CONFIRM_BEFORE_DEPLOY: Duration = Duration::from_secs(60);
 
-struct StepFailure {
-    cause: Cause,
-    message: String,
-    rolled_back: bool,
-}
-
-impl StepFailure {
-    fn new(user: bool, message: String) -> Self {
-        let cause = if user { Cause::User } else { Cause::Infrastructure };
-        Self { cause, message, rolled_back: false }
-    }
-}
-
-/// Runs every step of `job`, reporting as it goes.
-pub async fn run(job: &Job, tools: &Tools, reporter: &Reporter, cancel: &CancellationToken) -> Outcome {
-    let r = reporter;
+/// Runs every step of `job` under `claim` (granted already), reporting as it goes. The
+/// workspace is removed whatever happens, once nothing writes to it any more.
+pub async fn run(job: &Job, tools: &Tools, claim: &Claim) -> Result<Done, StepError> {
+    let r = &claim.reporter;
     r.line(
         None,
         &format!("attempt {} of deployment {} on runner {}", job.attempt, job.deployment_id, tools.config.runner_id()),
     );
-    let workspace = match workspace(&tools.config) {
-        Ok(dir) => dir,
-        Err(err) => {
-            return failed(r, Step::Clone, StepFailure::new(false, format!("creating the workspace failed: {err}")));
-        }
-    };
-    let result = steps(job, tools, r, cancel, workspace.path()).await;
+    let workspace = leftovers::workspace(&tools.config, job).map_err(|e| JobError::Workspace(e).at(Step::Clone))?;
+    let result = steps(job, tools, claim, workspace.path()).await;
+    if let Err(StepError { step, error }) = &result {
+        report_failure(r, *step, error);
+    }
     r.step(Step::Cleanup, StepStatus::Running, None);
     let path = workspace.path().display().to_string();
-    let removed = tokio::task::spawn_blocking(move || workspace.close()).await;
-    match removed {
+    match tokio::task::spawn_blocking(move || workspace.close()).await {
         Ok(Ok(())) => {
             r.line(Some(Step::Cleanup), &format!("removed workspace {path}"));
             r.step(Step::Cleanup, StepStatus::Succeeded, None);
@@ -106,18 +76,20 @@ pub async fn run(job: &Job, tools: &Tools, reporter: &Reporter, cancel: &Cancell
     result
 }
 
-fn workspace(config: &Config) -> std::io::Result<tempfile::TempDir> {
-    let builder = tempfile::Builder::new().prefix("slipway-job-").to_owned();
-    match &config.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            builder.tempdir_in(dir)
-        }
-        None => builder.tempdir(),
+/// Shows how a step ended in the log and the step table: cancelled, or failed with the cause.
+fn report_failure(r: &Reporter, step: Step, error: &JobError) {
+    if let JobError::Cancelled = error {
+        r.line(Some(step), &format!("{} stopped: the job was cancelled", step.as_str()));
+        r.step(step, StepStatus::Cancelled, None);
+        return;
     }
+    let message = r.mask(&error.to_string());
+    r.line(Some(step), &format!("{} failed: {message}", step.as_str()));
+    r.step(step, StepStatus::Failed, Some(message));
 }
 
-async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToken, dir: &Path) -> Outcome {
+async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Done, StepError> {
+    let (r, cancel) = (&claim.reporter, &claim.cancel);
     let log = |step: Step| {
         let r = r.clone();
         move |line: String| r.line(Some(step), &line)
@@ -125,10 +97,8 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
 
     // An image already in the registry was built and tested by an earlier attempt (or this is a
     // rollback): deploy it without cloning or building again.
-    let reference = match image::reference(&tools.config.registry, &job.app.name, &job.sha) {
-        Ok(reference) => reference,
-        Err(err) => return failed(r, Step::Build, StepFailure::new(true, err.to_string())),
-    };
+    let reference = image::reference(&tools.config.registry, &job.app.name, &job.sha)
+        .map_err(|e| JobError::from(e).at(Step::Build))?;
     let image_name = reference.whole();
     if image::in_registry(&tools.docker, &image_name).await {
         for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
@@ -137,45 +107,27 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
         }
     } else {
         r.step(Step::Clone, StepStatus::Running, None);
-        let auth =
-            tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
-        let (url, sha, git_ref, dest, clone_log) =
-            (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf(), log(Step::Clone));
-        let cloning = tokio::task::spawn_blocking(move || {
-            checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &clone_log)
-        });
-        match cancellable(cancel, cloning).await {
-            None => return Outcome::Cancelled,
-            Some(Ok(Ok(()))) => r.step(Step::Clone, StepStatus::Succeeded, None),
-            Some(Ok(Err(err))) => {
-                return failed(r, Step::Clone, StepFailure::new(err.is_user_error(), err.to_string()));
-            }
-            Some(Err(join)) => {
-                return failed(r, Step::Clone, StepFailure::new(false, format!("clone task failed: {join}")));
-            }
-        }
-        if let Some(outcome) = build_and_test(job, tools, r, cancel, dir, &image_name).await {
-            return outcome;
-        }
+        clone(job, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
+        r.step(Step::Clone, StepStatus::Succeeded, None);
+        build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
-        match cancellable(cancel, image::push(&tools.docker, &reference, &log(Step::Push))).await {
-            None => return Outcome::Cancelled,
-            Some(Ok(digest)) => {
-                r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));
-                r.step(Step::Push, StepStatus::Succeeded, None);
-            }
-            Some(Err(err)) => {
-                return failed(r, Step::Push, StepFailure::new(err.is_user_error(), err.to_string()));
-            }
-        }
+        let digest = cancellable(cancel, image::push(&tools.docker, &reference, &log(Step::Push)))
+            .await
+            .and_then(|pushed| pushed.map_err(JobError::from))
+            .map_err(|e| e.at(Step::Push))?;
+        r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));
+        r.step(Step::Push, StepStatus::Succeeded, None);
     }
 
-    // deploy: never cut off half-way, so not cancellable
+    // Fenced: only the attempt the scheduler still grants may change what serves. Once it
+    // starts, the deploy step is never cut off half-way, so it is not cancellable.
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(|e| e.at(Step::Deploy))?;
     r.step(Step::Deploy, StepStatus::Running, None);
     let release = Release {
         app: job.app.name.clone(),
         environment: job.app.environment.clone(),
         deployment_id: job.deployment_id,
+        attempt: job.attempt,
         sha: job.sha.clone(),
         image: image_name.clone(),
         port: job.app.port,
@@ -185,57 +137,63 @@ async fn steps(job: &Job, tools: &Tools, r: &Reporter, cancel: &CancellationToke
     };
     let deploy_log = log(Step::Deploy);
     let deployed = match (job.app.target, &tools.kube) {
-        (TargetKind::Docker, _) => tools.target.deploy(&release, &deploy_log).await,
-        (TargetKind::Kubernetes, Some(kube)) => kube.deploy(&release, &deploy_log).await,
-        (TargetKind::Kubernetes, None) => Err(slipway_deploy::Error::Cluster(
-            "this runner has no Kubernetes cluster configured (SLIPWAY_KUBERNETES=true and a kubeconfig or in-cluster account)".into(),
-        )),
+        (TargetKind::Docker, _) => tools.target.deploy(&release, &deploy_log).await.map_err(JobError::from),
+        (TargetKind::Kubernetes, Some(kube)) => kube.deploy(&release, &deploy_log).await.map_err(JobError::from),
+        (TargetKind::Kubernetes, None) => Err(JobError::NoCluster),
     };
-    match deployed {
-        Ok(live) => {
-            if let Some(url) = &live.url {
-                r.line(Some(Step::Deploy), &format!("live at {url}"));
-            }
-            r.step(Step::Deploy, StepStatus::Succeeded, None);
-            Outcome::Completed { image: image_name, url: live.url }
-        }
-        Err(err) => {
-            let rolled_back = matches!(err, slipway_deploy::Error::RolledBack { .. });
-            let failure = StepFailure { rolled_back, ..StepFailure::new(err.is_user_error(), err.to_string()) };
-            failed(r, Step::Deploy, failure)
-        }
+    let live = deployed.map_err(|e| e.at(Step::Deploy))?;
+    if let Some(url) = &live.url {
+        r.line(Some(Step::Deploy), &format!("live at {url}"));
     }
+    r.step(Step::Deploy, StepStatus::Succeeded, None);
+    Ok(Done { image: image_name, url: live.url })
 }
 
-/// Plans, builds and tests the image; `Some(outcome)` ends the job there.
-async fn build_and_test(
+/// Fetches the commit into `dir`. On cancel the fetch is interrupted, and this returns only once
+/// the blocking fetch has stopped writing (bounded by the git network timeouts).
+async fn clone(
     job: &Job,
     tools: &Tools,
-    r: &Reporter,
     cancel: &CancellationToken,
     dir: &Path,
-    tag: &str,
-) -> Option<Outcome> {
-    r.step(Step::Build, StepStatus::Running, None);
-    let build_failed = |message: String| Some(failed(r, Step::Build, StepFailure::new(true, message)));
-    let options = Options { app_root: Some(job.app.app_root.clone()), ignore_dockerfile: false };
-    let repo = dir.to_path_buf();
-    let plan = match tokio::task::spawn_blocking(move || slipway_detect::detect(&repo, &options)).await {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(err)) => return build_failed(format!("no build plan: {err}")),
-        Err(join) => {
-            return Some(failed(r, Step::Build, StepFailure::new(false, format!("detect task failed: {join}"))));
+    log: impl Fn(String) + Send + 'static,
+) -> Result<(), JobError> {
+    let auth =
+        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let (url, sha, git_ref, dest) = (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut cloning = tokio::task::spawn_blocking(move || {
+        checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &log, &flag)
+    });
+    let joined = tokio::select! {
+        joined = &mut cloning => joined,
+        _ = cancel.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = (&mut cloning).await;
+            return Err(JobError::Cancelled);
         }
     };
+    joined.map_err(|source| JobError::Task { what: "clone", source })?.map_err(JobError::from)
+}
+
+/// Plans, builds and tests the image.
+async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag: &str) -> Result<(), StepError> {
+    let (r, cancel) = (&claim.reporter, &claim.cancel);
+    r.step(Step::Build, StepStatus::Running, None);
+    let at_build = |e: JobError| e.at(Step::Build);
+    let options = Options { app_root: Some(job.app.app_root.clone()), ignore_dockerfile: false };
+    let repo = dir.to_path_buf();
+    let plan = tokio::task::spawn_blocking(move || slipway_detect::detect(&repo, &options))
+        .await
+        .map_err(|source| at_build(JobError::Task { what: "detect", source }))?
+        .map_err(|e| at_build(JobError::Plan(e)))?;
     for line in plan_summary(&plan) {
         r.line(Some(Step::Build), &line);
     }
     let generated = match plan.provider {
         Provider::Dockerfile => None,
-        _ => match dockerfile::generate(&plan, &tools.base_images) {
-            Ok(text) => Some(text),
-            Err(err) => return build_failed(err.to_string()),
-        },
+        _ => Some(dockerfile::generate(&plan, &tools.base_images).map_err(|e| at_build(JobError::Dockerfile(e)))?),
     };
     if let Some(text) = &generated {
         r.line(Some(Step::Build), "generated Dockerfile:");
@@ -245,87 +203,80 @@ async fn build_and_test(
     }
     let app_dir = dir.join(&plan.app_root);
     let text = generated.clone();
-    let tar =
-        match tokio::task::spawn_blocking(move || context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref())).await {
-            Ok(Ok(tar)) => tar,
-            Ok(Err(err)) => return build_failed(err.to_string()),
-            Err(join) => {
-                return Some(failed(r, Step::Build, StepFailure::new(false, format!("context task failed: {join}"))));
-            }
-        };
+    let tar = tokio::task::spawn_blocking(move || context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref()))
+        .await
+        .map_err(|source| at_build(JobError::Task { what: "context", source }))?
+        .map_err(|e| at_build(JobError::from(e)))?;
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
-    if let Some(outcome) = build_image(tools, r, cancel, tar.clone(), tag, dockerfile_name, None).await {
-        return Some(outcome);
-    }
+    let no_labels = HashMap::new();
+    build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &no_labels).await.map_err(at_build)?;
     r.step(Step::Build, StepStatus::Succeeded, None);
 
     let Some(test) = &plan.test else {
         r.line(Some(Step::Test), "no test command found; skipped (set `test` in slipway.toml to run one)");
         r.step(Step::Test, StepStatus::Skipped, None);
-        return None;
+        return Ok(());
     };
     r.step(Step::Test, StepStatus::Running, None);
-    // Generated images are tested in their build stage (sources and dev dependencies present).
+    let at_test = |e: JobError| e.at(Step::Test);
+    let labels = leftovers::labels(&tools.config, job);
+    let label_refs: HashMap<&str, &str> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Generated images are tested in their build stage (sources and dev dependencies present),
+    // tagged for this attempt and removed after the test.
     let test_image = match generated {
         Some(_) => {
             let test_tag = format!("{tag}-test");
             let stage = Some(dockerfile::TEST_STAGE);
-            if let Some(outcome) = build_image(tools, r, cancel, tar, &test_tag, dockerfile_name, stage).await {
-                return Some(outcome);
-            }
-            test_tag
+            build_image(tools, claim, tar, &test_tag, dockerfile_name, stage, &label_refs).await.map_err(at_test)?;
+            Some(test_tag)
         }
-        None => tag.to_string(),
+        None => None,
     };
-    r.line(Some(Step::Test), &format!("running `{}` in {test_image}", test.value));
+    let image_name = test_image.as_deref().unwrap_or(tag);
+    r.line(Some(Step::Test), &format!("running `{}` in {image_name}", test.value));
     let log = {
         let r = r.clone();
         move |line: String| r.line(Some(Step::Test), &line)
     };
     let limits = tools.config.test_limits();
-    let running = suite::run(&tools.docker, &test_image, &test.value, &plan.env, limits, job.app.test_network, &log);
-    let verdict = match cancellable(cancel, running).await {
-        None => return Some(Outcome::Cancelled),
-        Some(verdict) => verdict,
-    };
-    let failure = match verdict {
-        Ok(Verdict::Passed) => {
+    let network = job.app.test_network;
+    let verdict =
+        suite::run(&tools.docker, image_name, &test.value, &plan.env, limits, network, labels, &log, cancel).await;
+    if let Some(test_tag) = &test_image {
+        leftovers::remove_image(&tools.docker, test_tag).await;
+    }
+    match verdict.map_err(|e| at_test(JobError::TestRun(e)))? {
+        Verdict::Passed => {
             r.step(Step::Test, StepStatus::Succeeded, None);
-            return None;
+            Ok(())
         }
-        Ok(Verdict::Failed { exit_code }) => {
-            StepFailure::new(true, format!("the tests failed (exit code {exit_code})"))
-        }
-        Ok(Verdict::TimedOut) => StepFailure::new(true, format!("the tests took longer than {:?}", limits.timeout)),
-        Err(err) => StepFailure::new(false, format!("running the tests failed: {err}")),
-    };
-    Some(failed(r, Step::Test, failure))
+        Verdict::Failed { exit_code } => Err(at_test(JobError::TestsFailed(exit_code))),
+        Verdict::TimedOut => Err(at_test(JobError::TestsTimedOut(limits.timeout))),
+        Verdict::Cancelled => Err(at_test(JobError::Cancelled)),
+    }
 }
 
 /// Builds `tar` as `tag` (optionally only up to `target`), with the build timeout. No labels are
-/// added: a label that names the commit would make every build miss the cache on its last layer.
+/// added to a pushed image: a label that names the commit would make every build miss the cache
+/// on its last layer.
 async fn build_image(
     tools: &Tools,
-    r: &Reporter,
-    cancel: &CancellationToken,
+    claim: &Claim,
     tar: Vec<u8>,
     tag: &str,
     dockerfile: &str,
     target: Option<&str>,
-) -> Option<Outcome> {
+    labels: &HashMap<&str, &str>,
+) -> Result<(), JobError> {
     let step = if target.is_some() { Step::Test } else { Step::Build };
-    let r2 = r.clone();
-    let log = move |line: String| r2.line(Some(step), &line);
+    let r = claim.reporter.clone();
+    let log = move |line: String| r.line(Some(step), &line);
     let limit = Duration::from_secs(tools.config.build_timeout_seconds);
-    let building = image::build(&tools.docker, tar, tag, dockerfile, target, &log);
-    match cancellable(cancel, tokio::time::timeout(limit, building)).await {
-        None => Some(Outcome::Cancelled),
-        Some(Err(_elapsed)) => {
-            Some(failed(r, step, StepFailure::new(true, format!("the build took longer than {limit:?}"))))
-        }
-        Some(Ok(Err(err))) => Some(failed(r, step, StepFailure::new(err.is_user_error(), err.to_string()))),
-        Some(Ok(Ok(()))) => None,
+    let building = image::build(&tools.docker, tar, tag, dockerfile, target, labels, &log);
+    match cancellable(&claim.cancel, tokio::time::timeout(limit, building)).await? {
+        Err(_elapsed) => Err(JobError::BuildTimedOut(limit)),
+        Ok(built) => built.map_err(JobError::from),
     }
 }
 
@@ -351,16 +302,11 @@ fn plan_summary(plan: &slipway_detect::Plan) -> Vec<String> {
     lines
 }
 
-/// Runs `fut` unless `cancel` fires first (then `None`; the future is dropped at an await point).
-async fn cancellable<F: std::future::Future>(cancel: &CancellationToken, fut: F) -> Option<F::Output> {
+/// Runs `fut` unless `cancel` fires first; then the future is dropped at an await point (for a
+/// build or push, that closes the engine connection, which stops the operation in the engine).
+async fn cancellable<F: std::future::Future>(cancel: &CancellationToken, fut: F) -> Result<F::Output, JobError> {
     tokio::select! {
-        _ = cancel.cancelled() => None,
-        out = fut => Some(out),
+        _ = cancel.cancelled() => Err(JobError::Cancelled),
+        out = fut => Ok(out),
     }
-}
-
-fn failed(r: &Reporter, step: Step, failure: StepFailure) -> Outcome {
-    r.line(Some(step), &format!("{} failed: {}", step.as_str(), failure.message));
-    r.step(step, StepStatus::Failed, Some(failure.message.clone()));
-    Outcome::Failed { step, cause: failure.cause, message: failure.message, rolled_back: failure.rolled_back }
 }

@@ -2,16 +2,18 @@
 //! streaming every line back. It never opens a database connection.
 
 pub mod checkout;
+pub mod claim;
 pub mod config;
 pub mod context;
+pub mod failure;
 pub mod image;
 pub mod job;
+pub mod leftovers;
 pub mod report;
 pub mod suite;
 pub mod worker;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +33,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .negotiate_version()
         .await
         .context("talking to the Docker engine (is dockerd running?)")?;
+    checkout::set_network_timeouts(GIT_CONNECT_TIMEOUT, GIT_IO_TIMEOUT).context("setting git network timeouts")?;
+    let removed = leftovers::remove_all(&docker, &config).await.context("removing what an earlier run left")?;
+    if removed != leftovers::Removed::default() {
+        tracing::warn!(
+            workspaces = removed.workspaces,
+            containers = removed.containers,
+            images = removed.images,
+            "removed what an earlier run of this runner left"
+        );
+    }
     let config = Arc::new(config);
     let runner_id: Arc<str> = config.runner_id().into();
     let topo = Topology::new(&config.queue_prefix);
@@ -49,10 +61,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         false => None,
     };
-    let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (outbox, outbox_queue) = report::Outbox::channel();
     let shipper_cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let shipper =
-        tokio::spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_rx, shipper_cancel.clone()));
+        tasks.spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_queue, shipper_cancel.clone()));
 
     let worker = worker::Worker {
         tools: job::Tools {
@@ -66,17 +79,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         topo: topo.clone(),
         runner_id: runner_id.clone(),
         outbox,
-        running: Arc::new(Mutex::new(HashMap::new())),
+        claims: Arc::new(claim::Claims::default()),
         stop: shutdown.clone(),
         abort: CancellationToken::new(),
     };
     let control_cancel = CancellationToken::new();
     let slots = TaskTracker::new();
-    tokio::spawn(worker::control(
+    tasks.spawn(worker::control(
         config.amqp_url.clone(),
         topo,
         runner_id.clone(),
-        worker.running.clone(),
+        worker.claims.clone(),
         control_cancel.clone(),
     ));
     for index in 0..config.concurrency {
@@ -95,7 +108,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     control_cancel.cancel();
     drop(worker);
     // Every reporter is gone now; the shipper flushes what is queued and ends.
-    let _ = tokio::time::timeout(Duration::from_secs(30), shipper).await;
+    if tokio::time::timeout(Duration::from_secs(30), shipper).await.is_err() {
+        tracing::warn!("the broker did not take every report within 30 s; the rest is dropped");
+    }
     shipper_cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
+
+/// How long git may take to connect to a server.
+const GIT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long git waits for a server that went silent mid-fetch.
+const GIT_IO_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,6 +1,7 @@
 //! Everything a runner tells the scheduler goes through one shipper task that publishes to the
-//! runner queue with publisher confirms, in order, reconnecting and republishing after a broker
-//! outage (the scheduler drops the duplicates). A [`Reporter`] is one job's handle on it.
+//! runner queue with publisher confirms, reconnecting and republishing after a broker outage
+//! (the scheduler drops the duplicates). Messages go out in order, except heartbeats, which have
+//! a lane of their own and never wait behind log lines. A [`Reporter`] is one job's handle on it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,42 @@ pub struct Outbound {
     confirmed: Option<oneshot::Sender<()>>,
 }
 
-/// The sending half of the shipper.
-pub type Outbox = mpsc::UnboundedSender<Outbound>;
+impl Outbound {
+    /// Signals whoever waits that the broker confirmed this message.
+    pub fn confirm(self) {
+        if let Some(done) = self.confirmed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The sending half of the shipper: the ordered lane, and the heartbeat lane.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    ordered: mpsc::UnboundedSender<Outbound>,
+    urgent: mpsc::UnboundedSender<Outbound>,
+}
+
+/// The receiving half, for [`run_shipper`].
+#[derive(Debug)]
+pub struct OutboxQueue {
+    ordered: mpsc::UnboundedReceiver<Outbound>,
+    urgent: mpsc::UnboundedReceiver<Outbound>,
+}
+
+impl Outbox {
+    /// An outbox whose messages (heartbeats included) all arrive on `ordered`; for tests.
+    pub fn new(ordered: mpsc::UnboundedSender<Outbound>) -> Self {
+        Self { urgent: ordered.clone(), ordered }
+    }
+
+    /// An outbox and the queue the shipper reads.
+    pub fn channel() -> (Self, OutboxQueue) {
+        let (ordered, ordered_rx) = mpsc::unbounded_channel();
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
+        (Self { ordered, urgent }, OutboxQueue { ordered: ordered_rx, urgent: urgent_rx })
+    }
+}
 
 /// One job attempt's reporter: numbers log lines and stamps every message with the
 /// deployment, attempt and runner.
@@ -32,14 +67,22 @@ pub struct Reporter {
     deployment_id: uuid::Uuid,
     attempt: u32,
     runner_id: Arc<str>,
+    claim: uuid::Uuid,
     seq: Arc<AtomicU64>,
     /// Values replaced by `***` in every line and failure message.
     secrets: Arc<[String]>,
 }
 
 impl Reporter {
-    pub fn new(outbox: Outbox, deployment_id: uuid::Uuid, attempt: u32, runner_id: Arc<str>) -> Self {
-        Self { outbox, deployment_id, attempt, runner_id, seq: Arc::new(AtomicU64::new(0)), secrets: Arc::from([]) }
+    pub fn new(
+        outbox: Outbox,
+        deployment_id: uuid::Uuid,
+        attempt: u32,
+        runner_id: Arc<str>,
+        claim: uuid::Uuid,
+    ) -> Self {
+        let (seq, secrets) = (Arc::new(AtomicU64::new(0)), Arc::from([]));
+        Self { outbox, deployment_id, attempt, runner_id, claim, seq, secrets }
     }
 
     /// Masks `values` (longest first) wherever they appear in what this reporter sends.
@@ -64,19 +107,25 @@ impl Reporter {
             deployment_id: self.deployment_id,
             attempt: self.attempt,
             runner_id: self.runner_id.to_string(),
+            claim: self.claim,
             body,
         }
     }
 
-    /// Queues `body` for the scheduler.
+    /// Queues `body` for the scheduler, after everything queued before it.
     pub fn send(&self, body: Body) {
-        let _ = self.outbox.send(Outbound { envelope: self.envelope(body), confirmed: None });
+        let _ = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: None });
+    }
+
+    /// Queues a heartbeat ahead of queued log lines.
+    pub fn heartbeat(&self) {
+        let _ = self.outbox.urgent.send(Outbound { envelope: self.envelope(Body::Heartbeat), confirmed: None });
     }
 
     /// Sends `body` and waits until the broker confirmed it; false if the shipper stopped.
     pub async fn send_confirmed(&self, body: Body) -> bool {
         let (tx, rx) = oneshot::channel();
-        let queued = self.outbox.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
+        let queued = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
         queued.is_ok() && rx.await.is_ok()
     }
 
@@ -103,6 +152,17 @@ impl Reporter {
     }
 }
 
+impl OutboxQueue {
+    /// The next message: a heartbeat first, if one waits; `None` once every sender is gone.
+    async fn next(&mut self) -> Option<Outbound> {
+        tokio::select! {
+            biased;
+            Some(msg) = self.urgent.recv() => Some(msg),
+            msg = self.ordered.recv() => msg,
+        }
+    }
+}
+
 fn floor_char_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {
         return s.len();
@@ -115,12 +175,7 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 }
 
 /// Publishes everything queued on the outbox until `cancel` and the outbox is drained.
-pub async fn run_shipper(
-    url: String,
-    topo: Topology,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    cancel: CancellationToken,
-) {
+pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, cancel: CancellationToken) {
     let mut pending: Option<Outbound> = None;
     'connect: while let Some(conn) = broker::connect(&url, &cancel).await {
         let channel = match conn.create_channel().await {
@@ -137,7 +192,7 @@ pub async fn run_shipper(
         loop {
             let msg = match pending.take() {
                 Some(msg) => msg,
-                None => match rx.recv().await {
+                None => match queue.next().await {
                     Some(msg) => msg,
                     None => return,
                 },
@@ -159,11 +214,7 @@ pub async fn run_shipper(
             }
             .await;
             match published {
-                Ok(Confirmation::Ack(_)) => {
-                    if let Some(done) = msg.confirmed {
-                        let _ = done.send(());
-                    }
-                }
+                Ok(Confirmation::Ack(_)) => msg.confirm(),
                 Ok(other) => {
                     tracing::warn!(confirmation = ?other, "broker refused a runner message; republishing");
                     pending = Some(msg);

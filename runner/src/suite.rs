@@ -5,10 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions};
 use futures_util::StreamExt;
+use slipway_deploy::LogFn;
+use tokio_util::sync::CancellationToken;
 
 /// Limits of a test run.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +27,18 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Passed,
-    Failed { exit_code: i64 },
+    Failed {
+        exit_code: i64,
+    },
     TimedOut,
+    /// Stopped through its cancellation token; the container is gone.
+    Cancelled,
 }
 
-/// Runs `command` with `/bin/sh -c` in `image`, streaming its output to `log`.
+/// Runs `command` with `/bin/sh -c` in `image`, streaming its output to `log`. The container
+/// carries `labels` (the runner's identity and the deployment) and is removed however the run
+/// ends, `cancel` included.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     docker: &Docker,
     image: &str,
@@ -35,7 +46,9 @@ pub async fn run(
     env: &BTreeMap<String, String>,
     limits: Limits,
     network: bool,
-    log: &(dyn Fn(String) + Send + Sync),
+    labels: HashMap<String, String>,
+    log: LogFn<'_>,
+    cancel: &CancellationToken,
 ) -> Result<Verdict, bollard::errors::Error> {
     let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push("CI=true".into());
@@ -44,7 +57,7 @@ pub async fn run(
         cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.to_string()]),
         env: Some(vars),
         network_disabled: Some(!network),
-        labels: Some([("dev.slipway.role".to_string(), "test".to_string())].into()),
+        labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some(if network { "bridge" } else { "none" }.into()),
             memory: Some(limits.memory_bytes),
@@ -61,8 +74,15 @@ pub async fn run(
     };
     let created = docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await?;
     let id = created.id;
-    let result = watch(docker, &id, limits.timeout, log).await;
-    let _ = docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    let result = tokio::select! {
+        _ = cancel.cancelled() => Ok(Verdict::Cancelled),
+        verdict = watch(docker, &id, limits.timeout, log) => verdict,
+    };
+    let removed =
+        docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    if let Err(err) = removed {
+        tracing::warn!(error = %err, container = %id, "could not remove the test container; the next start of this runner removes it");
+    }
     result
 }
 
@@ -70,7 +90,7 @@ async fn watch(
     docker: &Docker,
     id: &str,
     timeout: Duration,
-    log: &(dyn Fn(String) + Send + Sync),
+    log: LogFn<'_>,
 ) -> Result<Verdict, bollard::errors::Error> {
     docker.start_container(id, None).await?;
     let output = async {

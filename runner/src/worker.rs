@@ -1,11 +1,12 @@
 //! Taking jobs off the queue. Each of the runner's `concurrency` slots has its own channel and
 //! a prefetch-1 consumer that exists only while the slot is idle, so a busy runner never hoards
-//! jobs. A job is claimed (the claim confirmed by the broker) before its message is
-//! acknowledged; from then on the scheduler's lease, fed by heartbeats, guards it — which is
-//! what lets a build outlive RabbitMQ's 30-minute delivery acknowledgement timeout.
+//! jobs. Each copy of a job taken gets a fresh claim; the message is acknowledged once the
+//! scheduler granted the claim (or dropped when it refused it: a stale, duplicate or finished
+//! copy), and nothing with side effects happens before the grant. From then on the scheduler's
+//! lease, fed by heartbeats, guards the job — which is what lets a build outlive RabbitMQ's
+//! 30-minute delivery acknowledgement timeout.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,13 +19,13 @@ use lapin::{Channel, Connection};
 use slipway_broker as broker;
 use slipway_proto::{Body, Control, Job, Topology};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::claim::{Claim, Claims};
+use crate::failure::{JobError, StepError};
 use crate::job::{self, Tools};
 use crate::report::{Outbox, Reporter};
-
-/// Jobs running on this runner, by (deployment, attempt), with the token that stops each.
-pub type Running = Arc<Mutex<HashMap<(Uuid, u32), CancellationToken>>>;
 
 /// What every slot shares.
 #[derive(Debug, Clone)]
@@ -33,14 +34,15 @@ pub struct Worker {
     pub topo: Topology,
     pub runner_id: Arc<str>,
     pub outbox: Outbox,
-    pub running: Running,
+    pub claims: Arc<Claims>,
     /// Stop taking new jobs.
     pub stop: CancellationToken,
     /// Stop running jobs too (after the drain period).
     pub abort: CancellationToken,
 }
 
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a slot waits for the scheduler to answer a claim before handing the message back.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(600);
 
 impl Worker {
     /// One slot: take a job, run it, repeat until `stop`.
@@ -58,15 +60,15 @@ impl Worker {
         broker::declare(&channel, &self.topo).await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         loop {
-            let Some((job, reporter)) = self.take(&channel, index).await? else {
+            let Some((job, claim)) = self.take(&channel, index).await? else {
                 return Ok(());
             };
-            self.execute(job, reporter).await;
+            self.execute(job, claim).await;
         }
     }
 
-    /// Waits for one job, claims it and acknowledges it; `None` when stopping.
-    async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Reporter)>> {
+    /// Waits for one job whose claim the scheduler grants, and acknowledges it; `None` when stopping.
+    async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Claim)>> {
         let tag = format!("{}-{index}", self.runner_id);
         let consume = || {
             let options = BasicConsumeOptions::default();
@@ -100,47 +102,81 @@ impl Worker {
                     continue;
                 }
             };
-            let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone())
-                .with_secrets(job.app.secret_values());
-            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, reporter.send_confirmed(Body::Claimed)).await;
-            if !matches!(claimed, Ok(true)) {
-                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                anyhow::bail!("could not report the claim of {}; job handed back", job.deployment_id);
+            let claim = self.claim(&job);
+            let answered = tokio::select! {
+                answered = claim.confirm(CLAIM_PATIENCE) => answered,
+                _ = self.stop.cancelled() => Err(JobError::NotConfirmed),
+            };
+            match answered {
+                Ok(()) => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    return Ok(Some((job, claim)));
+                }
+                Err(JobError::Cancelled) => {
+                    let reason = self.claims.stop_reason(claim.id).unwrap_or_default();
+                    tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, reason = %reason, "claim refused; this copy of the job is dropped");
+                    self.claims.remove(claim.id);
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    consumer = consume().await?;
+                }
+                Err(_) => {
+                    // No answer: give the claim up (should the scheduler apply it later, it
+                    // redispatches at once instead of waiting for a lease) and hand the job back.
+                    claim.reporter.send(Body::Abandoned { reason: "no answer to the claim".into() });
+                    self.claims.remove(claim.id);
+                    delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                    if self.stop.is_cancelled() {
+                        return Ok(None);
+                    }
+                    anyhow::bail!("the scheduler did not answer the claim of {}; job handed back", job.deployment_id);
+                }
             }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            return Ok(Some((job, reporter)));
         }
     }
 
-    /// Runs a claimed job with heartbeats until it ends, and reports how it ended.
-    async fn execute(&self, job: Job, reporter: Reporter) {
-        let span = tracing::info_span!("job", deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha);
-        let _enter = span.enter();
-        tracing::info!("job started");
+    /// A fresh claim of `job`, registered before it is sent so no stop for it is missed.
+    fn claim(&self, job: &Job) -> Claim {
+        let id = Uuid::new_v4();
         let cancel = self.abort.child_token();
-        let key = (job.deployment_id, job.attempt);
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(key, cancel.clone());
-        let beating = CancellationToken::new();
-        let heart = tokio::spawn(heartbeat(reporter.clone(), self.tools.config.heartbeat(), beating.clone()));
+        self.claims.register(id, job.deployment_id, job.attempt, cancel.clone());
+        let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone(), id)
+            .with_secrets(job.app.secret_values());
+        Claim { id, reporter, cancel, claims: self.claims.clone() }
+    }
 
-        let outcome = job::run(&job, &self.tools, &reporter, &cancel).await;
-
-        tracing::info!(outcome = ?outcome, "job ended");
-        let reason = if self.abort.is_cancelled() {
-            "the runner is shutting down"
-        } else {
-            "stopped on the scheduler's request"
-        };
-        let body = match outcome.into_body(reason) {
-            Body::Failed { step, cause, message, rolled_back } => {
-                Body::Failed { step, cause, message: reporter.mask(&message), rolled_back }
-            }
-            other => other,
-        };
-        reporter.send_confirmed(body).await;
-        beating.cancel();
-        let _ = heart.await;
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    /// Runs a granted job with heartbeats until it ends, and reports how it ended.
+    async fn execute(&self, job: Job, claim: Claim) {
+        let span = tracing::info_span!("job", deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha);
+        async {
+            tracing::info!("job started");
+            let beating = CancellationToken::new();
+            let heart = tokio::spawn(heartbeat(claim.reporter.clone(), self.tools.config.heartbeat(), beating.clone()));
+            let result = job::run(&job, &self.tools, &claim).await;
+            let r = &claim.reporter;
+            let body = match result {
+                Ok(done) => Body::Completed { image: done.image, url: done.url },
+                Err(StepError { error: JobError::Cancelled, .. }) => {
+                    let reason = match self.claims.stop_reason(claim.id) {
+                        Some(reason) => format!("stopped on the scheduler's request: {reason}"),
+                        None => "the runner is shutting down".to_string(),
+                    };
+                    Body::Abandoned { reason }
+                }
+                Err(StepError { step, error }) => Body::Failed {
+                    step,
+                    cause: error.cause(),
+                    message: r.mask(&error.to_string()),
+                    rolled_back: error.rolled_back(),
+                },
+            };
+            tracing::info!(outcome = ?body, "job ended");
+            r.send_confirmed(body).await;
+            beating.cancel();
+            let _ = heart.await;
+            self.claims.remove(claim.id);
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -148,16 +184,16 @@ async fn heartbeat(reporter: Reporter, every: Duration, stop: CancellationToken)
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => reporter.send(Body::Heartbeat),
+            _ = tokio::time::sleep(every) => reporter.heartbeat(),
         }
     }
 }
 
-/// Listens on the control exchange and stops the jobs the scheduler names.
-pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, running: Running, cancel: CancellationToken) {
+/// Listens on the control exchange: grants wake waiting claims, stops cancel jobs.
+pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, claims: Arc<Claims>, cancel: CancellationToken) {
     let session = |conn: Connection| {
-        let (topo, runner_id, running, cancel) = (topo.clone(), runner_id.clone(), running.clone(), cancel.clone());
-        async move { listen(&conn, &topo, &runner_id, &running, &cancel).await }
+        let (topo, runner_id, claims, cancel) = (topo.clone(), runner_id.clone(), claims.clone(), cancel.clone());
+        async move { listen(&conn, &topo, &runner_id, &claims, &cancel).await }
     };
     broker::with_reconnect(&url, &cancel, "control listener", session).await;
 }
@@ -166,7 +202,7 @@ async fn listen(
     conn: &Connection,
     topo: &Topology,
     runner_id: &str,
-    running: &Running,
+    claims: &Claims,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
@@ -203,17 +239,22 @@ async fn listen(
                 None => anyhow::bail!("control consumer cancelled"),
             },
         };
-        let Ok(Control::Cancel { deployment_id, attempt, runner_id: target, reason }) =
-            serde_json::from_slice::<Control>(&delivery.data)
-        else {
-            continue;
+        let control = match serde_json::from_slice::<Control>(&delivery.data) {
+            Ok(control) => control,
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable control message ignored");
+                continue;
+            }
         };
-        if target.as_deref().is_some_and(|t| t != runner_id) {
-            continue;
-        }
-        if let Some(token) = running.lock().unwrap_or_else(|e| e.into_inner()).get(&(deployment_id, attempt)) {
-            tracing::warn!(deployment_id = %deployment_id, attempt, reason = %reason, "scheduler asked to stop the job");
-            token.cancel();
+        match control {
+            Control::Grant { runner_id: target, claim, .. } if target == runner_id => claims.grant(claim),
+            Control::Grant { .. } => {}
+            Control::Cancel { runner_id: Some(target), .. } if target != runner_id => {}
+            Control::Cancel { deployment_id, attempt, claim, reason, .. } => {
+                if claims.stop(deployment_id, attempt, claim, &reason) > 0 {
+                    tracing::warn!(deployment_id = %deployment_id, attempt, reason = %reason, "scheduler asked to stop the job");
+                }
+            }
         }
     }
 }

@@ -2,16 +2,18 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use slipway_proto::{CancelRequest, Input, State as DeployState};
 use uuid::Uuid;
 
 use crate::apps::{self, AppError, NewApp};
 use crate::deployments::{self, Created};
+use crate::transition::{self, Applied, TransitionError};
 use crate::{Shared, logs, webhook};
 
 /// An error answered to an HTTP client; 5xx bodies are generic and the detail is logged.
@@ -31,6 +33,25 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// The store cannot make sense of a row; logged with the detail.
+    #[error("internal error")]
+    Internal(#[source] TransitionError),
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(err: TransitionError) -> Self {
+        match err {
+            TransitionError::Db(db) => ApiError::Db(db),
+            TransitionError::Unknown(id) => ApiError::NotFound(format!("no deployment {id}")),
+            other => ApiError::Internal(other),
+        }
+    }
+}
+
+/// Whether `err` means PostgreSQL cannot be reached right now (as opposed to a bad query).
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
 impl IntoResponse for ApiError {
@@ -42,8 +63,17 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Db(err) if is_unavailable(err) => {
+                tracing::warn!(error = %err, "database unavailable; answering 503");
+                let body = Json(json!({"error": "the database is unavailable; retry shortly"}));
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], body).into_response();
+            }
             ApiError::Db(err) => {
                 tracing::error!(error = %err, "request failed on the database");
+                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"}))).into_response();
+            }
+            ApiError::Internal(err) => {
+                tracing::error!(error = %err, "request failed");
                 return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"}))).into_response();
             }
         };
@@ -81,6 +111,7 @@ pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
         .route("/api/v1/deployments", get(list_deployments))
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))
+        .route("/api/v1/deployments/{id}/cancel", post(cancel_deployment))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .merge(webhooks)
         .with_state(shared)
@@ -132,14 +163,14 @@ async fn deploy_app(
         None => resolve_branch(app.repo_url.clone(), app.branch.clone()).await?,
     };
     let git_ref = format!("refs/heads/{}", app.branch);
-    let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None).await?;
+    let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None, shared.policy()).await?;
     let (status, id, new) = match created {
-        Created::New(id) => (StatusCode::ACCEPTED, id, true),
+        Created::New { id, superseded } => {
+            webhook::announce_queued(&shared, id, &app.name, &sha, &superseded);
+            (StatusCode::ACCEPTED, id, true)
+        }
         Created::Existing(id) => (StatusCode::OK, id, false),
     };
-    if new {
-        webhook::announce_queued(&shared, id, &app.name, &sha);
-    }
     Ok((status, Json(json!({"deployment_id": id, "sha": sha, "new": new}))))
 }
 
@@ -201,11 +232,14 @@ async fn rollback_app(
                 })?
         }
     };
-    let created = deployments::create(&shared.pool, &app, &target.sha, &target.git_ref, "rollback", None).await?;
-    let id = match created {
-        Created::New(id) | Created::Existing(id) => id,
+    let created =
+        deployments::create(&shared.pool, &app, &target.sha, &target.git_ref, "rollback", None, shared.policy())
+            .await?;
+    let (id, superseded) = match created {
+        Created::New { id, superseded } => (id, superseded),
+        Created::Existing(id) => (id, Vec::new()),
     };
-    webhook::announce_queued(&shared, id, &app.name, &target.sha);
+    webhook::announce_queued(&shared, id, &app.name, &target.sha, &superseded);
     Ok((StatusCode::ACCEPTED, Json(json!({"deployment_id": id, "sha": target.sha, "rollback_of": target.id}))))
 }
 
@@ -234,4 +268,41 @@ async fn get_deployment(State(shared): State<Shared>, Path(raw): Path<String>) -
     let mut body = json!(dep);
     body["steps"] = json!(steps);
     Ok(Json(body))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    /// Why; shown with the cancelled deployment.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/deployments/{id}/cancel`: a queued deployment is cancelled at once (200); a
+/// running one is asked to stop (202) and ends `cancelled` once its runner stopped — or, when
+/// its deploy step was already switching traffic, ends as that step did. A finished one is 409.
+async fn cancel_deployment(
+    State(shared): State<Shared>,
+    Path(raw): Path<String>,
+    body: Option<Json<CancelBody>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&raw)?;
+    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_default();
+    if reason.chars().count() > 500 || reason.chars().any(|c| c.is_control()) {
+        return Err(ApiError::Unprocessable("`reason` must be at most 500 printable characters".into()));
+    }
+    let reason = if reason.trim().is_empty() { "no reason given".to_string() } else { reason.trim().to_string() };
+    // Until API tokens name their holder, a cancel from the API is recorded as by `api`.
+    let request = CancelRequest { by: "api".into(), reason };
+    let applied = transition::apply(&shared.pool, id, &Input::Cancel(request), shared.policy()).await?;
+    shared.react(&applied);
+    match applied {
+        Applied::Changed { note, .. } if note.state == DeployState::Cancelled => {
+            Ok((StatusCode::OK, Json(json!({"deployment_id": id, "state": "cancelled"}))))
+        }
+        Applied::Changed { .. } | Applied::Ignored { .. } | Applied::Touched => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"deployment_id": id, "state": "running", "cancel_requested": true}))))
+        }
+        Applied::Rejected { why, .. } => Err(ApiError::Conflict(format!("cannot cancel: {why}"))),
+    }
 }

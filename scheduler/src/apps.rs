@@ -132,6 +132,7 @@ impl NewApp {
                 app: self.name.clone(),
                 environment: self.environment.clone(),
                 deployment_id: Uuid::nil(),
+                attempt: 1,
                 sha: String::new(),
                 image: String::new(),
                 port: u16::try_from(self.port).unwrap_or(8080),

@@ -1,13 +1,14 @@
-//! Deployments in PostgreSQL: creation (deduplicated per commit, superseding queued ones),
-//! queries, and the outbox. Runner messages are applied in `transition`.
+//! Deployments in PostgreSQL: creation (deduplicated per commit, superseding queued ones through
+//! the lifecycle), queries, and the outbox. Every state change goes through `transition`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use slipway_proto::{Job, State};
+use slipway_proto::{Input, Job, Policy, State};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apps::App;
+use crate::transition::{self, Applied, TransitionError};
 
 /// A deployment as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -33,6 +34,9 @@ pub struct Deployment {
     pub error_message: Option<String>,
     /// The rollout failed and the previous revision was put back.
     pub rolled_back: bool,
+    /// Who asked to cancel it (also while the runner is still stopping it), and why.
+    pub cancel_by: Option<String>,
+    pub cancel_reason: Option<String>,
 }
 
 /// One step of one attempt, with its timings.
@@ -47,20 +51,20 @@ pub struct StepRow {
 }
 
 /// The result of recording a push or a manual deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Created {
-    /// A new deployment row (and so a new job).
-    New(Uuid),
+    /// A new deployment row (and so a new job); older queued ones were superseded.
+    New { id: Uuid, superseded: Vec<Applied> },
     /// The same (app, sha, environment) was recorded before: nothing new.
     Existing(Uuid),
 }
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.git_ref, d.source, d.state, d.attempt, d.runner_id,
     d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message,
-    d.rolled_back";
+    d.rolled_back, d.cancel_by, d.cancel_reason";
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
-/// cancels older deployments of the app that are still only queued (superseded).
+/// supersedes older deployments of the app that are still only queued.
 pub async fn create(
     pool: &PgPool,
     app: &App,
@@ -68,7 +72,8 @@ pub async fn create(
     git_ref: &str,
     source: &str,
     delivery_id: Option<&str>,
-) -> Result<Created, sqlx::Error> {
+    policy: Policy,
+) -> Result<Created, TransitionError> {
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
@@ -87,18 +92,23 @@ pub async fn create(
     .await?;
     let created = match inserted {
         Some(id) => {
-            sqlx::query(
-                "UPDATE deployments SET state = 'cancelled', finished_at = now(),
-                        error_message = 'superseded by a newer deployment ' || $3
-                 WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $4",
+            let older: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM deployments WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $3",
             )
             .bind(app.id)
             .bind(&app.environment)
-            .bind(sha)
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            Created::New(id)
+            let mut superseded = Vec::new();
+            let input = Input::Superseded { by: id, sha: sha.to_string() };
+            for old in older {
+                // A row that moved on meanwhile (claimed by a runner) is not superseded.
+                if let Some(applied) = transition::apply_once(&mut tx, old, &input, policy).await? {
+                    superseded.push(applied);
+                }
+            }
+            Created::New { id, superseded }
         }
         None => {
             let existing: Uuid =
@@ -158,15 +168,16 @@ pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<Deplo
     .await
 }
 
-/// The state of a deployment, if it exists.
-pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, sqlx::Error> {
+/// The state of a deployment, if it exists; an unknown stored state is an error.
+pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, TransitionError> {
     let s: Option<String> =
         sqlx::query_scalar("SELECT state FROM deployments WHERE id = $1").bind(id).fetch_optional(pool).await?;
-    Ok(s.as_deref().and_then(State::parse))
+    s.map(|s| State::parse(&s).ok_or(TransitionError::Corrupt { id, column: "state", value: s })).transpose()
 }
 
-/// Jobs waiting in the outbox: queued, not yet confirmed published, and not behind a running
-/// deployment of the same app and environment (one rollout at a time).
+/// Jobs waiting in the outbox: queued, not yet confirmed published, due, and the oldest of their
+/// app and environment, which must have no other deployment published or running: at most one
+/// deployment of an app and environment is out with runners at a time.
 pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -183,8 +194,9 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
                 a.app_root, a.test_network, a.kube_settings, a.created_at
          FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
-           AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id
-                           AND r.environment = d.environment AND r.state = 'running')
+           AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
+                           AND r.id <> d.id AND (r.state = 'running'
+                                OR (r.state = 'queued' AND (r.published_at IS NOT NULL OR r.created_at < d.created_at))))
          ORDER BY d.created_at LIMIT $1",
     )
     .bind(limit)

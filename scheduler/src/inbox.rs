@@ -1,27 +1,94 @@
 //! Consumes what runners send (claims, heartbeats, steps, log lines, outcomes) from the runner
-//! queue and applies each through [`transition::apply_envelope`]. A message is acknowledged
-//! only after its effect is committed, so a crash here redelivers it and the compare-and-set
-//! makes the repeat a no-op.
+//! queue: log lines are stored, everything else is applied through [`transition::apply`]. A
+//! message is acknowledged only after its effect is committed, so a crash here redelivers it and
+//! the guarded write makes the repeat a no-op.
+//!
+//! [`Health`] tells the lease reaper whether runners could have been heard: a lease only
+//! expires while the inbox is connected and has drained its queue recently.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use slipway_proto::{Control, Envelope, State};
+use slipway_proto::{Body, Control, Envelope, Input};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::transition::{self, Applied};
+use crate::transition::{self, TransitionError};
 use slipway_broker as broker;
 
 use crate::Shared;
+
+/// How long the queue must give nothing before the inbox counts as caught up.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// Whether the inbox is hearing runners.
+#[derive(Debug, Default)]
+pub struct Health {
+    inner: Mutex<HealthInner>,
+}
+
+#[derive(Debug, Default)]
+struct HealthInner {
+    connected_since: Option<Instant>,
+    /// Last time the queue was empty (everything before it was applied).
+    drained_at: Option<Instant>,
+    /// Last time a message could not be applied for a transient reason (the database was down).
+    failed_at: Option<Instant>,
+}
+
+impl Health {
+    fn with<T>(&self, f: impl FnOnce(&mut HealthInner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn connected(&self) {
+        self.with(|h| h.connected_since = Some(Instant::now()));
+    }
+
+    fn disconnected(&self) {
+        self.with(|h| h.connected_since = None);
+    }
+
+    fn drained(&self) {
+        self.with(|h| h.drained_at = Some(Instant::now()));
+    }
+
+    fn failed(&self) {
+        self.with(|h| h.failed_at = Some(Instant::now()));
+    }
+
+    /// Whether the scheduler could have heard every runner that was alive during the last
+    /// `window` and sends heartbeats at least every `window / 2`: the inbox has been connected
+    /// for the whole window and drained its queue, after any failure, in its second half.
+    pub fn heard_within(&self, window: Duration) -> bool {
+        self.with(|h| {
+            let now = Instant::now();
+            let (Some(start), Some(half)) = (now.checked_sub(window), now.checked_sub(window / 2)) else {
+                return false;
+            };
+            match (h.connected_since, h.drained_at) {
+                (Some(connected), Some(drained)) => {
+                    connected <= start && drained >= half && h.failed_at.is_none_or(|failed| failed < drained)
+                }
+                _ => false,
+            }
+        })
+    }
+}
 
 /// Runs until `cancel`, reconnecting when the broker goes away.
 pub async fn run(shared: Shared, cancel: CancellationToken) {
     let url = shared.amqp_url.clone();
     let session = |conn: lapin::Connection| {
         let (shared, cancel) = (shared.clone(), cancel.clone());
-        async move { consume(&shared, &conn, &cancel).await }
+        async move {
+            let result = consume(&shared, &conn, &cancel).await;
+            shared.inbox.disconnected();
+            result
+        }
     };
     broker::with_reconnect(&url, &cancel, "runner queue consumer", session).await;
 }
@@ -38,6 +105,7 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
             FieldTable::default(),
         )
         .await?;
+    shared.inbox.connected();
     loop {
         let delivery = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -45,6 +113,10 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 Some(d) => d?,
                 None => anyhow::bail!("consumer cancelled by the broker"),
             },
+            _ = tokio::time::sleep(IDLE) => {
+                shared.inbox.drained();
+                continue;
+            }
         };
         let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
             Ok(env) => env,
@@ -54,44 +126,73 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 continue;
             }
         };
-        match transition::apply_envelope(&shared.pool, &envelope, shared.max_attempts).await {
-            Ok(applied) => {
-                react(shared, &envelope, applied);
+        match handle(shared, &envelope).await {
+            Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
-            Err(err) => {
+            Err(err) if err.is_transient() => {
+                shared.inbox.failed();
                 tracing::warn!(error = %err, deployment_id = %envelope.deployment_id, "could not apply runner message; will retry");
                 delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, deployment_id = %envelope.deployment_id, attempt = envelope.attempt, "runner message cannot be applied; dropped");
+                if let TransitionError::Unknown(_) = err {
+                    shared.publisher.control(&stop(&envelope, "unknown deployment"));
+                }
+                delivery.acker.ack(BasicAckOptions::default()).await?;
             }
         }
     }
 }
 
-fn react(shared: &Shared, envelope: &Envelope, applied: Applied) {
-    match applied {
-        Applied::Changed(note) => {
-            if note.step.is_none() || note.state.is_terminal() || note.state == State::Queued {
-                tracing::info!(deployment_id = %note.deployment_id, attempt = note.attempt, state = note.state.as_str(), "deployment state changed");
-            }
-            if note.state == State::Queued || note.state.is_terminal() {
-                shared.relay_wake.notify_one();
-            }
-            shared.publisher.notify(&note);
-            let _ = shared.live.send(note.deployment_id);
-        }
-        Applied::Logged => {
-            let _ = shared.live.send(envelope.deployment_id);
-        }
-        Applied::Unchanged => {}
-        Applied::Rejected { runner_id, reason } => {
-            tracing::info!(deployment_id = %envelope.deployment_id, attempt = envelope.attempt, runner_id = %runner_id, reason = %reason, "telling runner to stop");
-            shared.publisher.control(&Control::Cancel {
-                deployment_id: envelope.deployment_id,
-                attempt: envelope.attempt,
-                runner_id: Some(runner_id),
-                reason,
-            });
-        }
+/// Stores a log line, or applies any other message to its deployment.
+async fn handle(shared: &Shared, envelope: &Envelope) -> Result<(), TransitionError> {
+    if let Body::Log(line) = &envelope.body {
+        transition::store_log(&shared.pool, envelope, line).await?;
+        let _ = shared.live.send(envelope.deployment_id);
+        return Ok(());
+    }
+    let applied =
+        transition::apply(&shared.pool, envelope.deployment_id, &Input::Runner(envelope), shared.policy()).await?;
+    shared.react(&applied);
+    Ok(())
+}
+
+fn stop(envelope: &Envelope, reason: &str) -> Control {
+    Control::Cancel {
+        deployment_id: envelope.deployment_id,
+        attempt: envelope.attempt,
+        runner_id: Some(envelope.runner_id.clone()),
+        claim: Some(envelope.claim),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_wait_until_the_inbox_was_connected_a_whole_window_and_drained_after_a_failure() {
+        let window = Duration::from_secs(10);
+        let h = Health::default();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!h.heard_within(window), "never connected");
+        h.connected();
+        h.drained();
+        assert!(!h.heard_within(window), "connected for less than a window");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!h.heard_within(window), "not drained in the second half of the window");
+        h.drained();
+        assert!(h.heard_within(window));
+        h.failed();
+        assert!(!h.heard_within(window), "a failure after the last drain");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.drained();
+        assert!(h.heard_within(window), "drained after the failure");
+        h.disconnected();
+        assert!(!h.heard_within(window), "disconnected");
     }
 }

@@ -1,12 +1,20 @@
-//! The lease reaper: a running job whose runner stopped sending heartbeats is dispatched again
-//! as its next attempt (or failed when out of attempts), and the old runner is told to stop.
+//! The lease reaper: a running job whose runner sent no heartbeat for a whole lease is given
+//! [`Input::LeaseExpired`] (dispatched again as its next attempt, failed when out of attempts,
+//! or cancelled when a cancel was pending), and the old holder is told to stop.
+//!
+//! A lease only runs while the scheduler could hear heartbeats: while the inbox is
+//! disconnected from RabbitMQ, failing to write PostgreSQL, or behind on its queue, nothing
+//! expires. So a job expires at most one lease plus the length of such an outage after its
+//! runner went silent, and a broker or database outage never expires a job that is running.
 
 use std::time::Duration;
 
-use slipway_proto::Control;
+use slipway_proto::{Input, State};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::{Shared, transition};
+use crate::Shared;
+use crate::transition::{self, TransitionError};
 
 /// Checks every quarter lease until `cancel`.
 pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
@@ -16,22 +24,41 @@ pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        match transition::expire_leases(&shared.pool, lease, shared.max_attempts).await {
-            Ok(expired) => {
-                for e in expired {
-                    tracing::warn!(deployment_id = %e.note.deployment_id, attempt = e.old_attempt, runner_id = %e.runner_id, state = e.note.state.as_str(), "lease expired");
-                    shared.publisher.control(&Control::Cancel {
-                        deployment_id: e.note.deployment_id,
-                        attempt: e.old_attempt,
-                        runner_id: Some(e.runner_id.clone()),
-                        reason: "lease expired".into(),
-                    });
-                    shared.publisher.notify(&e.note);
-                    let _ = shared.live.send(e.note.deployment_id);
-                    shared.relay_wake.notify_one();
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "lease check failed; will retry"),
+        if !shared.inbox.heard_within(lease) {
+            tracing::debug!("leases paused: the inbox has not heard runners for a whole lease");
+            continue;
+        }
+        if let Err(err) = expire(&shared, lease).await {
+            tracing::warn!(error = %err, "lease check failed; will retry");
         }
     }
+}
+
+/// Expires every running deployment whose holder has been silent for `lease`.
+pub async fn expire(shared: &Shared, lease: Duration) -> Result<usize, TransitionError> {
+    let silent: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1)",
+    )
+    .bind(lease.as_secs_f64())
+    .fetch_all(&shared.pool)
+    .await?;
+    let mut expired = 0;
+    for id in silent {
+        let still_silent = |loaded: &transition::Loaded| {
+            loaded.row.state() == State::Running && loaded.heartbeat_age.is_some_and(|age| age >= lease)
+        };
+        match transition::apply_if(&shared.pool, id, &Input::LeaseExpired, shared.policy(), still_silent).await {
+            Ok(Some(applied)) => {
+                tracing::warn!(deployment_id = %id, "lease expired");
+                shared.react(&applied);
+                expired += 1;
+            }
+            Ok(None) => {}
+            Err(err) if err.is_transient() => return Err(err),
+            Err(err) => {
+                tracing::error!(error = %err, deployment_id = %id, "lease of an unreadable deployment not expired")
+            }
+        }
+    }
+    Ok(expired)
 }

@@ -16,7 +16,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use slipway_proto::Topology;
+use slipway_proto::{Control, Policy, State, Topology};
 use sqlx::PgPool;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,45 @@ pub struct Shared {
     /// Carries the id of a deployment that has new log lines or a new state.
     pub live: broadcast::Sender<uuid::Uuid>,
     pub publisher: publisher::Publisher,
+    /// Whether the inbox could have heard runners lately; the lease reaper waits for it.
+    pub inbox: Arc<inbox::Health>,
+}
+
+impl Shared {
+    /// The knobs of the lifecycle decision.
+    pub fn policy(&self) -> Policy {
+        Policy { max_attempts: self.max_attempts }
+    }
+
+    /// Carries out what an applied input says: announce the change, wake the relay and live
+    /// followers, and send control messages to runners.
+    pub fn react(&self, applied: &transition::Applied) {
+        use transition::Applied;
+        let control = match applied {
+            Applied::Changed { note, control } => {
+                if note.step.is_none() || note.state != State::Running {
+                    tracing::info!(deployment_id = %note.deployment_id, attempt = note.attempt, state = note.state.as_str(), message = note.message.as_deref().unwrap_or(""), "deployment state changed");
+                }
+                if note.state == State::Queued || note.state.is_terminal() {
+                    self.relay_wake.notify_one();
+                }
+                self.publisher.notify(note);
+                let _ = self.live.send(note.deployment_id);
+                control
+            }
+            Applied::Touched => &None,
+            Applied::Ignored { reply } => reply,
+            Applied::Rejected { why, control } => {
+                if let Some(Control::Cancel { deployment_id, attempt, runner_id, .. }) = control {
+                    tracing::info!(deployment_id = %deployment_id, attempt, runner_id = runner_id.as_deref().unwrap_or(""), reason = %why, "telling runner to stop");
+                }
+                control
+            }
+        };
+        if let Some(control) = control {
+            self.publisher.control(control);
+        }
+    }
 }
 
 /// Connects to PostgreSQL, applies migrations, starts the background tasks on `tracker` and
@@ -44,7 +83,8 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
     use anyhow::Context;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+        // Fail fast while PostgreSQL is unreachable: the API answers 503 instead of hanging.
+        .acquire_timeout(std::time::Duration::from_millis(1500))
         .connect(&config.database_url)
         .await
         .context("connecting to PostgreSQL (DATABASE_URL)")?;
@@ -60,6 +100,7 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
         relay_wake: Arc::new(Notify::new()),
         live: broadcast::channel(1024).0,
         publisher,
+        inbox: Arc::new(inbox::Health::default()),
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));

@@ -1,400 +1,375 @@
-//! Runner messages applied to deployments: the pure decision of what a message means for the
-//! row, and the compare-and-set that writes it through the state machine in `slipway_proto`;
-//! and the lease reaper's expiry of silent runners.
+//! Executes lifecycle decisions. A deployment is loaded as a [`slipway_proto::Row`],
+//! [`slipway_proto::decide`] says what an input does to it, and the result is written as one
+//! UPDATE guarded by the state, attempt and version it was decided on; zero rows means another
+//! writer won, and the input is decided again on the new row. Nothing else writes a state.
 
-use std::time::Duration;
-
+use chrono::{DateTime, Utc};
 use slipway_proto::{
-    Body, Cause, Envelope, Event, Notification, State, Step, StepStatus, apply, retry_decision, retry_delay,
+    Body, CancelRequest, Cause, Control, Decision, Failure, Holder, Input, Notification, Phase, Policy, Rejection, Row,
+    State, Step, StepStatus, decide,
 };
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// What applying a runner message did.
+/// What an input did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    /// The state or a step changed; publish this notification.
-    Changed(Notification),
-    /// A log line was stored (or was a duplicate).
-    Logged,
-    /// A duplicate or a heartbeat: nothing to announce.
-    Unchanged,
-    /// The message is from an attempt or runner that no longer owns the job; tell it to stop.
-    Rejected { runner_id: String, reason: String },
+    /// The row changed: announce `note`, send `control`.
+    Changed { note: Notification, control: Option<Control> },
+    /// The holder's lease was refreshed.
+    Touched,
+    /// Nothing changed; send `reply` if there is one.
+    Ignored { reply: Option<Control> },
+    /// The input does not apply; send `control` to the runner that sent it.
+    Rejected { why: Rejection, control: Option<Control> },
 }
 
-/// What the row says now, locked for the decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Current {
-    pub state: State,
-    pub attempt: u32,
-    pub runner_id: Option<String>,
+/// Why an input could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("no deployment {0}")]
+    Unknown(Uuid),
+    /// A stored value the lifecycle does not know: never read as a default.
+    #[error("deployment {id} has an unreadable stored {column}: {value:?}")]
+    Corrupt { id: Uuid, column: &'static str, value: String },
+    #[error("deployment {0} kept changing under concurrent writers")]
+    Contended(Uuid),
+    #[error("database error")]
+    Db(#[from] sqlx::Error),
 }
 
-/// What a runner message means for the row, decided without IO.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Apply this event to the state machine.
-    Apply(Event),
-    /// Only refresh the lease.
-    Heartbeat,
-    /// A duplicate or late message from the owner: nothing to do.
-    Ignore,
-    /// The sender does not own this attempt.
-    Reject(String),
-}
-
-/// Decides what `body` from `runner_id` for `attempt` means given the row's current values.
-pub fn decide(current: &Current, runner_id: &str, attempt: u32, body: &Body, max_attempts: u32) -> Decision {
-    if attempt != current.attempt {
-        return Decision::Reject(format!("attempt {attempt} is stale; the current attempt is {}", current.attempt));
+impl TransitionError {
+    /// Whether trying the same input again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransitionError::Db(_) | TransitionError::Contended(_) => true,
+            TransitionError::Unknown(_) | TransitionError::Corrupt { .. } => false,
+        }
     }
-    let owner = current.runner_id.as_deref() == Some(runner_id);
-    if let Body::Claimed = body {
-        return match current.state {
-            State::Queued => Decision::Apply(Event::Claimed),
-            State::Running | State::Completed | State::Failed if owner => Decision::Ignore,
-            State::Running => {
-                Decision::Reject(format!("taken by runner {}", current.runner_id.as_deref().unwrap_or("?")))
+}
+
+/// A deployment as loaded for a decision, with what guards its write.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub row: Row,
+    pub version: i64,
+    /// Time since the holder's last heartbeat was applied, by the database's clock.
+    pub heartbeat_age: Option<std::time::Duration>,
+}
+
+/// How one try of an input went.
+enum Tried {
+    Done(Applied),
+    /// Another writer changed the row between the read and the write.
+    Lost,
+}
+
+/// Tries of an input: the first reads without a lock; after a lost race the row is read
+/// `FOR UPDATE`, so the next write cannot lose again (a third try only after a deadlock retry).
+const TRIES: usize = 3;
+
+/// Applies `input` to deployment `id`, deciding again whenever a concurrent writer won.
+pub async fn apply(pool: &PgPool, id: Uuid, input: &Input<'_>, policy: Policy) -> Result<Applied, TransitionError> {
+    apply_if(pool, id, input, policy, |_| true).await?.ok_or(TransitionError::Unknown(id))
+}
+
+/// Like [`apply`], but only while `precondition` holds for the loaded row (`None` otherwise).
+pub async fn apply_if(
+    pool: &PgPool,
+    id: Uuid,
+    input: &Input<'_>,
+    policy: Policy,
+    precondition: impl Fn(&Loaded) -> bool,
+) -> Result<Option<Applied>, TransitionError> {
+    for try_ in 0..TRIES {
+        let mut tx = pool.begin().await?;
+        let loaded = if try_ == 0 { load(&mut tx, id).await? } else { load_locked(&mut tx, id).await? };
+        if !precondition(&loaded) {
+            return Ok(None);
+        }
+        match execute(&mut tx, &loaded, input, policy).await? {
+            Tried::Done(applied) => {
+                tx.commit().await?;
+                return Ok(Some(applied));
             }
-            other => Decision::Reject(format!("the deployment is {}", other.as_str())),
-        };
+            Tried::Lost => tx.rollback().await?,
+        }
     }
-    if !owner {
-        return Decision::Reject("this runner does not hold the job".into());
-    }
-    if current.state.is_terminal() {
-        return match current.state {
-            State::Cancelled => Decision::Reject("the deployment was cancelled".into()),
-            _ => Decision::Ignore,
-        };
-    }
-    match body {
-        Body::Claimed | Body::Log(_) => Decision::Ignore,
-        Body::Heartbeat => Decision::Heartbeat,
-        Body::Step { .. } => Decision::Apply(Event::Step),
-        Body::Completed { .. } => Decision::Apply(Event::Completed),
-        Body::Failed { cause, .. } => Decision::Apply(retry_decision(*cause, attempt, max_attempts)),
-        Body::Abandoned { .. } => Decision::Apply(Event::Retry),
+    Err(TransitionError::Contended(id))
+}
+
+/// Applies `input` inside the caller's transaction, once; `None` if a concurrent writer won.
+pub async fn apply_once(
+    conn: &mut PgConnection,
+    id: Uuid,
+    input: &Input<'_>,
+    policy: Policy,
+) -> Result<Option<Applied>, TransitionError> {
+    let loaded = load(conn, id).await?;
+    match execute(conn, &loaded, input, policy).await? {
+        Tried::Done(applied) => Ok(Some(applied)),
+        Tried::Lost => Ok(None),
     }
 }
 
-/// Applies one runner message as a compare-and-set on (id, state, attempt, runner).
-pub async fn apply_envelope(pool: &PgPool, env: &Envelope, max_attempts: u32) -> Result<Applied, sqlx::Error> {
-    if let Body::Log(line) = &env.body {
-        sqlx::query(
-            "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(env.deployment_id)
-        .bind(env.attempt as i32)
-        .bind(line.seq as i64)
-        .bind(line.step.map(Step::as_str))
-        .bind(&line.line)
-        .bind(line.ts)
-        .execute(pool)
+async fn execute(
+    conn: &mut PgConnection,
+    loaded: &Loaded,
+    input: &Input<'_>,
+    policy: Policy,
+) -> Result<Tried, TransitionError> {
+    let row = &loaded.row;
+    let applied = match decide(row, input, policy, Utc::now()) {
+        Decision::Change { next, note, control } => {
+            if !write(conn, loaded, &next).await? {
+                return Ok(Tried::Lost);
+            }
+            record_steps(conn, row, &next, input).await?;
+            Applied::Changed { note, control }
+        }
+        Decision::Touch => {
+            if !touch(conn, loaded).await? {
+                return Ok(Tried::Lost);
+            }
+            Applied::Touched
+        }
+        Decision::Ignore { reply } => Applied::Ignored { reply },
+        Decision::Reject { why, control } => Applied::Rejected { why, control },
+    };
+    Ok(Tried::Done(applied))
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    app: String,
+    state: String,
+    attempt: i32,
+    version: i64,
+    runner_id: Option<String>,
+    claim_id: Option<Uuid>,
+    current_step: Option<String>,
+    not_before: Option<DateTime<Utc>>,
+    heartbeat_age: Option<f64>,
+    error_step: Option<String>,
+    error_cause: Option<String>,
+    error_message: Option<String>,
+    rolled_back: bool,
+    image: Option<String>,
+    url: Option<String>,
+    cancel_by: Option<String>,
+    cancel_reason: Option<String>,
+}
+
+const LOAD: &str = "SELECT a.name AS app, d.state, d.attempt, d.version, d.runner_id, d.claim_id, d.current_step, d.not_before,
+                extract(epoch FROM now() - d.heartbeat_at)::float8 AS heartbeat_age, d.error_step, d.error_cause, d.error_message, d.rolled_back, d.image, d.url,
+                d.cancel_by, d.cancel_reason
+         FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1";
+
+/// Reads deployment `id` as the lifecycle sees it; an unknown stored value is an error.
+pub async fn load(conn: &mut PgConnection, id: Uuid) -> Result<Loaded, TransitionError> {
+    let stored = sqlx::query_as::<_, Stored>(LOAD).bind(id).fetch_optional(&mut *conn).await?;
+    parse(id, stored.ok_or(TransitionError::Unknown(id))?)
+}
+
+/// Like [`load`], holding the row's lock until the transaction ends.
+async fn load_locked(conn: &mut PgConnection, id: Uuid) -> Result<Loaded, TransitionError> {
+    let stored = sqlx::query_as::<_, Stored>(sqlx::AssertSqlSafe(format!("{LOAD} FOR UPDATE OF d")))
+        .bind(id)
+        .fetch_optional(&mut *conn)
         .await?;
-        return Ok(Applied::Logged);
-    }
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query_as::<_, (String, i32, Option<String>, String)>(
-        "SELECT d.state, d.attempt, d.runner_id, a.name FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1 FOR UPDATE OF d",
-    )
-    .bind(env.deployment_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((state, attempt, runner_id, app)) = row else {
-        return Ok(Applied::Rejected { runner_id: env.runner_id.clone(), reason: "unknown deployment".into() });
-    };
-    let current = Current { state: State::parse(&state).unwrap_or(State::Failed), attempt: attempt as u32, runner_id };
-    let event = match decide(&current, &env.runner_id, env.attempt, &env.body, max_attempts) {
-        Decision::Ignore => return Ok(Applied::Unchanged),
-        Decision::Reject(reason) => {
-            return Ok(Applied::Rejected { runner_id: env.runner_id.clone(), reason });
-        }
-        Decision::Heartbeat => {
-            sqlx::query("UPDATE deployments SET heartbeat_at = now() WHERE id = $1")
-                .bind(env.deployment_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(Applied::Unchanged);
-        }
-        Decision::Apply(event) => event,
-    };
-    let Ok(next) = apply(current.state, event) else {
-        tracing::warn!(deployment_id = %env.deployment_id, state = current.state.as_str(), ?event, "runner message does not apply; ignored");
-        return Ok(Applied::Unchanged);
-    };
-    let mut note = Notification {
-        deployment_id: env.deployment_id,
-        app,
-        attempt: env.attempt,
-        state: next,
-        step: None,
-        step_status: None,
-        message: None,
-    };
-    write_transition(&mut tx, env, event, &mut note).await?;
-    tx.commit().await?;
-    Ok(Applied::Changed(note))
+    parse(id, stored.ok_or(TransitionError::Unknown(id))?)
 }
 
-async fn write_transition(
-    tx: &mut Transaction<'_, Postgres>,
-    env: &Envelope,
-    event: Event,
-    note: &mut Notification,
-) -> Result<(), sqlx::Error> {
-    let (id, attempt) = (env.deployment_id, env.attempt as i32);
-    match (&env.body, event) {
-        (Body::Claimed, _) => {
-            sqlx::query(
-                "UPDATE deployments SET state = 'running', runner_id = $3, heartbeat_at = now(), started_at = coalesce(started_at, now())
-                 WHERE id = $1 AND attempt = $2 AND state = 'queued'",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(&env.runner_id)
-            .execute(&mut **tx)
-            .await?;
+fn parse(id: Uuid, s: Stored) -> Result<Loaded, TransitionError> {
+    let corrupt = |column: &'static str, value: &str| TransitionError::Corrupt { id, column, value: value.to_string() };
+    let step = |column, raw: &Option<String>| match raw {
+        None => Ok(None),
+        Some(v) => Step::parse(v).map(Some).ok_or_else(|| corrupt(column, v)),
+    };
+    let state = State::parse(&s.state).ok_or_else(|| corrupt("state", &s.state))?;
+    let attempt =
+        u32::try_from(s.attempt).ok().filter(|a| *a >= 1).ok_or_else(|| corrupt("attempt", &s.attempt.to_string()))?;
+    let failure = match (step("error_step", &s.error_step)?, &s.error_cause) {
+        (Some(step), Some(cause)) => Some(Failure {
+            step,
+            cause: Cause::parse(cause).ok_or_else(|| corrupt("error_cause", cause))?,
+            message: s.error_message.clone().unwrap_or_default(),
+            rolled_back: s.rolled_back,
+        }),
+        _ => None,
+    };
+    let cancel =
+        s.cancel_by.clone().map(|by| CancelRequest { by, reason: s.cancel_reason.clone().unwrap_or_default() });
+    let current_step = step("current_step", &s.current_step)?;
+    let phase = match state {
+        State::Queued => Phase::Queued { not_before: s.not_before, last_failure: failure },
+        State::Running => Phase::Running { step: current_step, cancel, last_failure: failure },
+        State::Completed => Phase::Completed {
+            image: s.image.clone().ok_or_else(|| corrupt("image", "NULL of a completed deployment"))?,
+            url: s.url.clone(),
+        },
+        State::Failed => {
+            Phase::Failed { failure: failure.ok_or_else(|| corrupt("error_step", "NULL of a failed deployment"))? }
         }
-        (Body::Step { step, status, error }, _) => {
-            note.step = Some(*step);
-            note.step_status = Some(*status);
-            note.message = error.clone();
-            let running = *status == StepStatus::Running;
-            sqlx::query(
-                "INSERT INTO deployment_steps (deployment_id, attempt, step, status, started_at, finished_at, error)
-                 VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN NULL ELSE now() END, $6)
-                 ON CONFLICT (deployment_id, attempt, step) DO UPDATE
-                 SET status = $4, finished_at = CASE WHEN $5 THEN NULL ELSE now() END, error = $6",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(step.as_str())
-            .bind(status.as_str())
-            .bind(running)
-            .bind(error)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query("UPDATE deployments SET current_step = $2, heartbeat_at = now() WHERE id = $1")
-                .bind(id)
-                .bind(step.as_str())
-                .execute(&mut **tx)
-                .await?;
+        State::Cancelled => Phase::Cancelled {
+            cancel: cancel.ok_or_else(|| corrupt("cancel_by", "NULL of a cancelled deployment"))?,
+            step: current_step,
+        },
+    };
+    let holder = match (s.runner_id, s.claim_id) {
+        (Some(runner_id), Some(claim)) => Some(Holder { runner_id, claim }),
+        _ => None,
+    };
+    Ok(Loaded {
+        row: Row { id, app: s.app, attempt, holder, phase },
+        version: s.version,
+        heartbeat_age: s.heartbeat_age.and_then(|secs| std::time::Duration::try_from_secs_f64(secs.max(0.0)).ok()),
+    })
+}
+
+/// The columns a row is stored in.
+struct Columns<'a> {
+    current_step: Option<Step>,
+    not_before: Option<DateTime<Utc>>,
+    failure: Option<&'a Failure>,
+    image: Option<&'a str>,
+    url: Option<&'a str>,
+    cancel: Option<&'a CancelRequest>,
+}
+
+fn columns(phase: &Phase) -> Columns<'_> {
+    let none = Columns { current_step: None, not_before: None, failure: None, image: None, url: None, cancel: None };
+    match phase {
+        Phase::Queued { not_before, last_failure } => {
+            Columns { not_before: *not_before, failure: last_failure.as_ref(), ..none }
         }
-        (Body::Completed { image, url }, _) => {
-            note.message = url.clone();
-            sqlx::query(
-                "UPDATE deployments SET state = 'completed', finished_at = now(), current_step = NULL, image = $2, url = $3 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(image)
-            .bind(url)
-            .execute(&mut **tx)
-            .await?;
+        Phase::Running { step, cancel, last_failure } => {
+            Columns { current_step: *step, failure: last_failure.as_ref(), cancel: cancel.as_ref(), ..none }
         }
-        (Body::Failed { step, cause, message, rolled_back }, event) => {
-            note.step = Some(*step);
-            note.message = Some(message.clone());
-            let retry = (event == Event::Retry).then(|| retry_delay(env.attempt));
-            record_failure(tx, id, *step, *cause, message, retry).await?;
-            if *rolled_back {
-                sqlx::query("UPDATE deployments SET rolled_back = true WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-        }
-        (Body::Abandoned { reason }, _) => {
-            note.message = Some(reason.clone());
-            requeue(tx, id, &format!("runner {} handed the job back: {reason}", env.runner_id), Duration::ZERO).await?;
-        }
-        (Body::Heartbeat | Body::Log(_), _) => {}
+        Phase::Completed { image, url } => Columns { image: Some(image), url: url.as_deref(), ..none },
+        Phase::Failed { failure } => Columns { failure: Some(failure), ..none },
+        Phase::Cancelled { cancel, step } => Columns { current_step: *step, cancel: Some(cancel), ..none },
     }
+}
+
+/// Writes `next` if the row still has the state, attempt and version of `loaded`.
+async fn write(conn: &mut PgConnection, loaded: &Loaded, next: &Row) -> Result<bool, sqlx::Error> {
+    let c = columns(&next.phase);
+    let done = sqlx::query(
+        "UPDATE deployments SET state = $5, attempt = $6, runner_id = $7, claim_id = $8, current_step = $9,
+                not_before = $10, error_step = $11, error_cause = $12, error_message = $13, rolled_back = $14,
+                image = $15, url = $16, cancel_by = $17, cancel_reason = $18, version = version + 1,
+                heartbeat_at = CASE WHEN $5 = 'running' THEN now() ELSE heartbeat_at END,
+                started_at = CASE WHEN $5 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $5 IN ('completed', 'failed', 'cancelled') THEN now() END,
+                published_at = CASE WHEN $6 <> attempt THEN NULL ELSE published_at END
+         WHERE id = $1 AND state = $2 AND attempt = $3 AND version = $4",
+    )
+    .bind(loaded.row.id)
+    .bind(loaded.row.state().as_str())
+    .bind(loaded.row.attempt as i32)
+    .bind(loaded.version)
+    .bind(next.state().as_str())
+    .bind(next.attempt as i32)
+    .bind(next.holder.as_ref().map(|h| h.runner_id.as_str()))
+    .bind(next.holder.as_ref().map(|h| h.claim))
+    .bind(c.current_step.map(Step::as_str))
+    .bind(c.not_before)
+    .bind(c.failure.map(|f| f.step.as_str()))
+    .bind(c.failure.map(|f| f.cause.as_str()))
+    .bind(c.failure.map(|f| f.message.as_str()))
+    .bind(c.failure.is_some_and(|f| f.rolled_back))
+    .bind(c.image)
+    .bind(c.url)
+    .bind(c.cancel.map(|r| r.by.as_str()))
+    .bind(c.cancel.map(|r| r.reason.as_str()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Refreshes the holder's lease; bumps the version so a decision made before it (a lease
+/// expiry) loses.
+async fn touch(conn: &mut PgConnection, loaded: &Loaded) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE deployments SET heartbeat_at = now(), version = version + 1
+         WHERE id = $1 AND state = 'running' AND attempt = $2 AND version = $3",
+    )
+    .bind(loaded.row.id)
+    .bind(loaded.row.attempt as i32)
+    .bind(loaded.version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Keeps the per-attempt step table in line with a change: a reported step is recorded, and a
+/// step still running when its attempt ended is closed as failed or cancelled.
+async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: &Input<'_>) -> Result<(), sqlx::Error> {
+    if let Input::Runner(env) = input
+        && let Body::Step { step, status, error } = &env.body
+    {
+        let running = *status == StepStatus::Running;
+        sqlx::query(
+            "INSERT INTO deployment_steps (deployment_id, attempt, step, status, started_at, finished_at, error)
+             VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN NULL ELSE now() END, $6)
+             ON CONFLICT (deployment_id, attempt, step) DO UPDATE
+             SET status = $4, finished_at = CASE WHEN $5 THEN NULL ELSE now() END, error = $6",
+        )
+        .bind(before.id)
+        .bind(before.attempt as i32)
+        .bind(step.as_str())
+        .bind(status.as_str())
+        .bind(running)
+        .bind(error)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(());
+    }
+    let ended_attempt = next.attempt != before.attempt || next.state().is_terminal();
+    if !ended_attempt || before.state() != State::Running {
+        return Ok(());
+    }
+    let (status, error) = match &next.phase {
+        Phase::Cancelled { cancel, .. } => {
+            (StepStatus::Cancelled, format!("cancelled by {}: {}", cancel.by, cancel.reason))
+        }
+        Phase::Failed { failure } | Phase::Queued { last_failure: Some(failure), .. } => {
+            (StepStatus::Failed, failure.message.clone())
+        }
+        Phase::Queued { last_failure: None, .. } | Phase::Running { .. } | Phase::Completed { .. } => return Ok(()),
+    };
+    sqlx::query(
+        "UPDATE deployment_steps SET status = $3, finished_at = coalesce(finished_at, now()), error = coalesce(error, $4)
+         WHERE deployment_id = $1 AND attempt = $2 AND status = 'running'",
+    )
+    .bind(before.id)
+    .bind(before.attempt as i32)
+    .bind(status.as_str())
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-async fn record_failure(
-    tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-    step: Step,
-    cause: Cause,
-    message: &str,
-    retry_after: Option<Duration>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE deployment_steps SET status = 'failed', finished_at = coalesce(finished_at, now()), error = $3 WHERE deployment_id = $1 AND step = $2 AND status = 'running'")
-        .bind(id)
-        .bind(step.as_str())
-        .bind(message)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE deployments SET error_step = $2, error_cause = $3, error_message = $4 WHERE id = $1")
-        .bind(id)
-        .bind(step.as_str())
-        .bind(cause.as_str())
-        .bind(message)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(delay) = retry_after {
-        requeue(tx, id, message, delay).await
-    } else {
-        sqlx::query("UPDATE deployments SET state = 'failed', finished_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-}
-
-/// Puts a deployment back in the outbox as its next attempt, published no sooner than `delay`.
-async fn requeue(
-    tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-    reason: &str,
-    delay: Duration,
+/// Stores one log line of a runner's attempt (a duplicate is dropped by its key).
+pub async fn store_log(
+    pool: &PgPool,
+    env: &slipway_proto::Envelope,
+    line: &slipway_proto::LogLine,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE deployments SET state = 'queued', attempt = attempt + 1, runner_id = NULL, published_at = NULL,
-                heartbeat_at = NULL, current_step = NULL, error_message = $2,
-                not_before = now() + make_interval(secs => $3) WHERE id = $1",
+        "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts)
+         SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
+         ON CONFLICT DO NOTHING",
     )
-    .bind(id)
-    .bind(reason)
-    .bind(delay.as_secs_f64())
-    .execute(&mut **tx)
+    .bind(env.deployment_id)
+    .bind(env.attempt as i32)
+    .bind(line.seq as i64)
+    .bind(line.step.map(Step::as_str))
+    .bind(&line.line)
+    .bind(line.ts)
+    .execute(pool)
     .await?;
     Ok(())
-}
-
-/// A deployment whose runner stopped sending heartbeats, and what became of it.
-#[derive(Debug, Clone)]
-pub struct Expired {
-    pub runner_id: String,
-    pub old_attempt: u32,
-    pub note: Notification,
-}
-
-/// Dispatches again (or fails, when out of attempts) every running deployment whose lease ran out.
-pub async fn expire_leases(pool: &PgPool, lease: Duration, max_attempts: u32) -> Result<Vec<Expired>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let rows = sqlx::query_as::<_, (Uuid, i32, Option<String>, String, Option<String>)>(
-        "SELECT d.id, d.attempt, d.runner_id, a.name, d.current_step FROM deployments d JOIN apps a ON a.id = d.app_id
-         WHERE d.state = 'running' AND d.heartbeat_at < now() - make_interval(secs => $1)
-         FOR UPDATE OF d SKIP LOCKED",
-    )
-    .bind(lease.as_secs_f64())
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut expired = Vec::with_capacity(rows.len());
-    for (id, attempt, runner_id, app, current_step) in rows {
-        let runner_id = runner_id.unwrap_or_default();
-        let message = format!("runner {runner_id} stopped sending heartbeats during attempt {attempt}");
-        let event = retry_decision(Cause::Infrastructure, attempt as u32, max_attempts);
-        let step = current_step.as_deref().and_then(Step::parse).unwrap_or(Step::Clone);
-        record_failure(
-            &mut tx,
-            id,
-            step,
-            Cause::Infrastructure,
-            &message,
-            (event == Event::Retry).then_some(Duration::ZERO),
-        )
-        .await?;
-        let state = apply(State::Running, event).unwrap_or(State::Failed);
-        expired.push(Expired {
-            runner_id,
-            old_attempt: attempt as u32,
-            note: Notification {
-                deployment_id: id,
-                app,
-                attempt: if state == State::Queued { attempt as u32 + 1 } else { attempt as u32 },
-                state,
-                step: Some(step),
-                step_status: None,
-                message: Some(message),
-            },
-        });
-    }
-    tx.commit().await?;
-    Ok(expired)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-    use slipway_proto::LogLine;
-
-    fn current(state: State, attempt: u32, runner: Option<&str>) -> Current {
-        Current { state, attempt, runner_id: runner.map(str::to_string) }
-    }
-
-    #[test]
-    fn decision_table() {
-        let failed_user =
-            Body::Failed { step: Step::Build, cause: Cause::User, message: "x".into(), rolled_back: false };
-        let failed_infra =
-            Body::Failed { step: Step::Push, cause: Cause::Infrastructure, message: "x".into(), rolled_back: false };
-        let completed = Body::Completed { image: "i".into(), url: None };
-        let log = Body::Log(LogLine { seq: 1, step: None, line: "l".into(), ts: Utc::now() });
-        let rows: Vec<(Current, &str, u32, Body, Decision)> = vec![
-            (current(State::Queued, 1, None), "a", 1, Body::Claimed, Decision::Apply(Event::Claimed)),
-            (current(State::Running, 1, Some("a")), "a", 1, Body::Claimed, Decision::Ignore),
-            (
-                current(State::Running, 1, Some("a")),
-                "b",
-                1,
-                Body::Claimed,
-                Decision::Reject("taken by runner a".into()),
-            ),
-            (
-                current(State::Cancelled, 1, None),
-                "b",
-                1,
-                Body::Claimed,
-                Decision::Reject("the deployment is cancelled".into()),
-            ),
-            (
-                current(State::Queued, 2, None),
-                "a",
-                1,
-                Body::Claimed,
-                Decision::Reject("attempt 1 is stale; the current attempt is 2".into()),
-            ),
-            (current(State::Running, 1, Some("a")), "a", 1, Body::Heartbeat, Decision::Heartbeat),
-            (
-                current(State::Running, 1, Some("a")),
-                "b",
-                1,
-                Body::Heartbeat,
-                Decision::Reject("this runner does not hold the job".into()),
-            ),
-            (current(State::Running, 1, Some("a")), "a", 1, completed.clone(), Decision::Apply(Event::Completed)),
-            (current(State::Completed, 1, Some("a")), "a", 1, completed, Decision::Ignore),
-            (current(State::Running, 1, Some("a")), "a", 1, failed_user, Decision::Apply(Event::Failed)),
-            (current(State::Running, 1, Some("a")), "a", 1, failed_infra.clone(), Decision::Apply(Event::Retry)),
-            (current(State::Running, 3, Some("a")), "a", 3, failed_infra, Decision::Apply(Event::Failed)),
-            (
-                current(State::Running, 1, Some("a")),
-                "a",
-                1,
-                Body::Abandoned { reason: "drain".into() },
-                Decision::Apply(Event::Retry),
-            ),
-            (
-                current(State::Cancelled, 1, Some("a")),
-                "a",
-                1,
-                Body::Heartbeat,
-                Decision::Reject("the deployment was cancelled".into()),
-            ),
-            (current(State::Running, 1, Some("a")), "a", 1, log, Decision::Ignore),
-        ];
-        for (cur, runner, attempt, body, expected) in rows {
-            assert_eq!(decide(&cur, runner, attempt, &body, 3), expected, "{cur:?} {runner} {attempt} {body:?}");
-        }
-    }
 }

@@ -15,6 +15,7 @@ use crate::Shared;
 use crate::api::ApiError;
 use crate::apps::{self, AppWithSecret};
 use crate::deployments::{self, Created};
+use crate::transition::Applied;
 
 /// The fields of a `push` event Slipway reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -153,26 +154,31 @@ pub async fn github(
     let mut out = Vec::new();
     let mut any_new = false;
     for app in following {
+        let (app, policy) = (&app.app, shared.policy());
         let created =
-            deployments::create(&shared.pool, &app.app, &sha, &push.git_ref, "github", delivery.as_deref()).await?;
+            deployments::create(&shared.pool, app, &sha, &push.git_ref, "github", delivery.as_deref(), policy).await?;
         let (id, new) = match created {
-            Created::New(id) => (id, true),
+            Created::New { id, superseded } => {
+                announce_queued(&shared, id, &app.name, &sha, &superseded);
+                (id, true)
+            }
             Created::Existing(id) => (id, false),
         };
-        if new {
-            any_new = true;
-            announce_queued(&shared, id, &app.app.name, &sha);
-        }
-        out.push(json!({"app": app.app.name, "deployment_id": id, "new": new}));
+        any_new |= new;
+        out.push(json!({"app": app.name, "deployment_id": id, "new": new}));
     }
     let status = if any_new { StatusCode::ACCEPTED } else { StatusCode::OK };
     let word = if any_new { "queued" } else { "duplicate" };
     Ok((status, Json(json!({"status": word, "sha": sha, "deployments": out}))))
 }
 
-/// Wakes the relay and publishes `deploy.queued` for a new deployment.
-pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str) {
+/// Wakes the relay and publishes `deploy.queued` for a new deployment, and announces the queued
+/// deployments it superseded.
+pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str, superseded: &[Applied]) {
     tracing::info!(deployment_id = %id, app, sha, "deployment queued");
+    for applied in superseded {
+        shared.react(applied);
+    }
     shared.relay_wake.notify_one();
     shared.publisher.notify(&Notification {
         deployment_id: id,

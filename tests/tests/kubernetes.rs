@@ -70,6 +70,7 @@ impl Fixture {
             app: self.app.clone(),
             environment: "production".into(),
             deployment_id: uuid::Uuid::new_v4(),
+            attempt: 1,
             sha: "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".into(),
             image: image.into(),
             port: 8080,

@@ -535,12 +535,9 @@ async fn a_queued_deployment_superseded_by_a_newer_push_never_runs() {
     let newer_id = b["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
     let superseded = s.deployment(&older_id).await;
     assert_eq!(superseded["state"], "cancelled", "{superseded}");
-    assert!(
-        superseded["error_message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&format!("superseded by a newer deployment {newer}"))
-    );
+    assert_eq!(superseded["cancel_by"], "slipway");
+    let reason = superseded["cancel_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&newer_id) && reason.contains(&newer), "names the newer deployment: {reason}");
 
     s.add_runner();
     let d = s.finished(&newer_id, FINISH).await;
