@@ -46,12 +46,16 @@ pub enum Phase {
         cancel: Option<CancelRequest>,
         last_failure: Option<Failure>,
     },
+    /// Every step succeeded; `cancel` is a request that came once the deploy step had started.
     Completed {
         image: String,
         url: Option<String>,
+        cancel: Option<CancelRequest>,
     },
+    /// A step failed for good; `cancel` is a request made before it ended (never retried then).
     Failed {
         failure: Failure,
+        cancel: Option<CancelRequest>,
     },
     Cancelled {
         cancel: CancelRequest,
@@ -223,8 +227,8 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {
-            let next =
-                row.with(row.attempt, row.holder.clone(), Phase::Completed { image: image.clone(), url: url.clone() });
+            let phase = Phase::Completed { image: image.clone(), url: url.clone(), cancel: cancel.clone() };
+            let next = row.with(row.attempt, row.holder.clone(), phase);
             let note = next.note(None, None, url.clone());
             Decision::Change { next, note, control: None }
         }
@@ -233,7 +237,7 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             // A failure after a cancel request is reported as it happened, never retried.
             let retry = cancel.is_none() && retry_decision(*cause, row.attempt, policy.max_attempts);
             let delay = chrono::Duration::from_std(retry_delay(row.attempt)).unwrap_or(chrono::Duration::MAX);
-            failed_or_retried(row, failure, retry.then(|| now + delay), None)
+            failed_or_retried(row, failure, retry.then(|| now + delay), cancel.clone(), None)
         }
         Body::Abandoned { reason } => {
             if let Some(request) = cancel {
@@ -247,7 +251,7 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
                 rolled_back: false,
             };
             let retry = row.attempt < policy.max_attempts;
-            failed_or_retried(row, failure, retry.then_some(now), None)
+            failed_or_retried(row, failure, retry.then_some(now), None, None)
         }
     }
 }
@@ -284,6 +288,7 @@ fn failed_or_retried(
     row: &Row,
     failure: Failure,
     retry_at: Option<DateTime<Utc>>,
+    cancel: Option<CancelRequest>,
     control: Option<Control>,
 ) -> Decision {
     let (next, message) = match retry_at {
@@ -292,10 +297,10 @@ fn failed_or_retried(
             let phase = Phase::Queued { not_before: Some(at), last_failure: Some(failure.clone()) };
             (row.with(row.attempt + 1, None, phase), message)
         }
-        None => (
-            row.with(row.attempt, row.holder.clone(), Phase::Failed { failure: failure.clone() }),
-            failure.message.clone(),
-        ),
+        None => {
+            let phase = Phase::Failed { failure: failure.clone(), cancel };
+            (row.with(row.attempt, row.holder.clone(), phase), failure.message.clone())
+        }
     };
     let note = next.note(Some(failure.step), Some(StepStatus::Failed), Some(message));
     Decision::Change { next, note, control }
@@ -332,7 +337,7 @@ fn lease_expired(row: &Row, policy: Policy, now: DateTime<Utc>) -> Decision {
     let failure =
         Failure { step: step.unwrap_or(Step::Clone), cause: Cause::Infrastructure, message, rolled_back: false };
     let retry = retry_decision(Cause::Infrastructure, row.attempt, policy.max_attempts);
-    failed_or_retried(row, failure, retry.then_some(now), control)
+    failed_or_retried(row, failure, retry.then_some(now), None, control)
 }
 
 fn cancel(row: &Row, request: &CancelRequest) -> Decision {

@@ -34,8 +34,8 @@ fn failure(cause: Cause) -> Failure {
 
 fn finished(state: State) -> Row {
     let phase = match state {
-        State::Completed => Phase::Completed { image: "i".into(), url: None },
-        State::Failed => Phase::Failed { failure: failure(Cause::User) },
+        State::Completed => Phase::Completed { image: "i".into(), url: None, cancel: None },
+        State::Failed => Phase::Failed { failure: failure(Cause::User), cancel: None },
         State::Cancelled => {
             Phase::Cancelled { cancel: CancelRequest { by: "b".into(), reason: "r".into() }, step: None }
         }
@@ -270,7 +270,7 @@ fn completion_forgets_an_earlier_attempts_failure() {
     else {
         panic!("expected a change");
     };
-    assert_eq!(next.phase, Phase::Completed { image: "i".into(), url: None });
+    assert_eq!(next.phase, Phase::Completed { image: "i".into(), url: None, cancel: None });
 }
 
 #[test]
@@ -296,4 +296,23 @@ fn grants_and_stops_name_the_claim() {
         panic!("expected a stop: {d:?}");
     };
     assert_eq!((claim, attempt), (Some(MINE), 1));
+}
+
+#[test]
+fn a_cancel_that_came_too_late_stays_on_record() {
+    let p = Policy { max_attempts: 3 };
+    let body = Body::Completed { image: "i".into(), url: None };
+    let Decision::Change { next, .. } = decide(&running(1, true), &Input::Runner(&mine(1, body)), p, now()) else {
+        panic!("expected a change");
+    };
+    let Phase::Completed { cancel: Some(cancel), .. } = next.phase else {
+        panic!("expected completed with the request")
+    };
+    assert_eq!(cancel.by, "ann");
+    let body =
+        Body::Failed { step: Step::Deploy, cause: Cause::Infrastructure, message: "x".into(), rolled_back: false };
+    let Decision::Change { next, .. } = decide(&running(1, true), &Input::Runner(&mine(1, body)), p, now()) else {
+        panic!("expected a change");
+    };
+    assert!(matches!(next.phase, Phase::Failed { cancel: Some(_), .. }), "{next:?}");
 }

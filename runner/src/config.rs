@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_GIT_TOKEN", hide_env_values = true)]
     pub git_token: Option<String>,
 
+    /// Seconds git may wait on a silent server (connecting, or mid-fetch) before the clone fails
+    /// as an infrastructure error (retried).
+    #[arg(long, env = "SLIPWAY_GIT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub git_timeout_seconds: u64,
+
     /// Seconds a new container has to answer its health check.
     #[arg(long, env = "SLIPWAY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
     pub health_timeout_seconds: u64,
@@ -96,6 +101,9 @@ impl Config {
         if self.concurrency == 0 {
             return Err("SLIPWAY_CONCURRENCY must be at least 1".into());
         }
+        if !(1..=3600).contains(&self.git_timeout_seconds) {
+            return Err("SLIPWAY_GIT_TIMEOUT_SECONDS must be between 1 and 3600".into());
+        }
         if self.heartbeat_seconds == 0 {
             return Err("SLIPWAY_HEARTBEAT_SECONDS must be at least 1".into());
         }
@@ -132,6 +140,11 @@ impl Config {
             pids: 1024,
             timeout: Duration::from_secs(self.test_timeout_seconds),
         }
+    }
+
+    /// How long git may wait on a silent server.
+    pub fn git_timeout(&self) -> Duration {
+        Duration::from_secs(self.git_timeout_seconds)
     }
 
     pub fn heartbeat(&self) -> Duration {

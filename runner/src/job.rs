@@ -221,7 +221,8 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     r.step(Step::Test, StepStatus::Running, None);
     let at_test = |e: JobError| e.at(Step::Test);
     let labels = leftovers::labels(&tools.config, job);
-    let label_refs: HashMap<&str, &str> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (key, value) = leftovers::image_label(&tools.config, job);
+    let label_refs = HashMap::from([(key.as_str(), value.as_str())]);
     // Generated images are tested in their build stage (sources and dev dependencies present),
     // tagged for this attempt and removed after the test.
     let test_image = match generated {

@@ -21,6 +21,9 @@ pub const LABEL_RUNNER: &str = "dev.slipway.runner";
 pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
 /// Label naming what a container is for (`test`).
 pub const LABEL_ROLE: &str = "dev.slipway.role";
+/// The one label of a temporary image: `<runner>/<deployment>`. One label, because the classic
+/// builder adds each label as a layer of its own, which removing the image would leave behind.
+pub const LABEL_JOB: &str = "dev.slipway.job";
 
 /// What a runner removed at start-up.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,7 +62,12 @@ pub fn workspace(config: &Config, job: &Job) -> std::io::Result<tempfile::TempDi
     tempfile::Builder::new().prefix(&name).tempdir_in(dir)
 }
 
-/// The labels of a container or temporary image made for `job`.
+/// The label of a temporary image made for `job`.
+pub fn image_label(config: &Config, job: &Job) -> (String, String) {
+    (LABEL_JOB.to_string(), format!("{}/{}", config.runner_id(), job.deployment_id))
+}
+
+/// The labels of a container made for `job`.
 pub fn labels(config: &Config, job: &Job) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_RUNNER.to_string(), config.runner_id()),
@@ -68,9 +76,10 @@ pub fn labels(config: &Config, job: &Job) -> HashMap<String, String> {
     ])
 }
 
-/// Removes a temporary image; a failure is logged (the next start-up tries again).
+/// Removes a temporary image but not its parents: they are the build stage's layers, the
+/// cache of the next build. A failure is logged (the next start-up tries again).
 pub async fn remove_image(docker: &Docker, tag: &str) {
-    let options = RemoveImageOptionsBuilder::default().force(true).build();
+    let options = RemoveImageOptionsBuilder::default().force(true).noprune(true).build();
     if let Err(err) = docker.remove_image(tag, Some(options), None).await {
         tracing::warn!(error = %err, image = tag, "could not remove a temporary image");
     }
@@ -100,8 +109,10 @@ pub async fn remove_all(docker: &Docker, config: &Config) -> anyhow::Result<Remo
         docker.remove_container(&c, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await?;
         removed.containers += 1;
     }
-    let images = docker.list_images(Some(ListImagesOptionsBuilder::default().filters(&mine).build())).await?;
-    for image in images {
+    let temporary = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
+    let images = docker.list_images(Some(ListImagesOptionsBuilder::default().filters(&temporary).build())).await?;
+    let owner = format!("{}/", config.runner_id());
+    for image in images.into_iter().filter(|i| i.labels.get(LABEL_JOB).is_some_and(|v| v.starts_with(&owner))) {
         remove_image(docker, &image.id).await;
         removed.images += 1;
     }

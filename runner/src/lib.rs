@@ -33,7 +33,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .negotiate_version()
         .await
         .context("talking to the Docker engine (is dockerd running?)")?;
-    checkout::set_network_timeouts(GIT_CONNECT_TIMEOUT, GIT_IO_TIMEOUT).context("setting git network timeouts")?;
+    let git_timeout = config.git_timeout();
+    checkout::set_network_timeouts(git_timeout.min(Duration::from_secs(30)), git_timeout)
+        .context("setting git network timeouts")?;
     let removed = leftovers::remove_all(&docker, &config).await.context("removing what an earlier run left")?;
     if removed != leftovers::Removed::default() {
         tracing::warn!(
@@ -116,8 +118,3 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tasks.wait().await;
     Ok(())
 }
-
-/// How long git may take to connect to a server.
-const GIT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long git waits for a server that went silent mid-fetch.
-const GIT_IO_TIMEOUT: Duration = Duration::from_secs(60);

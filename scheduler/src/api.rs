@@ -284,10 +284,14 @@ struct CancelBody {
 async fn cancel_deployment(
     State(shared): State<Shared>,
     Path(raw): Path<String>,
-    body: Option<Json<CancelBody>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&raw)?;
-    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_default();
+    let body: CancelBody = match body.is_empty() {
+        true => CancelBody::default(),
+        false => serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?,
+    };
+    let reason = body.reason.unwrap_or_default();
     if reason.chars().count() > 500 || reason.chars().any(|c| c.is_control()) {
         return Err(ApiError::Unprocessable("`reason` must be at most 500 printable characters".into()));
     }

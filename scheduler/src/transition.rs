@@ -207,10 +207,12 @@ fn parse(id: Uuid, s: Stored) -> Result<Loaded, TransitionError> {
         State::Completed => Phase::Completed {
             image: s.image.clone().ok_or_else(|| corrupt("image", "NULL of a completed deployment"))?,
             url: s.url.clone(),
+            cancel: cancel.clone(),
         },
-        State::Failed => {
-            Phase::Failed { failure: failure.ok_or_else(|| corrupt("error_step", "NULL of a failed deployment"))? }
-        }
+        State::Failed => Phase::Failed {
+            failure: failure.ok_or_else(|| corrupt("error_step", "NULL of a failed deployment"))?,
+            cancel: cancel.clone(),
+        },
         State::Cancelled => Phase::Cancelled {
             cancel: cancel.ok_or_else(|| corrupt("cancel_by", "NULL of a cancelled deployment"))?,
             step: current_step,
@@ -246,8 +248,10 @@ fn columns(phase: &Phase) -> Columns<'_> {
         Phase::Running { step, cancel, last_failure } => {
             Columns { current_step: *step, failure: last_failure.as_ref(), cancel: cancel.as_ref(), ..none }
         }
-        Phase::Completed { image, url } => Columns { image: Some(image), url: url.as_deref(), ..none },
-        Phase::Failed { failure } => Columns { failure: Some(failure), ..none },
+        Phase::Completed { image, url, cancel } => {
+            Columns { image: Some(image), url: url.as_deref(), cancel: cancel.as_ref(), ..none }
+        }
+        Phase::Failed { failure, cancel } => Columns { failure: Some(failure), cancel: cancel.as_ref(), ..none },
         Phase::Cancelled { cancel, step } => Columns { current_step: *step, cancel: Some(cancel), ..none },
     }
 }
@@ -334,7 +338,7 @@ async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: 
         Phase::Cancelled { cancel, .. } => {
             (StepStatus::Cancelled, format!("cancelled by {}: {}", cancel.by, cancel.reason))
         }
-        Phase::Failed { failure } | Phase::Queued { last_failure: Some(failure), .. } => {
+        Phase::Failed { failure, .. } | Phase::Queued { last_failure: Some(failure), .. } => {
             (StepStatus::Failed, failure.message.clone())
         }
         Phase::Queued { last_failure: None, .. } | Phase::Running { .. } | Phase::Completed { .. } => return Ok(()),

@@ -36,13 +36,15 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 impl GitServer {
-    /// Starts `git daemon` on a free port.
+    /// Starts `git-daemon` on a free port. The daemon itself is started (not the `git` wrapper,
+    /// which would leave the daemon running when killed).
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("git server dir");
         std::fs::create_dir_all(dir.path().join("repos")).expect("repos dir");
         let port = crate::free_port();
-        let child = Command::new("git")
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+        let exec_path = git(dir.path(), &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", dir.path().join("repos").display()))
             .stdout(Stdio::null())

@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::{eventually, free_port, unique};
+use crate::{Proxy, eventually, free_port, unique};
 
 /// A child process, killed on drop; its output goes to a log file kept for failures.
 pub struct Proc {
@@ -58,6 +58,8 @@ pub struct SlipwayOptions {
     pub registry: Option<String>,
     /// More environment for every runner.
     pub runner_env: Vec<(String, String)>,
+    /// Put a [`Proxy`] between the scheduler and PostgreSQL, so the test can cut it.
+    pub database_proxy: bool,
 }
 
 impl Default for SlipwayOptions {
@@ -71,6 +73,7 @@ impl Default for SlipwayOptions {
             max_attempts: 3,
             registry: None,
             runner_env: Vec::new(),
+            database_proxy: false,
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct Slipway {
     pub runners: Vec<Proc>,
     pub database_url: String,
     pub prefix: String,
+    /// The proxy the scheduler reaches PostgreSQL through, with `database_proxy`.
+    pub db_proxy: Option<Proxy>,
     options: SlipwayOptions,
     logs: tempfile::TempDir,
     apps: Vec<String>,
@@ -109,13 +114,22 @@ impl Slipway {
         let logs = tempfile::tempdir().expect("log dir");
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
+        let (scheduler_db, db_proxy) = match options.database_proxy {
+            false => (database_url.clone(), None),
+            true => {
+                let host = database_url.split('@').nth(1).and_then(|h| h.split('/').next()).expect("db host:port");
+                let proxy = Proxy::start(host).await;
+                (database_url.replace(host, &format!("127.0.0.1:{}", proxy.port)), Some(proxy))
+            }
+        };
         let scheduler = spawn(
+            "scheduler",
             "scheduler",
             &bin("slipway-scheduler"),
             &logs,
             &[
                 ("SLIPWAY_LISTEN", format!("127.0.0.1:{port}")),
-                ("DATABASE_URL", database_url.clone()),
+                ("DATABASE_URL", scheduler_db),
                 ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
                 ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
                 ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
@@ -129,6 +143,7 @@ impl Slipway {
             runners: Vec::new(),
             database_url,
             prefix,
+            db_proxy,
             options: options.clone(),
             logs,
             apps: Vec::new(),
@@ -149,6 +164,20 @@ impl Slipway {
     /// Starts one more runner; its id is `runner-<n>`.
     pub fn add_runner(&mut self) -> String {
         let id = format!("runner-{}", self.runners.len() + 1);
+        let proc = self.spawn_runner(&id);
+        self.runners.push(proc);
+        id
+    }
+
+    /// Starts runner `index` again under the same id (after it was killed), as a new life of it.
+    pub fn restart_runner(&mut self, index: usize) {
+        self.runners[index].kill9();
+        let id = self.runners[index].name.clone();
+        self.runners[index] = self.spawn_runner(&id);
+    }
+
+    fn spawn_runner(&self, id: &str) -> Proc {
+        let id = id.to_string();
         let work = self.work_dir(&id);
         let mut env = vec![
             ("SLIPWAY_RUNNER_ID", id.clone()),
@@ -161,9 +190,34 @@ impl Slipway {
             ("SLIPWAY_DRAIN_SECONDS", "60".into()),
         ];
         env.extend(self.options.runner_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        let proc = spawn(&id, &bin("slipway-runner"), &self.logs, &env);
-        self.runners.push(proc);
-        id
+        let life = self.runners.iter().filter(|r| r.name == id).count();
+        spawn(&id, &format!("{id}.{life}"), &bin("slipway-runner"), &self.logs, &env)
+    }
+
+    /// Asks to cancel a deployment.
+    pub async fn cancel(&self, id: &str, reason: &str) -> (u16, Value) {
+        self.post(&format!("/api/v1/deployments/{id}/cancel"), &json!({"reason": reason})).await
+    }
+
+    /// Publishes `job` (a `proto::Job` as JSON) on the installation's jobs queue, as a stale or
+    /// duplicate copy would arrive.
+    pub async fn publish_job(&self, job: &Value) {
+        use lapin::options::BasicPublishOptions;
+        let conn = lapin::Connection::connect(&self.options.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp");
+        let channel = conn.create_channel().await.expect("channel");
+        channel.confirm_select(Default::default()).await.expect("confirms");
+        let queue = format!("{}.jobs", self.prefix);
+        let payload = serde_json::to_vec(job).expect("job json");
+        let props = lapin::BasicProperties::default().with_delivery_mode(2);
+        channel
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &payload, props)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let _ = conn.close(200, "bye".into()).await;
     }
 
     /// The work directory of runner `id` (where its job workspaces are made).
@@ -330,8 +384,8 @@ impl Drop for Slipway {
     }
 }
 
-fn spawn(name: &str, path: &PathBuf, logs: &tempfile::TempDir, env: &[(&str, String)]) -> Proc {
-    let log = logs.path().join(format!("{name}.log"));
+fn spawn(name: &str, log_name: &str, path: &PathBuf, logs: &tempfile::TempDir, env: &[(&str, String)]) -> Proc {
+    let log = logs.path().join(format!("{log_name}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let err = file.try_clone().expect("log file clone");
     let mut cmd = Command::new(path);

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod git;
 pub mod harness;
+pub mod proxy;
 pub mod rabbit;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use git::GitServer;
 pub use harness::{Proc, Slipway, SlipwayOptions};
+pub use proxy::Proxy;
 pub use rabbit::PrivateBroker;
 
 /// Waits until `check` returns `Some`, polling every 200 ms, or panics naming `what`.

@@ -1,0 +1,143 @@
+//! The `docker` target on the real engine: a retried attempt of a deployment keeps the earlier
+//! attempt's container serving until its own is healthy, and an older deployment never stops or
+//! replaces a newer one's container.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use slipway_deploy::{DeployTarget, DockerTarget, DockerTargetConfig, Error, Release};
+use slipway_tests::{docker, unique};
+
+/// Builds a busybox image serving `/healthz` after `delay` seconds; returns its tag.
+fn image(delay: u32) -> String {
+    let dir = tempfile::tempdir().expect("context dir");
+    std::fs::create_dir_all(dir.path().join("www")).expect("www");
+    std::fs::write(dir.path().join("www/healthz"), format!("ok after {delay}\n")).expect("healthz");
+    let dockerfile = format!(
+        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"sh\", \"-c\", \"sleep {delay} && exec httpd -f -p 8080 -h /www\"]\n"
+    );
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    let tag = format!("slipway-test/{}:1", unique("target"));
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tag
+}
+
+struct App {
+    name: String,
+    target: DockerTarget,
+    images: Vec<String>,
+}
+
+impl App {
+    async fn new() -> Self {
+        let engine =
+            bollard::Docker::connect_with_local_defaults().expect("docker").negotiate_version().await.expect("api");
+        let config = DockerTargetConfig {
+            publish_address: "127.0.0.1".into(),
+            health_timeout: Duration::from_secs(30),
+            memory_bytes: None,
+        };
+        Self { name: unique("target"), target: DockerTarget::new(engine, config), images: Vec::new() }
+    }
+
+    fn release(&self, deployment_id: uuid::Uuid, attempt: u32, image: &str) -> Release {
+        Release {
+            app: self.name.clone(),
+            environment: "production".into(),
+            deployment_id,
+            attempt,
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            image: image.into(),
+            port: 8080,
+            health_path: "/healthz".into(),
+            env: BTreeMap::new(),
+            settings: None,
+        }
+    }
+
+    fn containers(&self) -> Vec<String> {
+        docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=dev.slipway.app={}", self.name)])
+            .expect("docker ps")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for c in self.containers() {
+            let _ = docker(&["rm", "-f", &c]);
+        }
+        for i in &self.images {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+    }
+}
+
+async fn answers(url: &str) -> bool {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
+    client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test]
+async fn a_retried_attempt_keeps_the_earlier_attempts_container_serving_until_its_own_is_healthy() {
+    let mut app = App::new().await;
+    let (fast, slow) = (image(0), image(3));
+    app.images = vec![fast.clone(), slow.clone()];
+    let deployment = uuid::Uuid::now_v7();
+    let log = |_: String| {};
+    let first = app.target.deploy(&app.release(deployment, 1, &fast), &log).await.expect("attempt 1 deploys");
+    let first_url = first.url.expect("url");
+    assert!(answers(&first_url).await);
+
+    let second = app.release(deployment, 2, &slow);
+    // Once the target logs `healthy:`, it retires attempt 1: checks count only before that.
+    let healthy = std::sync::atomic::AtomicBool::new(false);
+    let watch = |line: String| {
+        if line.starts_with("healthy:") {
+            healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let deploying = app.target.deploy(&second, &watch);
+    tokio::pin!(deploying);
+    let (mut checks, mut failures) = (0, 0);
+    let live = loop {
+        tokio::select! {
+            live = &mut deploying => break live.expect("attempt 2 deploys"),
+            ok = answers(&first_url) => {
+                if !healthy.load(std::sync::atomic::Ordering::SeqCst) {
+                    checks += 1;
+                    failures += usize::from(!ok);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(checks >= 10, "the replacement took its 3 s to become healthy ({checks} checks)");
+    assert_eq!(failures, 0, "attempt 1 served until attempt 2 was healthy");
+    assert!(answers(live.url.as_deref().expect("url")).await);
+    assert_eq!(app.containers(), [DockerTarget::container_name(&second)], "attempt 1's container was retired");
+}
+
+#[tokio::test]
+async fn an_older_deployment_never_stops_or_replaces_a_newer_ones_container() {
+    let mut app = App::new().await;
+    let served = image(0);
+    app.images = vec![served.clone()];
+    let older = uuid::Uuid::now_v7();
+    let newer = uuid::Uuid::now_v7();
+    assert!(older < newer);
+    let log = |_: String| {};
+    let live = app.target.deploy(&app.release(newer, 1, &served), &log).await.expect("the newer deploys");
+    let late = app.target.deploy(&app.release(older, 1, &served), &log).await;
+    assert!(matches!(late, Err(Error::Stale { .. })), "{late:?}");
+    assert!(answers(live.url.as_deref().expect("url")).await, "the newer version still serves");
+    assert_eq!(app.containers(), [DockerTarget::container_name(&app.release(newer, 1, &served))]);
+}

@@ -1,0 +1,392 @@
+//! The lifecycle end to end: cancelling in every step with nothing left behind, stale copies of
+//! jobs that change nothing, leftovers of a killed runner, leases that survive a broker outage,
+//! fast 503s while PostgreSQL is down, and an unreachable git server retried as infrastructure.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, PrivateBroker, Proxy, Slipway, SlipwayOptions, docker, eventually, unique};
+
+const SECRET: &str = "lifecycle-secret-0123456789";
+const FINISH: Duration = Duration::from_secs(120);
+/// A cancelled step must end well before the work it stopped would have.
+const STOPPED: Duration = Duration::from_secs(30);
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+
+fn dockerfile(run: &str, cmd: &str) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("Dockerfile".into(), format!("FROM slipway/busybox:1\nRUN {run}\nCOPY www /www\nCMD {cmd}\n").into_bytes()),
+        ("www/index.html".into(), b"<p>hello</p>\n".to_vec()),
+        ("www/healthz".into(), b"ok\n".to_vec()),
+    ]
+}
+
+const HTTPD: &str = r#"["httpd", "-f", "-p", "8080", "-h", "/www"]"#;
+
+fn commit(git: &GitServer, repo: &str, message: &str, files: &[(String, Vec<u8>)]) -> String {
+    let entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
+    git.commit(repo, message, &entries)
+}
+
+async fn push(s: &Slipway, url: &str, sha: &str) -> String {
+    let (status, answer) = s.push(url, sha, SECRET, &unique("delivery")).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["deployments"][0]["deployment_id"].as_str().expect("deployment id").to_string()
+}
+
+async fn wait_for_step(s: &Slipway, id: &str, step: &str) {
+    eventually(Duration::from_secs(90), &format!("step {step} to start"), || async move {
+        (s.deployment(id).await["current_step"] == step).then_some(())
+    })
+    .await;
+}
+
+fn step_status(d: &Value, step: &str) -> Option<String> {
+    d["steps"].as_array()?.iter().rev().find(|s| s["step"] == step).map(|s| s["status"].as_str().unwrap_or("").into())
+}
+
+/// Job workspaces left in a runner's work directory.
+fn workspaces(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Containers (any state) whose command line contains `marker`.
+fn containers_running(marker: &str) -> Vec<String> {
+    let out = docker(&["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"]).expect("docker ps");
+    out.lines().filter(|l| l.contains(marker)).map(str::to_string).collect()
+}
+
+fn labelled(label: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label={label}")])
+        .expect("docker ps")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asks to cancel `id` and waits until it ends; returns the deployment and how long that took.
+async fn cancel_and_finish(s: &Slipway, id: &str, expect_status: u16) -> (Value, Duration) {
+    let asked = Instant::now();
+    let (status, answer) = s.cancel(id, "changed my mind").await;
+    assert_eq!(status, expect_status, "{answer}");
+    let d = s.finished(id, FINISH).await;
+    (d, asked.elapsed())
+}
+
+fn assert_cancelled(d: &Value, step: &str) {
+    assert_eq!(d["state"], "cancelled", "{d}");
+    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("api"), Some("changed my mind")), "{d}");
+    assert_eq!(step_status(d, step).as_deref(), Some("cancelled"), "the {step} step shows it was stopped: {d}");
+    assert_eq!(step_status(d, "deploy"), None, "nothing was deployed: {d}");
+}
+
+#[tokio::test]
+async fn a_queued_deployment_is_cancelled_at_once_and_a_finished_one_is_a_conflict() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = unique("queued");
+    let url = git.url(&repo);
+    s.create_app("queued", &url, SECRET, json!({})).await;
+    let id = push(&s, &url, &commit(&git, &repo, "v1", &dockerfile("true", HTTPD))).await;
+
+    let out = std::process::Command::new(s.cli())
+        .args(["cancel", &id, "--reason", "changed my mind"])
+        .env("SLIPWAY_URL", &s.base)
+        .output()
+        .expect("run slipway cancel");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cancelled deployment {id}"));
+    let d = s.deployment(&id).await;
+    assert_eq!(d["state"], "cancelled");
+    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("api"), Some("changed my mind")));
+
+    let (status, again) = s.cancel(&id, "twice").await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again["error"].as_str().unwrap_or_default().contains("cancelled"), "{again}");
+    let (status, _) = s.cancel(&uuid::Uuid::now_v7().to_string(), "unknown").await;
+    assert_eq!(status, 404);
+    let (status, _) = s.cancel("not-an-id", "bad").await;
+    assert_eq!(status, 400);
+    let (status, bad) = s.cancel(&id, "bell\u{7}").await;
+    assert_eq!(status, 422, "{bad}");
+    let (status, bad) = s.post(&format!("/api/v1/deployments/{id}/cancel"), &json!({"reason": 5})).await;
+    assert_eq!(status, 400, "{bad}");
+
+    s.add_runner();
+    let later = commit(&git, &repo, "v2", &dockerfile("true", HTTPD));
+    let next = push(&s, &url, &later).await;
+    assert_eq!(s.finished(&next, FINISH).await["state"], "completed");
+    let d = s.deployment(&id).await;
+    assert!(d["steps"].as_array().is_none_or(|st| st.is_empty()), "the cancelled deployment never ran: {d}");
+}
+
+#[tokio::test]
+async fn cancelling_during_the_build_stops_it_and_leaves_nothing_behind() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("cancel-build");
+    let url = git.url(&repo);
+    let app = s.create_app("cancel-build", &url, SECRET, json!({})).await;
+    let marker = unique("slow-build");
+    let id =
+        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 120"), HTTPD))).await;
+    eventually(Duration::from_secs(90), "the slow build step to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+
+    let (d, took) = cancel_and_finish(&s, &id, 202).await;
+    assert_cancelled(&d, "build");
+    assert!(took < STOPPED, "the 120 s build was stopped, not waited for ({took:?})");
+    eventually(Duration::from_secs(20), "the build container to be removed", || async {
+        containers_running(&marker).is_empty().then_some(())
+    })
+    .await;
+    assert!(workspaces(&s.work_dir("runner-1")).is_empty(), "{:?}", workspaces(&s.work_dir("runner-1")));
+    assert!(labelled(&format!("dev.slipway.app={app}")).is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_during_the_clone_interrupts_the_fetch() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("cancel-clone");
+    // 4 MB that do not compress, through a proxy that passes 16 KB every 100 ms: a 25 s fetch.
+    let mut noise = vec![0u8; 4 * 1024 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut files = dockerfile("true", HTTPD);
+    files.push(("noise.bin".into(), noise));
+    let sha = commit(&git, &repo, "big", &files);
+    let proxy = Proxy::start(git.url(&repo).trim_start_matches("git://").split('/').next().expect("host")).await;
+    proxy.throttle(16 * 1024);
+    let url = format!("git://127.0.0.1:{}/{repo}.git", proxy.port);
+    s.create_app("cancel-clone", &url, SECRET, json!({})).await;
+    let id = push(&s, &url, &sha).await;
+    eventually(Duration::from_secs(60), "the fetch to be under way", || async {
+        (proxy.forwarded() > 64 * 1024).then_some(())
+    })
+    .await;
+
+    let (d, took) = cancel_and_finish(&s, &id, 202).await;
+    assert_cancelled(&d, "clone");
+    assert!(took < Duration::from_secs(15), "the fetch was interrupted, not waited for ({took:?})");
+    assert!(proxy.forwarded() < 3 * 1024 * 1024, "the fetch did not run to its end");
+    assert!(workspaces(&s.work_dir("runner-1")).is_empty(), "{:?}", workspaces(&s.work_dir("runner-1")));
+}
+
+#[tokio::test]
+async fn cancelling_during_the_tests_removes_the_test_container_and_image() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        runner_env: vec![("SLIPWAY_BASE_IMAGES".into(), BASES.into()), ("SLIPWAY_TEST_MEMORY_MB".into(), "256".into())],
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("cancel-test");
+    let url = git.url(&repo);
+    let name = unique("cancel-test-app");
+    let toml = "install = \"mkdir -p node_modules\"\nstart = \"httpd -f -p $PORT -h /app/www\"\ntest = \"sleep 120\"\nhealth_path = \"/healthz\"\n";
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("package.json".into(), format!(r#"{{"name":"{name}","scripts":{{"start":"node server.js"}}}}"#).into_bytes()),
+        ("package-lock.json".into(), br#"{"lockfileVersion":3}"#.to_vec()),
+        ("slipway.toml".into(), toml.as_bytes().to_vec()),
+        ("www/healthz".into(), b"ok\n".to_vec()),
+    ];
+    s.create_app("cancel-test", &url, SECRET, json!({"port": 8080})).await;
+    let id = push(&s, &url, &commit(&git, &repo, "slow tests", &files)).await;
+    let label = format!("dev.slipway.deployment={id}");
+    eventually(Duration::from_secs(90), "the test container to run", || {
+        let (s, id, label) = (&s, id.clone(), label.clone());
+        async move {
+            let d = s.deployment(&id).await;
+            assert!(!["completed", "failed", "cancelled"].contains(&d["state"].as_str().unwrap_or("")), "ended: {d}");
+            (!labelled(&label).is_empty()).then_some(())
+        }
+    })
+    .await;
+
+    let (d, took) = cancel_and_finish(&s, &id, 202).await;
+    assert_cancelled(&d, "test");
+    assert!(took < STOPPED, "the 120 s tests were stopped ({took:?})");
+    assert!(labelled(&label).is_empty(), "the test container is gone");
+    let images =
+        docker(&["images", "-aq", "--filter", &format!("label=dev.slipway.job=runner-1/{id}")]).expect("docker images");
+    assert!(images.trim().is_empty(), "the test image is gone: {images}");
+    assert!(workspaces(&s.work_dir("runner-1")).is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_during_the_deploy_lets_it_finish_and_reports_the_truth() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("cancel-deploy");
+    let url = git.url(&repo);
+    s.create_app("cancel-deploy", &url, SECRET, json!({})).await;
+    let slow_start = r#"["sh", "-c", "sleep 4 && exec httpd -f -p 8080 -h /www"]"#;
+    let id = push(&s, &url, &commit(&git, &repo, "slow start", &dockerfile("true", slow_start))).await;
+    wait_for_step(&s, &id, "deploy").await;
+
+    let (d, _) = cancel_and_finish(&s, &id, 202).await;
+    assert_eq!(d["state"], "completed", "a deploy switching traffic is never cut off: {d}");
+    assert_eq!(d["cancel_by"], "api", "the request is on record: {d}");
+    assert!(s.app_body(d["url"].as_str().expect("url"), "/healthz").await.is_some(), "and it serves");
+}
+
+#[tokio::test]
+async fn a_stale_copy_of_a_finished_job_changes_nothing() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("stale");
+    let url = git.url(&repo);
+    let app = s.create_app("stale", &url, SECRET, json!({})).await;
+    let mut v1 = dockerfile("true", HTTPD);
+    v1[1].1 = b"<p>version one</p>\n".to_vec();
+    let old_sha = commit(&git, &repo, "v1", &v1);
+    let old = push(&s, &url, &old_sha).await;
+    assert_eq!(s.finished(&old, FINISH).await["state"], "completed");
+    let mut v2 = dockerfile("true", HTTPD);
+    v2[1].1 = b"<p>version two</p>\n".to_vec();
+    let new = push(&s, &url, &commit(&git, &repo, "v2", &v2)).await;
+    let newest = s.finished(&new, FINISH).await;
+    assert_eq!(newest["state"], "completed");
+    let before = s.deployment(&old).await;
+
+    // A delayed copy of the old job (as a redelivery or a republish after a crash would bring).
+    s.publish_job(&json!({
+        "deployment_id": old, "attempt": 1, "sha": old_sha, "git_ref": "refs/heads/main",
+        "app": {"name": app, "repo_url": url, "environment": "production", "target": "docker", "port": 8080,
+                "health_path": "/healthz", "env": {}}
+    }))
+    .await;
+    eventually(Duration::from_secs(30), "the runner to drop the refused copy", || async {
+        s.runners[0].output().contains("claim refused").then_some(())
+    })
+    .await;
+
+    assert_eq!(s.deployment(&old).await, before, "the old deployment is untouched");
+    let live = newest["url"].as_str().expect("url");
+    assert!(s.app_body(live, "/").await.expect("serves").contains("version two"), "the newer version still serves");
+    assert_eq!(labelled(&format!("dev.slipway.app={app}")).len(), 1, "one container of the app");
+    assert_eq!(s.deployment(&new).await["state"], "completed");
+}
+
+#[tokio::test]
+async fn a_runner_killed_mid_build_removes_its_leftovers_when_it_starts_again() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { lease_seconds: 4, heartbeat_seconds: 1, ..Default::default() }).await;
+    let repo = unique("leftovers");
+    let url = git.url(&repo);
+    s.create_app("leftovers", &url, SECRET, json!({})).await;
+    let marker = unique("killed-build");
+    let id =
+        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 8"), HTTPD))).await;
+    eventually(Duration::from_secs(90), "the build to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+    s.runners[0].kill9();
+    let work = s.work_dir("runner-1");
+    assert_eq!(workspaces(&work).len(), 1, "SIGKILL left the workspace behind");
+
+    s.restart_runner(0);
+    eventually(Duration::from_secs(30), "the new life to remove the old workspace", || async {
+        s.runners[0].output().contains("removed what an earlier run of this runner left").then_some(())
+    })
+    .await;
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    assert_eq!(d["attempt"], 2);
+    assert!(d["error_message"].is_null(), "a completed deployment keeps no earlier attempt's error: {d}");
+    assert!(workspaces(&work).is_empty(), "{:?}", workspaces(&work));
+    assert!(labelled("dev.slipway.runner=runner-1").is_empty());
+}
+
+#[tokio::test]
+async fn a_broker_outage_longer_than_the_lease_does_not_expire_a_running_job() {
+    let broker = PrivateBroker::start("", "");
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        amqp_url: broker.url(),
+        lease_seconds: 10,
+        heartbeat_seconds: 1,
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("outage-lease");
+    let url = git.url(&repo);
+    s.create_app("outage-lease", &url, SECRET, json!({})).await;
+    let marker = unique("long-build");
+    let id =
+        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 25"), HTTPD))).await;
+    eventually(Duration::from_secs(90), "the build to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+
+    broker.stop();
+    // The fault under test: an outage half again as long as the lease, with the job running.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    broker.restart();
+
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    assert_eq!(d["attempt"], 1, "the outage did not expire the lease of a running job: {d}");
+}
+
+#[tokio::test]
+async fn the_api_answers_503_at_once_while_postgresql_is_unreachable() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, database_proxy: true, ..Default::default() }).await;
+    let repo = unique("db-down");
+    let url = git.url(&repo);
+    s.create_app("db-down", &url, SECRET, json!({})).await;
+    let sha = commit(&git, &repo, "v1", &dockerfile("true", HTTPD));
+
+    s.db_proxy.as_ref().expect("proxy").cut();
+    let started = Instant::now();
+    let body = slipway_tests::harness::push_body(&url, "refs/heads/main", &sha);
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/webhooks/github", s.base))
+        .header("content-type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", "db-down-delivery")
+        .header("X-Hub-Signature-256", slipway_tests::harness::sign(SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .expect("scheduler answers");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().get("retry-after").is_some(), "says when to retry");
+    assert!(started.elapsed() < Duration::from_secs(5), "fast, well inside GitHub's 10 s ({:?})", started.elapsed());
+
+    s.db_proxy.as_ref().expect("proxy").restore();
+    let (status, answer) = eventually(Duration::from_secs(30), "the scheduler to reach PostgreSQL again", || async {
+        let (status, answer) = s.push(&url, &sha, SECRET, "db-down-delivery").await;
+        (status != 503).then_some((status, answer))
+    })
+    .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+#[tokio::test]
+async fn an_unreachable_git_server_is_an_infrastructure_failure_and_is_retried() {
+    let mut s = Slipway::start(SlipwayOptions { max_attempts: 2, ..Default::default() }).await;
+    let url = format!("git://127.0.0.1:{}/gone.git", slipway_tests::free_port());
+    s.create_app("git-down", &url, SECRET, json!({})).await;
+    let id = push(&s, &url, "0123456789abcdef0123456789abcdef01234567").await;
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("infrastructure")), "{d}");
+    assert_eq!(d["attempt"], 2, "retried: {d}");
+}
