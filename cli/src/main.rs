@@ -334,14 +334,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if follow {
                 return follow_logs(&online()?, &deployment).await;
             }
-            online()?.logs(&deployment, false, print_line).await?;
+            online()?.logs(&deployment, false, line_printer()).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
-    match client.logs(id, true, print_line).await? {
+    match client.logs(id, true, line_printer()).await? {
         LogEnd::State(state) if state == "completed" => {
             let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
             println!(
@@ -436,9 +436,22 @@ fn print_plan(plan: &Value) {
     }
 }
 
-fn print_line(v: &Value) {
-    let step = v.get("step").and_then(Value::as_str).unwrap_or("runner");
-    println!("[{step:>7}] {}", s(v, "line"));
+/// Prints log events as lines; the parts of a long line (`more`) are joined into one.
+fn line_printer() -> impl FnMut(&Value) {
+    use std::io::Write;
+    let mut continuing = false;
+    move |v: &Value| {
+        let mut out = std::io::stdout().lock();
+        if !continuing {
+            let step = v.get("step").and_then(Value::as_str).unwrap_or("runner");
+            let _ = write!(out, "[{step:>7}] ");
+        }
+        continuing = v.get("more") == Some(&json!(true));
+        let _ = match continuing {
+            true => write!(out, "{}", s(v, "line")),
+            false => writeln!(out, "{}", s(v, "line")),
+        };
+    }
 }
 
 fn print_deployment(d: &Value) {

@@ -13,6 +13,8 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use slipway_proto::text::escape_bytes;
+
 use crate::{DeployTarget, Error, Live, LogFn, Release};
 
 /// Labels that mark Slipway's containers.
@@ -184,7 +186,7 @@ impl DockerTarget {
         let mut stream = self.docker.logs(name, Some(opts));
         let mut lines = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
-            lines.extend(String::from_utf8_lossy(&chunk.into_bytes()).lines().map(str::to_string));
+            lines.extend(chunk.into_bytes().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(escape_bytes));
         }
         lines
     }

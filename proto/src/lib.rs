@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod message;
 pub mod name;
 pub mod state;
+pub mod text;
 
 pub use lifecycle::{CancelRequest, Decision, Failure, Holder, Input, Phase, Policy, Rejection, Row, decide};
 pub use message::{Body, Control, Envelope, Job, JobApp, LogLine, Notification, TargetKind};

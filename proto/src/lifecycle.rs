@@ -210,14 +210,14 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
     let Phase::Running { step: current_step, cancel, last_failure } = &row.phase else {
         return match &env.body {
             // A late copy of the holder's last message: it was applied already.
-            Body::Completed { .. } | Body::Failed { .. } | Body::Abandoned { .. } | Body::Log(_) => {
+            Body::Completed { .. } | Body::Failed { .. } | Body::Abandoned { .. } | Body::Logs { .. } => {
                 Decision::Ignore { reply: None }
             }
             Body::Claimed | Body::Heartbeat | Body::Step { .. } => reject(env, Rejection::Finished(row.state())),
         };
     };
     match &env.body {
-        Body::Claimed | Body::Log(_) => Decision::Ignore { reply: None },
+        Body::Claimed | Body::Logs { .. } => Decision::Ignore { reply: None },
         Body::Heartbeat => Decision::Touch,
         Body::Step { step, status, error } => {
             let phase =

@@ -90,7 +90,7 @@ use T::{I, R};
 #[test]
 fn decision_table() {
     let p = Policy { max_attempts: 3 };
-    let log = Body::Log(LogLine { seq: 1, step: None, line: "l".into(), ts: now() });
+    let log = Body::Logs { lines: vec![LogLine { seq: 1, step: None, line: "l".into(), ts: now(), more: false }] };
     let failed = |cause| Body::Failed { step: Step::Push, cause, message: "boom".into(), rolled_back: false };
     let completed = Body::Completed { image: "i".into(), url: Some("http://x".into()) };
     let abandoned = Body::Abandoned { reason: "shutting down".into() };

@@ -125,8 +125,8 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// One line of output.
-    Log(LogLine),
+    /// Lines of output, in order (the shipper batches consecutive lines into one message).
+    Logs { lines: Vec<LogLine> },
     /// Every step succeeded.
     Completed {
         image: String,
@@ -147,7 +147,8 @@ pub enum Body {
     Abandoned { reason: String },
 }
 
-/// One line of output, numbered per (deployment, attempt) from 1.
+/// One line of output, numbered per (deployment, attempt) from 1. A line longer than a message
+/// may carry is sent in parts; every part but the last has `more` set, and readers join them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub seq: u64,
@@ -155,6 +156,8 @@ pub struct LogLine {
     pub step: Option<Step>,
     pub line: String,
     pub ts: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// Scheduler to runners, on the control fanout exchange.

@@ -65,17 +65,21 @@ pub async fn build(
         .labels(labels)
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    let mut last_lines: Vec<String> = Vec::new();
+    // The engine sends output in chunks that may end mid-line: lines are cut only at newlines.
+    let mut partial = String::new();
+    let emit = |line: &str| {
+        if !line.trim().is_empty() {
+            log(line.to_string());
+        }
+    };
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        log(line.to_string());
-                        last_lines.push(line.to_string());
-                        if last_lines.len() > 20 {
-                            last_lines.remove(0);
-                        }
+                    partial.push_str(text);
+                    while let Some(i) = partial.find('\n') {
+                        emit(partial[..i].trim_end_matches('\r'));
+                        partial.drain(..=i);
                     }
                 }
                 if let Some(detail) = info.error_detail {
@@ -99,6 +103,7 @@ pub async fn build(
             }
         }
     }
+    emit(&partial);
     Ok(())
 }
 

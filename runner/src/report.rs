@@ -1,7 +1,8 @@
 //! Everything a runner tells the scheduler goes through one shipper task that publishes to the
 //! runner queue with publisher confirms, reconnecting and republishing after a broker outage
 //! (the scheduler drops the duplicates). Messages go out in order, except heartbeats, which have
-//! a lane of their own and never wait behind log lines. A [`Reporter`] is one job's handle on it.
+//! a lane of their own and never wait behind log lines; consecutive log lines of a job go out
+//! batched, one message (and one broker round trip) for up to [`BATCH_LINES`] of them. A [`Reporter`] is one job's handle on it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,16 +130,18 @@ impl Reporter {
         queued.is_ok() && rx.await.is_ok()
     }
 
-    /// One line of output, attributed to `step`. Long lines are split, never dropped.
+    /// One line of output, attributed to `step`, masked and with NUL escaped. A line longer
+    /// than [`LINE_PART`] goes in parts marked `more`, which readers join; nothing is dropped.
     pub fn line(&self, step: Option<Step>, line: &str) {
-        const MAX: usize = 16 * 1024;
         let masked = self.mask(line.trim_end_matches(['\r', '\n']));
-        let mut rest = masked.as_str();
+        let escaped = slipway_proto::text::escape_str(&masked);
+        let mut rest: &str = &escaped;
         loop {
-            let cut = floor_char_boundary(rest, MAX);
+            let cut = floor_char_boundary(rest, LINE_PART);
             let (head, tail) = rest.split_at(cut);
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            self.send(Body::Log(LogLine { seq, step, line: head.to_string(), ts: Utc::now() }));
+            let line = LogLine { seq, step, line: head.to_string(), ts: Utc::now(), more: !tail.is_empty() };
+            self.send(Body::Logs { lines: vec![line] });
             if tail.is_empty() {
                 break;
             }
@@ -152,6 +155,13 @@ impl Reporter {
     }
 }
 
+/// Longest part of a line in one log message (longer lines go in parts).
+pub const LINE_PART: usize = 256 * 1024;
+/// A batch of log lines stops growing at this many bytes of text...
+const BATCH_BYTES: usize = 512 * 1024;
+/// ... or this many lines.
+const BATCH_LINES: usize = 2000;
+
 impl OutboxQueue {
     /// The next message: a heartbeat first, if one waits; `None` once every sender is gone.
     async fn next(&mut self) -> Option<Outbound> {
@@ -160,6 +170,34 @@ impl OutboxQueue {
             Some(msg) = self.urgent.recv() => Some(msg),
             msg = self.ordered.recv() => msg,
         }
+    }
+
+    /// Appends to `msg`, if it holds log lines, the log lines of the same attempt already queued
+    /// behind it; the first message that does not fit is left in `carry`, to go next.
+    fn batch(&mut self, mut msg: Outbound, carry: &mut Option<Outbound>) -> Outbound {
+        let Body::Logs { lines } = &mut msg.envelope.body else { return msg };
+        if msg.confirmed.is_some() {
+            return msg;
+        }
+        let mut bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+        while lines.len() < BATCH_LINES && bytes < BATCH_BYTES {
+            let Ok(next) = self.ordered.try_recv() else { break };
+            let same = next.confirmed.is_none()
+                && next.envelope.claim == msg.envelope.claim
+                && next.envelope.deployment_id == msg.envelope.deployment_id
+                && next.envelope.attempt == msg.envelope.attempt;
+            match next.envelope.body {
+                Body::Logs { lines: more } if same => {
+                    bytes += more.iter().map(|l| l.line.len()).sum::<usize>();
+                    lines.extend(more);
+                }
+                _ => {
+                    *carry = Some(next);
+                    break;
+                }
+            }
+        }
+        msg
     }
 }
 
@@ -177,6 +215,7 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 /// Publishes everything queued on the outbox until `cancel` and the outbox is drained.
 pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, cancel: CancellationToken) {
     let mut pending: Option<Outbound> = None;
+    let mut carry: Option<Outbound> = None;
     'connect: while let Some(conn) = broker::connect(&url, &cancel).await {
         let channel = match conn.create_channel().await {
             Ok(ch) => ch,
@@ -190,10 +229,14 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
             continue;
         }
         loop {
-            let msg = match pending.take() {
-                Some(msg) => msg,
-                None => match queue.next().await {
-                    Some(msg) => msg,
+            let msg = match (pending.take(), carry.take()) {
+                (Some(msg), later) => {
+                    carry = later;
+                    msg
+                }
+                (None, Some(msg)) => queue.batch(msg, &mut carry),
+                (None, None) => match queue.next().await {
+                    Some(msg) => queue.batch(msg, &mut carry),
                     None => return,
                 },
             };
@@ -227,5 +270,69 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reporter(outbox: Outbox, claim: u128) -> Reporter {
+        Reporter::new(outbox, uuid::Uuid::from_u128(1), 1, "r".into(), uuid::Uuid::from_u128(claim))
+    }
+
+    fn lines_of(msg: &Outbound) -> Vec<u64> {
+        match &msg.envelope.body {
+            Body::Logs { lines } => lines.iter().map(|l| l.seq).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn consecutive_lines_of_one_attempt_go_in_batches_and_order_is_kept() {
+        let (outbox, mut queue) = Outbox::channel();
+        let (a, b) = (reporter(outbox.clone(), 10), reporter(outbox, 11));
+        for i in 0..2500 {
+            a.line(None, &format!("line {i}"));
+        }
+        a.step(Step::Build, StepStatus::Succeeded, None);
+        a.line(None, "after the step");
+        b.line(None, "another claim");
+        a.heartbeat();
+        let mut carry = None;
+        let next = |queue: &mut OutboxQueue, carry: &mut Option<Outbound>| {
+            let msg = carry.take().or_else(|| queue.urgent.try_recv().ok()).or_else(|| queue.ordered.try_recv().ok());
+            msg.map(|m| queue.batch(m, carry))
+        };
+        let first = next(&mut queue, &mut carry).expect("heartbeat");
+        assert!(matches!(first.envelope.body, Body::Heartbeat), "heartbeats go first");
+        let batch = next(&mut queue, &mut carry).expect("batch");
+        assert_eq!(lines_of(&batch), (1..=2000).collect::<Vec<_>>());
+        let rest = next(&mut queue, &mut carry).expect("rest");
+        assert_eq!(lines_of(&rest), (2001..=2500).collect::<Vec<_>>());
+        let step = next(&mut queue, &mut carry).expect("step");
+        assert!(matches!(step.envelope.body, Body::Step { .. }), "the step stays between the lines");
+        let after = next(&mut queue, &mut carry).expect("after");
+        assert_eq!(lines_of(&after), [2501], "another claim's line is not merged");
+        let other = next(&mut queue, &mut carry).expect("other");
+        assert_eq!(other.envelope.claim, uuid::Uuid::from_u128(11));
+    }
+
+    #[test]
+    fn a_long_line_goes_in_marked_parts_and_nul_is_escaped() {
+        let (outbox, mut queue) = Outbox::channel();
+        let r = reporter(outbox, 10);
+        let long = "é".repeat(LINE_PART); // two bytes each: two full parts
+        r.line(Some(Step::Build), &format!("{long}\0end"));
+        let mut parts = Vec::new();
+        while let Ok(msg) = queue.ordered.try_recv() {
+            if let Body::Logs { lines } = msg.envelope.body {
+                parts.extend(lines);
+            }
+        }
+        assert_eq!(parts.len(), 3);
+        assert!(parts[0].more && parts[1].more && !parts[2].more);
+        let joined: String = parts.iter().map(|p| p.line.as_str()).collect();
+        assert_eq!(joined, format!("{long}\\0end"));
     }
 }

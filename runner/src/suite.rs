@@ -9,9 +9,10 @@ use std::collections::HashMap;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{LogsOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions};
+use bollard::query_parameters::{AttachContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions};
 use futures_util::StreamExt;
 use slipway_deploy::LogFn;
+use slipway_proto::text::escape_bytes;
 use tokio_util::sync::CancellationToken;
 
 /// Limits of a test run.
@@ -92,20 +93,24 @@ async fn watch(
     timeout: Duration,
     log: LogFn<'_>,
 ) -> Result<Verdict, bollard::errors::Error> {
+    // Attached (not read back from the log driver, which replaces invalid UTF-8) before the
+    // start, so the output arrives as the raw bytes the tests printed.
+    let attach = AttachContainerOptionsBuilder::default().stream(true).logs(true).stdout(true).stderr(true).build();
+    let mut stream = docker.attach_container(id, Some(attach)).await?.output;
     docker.start_container(id, None).await?;
     let output = async {
-        let opts = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
-        let mut stream = docker.logs(id, Some(opts));
-        let mut partial = String::new();
+        // Bytes, split at newlines before decoding: a character may span two chunks, and NUL or
+        // invalid UTF-8 is shown escaped.
+        let mut partial: Vec<u8> = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
-            partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-            while let Some(i) = partial.find('\n') {
-                log(partial[..i].to_string());
+            partial.extend_from_slice(&chunk.into_bytes());
+            while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                log(escape_bytes(&partial[..i]));
                 partial.drain(..=i);
             }
         }
         if !partial.is_empty() {
-            log(partial);
+            log(escape_bytes(&partial));
         }
     };
     let waited = async {

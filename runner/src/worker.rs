@@ -149,9 +149,11 @@ impl Worker {
         let span = tracing::info_span!("job", deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha);
         async {
             tracing::info!("job started");
-            let beating = CancellationToken::new();
-            let heart = tokio::spawn(heartbeat(claim.reporter.clone(), self.tools.config.heartbeat(), beating.clone()));
-            let result = job::run(&job, &self.tools, &claim).await;
+            // Heartbeats beside the job, in this task: they stop when it ends, nothing outlives it.
+            let result = tokio::select! {
+                result = job::run(&job, &self.tools, &claim) => result,
+                never = heartbeat(&claim.reporter, self.tools.config.heartbeat()) => match never {},
+            };
             let r = &claim.reporter;
             let body = match result {
                 Ok(done) => Body::Completed { image: done.image, url: done.url },
@@ -171,8 +173,6 @@ impl Worker {
             };
             tracing::info!(outcome = ?body, "job ended");
             r.send_confirmed(body).await;
-            beating.cancel();
-            let _ = heart.await;
             self.claims.remove(claim.id);
         }
         .instrument(span)
@@ -180,12 +180,11 @@ impl Worker {
     }
 }
 
-async fn heartbeat(reporter: Reporter, every: Duration, stop: CancellationToken) {
+/// Sends a heartbeat every `every`, forever (the caller drops it when the job ends).
+async fn heartbeat(reporter: &Reporter, every: Duration) -> std::convert::Infallible {
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => reporter.heartbeat(),
-        }
+        tokio::time::sleep(every).await;
+        reporter.heartbeat();
     }
 }
 

@@ -48,12 +48,6 @@ impl From<TransitionError> for ApiError {
     }
 }
 
-/// Whether `err` means PostgreSQL cannot be reached right now (as opposed to a bad query).
-fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
-        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -63,7 +57,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Db(err) if is_unavailable(err) => {
+            ApiError::Db(err) if crate::db::is_unavailable(err) => {
                 tracing::warn!(error = %err, "database unavailable; answering 503");
                 let body = Json(json!({"error": "the database is unavailable; retry shortly"}));
                 return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], body).into_response();

@@ -1,7 +1,10 @@
 //! Consumes what runners send (claims, heartbeats, steps, log lines, outcomes) from the runner
-//! queue: log lines are stored, everything else is applied through [`transition::apply`]. A
-//! message is acknowledged only after its effect is committed, so a crash here redelivers it and
-//! the guarded write makes the repeat a no-op.
+//! queue: log lines are stored in batches, everything else is applied through
+//! [`transition::apply`]. A message is acknowledged only after its effect is committed, so a
+//! crash here redelivers it and the guarded write makes the repeat a no-op. A message that
+//! cannot be applied — unreadable, refused by PostgreSQL, or redelivered [`MAX_DELIVERIES`]
+//! times — is recorded in `dead_letters` with the reason and acknowledged, so it never blocks
+//! the messages behind it; only while PostgreSQL is unreachable do messages wait.
 //!
 //! [`Health`] tells the lease reaper whether runners could have been heard: a lease only
 //! expires while the inbox is connected and has drained its queue recently.
@@ -121,36 +124,82 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
         let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
             Ok(env) => env,
             Err(err) => {
-                tracing::error!(error = %err, bytes = delivery.data.len(), "unreadable runner message dropped");
+                dead_letter(shared, None, &format!("unreadable: {err}"), &delivery.data).await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
                 continue;
             }
         };
+        let id = envelope.deployment_id;
         match handle(shared, &envelope).await {
             Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
-            Err(err) if err.is_transient() => {
+            Err(err) if err.is_transient() && deliveries(&delivery) < MAX_DELIVERIES => {
                 shared.inbox.failed();
-                tracing::warn!(error = %err, deployment_id = %envelope.deployment_id, "could not apply runner message; will retry");
+                tracing::warn!(error = %err, deployment_id = %id, "could not apply runner message; will retry");
                 delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(err) => {
-                tracing::error!(error = %err, deployment_id = %envelope.deployment_id, attempt = envelope.attempt, "runner message cannot be applied; dropped");
                 if let TransitionError::Unknown(_) = err {
                     shared.publisher.control(&stop(&envelope, "unknown deployment"));
                 }
+                let reason = format!("{err}: {}", error_chain(&err));
+                dead_letter(shared, Some(id), &reason, &delivery.data).await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
             }
         }
     }
 }
 
+/// Deliveries of one message before it is dead-lettered even if its failure looked transient.
+const MAX_DELIVERIES: i64 = 20;
+
+/// How many times the broker delivered this message (quorum queues count them).
+fn deliveries(delivery: &lapin::message::Delivery) -> i64 {
+    use lapin::types::AMQPValue;
+    let count = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => n.into(),
+        Some(AMQPValue::ShortInt(n)) => n.into(),
+        Some(AMQPValue::LongUInt(n)) => n.into(),
+        _ => 0,
+    }
+}
+
+/// Records a runner message that will never apply, with why, so it no longer blocks the queue.
+/// Fails (and the message is redelivered) only if PostgreSQL cannot take the record.
+async fn dead_letter(shared: &Shared, id: Option<uuid::Uuid>, reason: &str, body: &[u8]) -> anyhow::Result<()> {
+    tracing::error!(deployment_id = ?id, reason, bytes = body.len(), "runner message dead-lettered");
+    let recorded = sqlx::query("INSERT INTO dead_letters (deployment_id, reason, body) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(reason)
+        .bind(body)
+        .execute(&shared.pool)
+        .await;
+    if let Err(err) = recorded {
+        shared.inbox.failed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::bail!("recording a dead letter failed: {err}");
+    }
+    Ok(())
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out.join(": ")
+}
+
 /// Stores a log line, or applies any other message to its deployment.
 async fn handle(shared: &Shared, envelope: &Envelope) -> Result<(), TransitionError> {
-    if let Body::Log(line) = &envelope.body {
-        transition::store_log(&shared.pool, envelope, line).await?;
+    if let Body::Logs { lines } = &envelope.body {
+        transition::store_logs(&shared.pool, envelope, lines).await?;
         let _ = shared.live.send(envelope.deployment_id);
         return Ok(());
     }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod apps;
 pub mod config;
+pub mod db;
 pub mod deployments;
 pub mod inbox;
 pub mod lease;
@@ -38,6 +39,10 @@ pub struct Shared {
     pub publisher: publisher::Publisher,
     /// Whether the inbox could have heard runners lately; the lease reaper waits for it.
     pub inbox: Arc<inbox::Health>,
+    /// Fires on shutdown; every task (live-log followers included) ends when it does.
+    pub shutdown: CancellationToken,
+    /// Every task the scheduler spawns, so shutdown can wait for them (with a deadline).
+    pub tasks: TaskTracker,
 }
 
 impl Shared {
@@ -101,6 +106,8 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
         live: broadcast::channel(1024).0,
         publisher,
         inbox: Arc::new(inbox::Health::default()),
+        shutdown: cancel.clone(),
+        tasks: tracker.clone(),
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
@@ -111,9 +118,21 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "scheduler listening");
     let app = api::router(shared, config.webhook_max_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .context("serving HTTP")?;
+    let serving = axum::serve(listener, app).with_graceful_shutdown({
+        let cancel = cancel.clone();
+        async move { cancel.cancelled().await }
+    });
+    // Graceful, but bounded: a client that holds its connection open cannot hold shutdown.
+    let deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+    };
+    tokio::select! {
+        served = serving => served.context("serving HTTP")?,
+        _ = deadline => tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "open HTTP connections cut at the shutdown deadline"),
+    }
     Ok(())
 }
+
+/// How long shutdown waits for open connections, and then for background tasks.
+pub const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);

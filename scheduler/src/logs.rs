@@ -46,6 +46,7 @@ struct Line {
     step: Option<String>,
     line: String,
     ts: DateTime<Utc>,
+    more: bool,
 }
 
 /// Query of the logs endpoint: `?follow=false` sends what is stored and ends.
@@ -73,7 +74,15 @@ pub async fn stream(
     };
     let wake = shared.live.subscribe();
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(follow(shared.pool.clone(), id, cursor, query.follow.unwrap_or(true), wake, tx));
+    let following = follow(shared.pool.clone(), id, cursor, query.follow.unwrap_or(true), wake, tx);
+    let shutdown = shared.shutdown.clone();
+    // Ends with the scheduler: the stream closes, and graceful shutdown is not held open.
+    shared.tasks.spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = following => {}
+        }
+    });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
@@ -98,7 +107,8 @@ async fn follow(
         let full = lines.len() as i64 == PAGE;
         for l in lines {
             cursor = Cursor { attempt: l.attempt, seq: l.seq };
-            let data = json!({"attempt": l.attempt, "seq": l.seq, "step": l.step, "line": l.line, "ts": l.ts});
+            let data =
+                json!({"attempt": l.attempt, "seq": l.seq, "step": l.step, "line": l.line, "ts": l.ts, "more": l.more});
             let event = Event::default().id(format!("{}.{}", l.attempt, l.seq)).event("log").data(data.to_string());
             if tx.send(Ok(event)).await.is_err() {
                 return;
@@ -144,7 +154,7 @@ async fn wait_for(wake: &mut broadcast::Receiver<Uuid>, id: Uuid, tx: &mpsc::Sen
 
 async fn page(pool: &PgPool, id: Uuid, after: Cursor) -> Result<Vec<Line>, sqlx::Error> {
     sqlx::query_as::<_, Line>(
-        "SELECT attempt, seq, step, line, ts FROM log_lines WHERE deployment_id = $1 AND (attempt, seq) > ($2, $3)
+        "SELECT attempt, seq, step, line, ts, more FROM log_lines WHERE deployment_id = $1 AND (attempt, seq) > ($2, $3)
          ORDER BY attempt, seq LIMIT $4",
     )
     .bind(id)

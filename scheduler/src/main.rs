@@ -29,7 +29,9 @@ async fn main() -> std::process::ExitCode {
     let result = run(config, cancel.clone(), tracker.clone()).await;
     cancel.cancel();
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(slipway_scheduler::SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks still running at the shutdown deadline; exiting anyway");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -39,10 +39,12 @@ pub enum TransitionError {
 }
 
 impl TransitionError {
-    /// Whether trying the same input again later may succeed.
+    /// Whether trying the same input again later may succeed: PostgreSQL was unreachable or the
+    /// row was contended. A query PostgreSQL refused (bad data) fails the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            TransitionError::Db(_) | TransitionError::Contended(_) => true,
+            TransitionError::Db(err) => crate::db::is_unavailable(err),
+            TransitionError::Contended(_) => true,
             TransitionError::Unknown(_) | TransitionError::Corrupt { .. } => false,
         }
     }
@@ -356,23 +358,32 @@ async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: 
     Ok(())
 }
 
-/// Stores one log line of a runner's attempt (a duplicate is dropped by its key).
-pub async fn store_log(
+/// Stores a batch of log lines of a runner's attempt in one statement (a duplicate line is
+/// dropped by its key). NUL, which PostgreSQL's text cannot hold, is escaped as `\0`.
+pub async fn store_logs(
     pool: &PgPool,
     env: &slipway_proto::Envelope,
-    line: &slipway_proto::LogLine,
+    lines: &[slipway_proto::LogLine],
 ) -> Result<(), sqlx::Error> {
+    let seqs: Vec<i64> = lines.iter().map(|l| i64::try_from(l.seq).unwrap_or(i64::MAX)).collect();
+    let steps: Vec<Option<&str>> = lines.iter().map(|l| l.step.map(Step::as_str)).collect();
+    let texts: Vec<String> = lines.iter().map(|l| slipway_proto::text::escape_str(&l.line).into_owned()).collect();
+    let stamps: Vec<DateTime<Utc>> = lines.iter().map(|l| l.ts).collect();
+    let more: Vec<bool> = lines.iter().map(|l| l.more).collect();
     sqlx::query(
-        "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts)
-         SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
+        "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts, more)
+         SELECT $1, $2, u.seq, u.step, u.line, u.ts, u.more
+         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::bool[]) AS u(seq, step, line, ts, more)
+         WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
          ON CONFLICT DO NOTHING",
     )
     .bind(env.deployment_id)
     .bind(env.attempt as i32)
-    .bind(line.seq as i64)
-    .bind(line.step.map(Step::as_str))
-    .bind(&line.line)
-    .bind(line.ts)
+    .bind(seqs)
+    .bind(steps)
+    .bind(texts)
+    .bind(stamps)
+    .bind(more)
     .execute(pool)
     .await?;
     Ok(())

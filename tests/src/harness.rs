@@ -202,17 +202,27 @@ impl Slipway {
     /// Publishes `job` (a `proto::Job` as JSON) on the installation's jobs queue, as a stale or
     /// duplicate copy would arrive.
     pub async fn publish_job(&self, job: &Value) {
+        self.publish("jobs", &serde_json::to_vec(job).expect("job json")).await;
+    }
+
+    /// Publishes raw bytes on the runner queue, as a runner (or something broken) would.
+    pub async fn publish_runner_message(&self, body: &[u8]) {
+        self.publish("runner", body).await;
+    }
+
+    async fn publish(&self, queue: &str, payload: &[u8]) {
         use lapin::options::BasicPublishOptions;
         let conn = lapin::Connection::connect(&self.options.amqp_url, lapin::ConnectionProperties::default())
             .await
             .expect("amqp");
         let channel = conn.create_channel().await.expect("channel");
         channel.confirm_select(Default::default()).await.expect("confirms");
-        let queue = format!("{}.jobs", self.prefix);
-        let payload = serde_json::to_vec(job).expect("job json");
+        // Declared the way Slipway declares it, so nothing is dropped for want of a queue.
+        slipway_broker::declare(&channel, &slipway_proto::Topology::new(&self.prefix)).await.expect("declare");
+        let queue = format!("{}.{queue}", self.prefix);
         let props = lapin::BasicProperties::default().with_delivery_mode(2);
         channel
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &payload, props)
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), payload, props)
             .await
             .expect("publish")
             .await

@@ -1,0 +1,112 @@
+//! Nothing jams it: output with NUL and invalid UTF-8 is stored escaped, unreadable or
+//! unappliable runner messages are dead-lettered without delaying anyone, and a flood of output
+//! never costs a job its lease.
+
+use std::time::Duration;
+
+use serde_json::json;
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
+
+const SECRET: &str = "robustness-secret-0123456789";
+const FINISH: Duration = Duration::from_secs(180);
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+
+async fn push(s: &Slipway, url: &str, sha: &str) -> String {
+    let (status, answer) = s.push(url, sha, SECRET, &unique("delivery")).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["deployments"][0]["deployment_id"].as_str().expect("deployment id").to_string()
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql").args([url, "-AtXc", sql]).output().expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn site(run: &str) -> Vec<(String, Vec<u8>)> {
+    let dockerfile = format!(
+        "FROM slipway/busybox:1\nRUN {run}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    );
+    vec![("Dockerfile".into(), dockerfile.into_bytes()), ("www/healthz".into(), b"ok\n".to_vec())]
+}
+
+fn commit(git: &GitServer, repo: &str, files: &[(String, Vec<u8>)]) -> String {
+    let entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
+    git.commit(repo, "change", &entries)
+}
+
+#[tokio::test]
+async fn nul_and_invalid_utf8_output_is_stored_escaped_and_poison_messages_delay_no_one() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        runners: 2,
+        runner_env: vec![("SLIPWAY_BASE_IMAGES".into(), BASES.into()), ("SLIPWAY_TEST_MEMORY_MB".into(), "256".into())],
+        ..Default::default()
+    })
+    .await;
+
+    // Poison first: an unreadable message and an envelope for no deployment, ahead of everything.
+    s.publish_runner_message(b"\x00\xff not json at all").await;
+    s.publish_runner_message(
+        &serde_json::to_vec(&json!({
+            "deployment_id": uuid::Uuid::now_v7(), "attempt": 1, "runner_id": "ghost",
+            "claim": uuid::Uuid::now_v7(), "body": {"type": "heartbeat"}
+        }))
+        .expect("json"),
+    )
+    .await;
+
+    let noisy_repo = unique("noisy");
+    let noisy_url = git.url(&noisy_repo);
+    s.create_app("noisy", &noisy_url, SECRET, json!({"port": 8080})).await;
+    let name = unique("noisy-app");
+    let toml = "install = \"printf 'build-nul:\\\\000:end\\\\n'\"\nstart = \"httpd -f -p $PORT -h /app/www\"\n\
+                test = \"printf 'test-nul:\\\\000: bad:\\\\377\\\\376:end\\\\n'\"\nhealth_path = \"/healthz\"\n";
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("package.json".into(), format!(r#"{{"name":"{name}","scripts":{{"start":"node server.js"}}}}"#).into_bytes()),
+        ("package-lock.json".into(), br#"{"lockfileVersion":3}"#.to_vec()),
+        ("slipway.toml".into(), toml.as_bytes().to_vec()),
+        ("www/healthz".into(), b"ok\n".to_vec()),
+    ];
+    let noisy = push(&s, &noisy_url, &commit(&git, &noisy_repo, &files)).await;
+    let quiet_repo = unique("quiet");
+    let quiet_url = git.url(&quiet_repo);
+    s.create_app("quiet", &quiet_url, SECRET, json!({})).await;
+    let quiet = push(&s, &quiet_url, &commit(&git, &quiet_repo, &site("true"))).await;
+
+    let d = s.finished(&quiet, FINISH).await;
+    assert_eq!(d["state"], "completed", "the other app is not held up: {d}");
+    let d = s.finished(&noisy, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let lines: Vec<String> = s.log_lines(&noisy, None).await.into_iter().map(|(_, l)| l).collect();
+    assert!(lines.iter().any(|l| l == "build-nul:\\0:end"), "NUL in build output is shown escaped: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l == "test-nul:\\0: bad:\\xff\\xfe:end"),
+        "NUL and invalid UTF-8 in test output are shown escaped: {lines:#?}"
+    );
+    let dead = psql(&s.database_url, "SELECT count(*) FROM dead_letters WHERE reason LIKE 'unreadable%'");
+    assert_eq!(dead, "1", "the unreadable message is recorded with its reason");
+}
+
+#[tokio::test]
+async fn a_flood_of_output_during_the_build_never_costs_the_lease() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { lease_seconds: 4, heartbeat_seconds: 1, ..Default::default() }).await;
+    let repo = unique("flood");
+    let url = git.url(&repo);
+    s.create_app("flood", &url, SECRET, json!({})).await;
+    let marker = unique("flood");
+    let id = push(&s, &url, &commit(&git, &repo, &site(&format!("echo {marker} && seq 1 200000")))).await;
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(d["attempt"], 1, "the lease held through the flood: {d}");
+    let distinct = psql(
+        &s.database_url,
+        &format!(
+            "SELECT count(DISTINCT line) FROM log_lines WHERE deployment_id = '{id}' AND step = 'build'
+               AND line ~ '^[0-9]{{1,6}}$' AND line::int BETWEEN 1 AND 200000"
+        ),
+    );
+    assert_eq!(distinct.parse::<u64>().expect("count"), 200_000, "every line is stored");
+}
