@@ -268,7 +268,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let word = if out.get("new") == Some(&json!(true)) { "queued" } else { "already recorded as" };
-                println!("{word} deployment {id} of {app} at {}", s(&out, "sha"));
+                let at = match out.get("sha").and_then(Value::as_str) {
+                    Some(sha) => sha.to_string(),
+                    None => format!("the head of {} (resolved by the runner)", s(&out, "git_ref")),
+                };
+                println!("{word} deployment {id} of {app} at {at}");
             }
             if follow {
                 return follow_logs(&online()?, &id).await;

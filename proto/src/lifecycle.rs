@@ -213,7 +213,9 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             Body::Completed { .. } | Body::Failed { .. } | Body::Abandoned { .. } | Body::Logs { .. } => {
                 Decision::Ignore { reply: None }
             }
-            Body::Claimed | Body::Heartbeat | Body::Step { .. } => reject(env, Rejection::Finished(row.state())),
+            Body::Claimed | Body::Heartbeat | Body::Step { .. } | Body::Resolved { .. } => {
+                reject(env, Rejection::Finished(row.state()))
+            }
         };
     };
     match &env.body {
@@ -224,6 +226,12 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
                 Phase::Running { step: Some(*step), cancel: cancel.clone(), last_failure: last_failure.clone() };
             let next = row.with(row.attempt, row.holder.clone(), phase);
             let note = next.note(Some(*step), Some(*status), error.clone());
+            Decision::Change { next, note, control: None }
+        }
+        // Recorded beside the row (the commit is not part of the lifecycle), announced like a step.
+        Body::Resolved { sha } => {
+            let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
+            let note = next.note(*current_step, None, Some(format!("resolved the branch head to {sha}")));
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {

@@ -90,6 +90,7 @@ pub struct Job {
     pub deployment_id: Uuid,
     /// 1-based; a redispatch after a lost lease or an infrastructure failure increments it.
     pub attempt: u32,
+    /// The commit; empty for a deploy of the head of `git_ref`, which the runner resolves first.
     pub sha: String,
     /// The ref the push was to (e.g. `refs/heads/main`), used when the SHA cannot be fetched directly.
     pub git_ref: String,
@@ -118,6 +119,8 @@ pub enum Body {
     Claimed,
     /// The runner is alive and still working on the job.
     Heartbeat,
+    /// The runner resolved the branch head of a deployment recorded without a commit.
+    Resolved { sha: String },
     /// A step started or ended.
     Step {
         step: Step,

@@ -38,6 +38,8 @@ pub enum CheckoutError {
     Checkout(String),
     #[error("the fetch was interrupted")]
     Interrupted,
+    #[error("the repository has no {git_ref}: {message}")]
+    NoRef { git_ref: String, message: String },
 }
 
 /// Bounds every git network operation of this process: connecting, and each wait for the server.
@@ -52,6 +54,32 @@ pub fn set_network_timeouts(connect: Duration, io: Duration) -> Result<(), git2:
         git2::opts::set_server_timeout_in_milliseconds(ms(io))?;
     }
     Ok(())
+}
+
+/// The commit `git_ref` points at in `url` (like `git ls-remote`), for a deploy of a branch
+/// head. Bounded by the network timeouts; `stop` is checked once connected.
+pub fn resolve_ref(
+    url: &str,
+    git_ref: &str,
+    auth: Option<&GitAuth>,
+    stop: &AtomicBool,
+) -> Result<String, CheckoutError> {
+    let mut remote = git2::Remote::create_detached(url).map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
+    let mut callbacks = RemoteCallbacks::new();
+    if let Some(auth) = auth {
+        callbacks.credentials(move |_, _, _| Cred::userpass_plaintext(&auth.username, &auth.token));
+    }
+    let connected = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None);
+    connected.map_err(|e| match is_missing(&e) {
+        true => CheckoutError::NoRef { git_ref: git_ref.to_string(), message: e.message().to_string() },
+        false => CheckoutError::Fetch(e.message().to_string()),
+    })?;
+    if stop.load(Ordering::Relaxed) {
+        return Err(CheckoutError::Interrupted);
+    }
+    let heads = remote.list().map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
+    let head = heads.iter().find(|h| h.name() == git_ref).map(|h| h.oid().to_string());
+    head.ok_or_else(|| CheckoutError::NoRef { git_ref: git_ref.to_string(), message: "no such ref".into() })
 }
 
 /// Fetches `sha` from `url` into `dest` (an empty directory) at depth 1 and checks it out.

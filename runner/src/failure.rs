@@ -68,7 +68,7 @@ impl JobError {
         use Cause::{Infrastructure, User};
         match self {
             JobError::Checkout(err) => match err {
-                CheckoutError::BadSha(_) | CheckoutError::NotFound { .. } => User,
+                CheckoutError::BadSha(_) | CheckoutError::NotFound { .. } | CheckoutError::NoRef { .. } => User,
                 CheckoutError::Fetch(_) | CheckoutError::Checkout(_) | CheckoutError::Interrupted => Infrastructure,
             },
             JobError::Image(err) => match err {

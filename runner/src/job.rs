@@ -97,8 +97,13 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
 
     // An image already in the registry was built and tested by an earlier attempt (or this is a
     // rollback): deploy it without cloning or building again.
-    let reference = image::reference(&tools.config.registry, &job.app.name, &job.sha)
-        .map_err(|e| JobError::from(e).at(Step::Build))?;
+    // A deploy of the branch head names no commit: resolve it here, never in the scheduler.
+    let sha = match job.sha.is_empty() {
+        false => job.sha.clone(),
+        true => resolve_head(job, tools, claim).await.map_err(|e| e.at(Step::Clone))?,
+    };
+    let reference =
+        image::reference(&tools.config.registry, &job.app.name, &sha).map_err(|e| JobError::from(e).at(Step::Build))?;
     let image_name = reference.whole();
     if image::in_registry(&tools.docker, &image_name).await {
         for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
@@ -107,7 +112,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         }
     } else {
         r.step(Step::Clone, StepStatus::Running, None);
-        clone(job, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
+        clone(job, &sha, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
         r.step(Step::Clone, StepStatus::Succeeded, None);
         build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
@@ -128,7 +133,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         environment: job.app.environment.clone(),
         deployment_id: job.deployment_id,
         attempt: job.attempt,
-        sha: job.sha.clone(),
+        sha: sha.clone(),
         image: image_name.clone(),
         port: job.app.port,
         health_path: job.app.health_path.clone(),
@@ -149,10 +154,36 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     Ok(Done { image: image_name, url: live.url })
 }
 
+/// The commit the job's ref points at, reported to the scheduler before anything uses it.
+async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String, JobError> {
+    let r = &claim.reporter;
+    r.line(Some(Step::Clone), &format!("resolving the head of {}", job.git_ref));
+    let auth =
+        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut resolving =
+        tokio::task::spawn_blocking(move || checkout::resolve_ref(&url, &git_ref, auth.as_ref(), &flag));
+    let joined = tokio::select! {
+        joined = &mut resolving => joined,
+        _ = claim.cancel.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = (&mut resolving).await;
+            return Err(JobError::Cancelled);
+        }
+    };
+    let sha = joined.map_err(|source| JobError::Task { what: "resolve", source })??;
+    r.line(Some(Step::Clone), &format!("{} is at {sha}", job.git_ref));
+    r.send_confirmed(slipway_proto::Body::Resolved { sha: sha.clone() }).await;
+    Ok(sha)
+}
+
 /// Fetches the commit into `dir`. On cancel the fetch is interrupted, and this returns only once
 /// the blocking fetch has stopped writing (bounded by the git network timeouts).
 async fn clone(
     job: &Job,
+    sha: &str,
     tools: &Tools,
     cancel: &CancellationToken,
     dir: &Path,
@@ -160,7 +191,7 @@ async fn clone(
 ) -> Result<(), JobError> {
     let auth =
         tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
-    let (url, sha, git_ref, dest) = (job.app.repo_url.clone(), job.sha.clone(), job.git_ref.clone(), dir.to_path_buf());
+    let (url, sha, git_ref, dest) = (job.app.repo_url.clone(), sha.to_string(), job.git_ref.clone(), dir.to_path_buf());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let mut cloning = tokio::task::spawn_blocking(move || {

@@ -154,7 +154,8 @@ async fn deploy_app(
                 sha.chars().take(80).collect::<String>()
             )));
         }
-        None => resolve_branch(app.repo_url.clone(), app.branch.clone()).await?,
+        // The branch head: the runner resolves it (no git call ever runs in a request).
+        None => String::new(),
     };
     let git_ref = format!("refs/heads/{}", app.branch);
     let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None, shared.policy()).await?;
@@ -165,28 +166,8 @@ async fn deploy_app(
         }
         Created::Existing(id) => (StatusCode::OK, id, false),
     };
-    Ok((status, Json(json!({"deployment_id": id, "sha": sha, "new": new}))))
-}
-
-/// The commit `branch` points at in `repo_url` (like `git ls-remote`), on a blocking thread.
-async fn resolve_branch(repo_url: String, branch: String) -> Result<String, ApiError> {
-    let wanted = format!("refs/heads/{branch}");
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<String>, git2::Error> {
-        let mut remote = git2::Remote::create_detached(repo_url.as_str())?;
-        remote.connect(git2::Direction::Fetch)?;
-        let head = remote.list()?.iter().find(|h| h.name() == wanted).map(|h| h.oid().to_string());
-        Ok(head)
-    })
-    .await
-    .map_err(|e| ApiError::Unprocessable(format!("could not resolve the branch: {e}")))?;
-    match found {
-        Ok(Some(sha)) => Ok(sha),
-        Ok(None) => Err(ApiError::Unprocessable(format!("the repository has no branch `{branch}`; pass a SHA"))),
-        Err(e) => Err(ApiError::Unprocessable(format!(
-            "could not list the repository's branches ({}); pass a SHA",
-            e.message()
-        ))),
-    }
+    let sha = (!sha.is_empty()).then_some(sha);
+    Ok((status, Json(json!({"deployment_id": id, "sha": sha, "git_ref": git_ref, "new": new}))))
 }
 
 #[derive(Debug, Default, Deserialize)]

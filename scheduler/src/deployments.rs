@@ -79,7 +79,7 @@ pub async fn create(
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
-         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
     .bind(app.id)

@@ -313,6 +313,17 @@ async fn touch(conn: &mut PgConnection, loaded: &Loaded) -> Result<bool, sqlx::E
 /// step still running when its attempt ended is closed as failed or cancelled.
 async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: &Input<'_>) -> Result<(), sqlx::Error> {
     if let Input::Runner(env) = input
+        && let Body::Resolved { sha } = &env.body
+        && crate::webhook::is_sha(sha)
+    {
+        sqlx::query("UPDATE deployments SET sha = $2 WHERE id = $1 AND sha = ''")
+            .bind(before.id)
+            .bind(sha)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    if let Input::Runner(env) = input
         && let Body::Step { step, status, error } = &env.body
     {
         let running = *status == StepStatus::Running;

@@ -62,10 +62,13 @@ async fn apps_create_list_and_deploy_with_follow() {
     let (ok, out, _) = slipway(&s, &["apps", "list"]);
     assert!(ok && out.lines().any(|l| l.starts_with(&name) && l.contains(&url)), "{out}");
 
-    // No --sha: the scheduler resolves the branch head itself.
+    // No --sha: the runner resolves the branch head (the scheduler never calls git in a request).
     let (ok, out, err) = slipway(&s, &["deploy", &name, "--follow"]);
     assert!(ok, "{out}{err}\n{}", s.dump());
-    assert!(out.contains("queued deployment") && out.contains(&sha), "{out}");
+    assert!(out.contains("queued deployment") && out.contains("the head of refs/heads/main"), "{out}");
+    assert!(out.contains(&format!("refs/heads/main is at {sha}")), "the runner says what it resolved: {out}");
+    let (_, list) = s.get(&format!("/api/v1/deployments?app={name}")).await;
+    assert_eq!(list[0]["sha"], sha.as_str(), "the deployment records the resolved commit: {list}");
     assert!(out.contains("[  build] Step 1/"), "build output is followed: {out}");
     assert!(out.contains("completed: http://127.0.0.1:"), "{out}");
 

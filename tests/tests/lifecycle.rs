@@ -390,3 +390,44 @@ async fn an_unreachable_git_server_is_an_infrastructure_failure_and_is_retried()
     assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("infrastructure")), "{d}");
     assert_eq!(d["attempt"], 2, "retried: {d}");
 }
+
+#[tokio::test]
+async fn a_git_server_that_never_answers_holds_neither_a_request_nor_a_runner() {
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let mut s = Slipway::start(SlipwayOptions {
+        max_attempts: 1,
+        runner_env: vec![("SLIPWAY_GIT_TIMEOUT_SECONDS".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let url = format!("git://127.0.0.1:{port}/silent.git");
+    let app = s.create_app("silent", &url, SECRET, json!({})).await;
+
+    let asked = Instant::now();
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/deployments"), &json!({})).await;
+    assert_eq!(status, 202, "{answer}\n{}", s.dump());
+    assert!(asked.elapsed() < Duration::from_secs(2), "the request does not wait for git ({:?})", asked.elapsed());
+    assert!(answer["sha"].is_null(), "the head is resolved by the runner: {answer}");
+    let id = answer["deployment_id"].as_str().expect("id");
+    let d = s.finished(id, Duration::from_secs(60)).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("infrastructure")), "{d}");
+    assert!(d["error_message"].as_str().unwrap_or_default().contains("timed out"), "says what timed out: {d}");
+
+    // A commit given explicitly: the fetch times out the same way.
+    let (status, answer) = s
+        .post(&format!("/api/v1/apps/{app}/deployments"), &json!({"sha": "0123456789abcdef0123456789abcdef01234567"}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let d = s.finished(answer["deployment_id"].as_str().expect("id"), Duration::from_secs(60)).await;
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("infrastructure")), "{d}");
+    held.abort();
+}
