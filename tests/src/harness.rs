@@ -376,6 +376,12 @@ impl Drop for Slipway {
         for runner in &mut self.runners {
             runner.kill9();
         }
+        // Every app of the installation, also those registered through the CLI.
+        let registered = Command::new("psql").args([self.database_url.as_str(), "-AtXc", "SELECT name FROM apps"]).output();
+        let mut apps = self.apps.clone();
+        if let Ok(out) = registered {
+            apps.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+        }
         let admin = crate::env("SLIPWAY_ADMIN_DATABASE_URL");
         if let Some((_, db)) = self.database_url.rsplit_once('/') {
             let _ = Command::new("psql")
@@ -384,7 +390,7 @@ impl Drop for Slipway {
         }
         let (url, prefix) = (self.options.amqp_url.clone(), self.prefix.clone());
         let _ = std::thread::spawn(move || crate::rabbit::delete_topology(&url, &prefix)).join();
-        for app in &self.apps {
+        for app in &apps {
             if let Ok(ids) = crate::docker(&["ps", "-aq", "--filter", &format!("label=dev.slipway.app={app}")]) {
                 for id in ids.split_whitespace() {
                     let _ = crate::docker(&["rm", "-f", id]);
