@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use slipway_proto::State;
+use slipway_proto::api::{self, ErrorBody, LogEvent};
 
 /// A client of one scheduler.
 pub struct Client {
@@ -17,7 +20,7 @@ pub struct Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEnd {
     /// The deployment reached this state.
-    State(String),
+    State(State),
     /// The stream had nothing more (not following).
     Drained,
 }
@@ -32,14 +35,14 @@ impl Client {
         Ok(Self { base, http })
     }
 
-    /// GETs `path` and returns its JSON.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    /// GETs `path` and reads the answer as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await.with_context(|| self.unreachable())?;
         Self::json(resp).await
     }
 
-    /// POSTs `body` to `path` and returns the JSON answer.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    /// POSTs `body` to `path` and reads the answer as `T`.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
@@ -54,19 +57,20 @@ impl Client {
         format!("could not reach the scheduler at {} (set SLIPWAY_URL)", self.base)
     }
 
-    async fn json(resp: reqwest::Response) -> anyhow::Result<Value> {
+    async fn json<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let text = resp.text().await.with_context(|| format!("reading the scheduler's answer (HTTP {status})"))?;
         if !status.is_success() {
-            let msg = body.get("error").and_then(Value::as_str).unwrap_or("no detail");
+            let msg = serde_json::from_str::<ErrorBody>(&text).map(|e| e.error).unwrap_or_else(|_| "no detail".into());
             bail!("{msg} (HTTP {})", status.as_u16());
         }
-        Ok(body)
+        serde_json::from_str(&text)
+            .with_context(|| format!("the scheduler's answer is not what this CLI expects: {text:.200}"))
     }
 
     /// Streams the log of `id` to `each`, resuming with `Last-Event-ID` after a dropped
     /// connection, until the deployment ends (or, without `follow`, until what is stored is sent).
-    pub async fn logs(&self, id: &str, follow: bool, mut each: impl FnMut(&Value)) -> anyhow::Result<LogEnd> {
+    pub async fn logs(&self, id: &str, follow: bool, mut each: impl FnMut(&LogEvent)) -> anyhow::Result<LogEnd> {
         let mut last_id: Option<String> = None;
         let mut failures = 0;
         loop {
@@ -76,7 +80,7 @@ impl Client {
             }
             let resp = match req.send().await {
                 Ok(resp) if resp.status().is_success() => resp,
-                Ok(resp) => return Self::json(resp).await.map(|_| LogEnd::Drained),
+                Ok(resp) => return Self::json::<serde_json::Value>(resp).await.map(|_| LogEnd::Drained),
                 Err(err) if failures < 30 => {
                     failures += 1;
                     eprintln!("log stream interrupted ({err}); reconnecting");
@@ -92,15 +96,14 @@ impl Client {
                 match event.event.as_str() {
                     "log" => {
                         last_id = Some(event.id.clone());
-                        if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
-                            each(&v);
-                        }
+                        let line: LogEvent = serde_json::from_str(&event.data)
+                            .with_context(|| format!("unreadable log event: {:.200}", event.data))?;
+                        each(&line);
                     }
                     "end" => {
-                        let state = serde_json::from_str::<Value>(&event.data).ok();
-                        let state =
-                            state.as_ref().and_then(|v| v.get("state")).and_then(Value::as_str).unwrap_or("unknown");
-                        return Ok(if follow { LogEnd::State(state.to_string()) } else { LogEnd::Drained });
+                        let end: api::LogEnd = serde_json::from_str(&event.data)
+                            .with_context(|| format!("unreadable end event: {:.200}", event.data))?;
+                        return Ok(if follow { LogEnd::State(end.state) } else { LogEnd::Drained });
                     }
                     _ => {}
                 }

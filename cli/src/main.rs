@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
+use slipway_proto::api::{self, LogEvent};
+use slipway_proto::{Cause, State, Step};
 
 use client::{Client, LogEnd};
 
@@ -194,20 +196,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Manifests(args) => print!("{}", manifests(&args)?),
         Command::Apps { command: AppsCommand::List } => {
-            let apps = online()?.get("/api/v1/apps").await?;
+            let apps: Vec<api::App> = online()?.get("/api/v1/apps").await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
                 println!("{:<24} {:<12} {:<12} {:<8} REPOSITORY", "NAME", "BRANCH", "ENV", "TARGET");
-                for a in apps.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<24} {:<12} {:<12} {:<8} {}",
-                        s(a, "name"),
-                        s(a, "branch"),
-                        s(a, "environment"),
-                        s(a, "target"),
-                        s(a, "repo_url")
-                    );
+                for a in &apps {
+                    let target = a.target.as_str();
+                    println!("{:<24} {:<12} {:<12} {target:<8} {}", a.name, a.branch, a.environment, a.repo_url);
                 }
             }
         }
@@ -226,31 +222,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kubernetes,
                 webhook_secret,
             } = *args;
-            let mut vars = serde_json::Map::new();
+            let mut vars = std::collections::BTreeMap::new();
             for pair in env {
                 let (k, v) = pair.split_once('=').with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
-                vars.insert(k.to_string(), json!(v));
+                vars.insert(k.to_string(), v.to_string());
             }
-            let mut body = json!({"name": name, "repo_url": repo, "branch": branch, "environment": environment, "target": target,
-                              "health_path": health_path, "port": port, "env": vars, "webhook_secret": webhook_secret,
-                              "app_root": app_root, "test_network": test_network});
-            if let Some(path) = kubernetes {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                let settings: Value =
-                    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                body["kubernetes"] = settings;
-            }
-            let app = online()?.post("/api/v1/apps", &body).await?;
+            let kubernetes = match kubernetes {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let settings: Value =
+                        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    Some(settings)
+                }
+                None => None,
+            };
+            let new = api::NewApp {
+                name,
+                repo_url: repo,
+                branch,
+                environment,
+                target,
+                health_path,
+                port,
+                env: vars,
+                webhook_secret,
+                app_root,
+                test_network,
+                kubernetes,
+            };
+            let app: api::App = online()?.post("/api/v1/apps", &new).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&app)?);
             } else {
-                println!(
-                    "registered {} ({} on {}, branch {})",
-                    s(&app, "name"),
-                    s(&app, "environment"),
-                    s(&app, "target"),
-                    s(&app, "branch")
-                );
+                let target = app.target.as_str();
+                println!("registered {} ({} on {target}, branch {})", app.name, app.environment, app.branch);
                 println!(
                     "webhook: POST {}/api/v1/webhooks/github (content type application/json, your secret)",
                     cli.url
@@ -258,19 +263,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Deploy { app, sha, follow } => {
-            let body = match sha {
-                Some(sha) => json!({"sha": sha}),
-                None => json!({}),
-            };
-            let out = online()?.post(&format!("/api/v1/apps/{app}/deployments"), &body).await?;
-            let id = s(&out, "deployment_id").to_string();
+            let body = api::DeployRequest { sha };
+            let out: api::DeployAnswer = online()?.post(&format!("/api/v1/apps/{app}/deployments"), &body).await?;
+            let id = out.deployment_id.to_string();
             if cli.json && !follow {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                let word = if out.get("new") == Some(&json!(true)) { "queued" } else { "already recorded as" };
-                let at = match out.get("sha").and_then(Value::as_str) {
-                    Some(sha) => sha.to_string(),
-                    None => format!("the head of {} (resolved by the runner)", s(&out, "git_ref")),
+                let word = if out.new { "queued" } else { "already recorded as" };
+                let at = match &out.sha {
+                    Some(sha) => sha.clone(),
+                    None => format!("the head of {} (resolved by the runner)", out.git_ref),
                 };
                 println!("{word} deployment {id} of {app} at {at}");
             }
@@ -279,19 +281,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Rollback { app, to, follow } => {
-            let out = online()?.post(&format!("/api/v1/apps/{app}/rollback"), &json!({"to": to})).await?;
-            let id = s(&out, "deployment_id").to_string();
-            println!("rolling {app} back to {} (as deployment {id})", s(&out, "sha"));
+            let body = api::RollbackRequest { to };
+            let out: api::RollbackAnswer = online()?.post(&format!("/api/v1/apps/{app}/rollback"), &body).await?;
+            let id = out.deployment_id.to_string();
+            println!("rolling {app} back to {} (as deployment {id})", out.sha);
             if follow {
                 return follow_logs(&online()?, &id).await;
             }
         }
         Command::Cancel { deployment, reason } => {
-            let out =
-                online()?.post(&format!("/api/v1/deployments/{deployment}/cancel"), &json!({"reason": reason})).await?;
+            let body = api::CancelBody { reason };
+            let out: api::CancelAnswer =
+                online()?.post(&format!("/api/v1/deployments/{deployment}/cancel"), &body).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
-            } else if s(&out, "state") == "cancelled" {
+            } else if out.state == State::Cancelled {
                 println!("cancelled deployment {deployment}");
             } else {
                 println!(
@@ -300,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status { deployment: Some(id), .. } => {
-            let d = online()?.get(&format!("/api/v1/deployments/{id}")).await?;
+            let d: api::DeploymentDetail = online()?.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -312,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(app) => format!("/api/v1/deployments?app={app}"),
                 None => "/api/v1/deployments".to_string(),
             };
-            let list = online()?.get(&path).await?;
+            let list: Vec<api::Deployment> = online()?.get(&path).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -320,16 +324,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{:<36} {:<16} {:<10} {:<10} {:>7} {:<8} CREATED",
                     "DEPLOYMENT", "APP", "SHA", "STATE", "ATTEMPT", "STEP"
                 );
-                for d in list.as_array().into_iter().flatten() {
+                for d in &list {
+                    let step = d.current_step.map(Step::as_str).unwrap_or("");
+                    let sha: String = d.sha.chars().take(10).collect();
+                    let (id, state) = (d.id.to_string(), d.state.as_str());
                     println!(
-                        "{:<36} {:<16} {:<10} {:<10} {:>7} {:<8} {}",
-                        s(d, "id"),
-                        s(d, "app"),
-                        s(d, "sha").chars().take(10).collect::<String>(),
-                        s(d, "state"),
-                        d.get("attempt").and_then(Value::as_i64).unwrap_or_default(),
-                        s(d, "current_step"),
-                        s(d, "created_at")
+                        "{id:<36} {:<16} {sha:<10} {state:<10} {:>7} {step:<8} {}",
+                        d.app,
+                        d.attempt,
+                        d.created_at.to_rfc3339()
                     );
                 }
             }
@@ -345,26 +348,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn follow_logs(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
-    match client.logs(id, true, line_printer()).await? {
-        LogEnd::State(state) if state == "completed" => {
-            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
-            println!(
-                "deployment {id} completed{}",
-                d.get("url").and_then(Value::as_str).map(|u| format!(": {u}")).unwrap_or_default()
-            );
+    let end = client.logs(id, true, line_printer()).await?;
+    let LogEnd::State(state) = end else { bail!("the log stream ended before the deployment did") };
+    let d: api::DeploymentDetail = client.get(&format!("/api/v1/deployments/{id}")).await?;
+    let d = d.deployment;
+    match state {
+        State::Completed => {
+            println!("deployment {id} completed{}", d.url.map(|u| format!(": {u}")).unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        LogEnd::State(state) => {
-            let d = client.get(&format!("/api/v1/deployments/{id}")).await?;
+        State::Cancelled => {
+            let by = d.cancel_by.unwrap_or_default();
+            eprintln!("deployment {id} cancelled by {by}: {}", d.cancel_reason.unwrap_or_default());
+            Ok(ExitCode::FAILURE)
+        }
+        other => {
             eprintln!(
-                "deployment {id} {state} at step {} ({} error): {}",
-                s(&d, "error_step"),
-                s(&d, "error_cause"),
-                s(&d, "error_message")
+                "deployment {id} {} at step {} ({} error): {}",
+                other.as_str(),
+                d.error_step.map(Step::as_str).unwrap_or("?"),
+                d.error_cause.map(Cause::as_str).unwrap_or("?"),
+                d.error_message.unwrap_or_default()
             );
             Ok(ExitCode::FAILURE)
         }
-        LogEnd::Drained => bail!("the log stream ended before the deployment did"),
     }
 }
 
@@ -441,59 +448,51 @@ fn print_plan(plan: &Value) {
 }
 
 /// Prints log events as lines; the parts of a long line (`more`) are joined into one.
-fn line_printer() -> impl FnMut(&Value) {
+fn line_printer() -> impl FnMut(&LogEvent) {
     use std::io::Write;
     let mut continuing = false;
-    move |v: &Value| {
+    move |event: &LogEvent| {
         let mut out = std::io::stdout().lock();
         if !continuing {
-            let step = v.get("step").and_then(Value::as_str).unwrap_or("runner");
+            let step = event.step.map(Step::as_str).unwrap_or("runner");
             let _ = write!(out, "[{step:>7}] ");
         }
-        continuing = v.get("more") == Some(&json!(true));
+        continuing = event.more;
         let _ = match continuing {
-            true => write!(out, "{}", s(v, "line")),
-            false => writeln!(out, "{}", s(v, "line")),
+            true => write!(out, "{}", event.line),
+            false => writeln!(out, "{}", event.line),
         };
     }
 }
 
-fn print_deployment(d: &Value) {
-    println!("deployment {}  app {}  sha {}", s(d, "id"), s(d, "app"), s(d, "sha"));
-    println!("state      {} (attempt {})", s(d, "state"), d.get("attempt").and_then(Value::as_i64).unwrap_or_default());
-    if let Some(url) = d.get("url").and_then(Value::as_str) {
+fn print_deployment(detail: &api::DeploymentDetail) {
+    let d = &detail.deployment;
+    println!("deployment {}  app {}  sha {}", d.id, d.app, d.sha);
+    println!("state      {} (attempt {})", d.state.as_str(), d.attempt);
+    if let Some(url) = &d.url {
         println!("url        {url}");
     }
-    if d.get("rolled_back") == Some(&json!(true)) {
+    if d.rolled_back {
         println!("rolled back yes: the previous revision serves again");
     }
-    if d.get("cancel_by").is_some_and(|v| !v.is_null()) {
-        println!("cancel     by {}: {}", s(d, "cancel_by"), s(d, "cancel_reason"));
+    if let Some(by) = &d.cancel_by {
+        println!("cancel     by {by}: {}", d.cancel_reason.as_deref().unwrap_or_default());
     }
-    if d.get("error_message").is_some_and(|v| !v.is_null()) {
-        println!("error      {} at {} ({} error)", s(d, "error_message"), s(d, "error_step"), s(d, "error_cause"));
+    if let Some(message) = &d.error_message {
+        let step = d.error_step.map(Step::as_str).unwrap_or("?");
+        println!("error      {message} at {step} ({} error)", d.error_cause.map(Cause::as_str).unwrap_or("?"));
     }
     println!("{:>7}  {:<8} {:<10} {:>9}  ERROR", "ATTEMPT", "STEP", "STATUS", "SECONDS");
-    for st in d.get("steps").and_then(Value::as_array).into_iter().flatten() {
-        let secs = match (ts(st, "started_at"), ts(st, "finished_at")) {
+    for st in &detail.steps {
+        let secs = match (st.started_at, st.finished_at) {
             (Some(a), Some(b)) => format!("{:.2}", (b - a).num_milliseconds() as f64 / 1000.0),
             _ => "-".into(),
         };
-        println!(
-            "{:>7}  {:<8} {:<10} {:>9}  {}",
-            st.get("attempt").and_then(Value::as_i64).unwrap_or_default(),
-            s(st, "step"),
-            s(st, "status"),
-            secs,
-            s(st, "error")
-        );
+        let (step, status) = (st.step.as_str(), st.status.as_str());
+        println!("{:>7}  {step:<8} {status:<10} {secs:>9}  {}", st.attempt, st.error.as_deref().unwrap_or_default());
     }
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn ts(v: &Value, key: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.get(key).and_then(Value::as_str).and_then(|t| t.parse().ok())
 }

@@ -3,6 +3,7 @@
 //! Nothing here does IO or needs an async runtime: both binaries, the CLI and the tests share
 //! these types, and the state machine is tested as a table.
 
+pub mod api;
 pub mod lifecycle;
 pub mod message;
 pub mod name;

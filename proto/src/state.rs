@@ -116,6 +116,13 @@ impl StepStatus {
             StepStatus::Cancelled => "cancelled",
         }
     }
+
+    /// Parses a stored column value.
+    pub fn parse(s: &str) -> Option<Self> {
+        [StepStatus::Running, StepStatus::Succeeded, StepStatus::Failed, StepStatus::Skipped, StepStatus::Cancelled]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
 }
 
 impl Cause {

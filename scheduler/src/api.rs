@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use slipway_proto::api;
 use slipway_proto::{CancelRequest, Input, State as DeployState};
 use uuid::Uuid;
 
@@ -38,6 +38,10 @@ pub enum ApiError {
     Internal(#[source] TransitionError),
 }
 
+fn error_body(message: &str) -> Json<api::ErrorBody> {
+    Json(api::ErrorBody { error: message.to_string() })
+}
+
 impl From<TransitionError> for ApiError {
     fn from(err: TransitionError) -> Self {
         match err {
@@ -59,19 +63,19 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Db(err) if crate::db::is_unavailable(err) => {
                 tracing::warn!(error = %err, "database unavailable; answering 503");
-                let body = Json(json!({"error": "the database is unavailable; retry shortly"}));
+                let body = error_body("the database is unavailable; retry shortly");
                 return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], body).into_response();
             }
             ApiError::Db(err) => {
                 tracing::error!(error = %err, "request failed on the database");
-                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"}))).into_response();
+                return (StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error")).into_response();
             }
             ApiError::Internal(err) => {
                 tracing::error!(error = %err, "request failed");
-                return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal error"}))).into_response();
+                return (StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error")).into_response();
             }
         };
-        (status, Json(json!({"error": self.to_string()}))).into_response()
+        (status, error_body(&self.to_string())).into_response()
     }
 }
 
@@ -114,35 +118,28 @@ pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
 async fn create_app(
     State(shared): State<Shared>,
     body: Result<Json<NewApp>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<api::App>), ApiError> {
     let Json(new) = body?;
     let app = apps::create(&shared.pool, &new).await?;
     tracing::info!(app = %app.name, repo = %app.repo_url, "app registered");
-    Ok((StatusCode::CREATED, Json(json!(app))))
+    Ok((StatusCode::CREATED, Json(app.view())))
 }
 
-async fn list_apps(State(shared): State<Shared>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(apps::list(&shared.pool).await?)))
+async fn list_apps(State(shared): State<Shared>) -> Result<Json<Vec<api::App>>, ApiError> {
+    Ok(Json(apps::list(&shared.pool).await?.iter().map(apps::App::view).collect()))
 }
 
-async fn get_app(State(shared): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_app(State(shared): State<Shared>, Path(name): Path<String>) -> Result<Json<api::App>, ApiError> {
     let app =
         apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
-    Ok(Json(json!(app)))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployRequest {
-    #[serde(default)]
-    sha: Option<String>,
+    Ok(Json(app.view()))
 }
 
 async fn deploy_app(
     State(shared): State<Shared>,
     Path(name): Path<String>,
-    body: Result<Json<DeployRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<Json<api::DeployRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::DeployAnswer>), ApiError> {
     let Json(req) = body?;
     let app =
         apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
@@ -159,7 +156,7 @@ async fn deploy_app(
     };
     let git_ref = format!("refs/heads/{}", app.branch);
     let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None, shared.policy()).await?;
-    let (status, id, new) = match created {
+    let (status, deployment_id, new) = match created {
         Created::New { id, superseded } => {
             webhook::announce_queued(&shared, id, &app.name, &sha, &superseded);
             (StatusCode::ACCEPTED, id, true)
@@ -167,24 +164,15 @@ async fn deploy_app(
         Created::Existing(id) => (StatusCode::OK, id, false),
     };
     let sha = (!sha.is_empty()).then_some(sha);
-    Ok((status, Json(json!({"deployment_id": id, "sha": sha, "git_ref": git_ref, "new": new}))))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    /// A deployment id or a commit SHA (or a prefix of at least 7 hex digits); default: the
-    /// completed deployment before the current one.
-    #[serde(default)]
-    to: Option<String>,
+    Ok((status, Json(api::DeployAnswer { deployment_id, sha, git_ref, new })))
 }
 
 /// Redeploys an earlier successful revision; its image is in the registry, so nothing is rebuilt.
 async fn rollback_app(
     State(shared): State<Shared>,
     Path(name): Path<String>,
-    body: Result<Json<RollbackRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<Json<api::RollbackRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::RollbackAnswer>), ApiError> {
     let Json(req) = body?;
     let app =
         apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
@@ -215,7 +203,8 @@ async fn rollback_app(
         Created::Existing(id) => (id, Vec::new()),
     };
     webhook::announce_queued(&shared, id, &app.name, &target.sha, &superseded);
-    Ok((StatusCode::ACCEPTED, Json(json!({"deployment_id": id, "sha": target.sha, "rollback_of": target.id}))))
+    let answer = api::RollbackAnswer { deployment_id: id, sha: target.sha.clone(), rollback_of: target.id };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,9 +213,12 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_deployments(State(shared): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_deployments(
+    State(shared): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<api::Deployment>>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(json!(deployments::list(&shared.pool, q.app.as_deref(), limit).await?)))
+    Ok(Json(deployments::list(&shared.pool, q.app.as_deref(), limit).await?))
 }
 
 /// Parses a deployment id from a path segment, with a clear error.
@@ -236,21 +228,14 @@ pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-async fn get_deployment(State(shared): State<Shared>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_deployment(
+    State(shared): State<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Json<api::DeploymentDetail>, ApiError> {
     let id = parse_id(&raw)?;
-    let (dep, steps) =
+    let detail =
         deployments::get(&shared.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
-    let mut body = json!(dep);
-    body["steps"] = json!(steps);
-    Ok(Json(body))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelBody {
-    /// Why; shown with the cancelled deployment.
-    #[serde(default)]
-    reason: Option<String>,
+    Ok(Json(detail))
 }
 
 /// `POST /api/v1/deployments/{id}/cancel`: a queued deployment is cancelled at once (200); a
@@ -260,10 +245,10 @@ async fn cancel_deployment(
     State(shared): State<Shared>,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<api::CancelAnswer>), ApiError> {
     let id = parse_id(&raw)?;
-    let body: CancelBody = match body.is_empty() {
-        true => CancelBody::default(),
+    let body: api::CancelBody = match body.is_empty() {
+        true => api::CancelBody::default(),
         false => serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?,
     };
     let reason = body.reason.unwrap_or_default();
@@ -275,12 +260,13 @@ async fn cancel_deployment(
     let request = CancelRequest { by: "api".into(), reason };
     let applied = transition::apply(&shared.pool, id, &Input::Cancel(request), shared.policy()).await?;
     shared.react(&applied);
+    let answer = |state, cancel_requested| Json(api::CancelAnswer { deployment_id: id, state, cancel_requested });
     match applied {
         Applied::Changed { note, .. } if note.state == DeployState::Cancelled => {
-            Ok((StatusCode::OK, Json(json!({"deployment_id": id, "state": "cancelled"}))))
+            Ok((StatusCode::OK, answer(DeployState::Cancelled, true)))
         }
         Applied::Changed { .. } | Applied::Ignored { .. } | Applied::Touched => {
-            Ok((StatusCode::ACCEPTED, Json(json!({"deployment_id": id, "state": "running", "cancel_requested": true}))))
+            Ok((StatusCode::ACCEPTED, answer(DeployState::Running, true)))
         }
         Applied::Rejected { why, .. } => Err(ApiError::Conflict(format!("cannot cancel: {why}"))),
     }

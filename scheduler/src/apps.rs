@@ -2,41 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use slipway_proto::{JobApp, TargetKind, validate_dns_label};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// What a user sends to register an app.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewApp {
-    pub name: String,
-    pub repo_url: String,
-    #[serde(default = "default_branch")]
-    pub branch: String,
-    #[serde(default = "default_environment")]
-    pub environment: String,
-    #[serde(default = "default_target")]
-    pub target: String,
-    #[serde(default = "default_health_path")]
-    pub health_path: String,
-    #[serde(default = "default_port")]
-    pub port: u32,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub webhook_secret: String,
-    #[serde(default = "default_app_root")]
-    pub app_root: String,
-    #[serde(default)]
-    pub test_network: bool,
-    /// Settings of the `kubernetes` target (the keys of docs/kubernetes.md).
-    #[serde(default)]
-    pub kubernetes: Option<serde_json::Value>,
-}
+pub use slipway_proto::api::NewApp;
 
-/// A registered app as the API shows it (never with its webhook secret).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A registered app as stored (never with its webhook secret); [`App::view`] is what the API shows.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct App {
     pub id: Uuid,
     pub name: String,
@@ -74,91 +47,70 @@ pub enum AppError {
     Db(#[source] sqlx::Error),
 }
 
-fn default_branch() -> String {
-    "main".into()
-}
-fn default_environment() -> String {
-    "production".into()
-}
-fn default_target() -> String {
-    "docker".into()
-}
-fn default_health_path() -> String {
-    "/".into()
-}
-fn default_app_root() -> String {
-    ".".into()
-}
-fn default_port() -> u32 {
-    8080
-}
-
-impl NewApp {
-    /// Checks every field; the first problem found is the error.
-    pub fn validate(&self) -> Result<(), AppError> {
-        validate_dns_label("app name", &self.name)?;
-        validate_dns_label("environment", &self.environment)?;
-        let invalid = |m: &str| Err(AppError::Invalid(m.to_string()));
-        if TargetKind::parse(&self.target).is_none() {
-            return invalid("target must be `docker` or `kubernetes`");
-        }
-        if !(1..=65535).contains(&self.port) {
-            return invalid("port must be between 1 and 65535");
-        }
-        if !self.health_path.starts_with('/')
-            || self.health_path.len() > 1024
-            || self.health_path.chars().any(|c| c.is_control() || c == ' ')
-        {
-            return invalid("health_path must be an absolute URL path such as /healthz");
-        }
-        if self.branch.is_empty()
-            || self.branch.len() > 255
-            || self.branch.starts_with("refs/")
-            || self.branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
-        {
-            return invalid("branch must be a branch name such as `main` (not a full ref)");
-        }
-        validate_repo_url(&self.repo_url)?;
-        let root_parts: Vec<&str> = self.app_root.split('/').collect();
-        if self.app_root.starts_with('/')
-            || self.app_root.len() > 255
-            || root_parts.contains(&"..")
-            || self.app_root.chars().any(|c| c.is_control() || c == '\\')
-        {
-            return invalid("app_root must be a relative directory inside the repository, such as apps/web");
-        }
-        if let Some(settings) = &self.kubernetes {
-            let release = slipway_deploy::Release {
-                app: self.name.clone(),
-                environment: self.environment.clone(),
-                deployment_id: Uuid::nil(),
-                attempt: 1,
-                sha: String::new(),
-                image: String::new(),
-                port: u16::try_from(self.port).unwrap_or(8080),
-                health_path: self.health_path.clone(),
-                env: self.env.clone(),
-                settings: Some(settings.clone()),
-            };
-            if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
-                return Err(AppError::Invalid(format!("kubernetes: {err}")));
-            }
-        }
-        if self.webhook_secret.len() < 16 || self.webhook_secret.len() > 1024 {
-            return invalid("webhook_secret must be 16 to 1024 characters");
-        }
-        for key in self.env.keys() {
-            let ok = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(AppError::Invalid(format!(
-                    "environment variable name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"
-                )));
-            }
-        }
-        Ok(())
+/// Checks every field of a new app; the first problem found is the error.
+pub fn validate(new: &NewApp) -> Result<(), AppError> {
+    validate_dns_label("app name", &new.name)?;
+    validate_dns_label("environment", &new.environment)?;
+    let invalid = |m: &str| Err(AppError::Invalid(m.to_string()));
+    if TargetKind::parse(&new.target).is_none() {
+        return invalid("target must be `docker` or `kubernetes`");
     }
+    if !(1..=65535).contains(&new.port) {
+        return invalid("port must be between 1 and 65535");
+    }
+    if !new.health_path.starts_with('/')
+        || new.health_path.len() > 1024
+        || new.health_path.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return invalid("health_path must be an absolute URL path such as /healthz");
+    }
+    if new.branch.is_empty()
+        || new.branch.len() > 255
+        || new.branch.starts_with("refs/")
+        || new.branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+    {
+        return invalid("branch must be a branch name such as `main` (not a full ref)");
+    }
+    validate_repo_url(&new.repo_url)?;
+    let root_parts: Vec<&str> = new.app_root.split('/').collect();
+    if new.app_root.starts_with('/')
+        || new.app_root.len() > 255
+        || root_parts.contains(&"..")
+        || new.app_root.chars().any(|c| c.is_control() || c == '\\')
+    {
+        return invalid("app_root must be a relative directory inside the repository, such as apps/web");
+    }
+    if let Some(settings) = &new.kubernetes {
+        let release = slipway_deploy::Release {
+            app: new.name.clone(),
+            environment: new.environment.clone(),
+            deployment_id: Uuid::nil(),
+            attempt: 1,
+            sha: String::new(),
+            image: String::new(),
+            port: u16::try_from(new.port).unwrap_or(8080),
+            health_path: new.health_path.clone(),
+            env: new.env.clone(),
+            settings: Some(settings.clone()),
+        };
+        if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
+            return Err(AppError::Invalid(format!("kubernetes: {err}")));
+        }
+    }
+    if new.webhook_secret.len() < 16 || new.webhook_secret.len() > 1024 {
+        return invalid("webhook_secret must be 16 to 1024 characters");
+    }
+    for key in new.env.keys() {
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(AppError::Invalid(format!(
+                "environment variable name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A repository URL: `https://`, `http://`, `git://` or `ssh://`, with no credentials in it.
@@ -199,7 +151,7 @@ const APP_COLUMNS: &str =
 
 /// Inserts a validated app.
 pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
-    new.validate()?;
+    validate(new)?;
     let row = sqlx::query_as::<_, App>(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret, app_root, test_network, kube_settings)
          VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14)
@@ -253,13 +205,40 @@ pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<A
 }
 
 impl App {
+    /// The app as the API shows it.
+    pub fn view(&self) -> slipway_proto::api::App {
+        slipway_proto::api::App {
+            id: self.id,
+            name: self.name.clone(),
+            repo_url: self.repo_url.clone(),
+            branch: self.branch.clone(),
+            environment: self.environment.clone(),
+            target: self.target(),
+            health_path: self.health_path.clone(),
+            port: u16::try_from(self.port).unwrap_or(8080),
+            env: self.env.0.clone(),
+            app_root: self.app_root.clone(),
+            test_network: self.test_network,
+            kube_settings: self.kube_settings.as_ref().map(|s| s.0.clone()),
+            created_at: self.created_at,
+        }
+    }
+
+    /// The deploy target; the column's CHECK constraint admits only the two known values.
+    fn target(&self) -> TargetKind {
+        match self.target.as_str() {
+            "kubernetes" => TargetKind::Kubernetes,
+            _ => TargetKind::Docker,
+        }
+    }
+
     /// What a runner needs of this app.
     pub fn job_app(&self) -> JobApp {
         JobApp {
             name: self.name.clone(),
             repo_url: self.repo_url.clone(),
             environment: self.environment.clone(),
-            target: TargetKind::parse(&self.target).unwrap_or(TargetKind::Docker),
+            target: self.target(),
             port: u16::try_from(self.port).unwrap_or(8080),
             health_path: self.health_path.clone(),
             env: self.env.0.clone(),
@@ -285,7 +264,7 @@ mod tests {
     fn defaults_are_filled_and_valid() {
         let app = valid();
         assert_eq!((app.branch.as_str(), app.environment.as_str(), app.port), ("main", "production", 8080));
-        app.validate().expect("valid");
+        validate(&app).expect("valid");
     }
 
     #[test]
@@ -316,7 +295,7 @@ mod tests {
         for (mutate, needle) in cases {
             let mut app = valid();
             mutate(&mut app);
-            let err = app.validate().expect_err(needle).to_string();
+            let err = validate(&app).expect_err(needle).to_string();
             assert!(err.contains(needle), "`{err}` should mention `{needle}`");
         }
     }

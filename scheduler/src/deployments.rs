@@ -2,52 +2,112 @@
 //! the lifecycle), queries, and the outbox. Every state change goes through `transition`.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use slipway_proto::{Input, Job, Policy, State};
+use slipway_proto::api;
+use slipway_proto::{Cause, Input, Job, Policy, State, Step, StepStatus};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apps::App;
 use crate::transition::{self, Applied, TransitionError};
 
-/// A deployment as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Deployment {
-    pub id: Uuid,
-    pub app: String,
-    pub sha: String,
-    pub environment: String,
-    pub git_ref: String,
-    pub source: String,
-    pub state: String,
-    pub attempt: i32,
-    pub runner_id: Option<String>,
-    pub current_step: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub published_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub image: Option<String>,
-    pub url: Option<String>,
-    pub error_step: Option<String>,
-    pub error_cause: Option<String>,
-    pub error_message: Option<String>,
-    /// The rollout failed and the previous revision was put back.
-    pub rolled_back: bool,
-    /// Who asked to cancel it (also while the runner is still stopping it), and why.
-    pub cancel_by: Option<String>,
-    pub cancel_reason: Option<String>,
+/// A deployment's row, as stored; [`Row::view`] checks every stored value.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    app: String,
+    sha: String,
+    environment: String,
+    git_ref: String,
+    source: String,
+    state: String,
+    attempt: i32,
+    runner_id: Option<String>,
+    current_step: Option<String>,
+    created_at: DateTime<Utc>,
+    published_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    image: Option<String>,
+    url: Option<String>,
+    error_step: Option<String>,
+    error_cause: Option<String>,
+    error_message: Option<String>,
+    rolled_back: bool,
+    cancel_by: Option<String>,
+    cancel_reason: Option<String>,
 }
 
-/// One step of one attempt, with its timings.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct StepRow {
-    pub attempt: i32,
-    pub step: String,
-    pub status: String,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub error: Option<String>,
+/// One step of one attempt, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct StepRow {
+    attempt: i32,
+    step: String,
+    status: String,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+}
+
+/// A stored value the API's types do not know: an error, never a default.
+fn parsed<T>(
+    id: Uuid,
+    column: &'static str,
+    raw: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T, TransitionError> {
+    parse(raw).ok_or_else(|| TransitionError::Corrupt { id, column, value: raw.to_string() })
+}
+
+fn parsed_opt<T>(
+    id: Uuid,
+    column: &'static str,
+    raw: &Option<String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, TransitionError> {
+    raw.as_deref().map(|r| parsed(id, column, r, &parse)).transpose()
+}
+
+impl Row {
+    fn view(self) -> Result<api::Deployment, TransitionError> {
+        let id = self.id;
+        Ok(api::Deployment {
+            state: parsed(id, "state", &self.state, State::parse)?,
+            attempt: parsed(id, "attempt", &self.attempt.to_string(), |a| a.parse().ok())?,
+            current_step: parsed_opt(id, "current_step", &self.current_step, Step::parse)?,
+            error_step: parsed_opt(id, "error_step", &self.error_step, Step::parse)?,
+            error_cause: parsed_opt(id, "error_cause", &self.error_cause, Cause::parse)?,
+            id,
+            app: self.app,
+            sha: self.sha,
+            environment: self.environment,
+            git_ref: self.git_ref,
+            source: self.source,
+            runner_id: self.runner_id,
+            created_at: self.created_at,
+            published_at: self.published_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            image: self.image,
+            url: self.url,
+            error_message: self.error_message,
+            rolled_back: self.rolled_back,
+            cancel_by: self.cancel_by,
+            cancel_reason: self.cancel_reason,
+        })
+    }
+}
+
+impl StepRow {
+    fn view(self, id: Uuid) -> Result<api::StepRun, TransitionError> {
+        Ok(api::StepRun {
+            attempt: parsed(id, "deployment_steps.attempt", &self.attempt.to_string(), |a| a.parse().ok())?,
+            step: parsed(id, "deployment_steps.step", &self.step, Step::parse)?,
+            status: parsed(id, "deployment_steps.status", &self.status, StepStatus::parse)?,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error: self.error,
+        })
+    }
 }
 
 /// The result of recording a push or a manual deploy.
@@ -126,14 +186,14 @@ pub async fn create(
 }
 
 /// One deployment with the steps of all its attempts.
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<(Deployment, Vec<StepRow>)>, sqlx::Error> {
-    let dep = sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<api::DeploymentDetail>, TransitionError> {
+    let row = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    let Some(dep) = dep else { return Ok(None) };
+    let Some(row) = row else { return Ok(None) };
     let steps = sqlx::query_as::<_, StepRow>(
         "SELECT attempt, step, status, started_at, finished_at, error FROM deployment_steps
          WHERE deployment_id = $1 ORDER BY attempt, started_at NULLS LAST",
@@ -141,31 +201,34 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<(Deployment, Vec<Step
     .bind(id)
     .fetch_all(pool)
     .await?;
-    Ok(Some((dep, steps)))
+    let steps = steps.into_iter().map(|s| s.view(id)).collect::<Result<_, _>>()?;
+    Ok(Some(api::DeploymentDetail { deployment: row.view()?, steps }))
 }
 
 /// The newest deployments, of one app or of all.
-pub async fn list(pool: &PgPool, app: Option<&str>, limit: i64) -> Result<Vec<Deployment>, sqlx::Error> {
-    sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+pub async fn list(pool: &PgPool, app: Option<&str>, limit: i64) -> Result<Vec<api::Deployment>, TransitionError> {
+    let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE $1::text IS NULL OR a.name = $1 ORDER BY d.created_at DESC LIMIT $2"
     )))
     .bind(app)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    rows.into_iter().map(Row::view).collect()
 }
 
 /// The app's completed deployments, newest first.
-pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<Deployment>, sqlx::Error> {
-    sqlx::query_as::<_, Deployment>(sqlx::AssertSqlSafe(format!(
+pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<api::Deployment>, TransitionError> {
+    let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE a.name = $1 AND d.state = 'completed' ORDER BY d.finished_at DESC LIMIT $2"
     )))
     .bind(app)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    rows.into_iter().map(Row::view).collect()
 }
 
 /// The state of a deployment, if it exists; an unknown stored state is an error.

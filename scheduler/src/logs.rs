@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use serde_json::json;
+use slipway_proto::{Step, api};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -107,9 +107,16 @@ async fn follow(
         let full = lines.len() as i64 == PAGE;
         for l in lines {
             cursor = Cursor { attempt: l.attempt, seq: l.seq };
-            let data =
-                json!({"attempt": l.attempt, "seq": l.seq, "step": l.step, "line": l.line, "ts": l.ts, "more": l.more});
-            let event = Event::default().id(format!("{}.{}", l.attempt, l.seq)).event("log").data(data.to_string());
+            let id_text = format!("{}.{}", l.attempt, l.seq);
+            let data = api::LogEvent {
+                attempt: u32::try_from(l.attempt).unwrap_or_default(),
+                seq: u64::try_from(l.seq).unwrap_or_default(),
+                step: l.step.as_deref().and_then(Step::parse),
+                line: l.line,
+                ts: l.ts,
+                more: l.more,
+            };
+            let Ok(event) = Event::default().id(id_text).event("log").json_data(&data) else { continue };
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }
@@ -118,8 +125,15 @@ async fn follow(
             continue;
         }
         if saw_end {
-            let state = deployments::state(&pool, id).await.ok().flatten().map(|s| s.as_str()).unwrap_or("unknown");
-            let _ = tx.send(Ok(Event::default().event("end").data(json!({"state": state}).to_string()))).await;
+            match deployments::state(&pool, id).await {
+                Ok(Some(state)) => {
+                    if let Ok(end) = Event::default().event("end").json_data(api::LogEnd { state }) {
+                        let _ = tx.send(Ok(end)).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => tracing::error!(error = %err, deployment_id = %id, "log stream ended without a state"),
+            }
             return;
         }
         // Lines are committed before the terminal state (one queue, in order), so once the

@@ -7,8 +7,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
+use slipway_proto::api::{WebhookAnswer, WebhookDeployment};
 use slipway_proto::{Notification, State as DeployState};
 
 use crate::Shared;
@@ -108,7 +109,7 @@ pub async fn github(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")) {
         return Err(ApiError::UnsupportedMediaType("set the webhook's content type to application/json".into()));
@@ -137,7 +138,7 @@ pub async fn github(
         return Err(ApiError::Unauthorized("signature does not match".into()));
     }
     match event {
-        "ping" => return Ok((StatusCode::OK, Json(json!({"status": "pong"})))),
+        "ping" => return Ok((StatusCode::OK, Json(answer("pong", None, None, Vec::new())))),
         "push" => {}
         other => return Ok(ignored(&format!("event `{other}` is not deployed"))),
     }
@@ -165,11 +166,11 @@ pub async fn github(
             Created::Existing(id) => (id, false),
         };
         any_new |= new;
-        out.push(json!({"app": app.name, "deployment_id": id, "new": new}));
+        out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
     }
     let status = if any_new { StatusCode::ACCEPTED } else { StatusCode::OK };
     let word = if any_new { "queued" } else { "duplicate" };
-    Ok((status, Json(json!({"status": word, "sha": sha, "deployments": out}))))
+    Ok((status, Json(answer(word, Some(sha), None, out))))
 }
 
 /// Wakes the relay and publishes `deploy.queued` for a new deployment, and announces the queued
@@ -191,8 +192,17 @@ pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str, su
     });
 }
 
-fn ignored(reason: &str) -> (StatusCode, Json<Value>) {
-    (StatusCode::ACCEPTED, Json(json!({"status": "ignored", "reason": reason})))
+fn answer(
+    status: &str,
+    sha: Option<String>,
+    reason: Option<&str>,
+    deployments: Vec<WebhookDeployment>,
+) -> WebhookAnswer {
+    WebhookAnswer { status: status.to_string(), sha, reason: reason.map(str::to_string), deployments }
+}
+
+fn ignored(reason: &str) -> (StatusCode, Json<WebhookAnswer>) {
+    (StatusCode::ACCEPTED, Json(answer("ignored", None, Some(reason), Vec::new())))
 }
 
 #[cfg(test)]

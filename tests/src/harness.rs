@@ -377,7 +377,8 @@ impl Drop for Slipway {
             runner.kill9();
         }
         // Every app of the installation, also those registered through the CLI.
-        let registered = Command::new("psql").args([self.database_url.as_str(), "-AtXc", "SELECT name FROM apps"]).output();
+        let registered =
+            Command::new("psql").args([self.database_url.as_str(), "-AtXc", "SELECT name FROM apps"]).output();
         let mut apps = self.apps.clone();
         if let Ok(out) = registered {
             apps.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));

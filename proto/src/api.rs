@@ -1,0 +1,250 @@
+//! The HTTP API's request and response bodies, shared by the scheduler (which serves them) and
+//! the CLI (which reads them), so a field renamed on one side breaks the build, not a user.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::message::TargetKind;
+use crate::state::{Cause, State, Step, StepStatus};
+
+/// Every error answer: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `POST /api/v1/apps`: what a user sends to register an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApp {
+    pub name: String,
+    pub repo_url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    #[serde(default = "default_target")]
+    pub target: String,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default = "default_port")]
+    pub port: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub webhook_secret: String,
+    #[serde(default = "default_app_root")]
+    pub app_root: String,
+    #[serde(default)]
+    pub test_network: bool,
+    /// Settings of the `kubernetes` target (the keys of docs/kubernetes.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<serde_json::Value>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_environment() -> String {
+    "production".into()
+}
+fn default_target() -> String {
+    "docker".into()
+}
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_app_root() -> String {
+    ".".into()
+}
+fn default_port() -> u32 {
+    8080
+}
+
+/// A registered app as the API shows it (never with its webhook secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub id: Uuid,
+    pub name: String,
+    pub repo_url: String,
+    pub branch: String,
+    pub environment: String,
+    pub target: TargetKind,
+    pub health_path: String,
+    pub port: u16,
+    pub env: BTreeMap<String, String>,
+    pub app_root: String,
+    pub test_network: bool,
+    pub kube_settings: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/apps/{name}/deployments`: a commit, or none for the branch head.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+}
+
+/// The answer to a deploy: the deployment, and whether it is new (202) or was recorded (200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAnswer {
+    pub deployment_id: Uuid,
+    /// The commit; `None` until the runner resolved the branch head.
+    pub sha: Option<String>,
+    pub git_ref: String,
+    pub new: bool,
+}
+
+/// `POST /api/v1/apps/{name}/rollback`: a deployment id or commit; none for the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// The answer to a rollback: the new deployment, and which one it redeploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackAnswer {
+    pub deployment_id: Uuid,
+    pub sha: String,
+    pub rollback_of: Uuid,
+}
+
+/// `POST /api/v1/deployments/{id}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why; shown with the cancelled deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to a cancel: `cancelled` at once (200), or `running` with the runner asked (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAnswer {
+    pub deployment_id: Uuid,
+    pub state: State,
+    pub cancel_requested: bool,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub app: String,
+    /// Empty until the runner resolved the branch head of a deploy that named no commit.
+    pub sha: String,
+    pub environment: String,
+    pub git_ref: String,
+    pub source: String,
+    pub state: State,
+    pub attempt: u32,
+    pub runner_id: Option<String>,
+    pub current_step: Option<Step>,
+    pub created_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub error_step: Option<Step>,
+    pub error_cause: Option<Cause>,
+    pub error_message: Option<String>,
+    /// The rollout failed and the previous revision was put back.
+    pub rolled_back: bool,
+    /// Who asked to cancel it (also while the runner is still stopping it), and why.
+    pub cancel_by: Option<String>,
+    pub cancel_reason: Option<String>,
+}
+
+/// One step of one attempt, with its timings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub attempt: u32,
+    pub step: Step,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/deployments/{id}`: the deployment with the steps of all its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentDetail {
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    pub steps: Vec<StepRun>,
+}
+
+/// The data of an SSE `log` event; its id is `<attempt>.<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub attempt: u32,
+    pub seq: u64,
+    pub step: Option<Step>,
+    pub line: String,
+    pub ts: DateTime<Utc>,
+    /// The line continues in the next event (a long line sent in parts).
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// The data of the SSE `end` event: the state the deployment ended in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEnd {
+    pub state: State,
+}
+
+/// One deployment a webhook recorded (or found recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDeployment {
+    pub app: String,
+    pub deployment_id: Uuid,
+    pub new: bool,
+}
+
+/// The answer to a webhook: `queued`, `duplicate`, `ignored` (with the reason) or `pong`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookAnswer {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<WebhookDeployment>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_app_gets_its_defaults_and_refuses_unknown_fields() {
+        let app: NewApp =
+            serde_json::from_str(r#"{"name":"web","repo_url":"https://x/y.git","webhook_secret":"s"}"#).expect("app");
+        assert_eq!((app.branch.as_str(), app.port, app.target.as_str()), ("main", 8080, "docker"));
+        let typo = r#"{"name":"web","repo_url":"https://x/y.git","webhook_secret":"s","prot":1}"#;
+        assert!(serde_json::from_str::<NewApp>(typo).is_err());
+    }
+
+    #[test]
+    fn a_deployment_detail_is_the_deployment_with_its_steps_beside_it() {
+        let json = serde_json::json!({
+            "id": Uuid::nil(), "app": "web", "sha": "", "environment": "production", "git_ref": "refs/heads/main",
+            "source": "manual", "state": "running", "attempt": 1, "runner_id": null, "current_step": "build",
+            "created_at": "2026-01-01T00:00:00Z", "published_at": null, "started_at": null, "finished_at": null,
+            "image": null, "url": null, "error_step": null, "error_cause": null, "error_message": null,
+            "rolled_back": false, "cancel_by": null, "cancel_reason": null,
+            "steps": [{"attempt": 1, "step": "clone", "status": "succeeded", "started_at": null, "finished_at": null, "error": null}]
+        });
+        let detail: DeploymentDetail = serde_json::from_value(json.clone()).expect("detail");
+        assert_eq!(detail.deployment.current_step, Some(Step::Build));
+        assert_eq!(serde_json::to_value(&detail).expect("json"), json);
+    }
+}
