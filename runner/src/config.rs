@@ -51,6 +51,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_GIT_TIMEOUT_SECONDS", default_value_t = 60)]
     pub git_timeout_seconds: u64,
 
+    /// Seconds a push to the registry may take before it fails as an infrastructure error (retried).
+    #[arg(long, env = "SLIPWAY_PUSH_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub push_timeout_seconds: u64,
+
     /// Seconds a new container has to answer its health check.
     #[arg(long, env = "SLIPWAY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
     pub health_timeout_seconds: u64,
@@ -140,6 +144,11 @@ impl Config {
             pids: 1024,
             timeout: Duration::from_secs(self.test_timeout_seconds),
         }
+    }
+
+    /// How long a push may take.
+    pub fn push_timeout(&self) -> Duration {
+        Duration::from_secs(self.push_timeout_seconds.max(1))
     }
 
     /// How long git may wait on a silent server.

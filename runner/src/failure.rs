@@ -38,6 +38,8 @@ pub enum JobError {
     Image(#[from] ImageError),
     #[error("the build took longer than {0:?}")]
     BuildTimedOut(Duration),
+    #[error("pushing the image to the registry took longer than {0:?}")]
+    PushTimedOut(Duration),
     #[error("the tests failed (exit code {0})")]
     TestsFailed(i64),
     #[error("the tests took longer than {0:?}")]
@@ -96,6 +98,7 @@ impl JobError {
             | JobError::TestRun(_)
             | JobError::NoCluster
             | JobError::NotConfirmed
+            | JobError::PushTimedOut(_)
             | JobError::Workspace(_)
             | JobError::Task { .. } => Infrastructure,
         }

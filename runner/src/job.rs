@@ -44,6 +44,9 @@ pub struct Done {
     pub url: Option<String>,
 }
 
+/// How long the registry may take to say whether the image is there already.
+const REGISTRY_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the scheduler may take to confirm the grant before the deploy step.
 const CONFIRM_BEFORE_DEPLOY: Duration = Duration::from_secs(60);
 
@@ -105,7 +108,12 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     let reference =
         image::reference(&tools.config.registry, &job.app.name, &sha).map_err(|e| JobError::from(e).at(Step::Build))?;
     let image_name = reference.whole();
-    if image::in_registry(&tools.docker, &image_name).await {
+    let registry_check = tokio::time::timeout(REGISTRY_CHECK_TIMEOUT, image::in_registry(&tools.docker, &image_name));
+    let already_pushed = registry_check.await.unwrap_or_else(|_| {
+        r.line(Some(Step::Clone), &format!("the registry did not answer within {REGISTRY_CHECK_TIMEOUT:?}; building"));
+        false
+    });
+    if already_pushed {
         for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
             r.line(Some(step), &format!("{image_name} is already in the registry (built and tested before); skipping"));
             r.step(step, StepStatus::Skipped, None);
@@ -116,8 +124,12 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         r.step(Step::Clone, StepStatus::Succeeded, None);
         build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
-        let digest = cancellable(cancel, image::push(&tools.docker, &reference, &log(Step::Push)))
+        let limit = tools.config.push_timeout();
+        let push_log = log(Step::Push);
+        let pushing = tokio::time::timeout(limit, image::push(&tools.docker, &reference, &push_log));
+        let digest = cancellable(cancel, pushing)
             .await
+            .and_then(|pushed| pushed.map_err(|_| JobError::PushTimedOut(limit)))
             .and_then(|pushed| pushed.map_err(JobError::from))
             .map_err(|e| e.at(Step::Push))?;
         r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));

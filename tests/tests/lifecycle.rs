@@ -431,3 +431,63 @@ async fn a_git_server_that_never_answers_holds_neither_a_request_nor_a_runner() 
     assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("clone"), Some("infrastructure")), "{d}");
     held.abort();
 }
+
+#[tokio::test]
+async fn a_duplicate_copy_of_a_running_job_is_refused_and_it_deploys_once() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 2, ..Default::default() }).await;
+    let repo = unique("duplicate");
+    let url = git.url(&repo);
+    let app = s.create_app("duplicate", &url, SECRET, json!({})).await;
+    let marker = unique("dup-build");
+    let sha = commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 6"), HTTPD));
+    let id = push(&s, &url, &sha).await;
+    eventually(Duration::from_secs(90), "the build to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+
+    // The relay's publish confirmed, then a crash before the row was marked: the job again.
+    s.publish_job(&json!({
+        "deployment_id": id, "attempt": 1, "sha": sha, "git_ref": "refs/heads/main",
+        "app": {"name": app, "repo_url": url, "environment": "production", "target": "docker", "port": 8080,
+                "health_path": "/healthz", "env": {}}
+    }))
+    .await;
+    eventually(Duration::from_secs(30), "the copy to be refused", || async {
+        s.runners.iter().any(|r| r.output().contains("claim refused")).then_some(())
+    })
+    .await;
+
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(d["attempt"], 1);
+    let deploys = d["steps"].as_array().expect("steps").iter().filter(|st| st["step"] == "deploy").count();
+    assert_eq!(deploys, 1, "deployed once: {d}");
+    assert_eq!(labelled(&format!("dev.slipway.app={app}")).len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_following_logs_does_not_hold_the_schedulers_shutdown_open() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = unique("shutdown");
+    let url = git.url(&repo);
+    s.create_app("shutdown", &url, SECRET, json!({})).await;
+    let id = push(&s, &url, &commit(&git, &repo, "v1", &dockerfile("true", HTTPD))).await;
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/deployments/{id}/logs?follow=true", s.base))
+        .send()
+        .await
+        .expect("the log stream opens");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let started = Instant::now();
+    // Blocks this test's thread while the scheduler shuts down; nothing here needs to run meanwhile.
+    let exited = s.scheduler.terminate();
+    assert!(exited, "the scheduler exits cleanly on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(20), "shutdown is bounded ({:?})", started.elapsed());
+    let rest = tokio::time::timeout(Duration::from_secs(10), resp.text()).await;
+    assert!(rest.is_ok(), "the follower's stream ended with the scheduler");
+}
