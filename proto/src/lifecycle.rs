@@ -107,8 +107,9 @@ pub struct Policy {
 pub enum Decision {
     /// Write `next` guarded by the row's current state and attempt, then announce and send.
     Change { next: Row, note: Notification, control: Option<Control> },
-    /// Refresh the holder's lease (guarded like a change); nothing to announce.
-    Touch,
+    /// Refresh the holder's lease (guarded like a change); nothing to announce. `reply` repeats
+    /// a stop to a holder that keeps working after a cancel (the first stop may have been lost).
+    Touch { reply: Option<Control> },
     /// Nothing to write; send `reply` if there is one (a repeated grant).
     Ignore { reply: Option<Control> },
     /// The input does not apply; a runner that sent it is told to stop with `control`.
@@ -128,6 +129,8 @@ pub enum Rejection {
     NotRunning(State),
     #[error("the deployment is {}, not queued", .0.as_str())]
     NotQueued(State),
+    #[error("the deployment is being cancelled (by {by})")]
+    Cancelling { by: String },
 }
 
 impl Phase {
@@ -220,7 +223,7 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
     };
     match &env.body {
         Body::Claimed | Body::Logs { .. } => Decision::Ignore { reply: None },
-        Body::Heartbeat => Decision::Touch,
+        Body::Heartbeat => Decision::Touch { reply: cancel.as_ref().and_then(|c| stop_holder(row, &cancel_reason(c))) },
         Body::Step { step, status, error } => {
             let phase =
                 Phase::Running { step: Some(*step), cancel: cancel.clone(), last_failure: last_failure.clone() };
@@ -279,6 +282,11 @@ fn claimed(row: &Row, env: &Envelope) -> Decision {
             let note = next.note(None, None, Some(format!("claimed by runner {}", env.runner_id)));
             Decision::Change { next, note, control: Some(grant) }
         }
+        // Asked again before the deploy step, after a cancel: no grant, stop (again).
+        Phase::Running { cancel: Some(request), .. } if row.is_holder(env) => {
+            let why = Rejection::Cancelling { by: request.by.clone() };
+            Decision::Reject { control: stop_holder(row, &cancel_reason(request)), why }
+        }
         // The claim message came again (a redelivery, or the runner asking once more): grant again.
         Phase::Running { .. } if row.is_holder(env) => Decision::Ignore { reply: Some(grant) },
         Phase::Running { .. } => {
@@ -321,6 +329,10 @@ fn cancelled(row: &Row, request: CancelRequest, step: Option<Step>, control: Opt
     Decision::Change { next, note, control }
 }
 
+fn cancel_reason(request: &CancelRequest) -> String {
+    format!("cancelled by {}: {}", request.by, request.reason)
+}
+
 /// Tells the holder of the row's attempt to stop.
 fn stop_holder(row: &Row, reason: &str) -> Option<Control> {
     row.holder.as_ref().map(|h| Control::Cancel {
@@ -353,7 +365,7 @@ fn cancel(row: &Row, request: &CancelRequest) -> Decision {
         Phase::Queued { .. } => cancelled(row, request.clone(), None, None),
         Phase::Running { cancel: Some(_), .. } => Decision::Ignore { reply: None },
         Phase::Running { step, last_failure, .. } => {
-            let reason = format!("cancelled by {}: {}", request.by, request.reason);
+            let reason = cancel_reason(request);
             let phase =
                 Phase::Running { step: *step, cancel: Some(request.clone()), last_failure: last_failure.clone() };
             let next = row.with(row.attempt, row.holder.clone(), phase);

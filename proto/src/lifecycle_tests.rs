@@ -74,7 +74,7 @@ fn show_control(c: &Option<Control>) -> &'static str {
 fn summary(d: &Decision) -> String {
     match d {
         Decision::Change { next, control, .. } => format!("change {}{}", show(next), show_control(control)),
-        Decision::Touch => "touch".into(),
+        Decision::Touch { reply } => format!("touch{}", show_control(reply)),
         Decision::Ignore { reply } => format!("ignore{}", show_control(reply)),
         Decision::Reject { why, control } => format!("reject {why}{}", show_control(control)),
     }
@@ -132,6 +132,18 @@ fn decision_table() {
         ),
         // the holder's progress
         ("heartbeat refreshes the lease", running(1, false), R(mine(1, Body::Heartbeat)), "touch"),
+        (
+            "a heartbeat after a cancel repeats the stop",
+            running(1, true),
+            R(mine(1, Body::Heartbeat)),
+            "touch +stop-claim",
+        ),
+        (
+            "asking again before the deploy after a cancel is refused",
+            running(1, true),
+            R(mine(1, Body::Claimed)),
+            "reject the deployment is being cancelled (by ann) +stop-claim",
+        ),
         (
             "a heartbeat from another claim is refused",
             running(1, false),

@@ -265,7 +265,7 @@ async fn cancel_deployment(
         Applied::Changed { note, .. } if note.state == DeployState::Cancelled => {
             Ok((StatusCode::OK, answer(DeployState::Cancelled, true)))
         }
-        Applied::Changed { .. } | Applied::Ignored { .. } | Applied::Touched => {
+        Applied::Changed { .. } | Applied::Ignored { .. } | Applied::Touched { .. } => {
             Ok((StatusCode::ACCEPTED, answer(DeployState::Running, true)))
         }
         Applied::Rejected { why, .. } => Err(ApiError::Conflict(format!("cannot cancel: {why}"))),

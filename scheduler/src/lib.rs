@@ -67,7 +67,7 @@ impl Shared {
                 let _ = self.live.send(note.deployment_id);
                 control
             }
-            Applied::Touched => &None,
+            Applied::Touched { reply } => reply,
             Applied::Ignored { reply } => reply,
             Applied::Rejected { why, control } => {
                 if let Some(Control::Cancel { deployment_id, attempt, runner_id, .. }) = control {

@@ -16,8 +16,8 @@ use uuid::Uuid;
 pub enum Applied {
     /// The row changed: announce `note`, send `control`.
     Changed { note: Notification, control: Option<Control> },
-    /// The holder's lease was refreshed.
-    Touched,
+    /// The holder's lease was refreshed; send `reply` if there is one.
+    Touched { reply: Option<Control> },
     /// Nothing changed; send `reply` if there is one.
     Ignored { reply: Option<Control> },
     /// The input does not apply; send `control` to the runner that sent it.
@@ -129,11 +129,11 @@ async fn execute(
             record_steps(conn, row, &next, input).await?;
             Applied::Changed { note, control }
         }
-        Decision::Touch => {
+        Decision::Touch { reply } => {
             if !touch(conn, loaded).await? {
                 return Ok(Tried::Lost);
             }
-            Applied::Touched
+            Applied::Touched { reply }
         }
         Decision::Ignore { reply } => Applied::Ignored { reply },
         Decision::Reject { why, control } => Applied::Rejected { why, control },
