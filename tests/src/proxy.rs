@@ -43,12 +43,12 @@ impl Proxy {
         let _ = self.up.send(true);
     }
 
-    /// Limits the target-to-client direction to `bytes_per_100ms` (0: no limit).
+    /// Limits each direction to `bytes_per_100ms` (0: no limit).
     pub fn throttle(&self, bytes_per_100ms: u64) {
         self.rate.store(bytes_per_100ms, Ordering::Relaxed);
     }
 
-    /// Bytes forwarded from the target so far.
+    /// Bytes forwarded so far, both directions.
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::Relaxed)
     }
@@ -79,36 +79,8 @@ async fn accept(
         tokio::spawn(async move {
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
-            let upstream = async {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match cr.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            };
-            let downstream = async {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let limit = rate.load(Ordering::Relaxed);
-                    let want = if limit == 0 { buf.len() } else { (limit as usize).min(buf.len()) };
-                    let n = match sr.read(&mut buf[..want]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    forwarded.fetch_add(n as u64, Ordering::Relaxed);
-                    if limit > 0 {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            };
+            let upstream = pipe(&mut cr, &mut sw, &rate, &forwarded);
+            let downstream = pipe(&mut sr, &mut cw, &rate, &forwarded);
             let mut up = up;
             let cut = async move {
                 while *up.borrow_and_update() {
@@ -123,5 +95,30 @@ async fn accept(
                 _ = cut => {}
             }
         });
+    }
+}
+
+/// Copies `from` to `to`, at most `rate` bytes per 100 ms when a rate is set, counting bytes.
+async fn pipe(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    rate: &AtomicU64,
+    forwarded: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let limit = rate.load(Ordering::Relaxed);
+        let want = if limit == 0 { buf.len() } else { (limit as usize).min(buf.len()) };
+        let n = match from.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        if limit > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

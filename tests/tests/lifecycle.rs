@@ -491,3 +491,63 @@ async fn a_client_following_logs_does_not_hold_the_schedulers_shutdown_open() {
     let rest = tokio::time::timeout(Duration::from_secs(10), resp.text()).await;
     assert!(rest.is_ok(), "the follower's stream ended with the scheduler");
 }
+
+#[tokio::test]
+async fn cancelling_during_the_push_stops_it() {
+    let git = GitServer::start();
+    // The registry behind a proxy that passes 16 KB every 100 ms: a push of 4 MB takes 25 s.
+    let registry = Proxy::start(&slipway_tests::env("SLIPWAY_REGISTRY")).await;
+    let mut s =
+        Slipway::start(SlipwayOptions { registry: Some(format!("127.0.0.1:{}", registry.port)), ..Default::default() })
+            .await;
+    let repo = unique("cancel-push");
+    let url = git.url(&repo);
+    s.create_app("cancel-push", &url, SECRET, json!({})).await;
+    let marker = unique("big-layer");
+    let run = format!("echo {marker} && head -c 4194304 /dev/urandom > /noise");
+    registry.throttle(16 * 1024);
+    let id = push(&s, &url, &commit(&git, &repo, "big", &dockerfile(&run, HTTPD))).await;
+    wait_for_step(&s, &id, "push").await;
+    let before = registry.forwarded();
+    eventually(Duration::from_secs(60), "the push to be under way", || async {
+        (registry.forwarded() > before + 64 * 1024).then_some(())
+    })
+    .await;
+
+    let (d, took) = cancel_and_finish(&s, &id, 202).await;
+    assert_cancelled(&d, "push");
+    assert!(took < STOPPED, "the push was stopped, not waited for ({took:?})");
+    assert!(workspaces(&s.work_dir("runner-1")).is_empty());
+}
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_lease_does_not_expire_a_running_job() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        database_proxy: true,
+        lease_seconds: 4,
+        heartbeat_seconds: 1,
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("db-outage");
+    let url = git.url(&repo);
+    s.create_app("db-outage", &url, SECRET, json!({})).await;
+    let marker = unique("db-outage-build");
+    let id =
+        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 20"), HTTPD))).await;
+    eventually(Duration::from_secs(90), "the build to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+
+    s.db_proxy.as_ref().expect("proxy").cut();
+    // The fault under test: PostgreSQL unreachable for twice the lease, with the job running;
+    // the heartbeats queue up in RabbitMQ meanwhile.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    s.db_proxy.as_ref().expect("proxy").restore();
+
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    assert_eq!(d["attempt"], 1, "the backlog of heartbeats was applied before any lease could expire: {d}");
+}
