@@ -77,10 +77,12 @@ pub async fn build(
             Ok(info) => {
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                     partial.push_str(text);
-                    while let Some(i) = partial.find('\n') {
-                        emit(partial[..i].trim_end_matches('\r'));
-                        partial.drain(..=i);
+                    // One pass over the complete lines, one move of the rest (not one per line).
+                    let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+                    for line in partial[..complete].lines() {
+                        emit(line.trim_end_matches('\r'));
                     }
+                    partial.drain(..complete);
                 }
                 if let Some(detail) = info.error_detail {
                     return Err(ImageError::BuildFailed(

@@ -158,9 +158,9 @@ impl Reporter {
 /// Longest part of a line in one log message (longer lines go in parts).
 pub const LINE_PART: usize = 256 * 1024;
 /// A batch of log lines stops growing at this many bytes of text...
-const BATCH_BYTES: usize = 512 * 1024;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// ... or this many lines.
-const BATCH_LINES: usize = 2000;
+const BATCH_LINES: usize = 20_000;
 
 impl OutboxQueue {
     /// The next message: a heartbeat first, if one waits; `None` once every sender is gone.
@@ -292,7 +292,8 @@ mod tests {
     fn consecutive_lines_of_one_attempt_go_in_batches_and_order_is_kept() {
         let (outbox, mut queue) = Outbox::channel();
         let (a, b) = (reporter(outbox.clone(), 10), reporter(outbox, 11));
-        for i in 0..2500 {
+        let total = BATCH_LINES as u64 + 500;
+        for i in 0..total {
             a.line(None, &format!("line {i}"));
         }
         a.step(Step::Build, StepStatus::Succeeded, None);
@@ -307,13 +308,13 @@ mod tests {
         let first = next(&mut queue, &mut carry).expect("heartbeat");
         assert!(matches!(first.envelope.body, Body::Heartbeat), "heartbeats go first");
         let batch = next(&mut queue, &mut carry).expect("batch");
-        assert_eq!(lines_of(&batch), (1..=2000).collect::<Vec<_>>());
+        assert_eq!(lines_of(&batch), (1..=BATCH_LINES as u64).collect::<Vec<_>>());
         let rest = next(&mut queue, &mut carry).expect("rest");
-        assert_eq!(lines_of(&rest), (2001..=2500).collect::<Vec<_>>());
+        assert_eq!(lines_of(&rest), (BATCH_LINES as u64 + 1..=total).collect::<Vec<_>>());
         let step = next(&mut queue, &mut carry).expect("step");
         assert!(matches!(step.envelope.body, Body::Step { .. }), "the step stays between the lines");
         let after = next(&mut queue, &mut carry).expect("after");
-        assert_eq!(lines_of(&after), [2501], "another claim's line is not merged");
+        assert_eq!(lines_of(&after), [total + 1], "the line after the step goes after it");
         let other = next(&mut queue, &mut carry).expect("other");
         assert_eq!(other.envelope.claim, uuid::Uuid::from_u128(11));
     }

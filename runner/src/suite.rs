@@ -104,9 +104,12 @@ async fn watch(
         let mut partial: Vec<u8> = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
             partial.extend_from_slice(&chunk.into_bytes());
-            while let Some(i) = partial.iter().position(|b| *b == b'\n') {
-                log(escape_bytes(&partial[..i]));
-                partial.drain(..=i);
+            // One pass over the complete lines, one move of the rest (not one per line).
+            if let Some(last) = partial.iter().rposition(|b| *b == b'\n') {
+                for line in partial[..last].split(|b| *b == b'\n') {
+                    log(escape_bytes(line));
+                }
+                partial.drain(..=last);
             }
         }
         if !partial.is_empty() {

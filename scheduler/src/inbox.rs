@@ -109,6 +109,10 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
         )
         .await?;
     shared.inbox.connected();
+    // Log batches are stored a few at a time (their lines are keyed, so order does not matter);
+    // every other message waits until the batches before it are stored, so a deployment's
+    // lines are always committed before the state that ends it.
+    let mut storing = tokio::task::JoinSet::new();
     loop {
         let delivery = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -117,6 +121,9 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 None => anyhow::bail!("consumer cancelled by the broker"),
             },
             _ = tokio::time::sleep(IDLE) => {
+                while let Some(done) = storing.join_next().await {
+                    done??;
+                }
                 shared.inbox.drained();
                 continue;
             }
@@ -129,27 +136,50 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 continue;
             }
         };
-        let id = envelope.deployment_id;
-        match handle(shared, &envelope).await {
-            Ok(()) => {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-            }
-            Err(err) if err.is_transient() && deliveries(&delivery) < MAX_DELIVERIES => {
-                shared.inbox.failed();
-                tracing::warn!(error = %err, deployment_id = %id, "could not apply runner message; will retry");
-                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => {
-                if let TransitionError::Unknown(_) = err {
-                    shared.publisher.control(&stop(&envelope, "unknown deployment"));
+        if let Body::Logs { .. } = envelope.body {
+            while storing.len() >= PARALLEL_LOG_BATCHES {
+                if let Some(done) = storing.join_next().await {
+                    done??;
                 }
-                let reason = format!("{err}: {}", error_chain(&err));
-                dead_letter(shared, Some(id), &reason, &delivery.data).await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
             }
+            let shared = shared.clone();
+            storing.spawn(async move { take(&shared, delivery, envelope).await });
+        } else {
+            while let Some(done) = storing.join_next().await {
+                done??;
+            }
+            take(shared, delivery, envelope).await?;
         }
     }
+}
+
+/// How many log batches are stored at once.
+const PARALLEL_LOG_BATCHES: usize = 4;
+
+/// Applies one delivery and acknowledges it; a transient failure hands it back, anything that
+/// can never apply is dead-lettered. Fails only when the broker or the dead-letter record does.
+async fn take(shared: &Shared, delivery: lapin::message::Delivery, envelope: Envelope) -> anyhow::Result<()> {
+    let id = envelope.deployment_id;
+    match handle(shared, &envelope).await {
+        Ok(()) => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Err(err) if err.is_transient() && deliveries(&delivery) < MAX_DELIVERIES => {
+            shared.inbox.failed();
+            tracing::warn!(error = %err, deployment_id = %id, "could not apply runner message; will retry");
+            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(err) => {
+            if let TransitionError::Unknown(_) = err {
+                shared.publisher.control(&stop(&envelope, "unknown deployment"));
+            }
+            let reason = format!("{err}: {}", error_chain(&err));
+            dead_letter(shared, Some(id), &reason, &delivery.data).await?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Deliveries of one message before it is dead-lettered even if its failure looked transient.

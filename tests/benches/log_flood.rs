@@ -81,7 +81,7 @@ async fn ours() -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let runs = 3;
+    let runs: usize = std::env::var("SLIPWAY_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     let mut base = Vec::new();
     let mut mine = Vec::new();
     for _ in 0..runs {
