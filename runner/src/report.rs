@@ -4,8 +4,7 @@
 //! a lane of their own and never wait behind log lines; consecutive log lines of a job go out
 //! batched, one message (and one broker round trip) for up to [`BATCH_LINES`] of them. A [`Reporter`] is one job's handle on it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use lapin::Confirmation;
@@ -69,7 +68,9 @@ pub struct Reporter {
     attempt: u32,
     runner_id: Arc<str>,
     claim: uuid::Uuid,
-    seq: Arc<AtomicU64>,
+    /// The last line number; held while a line is numbered and queued, so lines are queued in
+    /// the order of their numbers even when several tasks log at once.
+    seq: Arc<Mutex<u64>>,
     /// Values replaced by `***` in every line and failure message.
     secrets: Arc<[String]>,
 }
@@ -82,7 +83,7 @@ impl Reporter {
         runner_id: Arc<str>,
         claim: uuid::Uuid,
     ) -> Self {
-        let (seq, secrets) = (Arc::new(AtomicU64::new(0)), Arc::from([]));
+        let (seq, secrets) = (Arc::new(Mutex::new(0)), Arc::from([]));
         Self { outbox, deployment_id, attempt, runner_id, claim, seq, secrets }
     }
 
@@ -136,11 +137,12 @@ impl Reporter {
         let masked = self.mask(line.trim_end_matches(['\r', '\n']));
         let escaped = slipway_proto::text::escape_str(&masked);
         let mut rest: &str = &escaped;
+        let mut last = self.seq.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let cut = floor_char_boundary(rest, LINE_PART);
             let (head, tail) = rest.split_at(cut);
-            let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            let line = LogLine { seq, step, line: head.to_string(), ts: Utc::now(), more: !tail.is_empty() };
+            *last += 1;
+            let line = LogLine { seq: *last, step, line: head.to_string(), ts: Utc::now(), more: !tail.is_empty() };
             self.send(Body::Logs { lines: vec![line] });
             if tail.is_empty() {
                 break;
@@ -243,6 +245,11 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
             let Ok(payload) = serde_json::to_vec(&msg.envelope) else {
                 continue;
             };
+            let lines = match &msg.envelope.body {
+                Body::Logs { lines } => lines.len(),
+                _ => 0,
+            };
+            let started = std::time::Instant::now();
             let published = async {
                 channel
                     .basic_publish(
@@ -257,7 +264,11 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
             }
             .await;
             match published {
-                Ok(Confirmation::Ack(_)) => msg.confirm(),
+                Ok(Confirmation::Ack(_)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::debug!(lines, bytes = payload.len(), ms, "runner message confirmed");
+                    msg.confirm();
+                }
                 Ok(other) => {
                     tracing::warn!(confirmation = ?other, "broker refused a runner message; republishing");
                     pending = Some(msg);

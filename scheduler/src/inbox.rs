@@ -109,10 +109,6 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
         )
         .await?;
     shared.inbox.connected();
-    // Log batches are stored a few at a time (their lines are keyed, so order does not matter);
-    // every other message waits until the batches before it are stored, so a deployment's
-    // lines are always committed before the state that ends it.
-    let mut storing = tokio::task::JoinSet::new();
     loop {
         let delivery = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -121,9 +117,6 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 None => anyhow::bail!("consumer cancelled by the broker"),
             },
             _ = tokio::time::sleep(IDLE) => {
-                while let Some(done) = storing.join_next().await {
-                    done??;
-                }
                 shared.inbox.drained();
                 continue;
             }
@@ -136,25 +129,11 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 continue;
             }
         };
-        if let Body::Logs { .. } = envelope.body {
-            while storing.len() >= PARALLEL_LOG_BATCHES {
-                if let Some(done) = storing.join_next().await {
-                    done??;
-                }
-            }
-            let shared = shared.clone();
-            storing.spawn(async move { take(&shared, delivery, envelope).await });
-        } else {
-            while let Some(done) = storing.join_next().await {
-                done??;
-            }
-            take(shared, delivery, envelope).await?;
-        }
+        // One at a time, in queue order: live followers read lines by position, so a batch
+        // stored before the one ahead of it would be skipped by a follower already past it.
+        take(shared, delivery, envelope).await?;
     }
 }
-
-/// How many log batches are stored at once.
-const PARALLEL_LOG_BATCHES: usize = 4;
 
 /// Applies one delivery and acknowledges it; a transient failure hands it back, anything that
 /// can never apply is dead-lettered. Fails only when the broker or the dead-letter record does.
@@ -229,7 +208,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// Stores a log line, or applies any other message to its deployment.
 async fn handle(shared: &Shared, envelope: &Envelope) -> Result<(), TransitionError> {
     if let Body::Logs { lines } = &envelope.body {
+        let started = std::time::Instant::now();
         transition::store_logs(&shared.pool, envelope, lines).await?;
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(deployment_id = %envelope.deployment_id, lines = lines.len(), ms, "log batch stored");
         let _ = shared.live.send(envelope.deployment_id);
         return Ok(());
     }

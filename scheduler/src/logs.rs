@@ -19,8 +19,6 @@ use uuid::Uuid;
 use crate::api::{ApiError, parse_id};
 use crate::{Shared, deployments};
 
-const PAGE: i64 = 500;
-
 /// A position in a deployment's log: (attempt, seq).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
@@ -39,7 +37,7 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct Line {
     attempt: i32,
     seq: i64,
@@ -96,15 +94,14 @@ async fn follow(
 ) {
     let mut saw_end = false;
     loop {
-        let lines = match page(&pool, id, cursor).await {
-            Ok(lines) => lines,
+        let (lines, full) = match page(&pool, id, cursor).await {
+            Ok(page) => page,
             Err(err) => {
                 tracing::warn!(error = %err, deployment_id = %id, "log page query failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let full = lines.len() as i64 == PAGE;
         for l in lines {
             cursor = Cursor { attempt: l.attempt, seq: l.seq };
             let id_text = format!("{}.{}", l.attempt, l.seq);
@@ -166,17 +163,45 @@ async fn wait_for(wake: &mut broadcast::Receiver<Uuid>, id: Uuid, tx: &mpsc::Sen
     }
 }
 
-async fn page(pool: &PgPool, id: Uuid, after: Cursor) -> Result<Vec<Line>, sqlx::Error> {
-    sqlx::query_as::<_, Line>(
-        "SELECT attempt, seq, step, line, ts, more FROM log_lines WHERE deployment_id = $1 AND (attempt, seq) > ($2, $3)
-         ORDER BY attempt, seq LIMIT $4",
+/// Batches of lines read per page.
+const CHUNKS: i64 = 8;
+
+#[derive(Debug, sqlx::FromRow)]
+struct Chunk {
+    attempt: i32,
+    seqs: Vec<i64>,
+    steps: Vec<Option<String>>,
+    lines: Vec<String>,
+    ts: Vec<DateTime<Utc>>,
+    more: Vec<bool>,
+}
+
+/// The next lines after `after`, in order and without repeats (batches sent twice, or
+/// overlapping, are read once), and whether more batches may follow.
+async fn page(pool: &PgPool, id: Uuid, after: Cursor) -> Result<(Vec<Line>, bool), sqlx::Error> {
+    let chunks = sqlx::query_as::<_, Chunk>(
+        "SELECT attempt, seqs, steps, lines, ts, more FROM log_chunks
+         WHERE deployment_id = $1 AND (attempt, last_seq) > ($2, $3) ORDER BY attempt, first_seq LIMIT $4",
     )
     .bind(id)
     .bind(after.attempt)
     .bind(after.seq)
-    .bind(PAGE)
+    .bind(CHUNKS)
     .fetch_all(pool)
-    .await
+    .await?;
+    let full = chunks.len() as i64 == CHUNKS;
+    let mut lines: Vec<Line> = chunks
+        .into_iter()
+        .flat_map(|c| {
+            let attempt = c.attempt;
+            let rows = c.seqs.into_iter().zip(c.steps).zip(c.lines).zip(c.ts).zip(c.more);
+            rows.map(move |((((seq, step), line), ts), more)| Line { attempt, seq, step, line, ts, more })
+        })
+        .filter(|l| Cursor { attempt: l.attempt, seq: l.seq } > after)
+        .collect();
+    lines.sort_by_key(|l| (l.attempt, l.seq));
+    lines.dedup_by_key(|l| (l.attempt, l.seq));
+    Ok((lines, full))
 }
 
 #[cfg(test)]

@@ -369,27 +369,36 @@ async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: 
     Ok(())
 }
 
-/// Stores a batch of log lines of a runner's attempt in one statement (a duplicate line is
-/// dropped by its key). NUL, which PostgreSQL's text cannot hold, is escaped as `\0`.
+/// Stores a batch of log lines of a runner's attempt as one row (`log_chunks`); a batch sent
+/// again is the same row (the larger copy wins). NUL, which PostgreSQL's text cannot hold, is
+/// escaped as `\0`.
 pub async fn store_logs(
     pool: &PgPool,
     env: &slipway_proto::Envelope,
     lines: &[slipway_proto::LogLine],
 ) -> Result<(), sqlx::Error> {
     let seqs: Vec<i64> = lines.iter().map(|l| i64::try_from(l.seq).unwrap_or(i64::MAX)).collect();
+    let (Some(first), Some(last)) = (seqs.iter().min().copied(), seqs.iter().max().copied()) else {
+        return Ok(());
+    };
     let steps: Vec<Option<&str>> = lines.iter().map(|l| l.step.map(Step::as_str)).collect();
-    let texts: Vec<String> = lines.iter().map(|l| slipway_proto::text::escape_str(&l.line).into_owned()).collect();
+    let texts: Vec<std::borrow::Cow<'_, str>> =
+        lines.iter().map(|l| slipway_proto::text::escape_str(&l.line)).collect();
+    let texts: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     let stamps: Vec<DateTime<Utc>> = lines.iter().map(|l| l.ts).collect();
     let more: Vec<bool> = lines.iter().map(|l| l.more).collect();
     sqlx::query(
-        "INSERT INTO log_lines (deployment_id, attempt, seq, step, line, ts, more)
-         SELECT $1, $2, u.seq, u.step, u.line, u.ts, u.more
-         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::bool[]) AS u(seq, step, line, ts, more)
-         WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO log_chunks (deployment_id, attempt, first_seq, last_seq, seqs, steps, lines, ts, more)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1)
+         ON CONFLICT (deployment_id, attempt, first_seq) DO UPDATE
+         SET last_seq = EXCLUDED.last_seq, seqs = EXCLUDED.seqs, steps = EXCLUDED.steps, lines = EXCLUDED.lines,
+             ts = EXCLUDED.ts, more = EXCLUDED.more
+         WHERE cardinality(EXCLUDED.seqs) > cardinality(log_chunks.seqs)",
     )
     .bind(env.deployment_id)
     .bind(env.attempt as i32)
+    .bind(first)
+    .bind(last)
     .bind(seqs)
     .bind(steps)
     .bind(texts)

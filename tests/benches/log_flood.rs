@@ -72,6 +72,13 @@ async fn ours() -> Duration {
         if count >= u64::from(LINES) {
             let took = Duration::from_secs_f64(since_build.expect("the build step's start"));
             s.finished(&id, Duration::from_secs(120)).await;
+            if std::env::var("SLIPWAY_BENCH_TRACE").is_ok() {
+                for line in
+                    s.dump().lines().filter(|l| l.contains("log batch stored") || l.contains("message confirmed"))
+                {
+                    println!("{line}");
+                }
+            }
             return took;
         }
         assert!(Instant::now() < deadline, "the lines were not stored within 10 minutes ({count})");
