@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tokio::spawn(shutdown_on_signal(cancel.clone()));
+    tracker.spawn(shutdown_on_signal(cancel.clone()));
     let result = run(config, cancel.clone(), tracker.clone()).await;
     cancel.cancel();
     tracker.close();
@@ -49,6 +49,8 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        // Shutting down for another reason (a fatal error): nothing left to wait for.
+        _ = cancel.cancelled() => return,
     }
     tracing::info!("shutting down");
     cancel.cancel();
