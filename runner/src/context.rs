@@ -20,12 +20,50 @@ pub enum ContextError {
     },
     #[error("the build context is larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A path from the repository (the app root) leaves the checkout, or goes through a link.
+    #[error("`{path}` is not a directory inside the repository: {why}")]
+    Escapes { path: String, why: String },
     #[error("reading {path}: {source}")]
     Io {
         path: String,
         #[source]
         source: io::Error,
     },
+}
+
+/// `rel` (from the app's settings or the repository) resolved inside `repo`: relative, no `..`,
+/// and no component a symbolic link, so nothing read through it can be outside the checkout.
+pub fn contained(repo: &Path, rel: &str) -> Result<std::path::PathBuf, ContextError> {
+    use std::path::Component;
+    let escapes = |why: String| ContextError::Escapes { path: rel.to_string(), why };
+    let mut at = repo.to_path_buf();
+    for component in Path::new(rel).components() {
+        match component {
+            Component::CurDir => {}
+            Component::Normal(name) => {
+                at.push(name);
+                match std::fs::symlink_metadata(&at) {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        let link = at.strip_prefix(repo).unwrap_or(&at).display().to_string();
+                        return Err(escapes(format!("`{link}` is a symbolic link")));
+                    }
+                    Ok(meta) if !meta.is_dir() => {
+                        let file = at.strip_prefix(repo).unwrap_or(&at).display().to_string();
+                        return Err(escapes(format!("`{file}` is not a directory")));
+                    }
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        return Err(escapes("it does not exist in this commit".into()));
+                    }
+                    Err(source) => return Err(ContextError::Io { path: at.display().to_string(), source }),
+                }
+            }
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(escapes("it must be relative and must not use `..`".into()));
+            }
+        }
+    }
+    Ok(at)
 }
 
 /// `.dockerignore` rules with Docker's semantics: patterns are relative to the context root,
@@ -119,10 +157,15 @@ pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u
         let path = path.display().to_string();
         move |source| ContextError::Io { path, source }
     };
-    let ignore = match std::fs::read_to_string(root.join(".dockerignore")) {
-        Ok(text) => DockerIgnore::parse(&text)?,
+    // Read only if it is a file of the checkout: a link could make it any file of the host.
+    let ignore_path = root.join(".dockerignore");
+    let ignore = match std::fs::symlink_metadata(&ignore_path) {
+        Ok(meta) if meta.is_file() => {
+            DockerIgnore::parse(&std::fs::read_to_string(&ignore_path).map_err(io_err(&ignore_path))?)?
+        }
+        Ok(_) => DockerIgnore::default(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
-        Err(e) => return Err(io_err(&root.join(".dockerignore"))(e)),
+        Err(e) => return Err(io_err(&ignore_path)(e)),
     };
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
@@ -191,6 +234,51 @@ pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_app_root_through_a_link_or_outside_the_checkout_is_refused() {
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("secret.txt"), "host secret").expect("secret");
+        let repo = tempfile::tempdir().expect("repo");
+        let r = repo.path();
+        std::fs::create_dir_all(r.join("apps/web")).expect("dirs");
+        std::fs::create_dir_all(r.join("apps/real")).expect("dirs");
+        std::os::unix::fs::symlink(outside.path(), r.join("absolute")).expect("link");
+        std::os::unix::fs::symlink("../../../../../../../..", r.join("relative")).expect("link");
+        std::os::unix::fs::symlink("/", r.join("root")).expect("link");
+        std::os::unix::fs::symlink(outside.path(), r.join("apps/nested")).expect("link");
+        std::os::unix::fs::symlink("real", r.join("apps/inside")).expect("link");
+        std::fs::write(r.join("file"), "x").expect("file");
+        for bad in [
+            "absolute",
+            "relative/etc",
+            "root",
+            "root/etc",
+            "apps/nested",
+            "apps/inside",
+            "../x",
+            "/etc",
+            "file",
+            "missing",
+        ] {
+            let err = contained(r, bad).expect_err(bad);
+            assert!(matches!(err, ContextError::Escapes { .. }), "{bad}: {err}");
+        }
+        assert_eq!(contained(r, ".").expect("root"), r);
+        assert_eq!(contained(r, "apps/web").expect("nested dir"), r.join("apps/web"));
+        assert_eq!(contained(r, "./apps/web/").expect("dot and slash"), r.join("apps/web"));
+    }
+
+    #[test]
+    fn a_dockerignore_that_is_a_link_is_not_read() {
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("host"), "[unbalanced host-secret-line\n").expect("host file");
+        let repo = tempfile::tempdir().expect("repo");
+        std::fs::write(repo.path().join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
+        symlink(outside.path().join("host"), repo.path().join(".dockerignore")).expect("link");
+        let tar = tarball(repo.path(), 1 << 20, None).expect("the link is packed as a link, never read");
+        assert!(names(&tar).iter().any(|(n, t)| n == ".dockerignore" && *t == tar::EntryType::Symlink));
+    }
     use super::*;
     use std::os::unix::fs::symlink;
 

@@ -79,7 +79,7 @@ impl JobError {
             },
             JobError::Context(err) => match err {
                 ContextError::Io { .. } => Infrastructure,
-                ContextError::Pattern { .. } | ContextError::TooLarge { .. } => User,
+                ContextError::Pattern { .. } | ContextError::TooLarge { .. } | ContextError::Escapes { .. } => User,
             },
             JobError::Deploy(err) => match err {
                 DeployError::Unhealthy { .. }

@@ -225,6 +225,8 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     let (r, cancel) = (&claim.reporter, &claim.cancel);
     r.step(Step::Build, StepStatus::Running, None);
     let at_build = |e: JobError| e.at(Step::Build);
+    // The app root must be a real directory of the checkout: a link in it could point anywhere.
+    context::contained(dir, &job.app.app_root).map_err(|e| at_build(JobError::from(e)))?;
     let options = Options { app_root: Some(job.app.app_root.clone()), ignore_dockerfile: false };
     let repo = dir.to_path_buf();
     let plan = tokio::task::spawn_blocking(move || slipway_detect::detect(&repo, &options))
@@ -244,7 +246,7 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
             r.line(Some(Step::Build), &format!("  {line}"));
         }
     }
-    let app_dir = dir.join(&plan.app_root);
+    let app_dir = context::contained(dir, &plan.app_root).map_err(|e| at_build(JobError::from(e)))?;
     let text = generated.clone();
     let tar = tokio::task::spawn_blocking(move || context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref()))
         .await

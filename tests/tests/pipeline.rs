@@ -547,3 +547,35 @@ async fn a_queued_deployment_superseded_by_a_newer_push_never_runs() {
     assert_eq!(old["state"], "cancelled");
     assert!(old["steps"].as_array().is_none_or(|st| st.is_empty()), "the superseded deployment never ran: {old}");
 }
+
+#[tokio::test]
+async fn an_app_root_that_is_a_link_out_of_the_repository_is_refused_and_nothing_of_the_host_is_read() {
+    let git = GitServer::start();
+    let outside = tempfile::tempdir().expect("host dir");
+    let secret = unique("HOST-DIR-SECRET");
+    std::fs::write(outside.path().join("index.html"), &secret).expect("host file");
+    std::fs::write(
+        outside.path().join("Dockerfile"),
+        "FROM slipway/busybox:1\nCOPY . /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .expect("host Dockerfile");
+    let host_dir = outside.path().display().to_string();
+    for (stem, app_root, target) in [("abs-root", "esc", host_dir.as_str()), ("up-root", "up/www", "../../../../../..")]
+    {
+        let mut s = Slipway::start(SlipwayOptions::default()).await;
+        let repo = unique(stem);
+        let url = git.url(&repo);
+        let files = site("inside", true);
+        let mut entries: Vec<Entry<'_>> = files.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
+        let link = app_root.split('/').next().expect("first component");
+        entries.push(Entry::Symlink(link, target));
+        let sha = git.commit(&repo, "links", &entries);
+        s.create_app(stem, &url, SECRET, json!({"app_root": app_root})).await;
+        let d = deploy(&s, &url, &sha).await;
+        assert_eq!(d["state"], "failed", "{d}");
+        assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("build"), Some("user")), "{d}");
+        assert!(d["error_message"].as_str().unwrap_or_default().contains("symbolic link"), "says why: {d}");
+        let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
+        assert!(!lines.iter().any(|(_, l)| l.contains(&secret)), "nothing of the host dir was read");
+    }
+}
