@@ -458,11 +458,29 @@ fn line_printer() -> impl FnMut(&LogEvent) {
             let _ = write!(out, "[{step:>7}] ");
         }
         continuing = event.more;
+        let line = neutralised(&event.line);
         let _ = match continuing {
-            true => write!(out, "{}", event.line),
-            false => writeln!(out, "{}", event.line),
+            true => write!(out, "{line}"),
+            false => writeln!(out, "{line}"),
         };
     }
+}
+
+/// `text` with terminal control sequences made visible (`\x1b[...`) instead of acted on, so
+/// build output cannot move the cursor, rewrite the screen or forge a line of this CLI's own.
+fn neutralised(text: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| (c.is_control() && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.chars().any(control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match control(c) {
+            true => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            false => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn print_deployment(detail: &api::DeploymentDetail) {
@@ -495,4 +513,16 @@ fn print_deployment(detail: &api::DeploymentDetail) {
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_control_sequences_in_output_are_shown_not_acted_on() {
+        assert_eq!(neutralised("plain\ttext é"), "plain\ttext é");
+        assert_eq!(neutralised("\u{1b}[2K\rdeployment completed"), "\\x1b[2K\\x0ddeployment completed");
+        assert_eq!(neutralised("bell\u{7} c1\u{9b}31m"), "bell\\x07 c1\\x9b31m");
+    }
 }

@@ -64,12 +64,10 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     {
         return invalid("health_path must be an absolute URL path such as /healthz");
     }
-    if new.branch.is_empty()
-        || new.branch.len() > 255
-        || new.branch.starts_with("refs/")
-        || new.branch.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
-    {
-        return invalid("branch must be a branch name such as `main` (not a full ref)");
+    if !is_branch_name(&new.branch) {
+        return invalid(
+            "branch must be a branch name such as `main` (not a full ref), valid for `git check-ref-format`",
+        );
     }
     validate_repo_url(&new.repo_url)?;
     let root_parts: Vec<&str> = new.app_root.split('/').collect();
@@ -97,8 +95,14 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             return Err(AppError::Invalid(format!("kubernetes: {err}")));
         }
     }
+    if new.webhook_secret.chars().any(char::is_control) {
+        return invalid("webhook_secret must not contain control characters");
+    }
     if new.webhook_secret.len() < 16 || new.webhook_secret.len() > 1024 {
         return invalid("webhook_secret must be 16 to 1024 characters");
+    }
+    if let Some((key, _)) = new.env.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
     }
     for key in new.env.keys() {
         let ok = !key.is_empty()
@@ -111,6 +115,24 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// Whether `name` is a branch name git accepts (`git check-ref-format --branch`), short form.
+pub fn is_branch_name(name: &str) -> bool {
+    let bad_char = |c: char| c.is_control() || c == '\u{7f}' || " ~^:?*[\\".contains(c);
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "@"
+        && !name.starts_with("refs/")
+        && !name.starts_with('-')
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && !name.chars().any(bad_char)
+        && name.split('/').all(|part| !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
 /// A repository URL: `https://`, `http://`, `git://` or `ssh://`, with no credentials in it.
@@ -297,6 +319,42 @@ mod tests {
             mutate(&mut app);
             let err = validate(&app).expect_err(needle).to_string();
             assert!(err.contains(needle), "`{err}` should mention `{needle}`");
+        }
+    }
+
+    #[test]
+    fn branch_names_follow_git_check_ref_format() {
+        for good in ["main", "feature/login", "release-1.2", "user/jo/fix_3", "v1.0"] {
+            assert!(is_branch_name(good), "{good}");
+        }
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            "@",
+            "a..b",
+            "x.lock",
+            "a/b.lock/c",
+            ".hidden",
+            "a/.b",
+            "a//b",
+            "a/",
+            "/a",
+            "end.",
+            "we@{ird",
+            "sp ace",
+            "t\tab",
+            "col:on",
+            "q?",
+            "st*r",
+            "br[acket",
+            "back\\slash",
+            "ti~lde",
+            "ca^ret",
+            "refs/heads/main",
+            "-flag",
+            long.as_str(),
+        ] {
+            assert!(!is_branch_name(bad), "{bad:?}");
         }
     }
 
