@@ -22,6 +22,13 @@ pub const LABEL_APP: &str = "dev.slipway.app";
 pub const LABEL_ENV: &str = "dev.slipway.environment";
 pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
 pub const LABEL_ATTEMPT: &str = "dev.slipway.attempt";
+/// The installation a container or network belongs to; Slipway touches only its own.
+pub const LABEL_INSTALLATION: &str = "dev.slipway.installation";
+
+/// Capabilities an app keeps of Docker's default set: enough to start as root and drop to a
+/// user, or bind a low port; not raw sockets, device nodes, chroot or file capabilities.
+const KEPT_CAPABILITIES: [&str; 8] =
+    ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"];
 
 /// Settings of the docker target.
 #[derive(Debug, Clone)]
@@ -30,8 +37,24 @@ pub struct DockerTargetConfig {
     pub publish_address: String,
     /// How long a new container has to answer its health check.
     pub health_timeout: Duration,
-    /// Memory limit of app containers in bytes, if any.
-    pub memory_bytes: Option<i64>,
+    /// This installation's name (the queue prefix): its containers and networks carry it.
+    pub installation: String,
+    /// Limits of every app container.
+    pub limits: AppLimits,
+}
+
+/// What an app container may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLimits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 512 * 1024 * 1024, nano_cpus: 1_000_000_000, pids: 512 }
+    }
 }
 
 /// Deploys to the Docker engine the runner talks to.
@@ -60,11 +83,36 @@ impl DockerTarget {
         format!("slipway-{app}-{env}-{id}-{}", release.attempt)
     }
 
+    /// The app's own network (created on first use), named after the installation, app and
+    /// environment; its containers are reachable from the host only through their published port.
+    async fn network(&self, release: &Release) -> Result<String, Error> {
+        use bollard::models::NetworkCreateRequest;
+        let name = format!("slipway-{}-{}-{}", self.config.installation, release.app, release.environment);
+        if self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok() {
+            return Ok(name);
+        }
+        let labels = HashMap::from([
+            (LABEL_INSTALLATION.to_string(), self.config.installation.clone()),
+            (LABEL_APP.to_string(), release.app.clone()),
+        ]);
+        let request = NetworkCreateRequest { name: name.clone(), labels: Some(labels), ..Default::default() };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(name),
+            // Created meanwhile by another runner of this installation.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(name),
+            Err(source) => Err(Error::Engine { action: "creating the app's network", source }),
+        }
+    }
+
     /// The app's containers with the deployment each belongs to (`None`: not a readable label).
     async fn app_containers(&self, release: &Release) -> Result<Vec<(String, Option<uuid::Uuid>)>, Error> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_APP}={}", release.app), format!("{LABEL_ENV}={}", release.environment)],
+            vec![
+                format!("{LABEL_INSTALLATION}={}", self.config.installation),
+                format!("{LABEL_APP}={}", release.app),
+                format!("{LABEL_ENV}={}", release.environment),
+            ],
         )]);
         let listed = self
             .docker
@@ -93,7 +141,9 @@ impl DockerTarget {
             self.remove(name).await;
         }
         let port_key = format!("{}/tcp", release.port);
+        let network = self.network(release).await?;
         let labels = HashMap::from([
+            (LABEL_INSTALLATION.to_string(), self.config.installation.clone()),
             (LABEL_APP.to_string(), release.app.clone()),
             (LABEL_ENV.to_string(), release.environment.clone()),
             (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
@@ -116,7 +166,16 @@ impl DockerTarget {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
-                memory: self.config.memory_bytes,
+                memory: Some(self.config.limits.memory_bytes),
+                memory_swap: Some(self.config.limits.memory_bytes),
+                nano_cpus: Some(self.config.limits.nano_cpus),
+                pids_limit: Some(self.config.limits.pids),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(KEPT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                privileged: Some(false),
+                // Its own network: apps cannot reach each other's containers.
+                network_mode: Some(network),
                 // An init as PID 1 forwards SIGTERM (so the old version stops at once) and reaps zombies.
                 init: Some(true),
                 ..Default::default()

@@ -7,7 +7,7 @@ pub mod kubernetes;
 use std::collections::BTreeMap;
 use std::future::Future;
 
-pub use docker::{DockerTarget, DockerTargetConfig};
+pub use docker::{AppLimits, DockerTarget, DockerTargetConfig};
 pub use kubernetes::KubeTarget;
 
 /// One version of an app to make live.

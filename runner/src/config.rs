@@ -55,6 +55,18 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_PUSH_TIMEOUT_SECONDS", default_value_t = 3600)]
     pub push_timeout_seconds: u64,
 
+    /// Memory limit of every app container, in MiB.
+    #[arg(long, env = "SLIPWAY_APP_MEMORY_MB", default_value_t = 512)]
+    pub app_memory_mb: i64,
+
+    /// CPUs every app container may use.
+    #[arg(long, env = "SLIPWAY_APP_CPUS", default_value_t = 1.0)]
+    pub app_cpus: f64,
+
+    /// Processes every app container may run at once.
+    #[arg(long, env = "SLIPWAY_APP_PIDS", default_value_t = 512)]
+    pub app_pids: i64,
+
     /// Seconds a new container has to answer its health check.
     #[arg(long, env = "SLIPWAY_HEALTH_TIMEOUT_SECONDS", default_value_t = 60)]
     pub health_timeout_seconds: u64,
@@ -105,6 +117,9 @@ impl Config {
         if self.concurrency == 0 {
             return Err("SLIPWAY_CONCURRENCY must be at least 1".into());
         }
+        if self.app_memory_mb < 16 || !(0.05..=64.0).contains(&self.app_cpus) || self.app_pids < 16 {
+            return Err("SLIPWAY_APP_MEMORY_MB must be at least 16, SLIPWAY_APP_CPUS between 0.05 and 64, SLIPWAY_APP_PIDS at least 16".into());
+        }
         if !(1..=3600).contains(&self.git_timeout_seconds) {
             return Err("SLIPWAY_GIT_TIMEOUT_SECONDS must be between 1 and 3600".into());
         }
@@ -143,6 +158,15 @@ impl Config {
             nano_cpus: (self.test_cpus * 1e9) as i64,
             pids: 1024,
             timeout: Duration::from_secs(self.test_timeout_seconds),
+        }
+    }
+
+    /// Limits of every app container.
+    pub fn app_limits(&self) -> slipway_deploy::AppLimits {
+        slipway_deploy::AppLimits {
+            memory_bytes: self.app_memory_mb * 1024 * 1024,
+            nano_cpus: (self.app_cpus * 1e9) as i64,
+            pids: self.app_pids,
         }
     }
 

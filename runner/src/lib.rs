@@ -53,7 +53,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         DockerTargetConfig {
             publish_address: config.publish_address.clone(),
             health_timeout: Duration::from_secs(config.health_timeout_seconds),
-            memory_bytes: None,
+            installation: config.queue_prefix.clone(),
+            limits: config.app_limits(),
         },
     );
     let kube = match config.kubernetes {

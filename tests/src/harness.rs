@@ -398,6 +398,13 @@ impl Drop for Slipway {
                 }
             }
         }
+        // The installation's app networks (named and labelled after its queue prefix).
+        let filter = format!("label=dev.slipway.installation={}", self.prefix);
+        if let Ok(ids) = crate::docker(&["network", "ls", "-q", "--filter", &filter]) {
+            for id in ids.split_whitespace() {
+                let _ = crate::docker(&["network", "rm", id]);
+            }
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use slipway_deploy::{DeployTarget, DockerTarget, DockerTargetConfig, Error, Release};
+use slipway_deploy::{AppLimits, DeployTarget, DockerTarget, DockerTargetConfig, Error, Release};
+
+/// The installation these tests deploy as (their networks are removed with their apps).
+const INSTALLATION: &str = "targettest";
 use slipway_tests::{docker, unique};
 
 /// Builds a busybox image serving `/healthz` after `delay` seconds; returns its tag.
@@ -41,7 +44,8 @@ impl App {
         let config = DockerTargetConfig {
             publish_address: "127.0.0.1".into(),
             health_timeout: Duration::from_secs(30),
-            memory_bytes: None,
+            installation: INSTALLATION.into(),
+            limits: AppLimits::default(),
         };
         Self { name: unique("target"), target: DockerTarget::new(engine, config), images: Vec::new() }
     }
@@ -62,11 +66,21 @@ impl App {
     }
 
     fn containers(&self) -> Vec<String> {
-        docker(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=dev.slipway.app={}", self.name)])
-            .expect("docker ps")
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let installation = format!("label=dev.slipway.installation={INSTALLATION}");
+        docker(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=dev.slipway.app={}", self.name),
+            "--filter",
+            &installation,
+        ])
+        .expect("docker ps")
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 }
 
@@ -78,6 +92,7 @@ impl Drop for App {
         for i in &self.images {
             let _ = docker(&["rmi", "-f", i]);
         }
+        let _ = docker(&["network", "rm", &format!("slipway-{INSTALLATION}-{}-production", self.name)]);
     }
 }
 
@@ -140,4 +155,45 @@ async fn an_older_deployment_never_stops_or_replaces_a_newer_ones_container() {
     assert!(matches!(late, Err(Error::Stale { .. })), "{late:?}");
     assert!(answers(live.url.as_deref().expect("url")).await, "the newer version still serves");
     assert_eq!(app.containers(), [DockerTarget::container_name(&app.release(newer, 1, &served))]);
+}
+
+#[tokio::test]
+async fn app_containers_are_contained_and_only_this_installations_are_touched() {
+    let mut app = App::new().await;
+    let served = image(0);
+    // Another installation's container with the same app labels: never this one's to retire.
+    let foreign = format!("{}-foreign", app.name);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &foreign,
+        "--label",
+        &format!("dev.slipway.app={}", app.name),
+        "--label",
+        "dev.slipway.environment=production",
+        "--label",
+        "dev.slipway.installation=someone-else",
+        "--label",
+        &format!("dev.slipway.deployment={}", uuid::Uuid::nil()),
+        &served,
+    ])
+    .expect("foreign container");
+    app.images = vec![served.clone()];
+    let log = |_: String| {};
+    let release = app.release(uuid::Uuid::now_v7(), 1, &served);
+    app.target.deploy(&release, &log).await.expect("deploys");
+    let name = DockerTarget::container_name(&release);
+    let inspect = |format: &str| docker(&["inspect", "--format", format, &name]).expect("inspect").trim().to_string();
+    assert_eq!(inspect("{{json .HostConfig.SecurityOpt}}"), r#"["no-new-privileges"]"#);
+    assert_eq!(inspect("{{.HostConfig.Memory}}"), (512 * 1024 * 1024).to_string());
+    assert_eq!(inspect("{{.HostConfig.NanoCpus}}"), "1000000000");
+    assert_eq!(inspect("{{.HostConfig.PidsLimit}}"), "512");
+    assert_eq!(inspect("{{json .HostConfig.CapDrop}}"), r#"["ALL"]"#);
+    assert!(!inspect("{{json .HostConfig.CapAdd}}").contains("NET_RAW"));
+    assert_eq!(inspect("{{.HostConfig.NetworkMode}}"), format!("slipway-{INSTALLATION}-{}-production", app.name));
+    assert_eq!(inspect("{{index .Config.Labels \"dev.slipway.installation\"}}"), INSTALLATION);
+    let still = docker(&["inspect", "--format", "{{.State.Running}}", &foreign]);
+    let _ = docker(&["rm", "-f", &foreign]);
+    assert_eq!(still.expect("the foreign container still exists").trim(), "true");
 }
