@@ -216,7 +216,7 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             Body::Completed { .. } | Body::Failed { .. } | Body::Abandoned { .. } | Body::Logs { .. } => {
                 Decision::Ignore { reply: None }
             }
-            Body::Claimed | Body::Heartbeat | Body::Step { .. } | Body::Resolved { .. } => {
+            Body::Claimed | Body::Heartbeat | Body::Step { .. } | Body::Resolved { .. } | Body::Pushed { .. } => {
                 reject(env, Rejection::Finished(row.state()))
             }
         };
@@ -235,6 +235,11 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
         Body::Resolved { sha } => {
             let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
             let note = next.note(*current_step, None, Some(format!("resolved the branch head to {sha}")));
+            Decision::Change { next, note, control: None }
+        }
+        Body::Pushed { digest } => {
+            let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
+            let note = next.note(*current_step, None, Some(format!("pushed {digest}")));
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {

@@ -92,6 +92,10 @@ pub struct Job {
     pub attempt: u32,
     /// The commit; empty for a deploy of the head of `git_ref`, which the runner resolves first.
     pub sha: String,
+    /// The digest Slipway pushed for this commit's image (an earlier attempt, or the deployment
+    /// a rollback returns to): the build is skipped only if the registry holds exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// The ref the push was to (e.g. `refs/heads/main`), used when the SHA cannot be fetched directly.
     pub git_ref: String,
     pub app: JobApp,
@@ -121,6 +125,8 @@ pub enum Body {
     Heartbeat,
     /// The runner resolved the branch head of a deployment recorded without a commit.
     Resolved { sha: String },
+    /// The runner pushed the image; `digest` is what the registry now holds for it.
+    Pushed { digest: String },
     /// A step started or ended.
     Step {
         step: Step,

@@ -38,9 +38,9 @@ pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, Imag
     Ok(parsed)
 }
 
-/// Whether the registry already holds `image` (so a retried attempt skips build and push).
-pub async fn in_registry(docker: &Docker, image: &str) -> bool {
-    docker.inspect_registry_image(image, None).await.is_ok()
+/// The digest the registry holds for `image`, if it holds it.
+pub async fn registry_digest(docker: &Docker, image: &str) -> Option<String> {
+    docker.inspect_registry_image(image, None).await.ok().and_then(|d| d.descriptor.digest).filter(|d| !d.is_empty())
 }
 
 /// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`. Dropping

@@ -108,12 +108,34 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     let reference =
         image::reference(&tools.config.registry, &job.app.name, &sha).map_err(|e| JobError::from(e).at(Step::Build))?;
     let image_name = reference.whole();
-    let registry_check = tokio::time::timeout(REGISTRY_CHECK_TIMEOUT, image::in_registry(&tools.docker, &image_name));
-    let already_pushed = registry_check.await.unwrap_or_else(|_| {
+    // Skipped only if the registry holds exactly the image Slipway itself pushed for this commit:
+    // an image someone else put under the same name is rebuilt, never trusted.
+    let registry_check =
+        tokio::time::timeout(REGISTRY_CHECK_TIMEOUT, image::registry_digest(&tools.docker, &image_name));
+    let found = registry_check.await.unwrap_or_else(|_| {
         r.line(Some(Step::Clone), &format!("the registry did not answer within {REGISTRY_CHECK_TIMEOUT:?}; building"));
-        false
+        None
     });
-    if already_pushed {
+    let trusted = match (&job.image_digest, &found) {
+        (Some(expected), Some(found)) if expected == found => true,
+        (Some(expected), Some(found)) => {
+            tracing::warn!(image = %image_name, expected = %expected, found = %found, "the registry holds another image than the one Slipway pushed; rebuilding");
+            r.line(
+                Some(Step::Clone),
+                &format!("{image_name} in the registry is {found}, not the {expected} Slipway pushed; rebuilding"),
+            );
+            false
+        }
+        (None, Some(_)) => {
+            r.line(
+                Some(Step::Clone),
+                &format!("{image_name} is in the registry but was not pushed by this deployment's history; rebuilding"),
+            );
+            false
+        }
+        (_, None) => false,
+    };
+    if trusted {
         for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
             r.line(Some(step), &format!("{image_name} is already in the registry (built and tested before); skipping"));
             r.step(step, StepStatus::Skipped, None);
@@ -132,7 +154,15 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
             .and_then(|pushed| pushed.map_err(|_| JobError::PushTimedOut(limit)))
             .and_then(|pushed| pushed.map_err(JobError::from))
             .map_err(|e| e.at(Step::Push))?;
-        r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.unwrap_or_default()));
+        let digest = match digest {
+            Some(digest) => Some(digest),
+            None => image::registry_digest(&tools.docker, &image_name).await,
+        };
+        r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.as_deref().unwrap_or_default()));
+        if let Some(digest) = digest {
+            // Recorded before the step counts as done: a retry or rollback trusts only this digest.
+            r.send_confirmed(slipway_proto::Body::Pushed { digest }).await;
+        }
         r.step(Step::Push, StepStatus::Succeeded, None);
     }
 

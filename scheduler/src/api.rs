@@ -12,7 +12,7 @@ use slipway_proto::{CancelRequest, Input, State as DeployState};
 use uuid::Uuid;
 
 use crate::apps::{self, AppError, NewApp};
-use crate::deployments::{self, Created};
+use crate::deployments::{self, Created, NewDeployment};
 use crate::transition::{self, Applied, TransitionError};
 use crate::{Shared, logs, webhook};
 
@@ -155,7 +155,15 @@ async fn deploy_app(
         None => String::new(),
     };
     let git_ref = format!("refs/heads/{}", app.branch);
-    let created = deployments::create(&shared.pool, &app, &sha, &git_ref, "manual", None, shared.policy()).await?;
+    let new = NewDeployment {
+        app: &app,
+        sha: &sha,
+        git_ref: &git_ref,
+        source: "manual",
+        delivery_id: None,
+        image_digest: None,
+    };
+    let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
         Created::New { id, superseded } => {
             webhook::announce_queued(&shared, id, &app.name, &sha, &superseded);
@@ -195,9 +203,16 @@ async fn rollback_app(
                 })?
         }
     };
-    let created =
-        deployments::create(&shared.pool, &app, &target.sha, &target.git_ref, "rollback", None, shared.policy())
-            .await?;
+    let digest = deployments::image_digest(&shared.pool, target.id).await?;
+    let new = NewDeployment {
+        app: &app,
+        sha: &target.sha,
+        git_ref: &target.git_ref,
+        source: "rollback",
+        delivery_id: None,
+        image_digest: digest.as_deref(),
+    };
+    let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (id, superseded) = match created {
         Created::New { id, superseded } => (id, superseded),
         Created::Existing(id) => (id, Vec::new()),

@@ -123,22 +123,31 @@ const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.g
     d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message,
     d.rolled_back, d.cancel_by, d.cancel_reason";
 
+/// What a new deployment is of.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDeployment<'a> {
+    pub app: &'a App,
+    /// The commit; empty for the branch head, which the runner resolves.
+    pub sha: &'a str,
+    pub git_ref: &'a str,
+    /// `github`, `manual`, `rollback`, ...
+    pub source: &'a str,
+    /// The forge's delivery id, when there is one.
+    pub delivery_id: Option<&'a str>,
+    /// The image digest Slipway recorded for this commit (a rollback's), so the runner may skip
+    /// the build only if the registry still holds exactly it.
+    pub image_digest: Option<&'a str>,
+}
+
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// supersedes older deployments of the app that are still only queued.
-pub async fn create(
-    pool: &PgPool,
-    app: &App,
-    sha: &str,
-    git_ref: &str,
-    source: &str,
-    delivery_id: Option<&str>,
-    policy: Policy,
-) -> Result<Created, TransitionError> {
+pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Result<Created, TransitionError> {
+    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued')
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -148,6 +157,7 @@ pub async fn create(
     .bind(git_ref)
     .bind(source)
     .bind(delivery_id)
+    .bind(image_digest)
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -231,6 +241,13 @@ pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<api::
     rows.into_iter().map(Row::view).collect()
 }
 
+/// The image digest Slipway pushed for a deployment, if it recorded one.
+pub async fn image_digest(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let digest: Option<Option<String>> =
+        sqlx::query_scalar("SELECT image_digest FROM deployments WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    Ok(digest.flatten())
+}
+
 /// The state of a deployment, if it exists; an unknown stored state is an error.
 pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, TransitionError> {
     let s: Option<String> =
@@ -248,11 +265,12 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
         attempt: i32,
         sha: String,
         git_ref: String,
+        image_digest: Option<String>,
         #[sqlx(flatten)]
         app: App,
     }
     let rows = sqlx::query_as::<_, Row>(
-        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref,
+        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
                 a.app_root, a.test_network, a.kube_settings, a.created_at
          FROM deployments d JOIN apps a ON a.id = d.app_id
@@ -272,6 +290,7 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
             attempt: r.attempt as u32,
             sha: r.sha,
             git_ref: r.git_ref,
+            image_digest: r.image_digest,
             app: r.app.job_app(),
         })
         .collect())

@@ -324,6 +324,18 @@ async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: 
         return Ok(());
     }
     if let Input::Runner(env) = input
+        && let Body::Pushed { digest } = &env.body
+        && digest.starts_with("sha256:")
+        && digest.len() <= 100
+    {
+        sqlx::query("UPDATE deployments SET image_digest = $2 WHERE id = $1")
+            .bind(before.id)
+            .bind(digest)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    if let Input::Runner(env) = input
         && let Body::Step { step, status, error } = &env.body
     {
         let running = *status == StepStatus::Running;

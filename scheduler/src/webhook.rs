@@ -15,7 +15,7 @@ use slipway_proto::{Notification, State as DeployState};
 use crate::Shared;
 use crate::api::ApiError;
 use crate::apps::{self, AppWithSecret};
-use crate::deployments::{self, Created};
+use crate::deployments::{self, Created, NewDeployment};
 use crate::transition::Applied;
 
 /// The fields of a `push` event Slipway reads.
@@ -156,8 +156,19 @@ pub async fn github(
     let mut any_new = false;
     for app in following {
         let (app, policy) = (&app.app, shared.policy());
-        let created =
-            deployments::create(&shared.pool, app, &sha, &push.git_ref, "github", delivery.as_deref(), policy).await?;
+        let created = deployments::create(
+            &shared.pool,
+            NewDeployment {
+                app,
+                sha: &sha,
+                git_ref: &push.git_ref,
+                source: "github",
+                delivery_id: delivery.as_deref(),
+                image_digest: None,
+            },
+            policy,
+        )
+        .await?;
         let (id, new) = match created {
             Created::New { id, superseded } => {
                 announce_queued(&shared, id, &app.name, &sha, &superseded);

@@ -3,7 +3,7 @@
 
 use slipway_proto::{Body, CancelRequest, Control, Envelope, Input, Policy, Step, StepStatus};
 use slipway_scheduler::apps::{self, App, NewApp};
-use slipway_scheduler::deployments::{self, Created};
+use slipway_scheduler::deployments::{self, Created, NewDeployment};
 use slipway_scheduler::transition::{self, Applied, TransitionError};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -18,9 +18,13 @@ async fn app(pool: &PgPool) -> App {
     apps::create(pool, &new).await.expect("app created")
 }
 
+fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
+    NewDeployment { app, sha, git_ref: "refs/heads/main", source: "manual", delivery_id: None, image_digest: None }
+}
+
 async fn queued(pool: &PgPool, app: &App, sha: char) -> Uuid {
     let sha: String = std::iter::repeat_n(sha, 40).collect();
-    match deployments::create(pool, app, &sha, "refs/heads/main", "manual", None, POLICY).await.expect("created") {
+    match deployments::create(pool, manual(app, &sha), POLICY).await.expect("created") {
         Created::New { id, .. } => id,
         Created::Existing(id) => panic!("{id} existed"),
     }
@@ -156,7 +160,7 @@ async fn a_newer_deployment_supersedes_queued_ones_through_the_lifecycle(pool: P
     let app = app(&pool).await;
     let old = queued(&pool, &app, 'e').await;
     let sha: String = std::iter::repeat_n('f', 40).collect();
-    let created = deployments::create(&pool, &app, &sha, "refs/heads/main", "manual", None, POLICY).await.expect("new");
+    let created = deployments::create(&pool, manual(&app, &sha), POLICY).await.expect("new");
     let Created::New { id, superseded } = created else { panic!("expected new") };
     assert_eq!(superseded.len(), 1);
     let (state, _, _, by) = state(&pool, old).await;

@@ -579,3 +579,40 @@ async fn an_app_root_that_is_a_link_out_of_the_repository_is_refused_and_nothing
         assert!(!lines.iter().any(|(_, l)| l.contains(&secret)), "nothing of the host dir was read");
     }
 }
+
+#[tokio::test]
+async fn an_image_someone_else_pushed_under_the_apps_name_is_rebuilt_not_trusted() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("trusted");
+    let url = git.url(&repo);
+    let app = s.create_app("trusted", &url, SECRET, json!({})).await;
+    let marker = unique("the-real-one");
+    let sha = commit(&git, &repo, "v1", &site(&marker, true));
+
+    // Someone with registry access pushes their own image under <registry>/<app>:<sha> first.
+    let dir = tempfile::tempdir().expect("context");
+    std::fs::create_dir_all(dir.path().join("www")).expect("www");
+    std::fs::write(dir.path().join("www/index.html"), "FOREIGN").expect("index");
+    std::fs::write(dir.path().join("www/healthz"), "ok").expect("healthz");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .expect("Dockerfile");
+    let reference = format!("{}/{app}:{sha}", slipway_tests::env("SLIPWAY_REGISTRY"));
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &reference])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    docker(&["push", &reference]).expect("push the foreign image");
+
+    let d = deploy(&s, &url, &sha).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert!(steps_of(&d).contains(&(1, "build".into(), "succeeded".into())), "built, not skipped: {d}");
+    let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers");
+    assert!(body.contains(&marker) && !body.contains("FOREIGN"), "serves its own build: {body}");
+}
