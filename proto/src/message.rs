@@ -64,20 +64,28 @@ fn dot() -> String {
     ".".into()
 }
 
+/// The shortest value masked as a secret; a secret-looking variable with a shorter value is
+/// refused when the app is registered (it could not be masked without masking common words).
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// Whether a variable's name says its value is secret (TOKEN, SECRET, PASSWORD, KEY, CREDENTIAL,
+/// AUTH, PRIVATE, DSN, ..._URL).
+pub fn is_secret_name(name: &str) -> bool {
+    const MARKERS: &[&str] = &["TOKEN", "SECRET", "PASSW", "KEY", "CREDENTIAL", "AUTH", "PRIVATE", "DSN"];
+    let name = name.to_ascii_uppercase();
+    MARKERS.iter().any(|m| name.contains(m)) || name.ends_with("_URL")
+}
+
 impl JobApp {
-    /// Values never to show in a log: those of variables whose name says secret (TOKEN, SECRET,
-    /// PASSWORD, KEY, CREDENTIAL, AUTH, PRIVATE, DSN, ..._URL) and every `secret_env` value of
-    /// the target settings; longest first, so a value containing another is masked whole.
+    /// Values never to show in a log: those of variables whose name says secret
+    /// ([`is_secret_name`]) and every `secret_env` value of the target settings; longest first,
+    /// so a value containing another is masked whole.
     pub fn secret_values(&self) -> Vec<String> {
-        const MARKERS: &[&str] = &["TOKEN", "SECRET", "PASSW", "KEY", "CREDENTIAL", "AUTH", "PRIVATE", "DSN"];
-        let secret_name = |k: &str| {
-            let k = k.to_ascii_uppercase();
-            MARKERS.iter().any(|m| k.contains(m)) || k.ends_with("_URL")
-        };
-        let mut values: Vec<String> = self.env.iter().filter(|(k, _)| secret_name(k)).map(|(_, v)| v.clone()).collect();
+        let mut values: Vec<String> =
+            self.env.iter().filter(|(k, _)| is_secret_name(k)).map(|(_, v)| v.clone()).collect();
         let settings = self.settings.as_ref().and_then(|s| s.get("secret_env")).and_then(|e| e.as_object());
         values.extend(settings.into_iter().flatten().filter_map(|(_, v)| v.as_str().map(str::to_string)));
-        values.retain(|v| v.len() >= 4);
+        values.retain(|v| v.len() >= MIN_SECRET_LEN);
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
         values

@@ -9,6 +9,7 @@ pub mod failure;
 pub mod image;
 pub mod job;
 pub mod leftovers;
+pub mod mask;
 pub mod report;
 pub mod suite;
 pub mod worker;

@@ -10,6 +10,8 @@ use chrono::Utc;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use slipway_proto::{Body, Envelope, LogLine, Step, StepStatus, Topology};
+
+use crate::mask::Masker;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -71,8 +73,8 @@ pub struct Reporter {
     /// The last line number; held while a line is numbered and queued, so lines are queued in
     /// the order of their numbers even when several tasks log at once.
     seq: Arc<Mutex<u64>>,
-    /// Values replaced by `***` in every line and failure message.
-    secrets: Arc<[String]>,
+    /// Replaces secret values (in their common encodings) by `***` in everything sent.
+    masker: Arc<Masker>,
 }
 
 impl Reporter {
@@ -83,25 +85,20 @@ impl Reporter {
         runner_id: Arc<str>,
         claim: uuid::Uuid,
     ) -> Self {
-        let (seq, secrets) = (Arc::new(Mutex::new(0)), Arc::from([]));
-        Self { outbox, deployment_id, attempt, runner_id, claim, seq, secrets }
+        let (seq, masker) = (Arc::new(Mutex::new(0)), Arc::new(Masker::default()));
+        Self { outbox, deployment_id, attempt, runner_id, claim, seq, masker }
     }
 
-    /// Masks `values` (longest first) wherever they appear in what this reporter sends.
+    /// Masks `values`, in any of their common encodings, wherever they appear in what this
+    /// reporter sends.
     pub fn with_secrets(mut self, values: Vec<String>) -> Self {
-        self.secrets = values.into();
+        self.masker = Arc::new(Masker::new(&values));
         self
     }
 
-    /// `text` with every secret value replaced by `***`.
+    /// `text` with every secret value (in any common encoding) replaced by `***`.
     pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in self.secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "***");
-            }
-        }
-        out
+        self.masker.mask(text).into_owned()
     }
 
     fn envelope(&self, body: Body) -> Envelope {
@@ -151,8 +148,9 @@ impl Reporter {
         }
     }
 
-    /// A step changed status.
+    /// A step changed status; its error is masked like any line.
     pub fn step(&self, step: Step, status: StepStatus, error: Option<String>) {
+        let error = error.map(|e| self.mask(&e));
         self.send(Body::Step { step, status, error });
     }
 }

@@ -101,6 +101,14 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     if new.webhook_secret.len() < 16 || new.webhook_secret.len() > 1024 {
         return invalid("webhook_secret must be 16 to 1024 characters");
     }
+    let min = slipway_proto::message::MIN_SECRET_LEN;
+    let short =
+        new.env.iter().find(|(k, v)| slipway_proto::message::is_secret_name(k) && !v.is_empty() && v.len() < min);
+    if let Some((key, _)) = short {
+        return Err(AppError::Invalid(format!(
+            "`{key}` looks secret, so its value is masked in every log: it must be at least {min} characters"
+        )));
+    }
     if let Some((key, _)) = new.env.iter().find(|(_, v)| v.contains('\0')) {
         return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
     }

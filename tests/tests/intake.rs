@@ -138,7 +138,8 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
         (json!({"webhook_secret": "short"}), 422, "webhook_secret"),
         (json!({"colour": "blue"}), 400, "colour"),
         // Hostile values: a clear 422, never a 500.
-        (json!({"env": {"TOKEN": "a\u{0}b"}}), 422, "TOKEN"),
+        (json!({"env": {"TOKEN": "abcdef\u{0}gh"}}), 422, "TOKEN"),
+        (json!({"env": {"API_KEY": "abc"}}), 422, "at least 6"),
         (json!({"repo_url": "https://git.example.com/a\u{0}b.git"}), 422, "repo_url"),
         (json!({"webhook_secret": "0123456789abcdef\u{0}"}), 422, "webhook_secret"),
         (json!({"name": "x\u{0}"}), 422, "app name"),

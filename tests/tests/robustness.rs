@@ -110,3 +110,57 @@ async fn a_flood_of_output_during_the_build_never_costs_the_lease() {
     );
     assert_eq!(distinct.parse::<u64>().expect("count"), 200_000, "every line is stored");
 }
+
+/// The forms a secret is commonly printed in: plain, base64 (standard, URL-safe), percent-encoded,
+/// hex and JSON-escaped.
+fn encodings(value: &str) -> Vec<String> {
+    use base64::Engine;
+    let b = value.as_bytes();
+    vec![
+        value.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(b),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b),
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string(),
+        b.iter().map(|x| format!("{x:02x}")).collect(),
+        serde_json::to_string(value).expect("json").trim_matches('"').to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn five_kinds_of_secret_in_six_encodings_never_reach_the_log_or_the_api() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { health_timeout_seconds: 5, ..Default::default() }).await;
+    let repo = unique("masking");
+    let url = git.url(&repo);
+    let secrets = [
+        ("API_TOKEN", unique("tok")),
+        ("DB_PASSWORD", format!("p@ss:w/rd\"x\\y-{}", unique("q"))),
+        ("AWS_SECRET_ACCESS_KEY", format!("wJalrXUtnFEMI/K7MDENG+{}", unique("k"))),
+        ("SIGNING_KEY", format!("ünï-cödé-{}", unique("key"))),
+        ("DATABASE_URL", format!("postgres://app:{}@db.internal:5432/app", unique("pw"))),
+    ];
+    let forms: Vec<String> = secrets.iter().flat_map(|(_, v)| encodings(v)).collect();
+    let mut env: serde_json::Map<String, serde_json::Value> =
+        secrets.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    // The app prints every form at start-up and then fails its health check.
+    env.insert("SHOW".into(), json!(forms.join("\n")));
+    s.create_app("masking", &url, SECRET, json!({"env": env})).await;
+    let dockerfile =
+        "FROM slipway/busybox:1\nCMD [\"sh\", \"-c\", \"echo \\\"$SHOW\\\"; echo done printing; exit 1\"]\n";
+    let sha = git.commit(&repo, "leaky", &[Entry::File("Dockerfile", dockerfile.as_bytes())]);
+    let id = push(&s, &url, &sha).await;
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let lines: Vec<String> = s.log_lines(&id, None).await.into_iter().map(|(_, l)| l).collect();
+    assert!(lines.iter().any(|l| l.contains("done printing")), "the app's output is shown: {lines:#?}");
+    let masked = lines.iter().filter(|l| l.contains("***")).count();
+    assert!(masked >= forms.len(), "every printed form was masked ({masked} lines with ***)");
+    let api = d.to_string();
+    let mut leaks = Vec::new();
+    for form in &forms {
+        if lines.iter().any(|l| l.contains(form.as_str())) || api.contains(form.as_str()) {
+            leaks.push(form.clone());
+        }
+    }
+    assert!(leaks.is_empty(), "{} of {} forms leaked: {leaks:#?}", leaks.len(), forms.len());
+}
