@@ -126,7 +126,7 @@ async fn execute(
             if !write(conn, loaded, &next).await? {
                 return Ok(Tried::Lost);
             }
-            record_steps(conn, row, &next, input).await?;
+            record_beside(conn, row, &next, input).await?;
             Applied::Changed { note, control }
         }
         Decision::Touch { reply } => {
@@ -309,51 +309,53 @@ async fn touch(conn: &mut PgConnection, loaded: &Loaded) -> Result<bool, sqlx::E
     Ok(done.rows_affected() == 1)
 }
 
-/// Keeps the per-attempt step table in line with a change: a reported step is recorded, and a
-/// step still running when its attempt ended is closed as failed or cancelled.
-async fn record_steps(conn: &mut PgConnection, before: &Row, next: &Row, input: &Input<'_>) -> Result<(), sqlx::Error> {
-    if let Input::Runner(env) = input
-        && let Body::Resolved { sha } = &env.body
-        && crate::webhook::is_sha(sha)
-    {
-        sqlx::query("UPDATE deployments SET sha = $2 WHERE id = $1 AND sha = ''")
-            .bind(before.id)
-            .bind(sha)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(());
-    }
-    if let Input::Runner(env) = input
-        && let Body::Pushed { digest } = &env.body
-        && digest.starts_with("sha256:")
-        && digest.len() <= 100
-    {
-        sqlx::query("UPDATE deployments SET image_digest = $2 WHERE id = $1")
-            .bind(before.id)
-            .bind(digest)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(());
-    }
-    if let Input::Runner(env) = input
-        && let Body::Step { step, status, error } = &env.body
-    {
-        let running = *status == StepStatus::Running;
-        sqlx::query(
-            "INSERT INTO deployment_steps (deployment_id, attempt, step, status, started_at, finished_at, error)
-             VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN NULL ELSE now() END, $6)
-             ON CONFLICT (deployment_id, attempt, step) DO UPDATE
-             SET status = $4, finished_at = CASE WHEN $5 THEN NULL ELSE now() END, error = $6",
-        )
-        .bind(before.id)
-        .bind(before.attempt as i32)
-        .bind(step.as_str())
-        .bind(status.as_str())
-        .bind(running)
-        .bind(error)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(());
+/// Writes what a change carries beside the lifecycle's columns — the commit a runner resolved,
+/// the digest it pushed, a step it reported — and closes a step still running when its attempt
+/// ended (failed or cancelled).
+async fn record_beside(
+    conn: &mut PgConnection,
+    before: &Row,
+    next: &Row,
+    input: &Input<'_>,
+) -> Result<(), sqlx::Error> {
+    if let Input::Runner(env) = input {
+        match &env.body {
+            Body::Resolved { sha } if crate::webhook::is_sha(sha) => {
+                sqlx::query("UPDATE deployments SET sha = $2 WHERE id = $1 AND sha = ''")
+                    .bind(before.id)
+                    .bind(sha)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(());
+            }
+            Body::Pushed { digest } if digest.starts_with("sha256:") && digest.len() <= 100 => {
+                sqlx::query("UPDATE deployments SET image_digest = $2 WHERE id = $1")
+                    .bind(before.id)
+                    .bind(digest)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(());
+            }
+            Body::Step { step, status, error } => {
+                let running = *status == StepStatus::Running;
+                sqlx::query(
+                    "INSERT INTO deployment_steps (deployment_id, attempt, step, status, started_at, finished_at, error)
+                     VALUES ($1, $2, $3, $4, now(), CASE WHEN $5 THEN NULL ELSE now() END, $6)
+                     ON CONFLICT (deployment_id, attempt, step) DO UPDATE
+                     SET status = $4, finished_at = CASE WHEN $5 THEN NULL ELSE now() END, error = $6",
+                )
+                .bind(before.id)
+                .bind(before.attempt as i32)
+                .bind(step.as_str())
+                .bind(status.as_str())
+                .bind(running)
+                .bind(error)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
+            _ => {}
+        }
     }
     let ended_attempt = next.attempt != before.attempt || next.state().is_terminal();
     if !ended_attempt || before.state() != State::Running {

@@ -68,6 +68,19 @@ fn labelled(label: &str) -> Vec<String> {
         .collect()
 }
 
+/// Pushes a commit whose build runs `seconds` and waits until its build container runs; returns
+/// the deployment id and the commit.
+async fn push_slow_build(s: &Slipway, git: &GitServer, repo: &str, url: &str, seconds: u32) -> (String, String) {
+    let marker = unique("slow-build");
+    let sha = commit(git, repo, "slow", &dockerfile(&format!("echo {marker} && sleep {seconds}"), HTTPD));
+    let id = push(s, url, &sha).await;
+    eventually(Duration::from_secs(90), "the build to run", || async {
+        (!containers_running(&marker).is_empty()).then_some(())
+    })
+    .await;
+    (id, sha)
+}
+
 /// Asks to cancel `id` and waits until it ends; returns the deployment and how long that took.
 async fn cancel_and_finish(s: &Slipway, id: &str, expect_status: u16) -> (Value, Duration) {
     let asked = Instant::now();
@@ -287,13 +300,7 @@ async fn a_runner_killed_mid_build_removes_its_leftovers_when_it_starts_again() 
     let repo = unique("leftovers");
     let url = git.url(&repo);
     s.create_app("leftovers", &url, SECRET, json!({})).await;
-    let marker = unique("killed-build");
-    let id =
-        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 8"), HTTPD))).await;
-    eventually(Duration::from_secs(90), "the build to run", || async {
-        (!containers_running(&marker).is_empty()).then_some(())
-    })
-    .await;
+    let (id, _) = push_slow_build(&s, &git, &repo, &url, 8).await;
     s.runners[0].kill9();
     let work = s.work_dir("runner-1");
     assert_eq!(workspaces(&work).len(), 1, "SIGKILL left the workspace behind");
@@ -325,13 +332,7 @@ async fn a_broker_outage_longer_than_the_lease_does_not_expire_a_running_job() {
     let repo = unique("outage-lease");
     let url = git.url(&repo);
     s.create_app("outage-lease", &url, SECRET, json!({})).await;
-    let marker = unique("long-build");
-    let id =
-        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 25"), HTTPD))).await;
-    eventually(Duration::from_secs(90), "the build to run", || async {
-        (!containers_running(&marker).is_empty()).then_some(())
-    })
-    .await;
+    let (id, _) = push_slow_build(&s, &git, &repo, &url, 25).await;
 
     broker.stop();
     // The fault under test: an outage half again as long as the lease, with the job running.
@@ -439,13 +440,7 @@ async fn a_duplicate_copy_of_a_running_job_is_refused_and_it_deploys_once() {
     let repo = unique("duplicate");
     let url = git.url(&repo);
     let app = s.create_app("duplicate", &url, SECRET, json!({})).await;
-    let marker = unique("dup-build");
-    let sha = commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 6"), HTTPD));
-    let id = push(&s, &url, &sha).await;
-    eventually(Duration::from_secs(90), "the build to run", || async {
-        (!containers_running(&marker).is_empty()).then_some(())
-    })
-    .await;
+    let (id, sha) = push_slow_build(&s, &git, &repo, &url, 6).await;
 
     // The relay's publish confirmed, then a crash before the row was marked: the job again.
     s.publish_job(&json!({
@@ -533,13 +528,7 @@ async fn a_database_outage_longer_than_the_lease_does_not_expire_a_running_job()
     let repo = unique("db-outage");
     let url = git.url(&repo);
     s.create_app("db-outage", &url, SECRET, json!({})).await;
-    let marker = unique("db-outage-build");
-    let id =
-        push(&s, &url, &commit(&git, &repo, "slow", &dockerfile(&format!("echo {marker} && sleep 20"), HTTPD))).await;
-    eventually(Duration::from_secs(90), "the build to run", || async {
-        (!containers_running(&marker).is_empty()).then_some(())
-    })
-    .await;
+    let (id, _) = push_slow_build(&s, &git, &repo, &url, 20).await;
 
     s.db_proxy.as_ref().expect("proxy").cut();
     // The fault under test: PostgreSQL unreachable for twice the lease, with the job running;
