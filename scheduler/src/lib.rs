@@ -86,13 +86,7 @@ impl Shared {
 /// serves HTTP until `cancel` fires.
 pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker) -> anyhow::Result<()> {
     use anyhow::Context;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        // Fail fast while PostgreSQL is unreachable: the API answers 503 instead of hanging.
-        .acquire_timeout(std::time::Duration::from_millis(1500))
-        .connect(&config.database_url)
-        .await
-        .context("connecting to PostgreSQL (DATABASE_URL)")?;
+    let pool = db::connect(&config.database_url, &cancel).await.context("connecting to PostgreSQL (DATABASE_URL)")?;
     sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
 
     let topo = Topology::new(&config.queue_prefix);

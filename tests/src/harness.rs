@@ -461,7 +461,17 @@ pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
 }
 
 /// Runs one SQL statement with psql against `url`.
+/// Runs one SQL statement with psql against `url`; tries again while another session holds the
+/// template database (concurrent `CREATE DATABASE` of tests running side by side).
 pub fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql").args([url, "-qXc", sql]).output().expect("run psql");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..50 {
+        let out = Command::new("psql").args([url, "-qXc", sql]).output().expect("run psql");
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is being accessed by other users"), "psql {sql}: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("psql {sql}: the template database stayed busy");
 }
