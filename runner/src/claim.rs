@@ -16,8 +16,9 @@ use uuid::Uuid;
 use crate::failure::JobError;
 use crate::report::Reporter;
 
-/// How often an unanswered claim is sent again (the scheduler re-grants a repeated claim).
-const RESEND: Duration = Duration::from_secs(5);
+/// How often an unanswered claim is sent again (the scheduler re-grants a repeated claim); well
+/// under any lease, so a lost grant costs a second, not the attempt.
+const RESEND: Duration = Duration::from_secs(1);
 
 /// The claims this runner holds or waits for.
 #[derive(Debug, Default)]

@@ -71,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let shipper =
         tasks.spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_queue, shipper_cancel.clone()));
 
+    let (control_ready_tx, control_ready) = tokio::sync::watch::channel(false);
     let worker = worker::Worker {
         tools: job::Tools {
             docker,
@@ -86,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         claims: Arc::new(claim::Claims::default()),
         stop: shutdown.clone(),
         abort: CancellationToken::new(),
+        control_ready,
     };
     let control_cancel = CancellationToken::new();
     let slots = TaskTracker::new();
@@ -94,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         topo,
         runner_id.clone(),
         worker.claims.clone(),
+        control_ready_tx,
         control_cancel.clone(),
     ));
     for index in 0..config.concurrency {

@@ -18,6 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use slipway_broker as broker;
 use slipway_proto::{Body, Control, Job, Topology};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -39,6 +40,9 @@ pub struct Worker {
     pub stop: CancellationToken,
     /// Stop running jobs too (after the drain period).
     pub abort: CancellationToken,
+    /// Whether the control listener is bound: no job is taken before it is, or its grant could
+    /// be published before anything listens for it.
+    pub control_ready: watch::Receiver<bool>,
 }
 
 /// How long a slot waits for the scheduler to answer a claim before handing the message back.
@@ -79,6 +83,13 @@ impl Worker {
                 FieldTable::default(),
             )
         };
+        let mut ready = self.control_ready.clone();
+        tokio::select! {
+            _ = self.stop.cancelled() => return Ok(None),
+            bound = ready.wait_for(|bound| *bound) => {
+                bound.map_err(|_| anyhow::anyhow!("the control listener stopped"))?;
+            }
+        }
         let mut consumer = consume().await?;
         loop {
             let delivery = tokio::select! {
@@ -189,10 +200,23 @@ async fn heartbeat(reporter: &Reporter, every: Duration) -> std::convert::Infall
 }
 
 /// Listens on the control exchange: grants wake waiting claims, stops cancel jobs.
-pub async fn control(url: String, topo: Topology, runner_id: Arc<str>, claims: Arc<Claims>, cancel: CancellationToken) {
+/// `ready` is true while the listener's queue is bound.
+pub async fn control(
+    url: String,
+    topo: Topology,
+    runner_id: Arc<str>,
+    claims: Arc<Claims>,
+    ready: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
     let session = |conn: Connection| {
         let (topo, runner_id, claims, cancel) = (topo.clone(), runner_id.clone(), claims.clone(), cancel.clone());
-        async move { listen(&conn, &topo, &runner_id, &claims, &cancel).await }
+        let ready = ready.clone();
+        async move {
+            let listened = listen(&conn, &topo, &runner_id, &claims, &ready, &cancel).await;
+            ready.send_replace(false);
+            listened
+        }
     };
     broker::with_reconnect(&url, &cancel, "control listener", session).await;
 }
@@ -202,6 +226,7 @@ async fn listen(
     topo: &Topology,
     runner_id: &str,
     claims: &Claims,
+    ready: &watch::Sender<bool>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
@@ -230,6 +255,7 @@ async fn listen(
             FieldTable::default(),
         )
         .await?;
+    ready.send_replace(true);
     loop {
         let delivery = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

@@ -312,7 +312,7 @@ async fn a_runner_killed_mid_build_removes_its_leftovers_when_it_starts_again() 
     .await;
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    assert_eq!(d["attempt"], 2);
+    assert_eq!(d["attempt"], 2, "{d}\n{}", s.dump());
     assert!(d["error_message"].is_null(), "a completed deployment keeps no earlier attempt's error: {d}");
     assert!(workspaces(&work).is_empty(), "{:?}", workspaces(&work));
     assert!(labelled("dev.slipway.runner=runner-1").is_empty());

@@ -419,7 +419,7 @@ async fn a_runner_killed_mid_build_is_replaced_and_the_deployment_completes_once
 
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
-    assert_eq!(d["attempt"], 2, "the job was dispatched again after the lease ran out");
+    assert_eq!(d["attempt"], 2, "the job was dispatched again after the lease ran out: {d}\n{}", s.dump());
     assert_ne!(d["runner_id"].as_str(), Some(victim.as_str()));
     let steps = steps_of(&d);
     assert!(steps.contains(&(1, "build".into(), "failed".into())), "{steps:?}");
