@@ -17,6 +17,9 @@ use crate::config::Config;
 
 /// Label naming the runner that made a container or image.
 pub const LABEL_RUNNER: &str = "dev.slipway.runner";
+/// Label naming the installation (the queue prefix) of that runner: runner ids are only unique
+/// within an installation, and several may share one Docker engine.
+pub const LABEL_INSTALLATION: &str = slipway_deploy::docker::LABEL_INSTALLATION;
 /// Label naming the deployment a container or image was made for.
 pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
 /// Label naming what a container is for (`test`).
@@ -43,7 +46,12 @@ fn work_dir(config: &Config) -> PathBuf {
 }
 
 fn prefix(config: &Config) -> String {
-    format!("slipway-job-{}-", file_safe(&config.runner_id()))
+    format!("slipway-job-{}-{}-", file_safe(&config.queue_prefix), file_safe(&config.runner_id()))
+}
+
+/// `<installation>/<runner>/`: what this runner's temporary images' job label starts with.
+fn owner(config: &Config) -> String {
+    format!("{}/{}/", config.queue_prefix, config.runner_id())
 }
 
 /// Whether `name` is a workspace made under `prefix`: the prefix, then a deployment id and `-`
@@ -64,13 +72,14 @@ pub fn workspace(config: &Config, job: &Job) -> std::io::Result<tempfile::TempDi
 
 /// The label of a temporary image made for `job`.
 pub fn image_label(config: &Config, job: &Job) -> (String, String) {
-    (LABEL_JOB.to_string(), format!("{}/{}", config.runner_id(), job.deployment_id))
+    (LABEL_JOB.to_string(), format!("{}{}", owner(config), job.deployment_id))
 }
 
 /// The labels of a container made for `job`.
 pub fn labels(config: &Config, job: &Job) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_RUNNER.to_string(), config.runner_id()),
+        (LABEL_INSTALLATION.to_string(), config.queue_prefix.clone()),
         (LABEL_DEPLOYMENT.to_string(), job.deployment_id.to_string()),
         (LABEL_ROLE.to_string(), "test".to_string()),
     ])
@@ -102,16 +111,23 @@ pub async fn remove_all(docker: &Docker, config: &Config) -> anyhow::Result<Remo
             removed.workspaces += 1;
         }
     }
-    let mine = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUNNER}={}", config.runner_id())])]);
+    let mine = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_RUNNER}={}", config.runner_id()), format!("{LABEL_INSTALLATION}={}", config.queue_prefix)],
+    )]);
     let containers =
         docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&mine).build())).await?;
     for c in containers.into_iter().filter_map(|c| c.id) {
-        docker.remove_container(&c, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await?;
-        removed.containers += 1;
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match docker.remove_container(&c, Some(options)).await {
+            Ok(()) => removed.containers += 1,
+            // Already going (or gone): nothing of ours is left either way.
+            Err(err) => tracing::warn!(error = %err, container = %c, "could not remove a leftover container"),
+        }
     }
     let temporary = HashMap::from([("label".to_string(), vec![LABEL_JOB.to_string()])]);
     let images = docker.list_images(Some(ListImagesOptionsBuilder::default().filters(&temporary).build())).await?;
-    let owner = format!("{}/", config.runner_id());
+    let owner = owner(config);
     for image in images.into_iter().filter(|i| i.labels.get(LABEL_JOB).is_some_and(|v| v.starts_with(&owner))) {
         remove_image(docker, &image.id).await;
         removed.images += 1;

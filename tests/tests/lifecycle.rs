@@ -232,8 +232,8 @@ async fn cancelling_during_the_tests_removes_the_test_container_and_image() {
     assert_cancelled(&d, "test");
     assert!(took < STOPPED, "the 120 s tests were stopped ({took:?})");
     assert!(labelled(&label).is_empty(), "the test container is gone");
-    let images =
-        docker(&["images", "-aq", "--filter", &format!("label=dev.slipway.job=runner-1/{id}")]).expect("docker images");
+    let images = docker(&["images", "-aq", "--filter", &format!("label=dev.slipway.job={}/runner-1/{id}", s.prefix)])
+        .expect("docker images");
     assert!(images.trim().is_empty(), "the test image is gone: {images}");
     assert!(workspaces(&s.work_dir("runner-1")).is_empty());
 }
@@ -315,7 +315,16 @@ async fn a_runner_killed_mid_build_removes_its_leftovers_when_it_starts_again() 
     assert_eq!(d["attempt"], 2, "{d}\n{}", s.dump());
     assert!(d["error_message"].is_null(), "a completed deployment keeps no earlier attempt's error: {d}");
     assert!(workspaces(&work).is_empty(), "{:?}", workspaces(&work));
-    assert!(labelled("dev.slipway.runner=runner-1").is_empty());
+    let mine = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=dev.slipway.runner=runner-1",
+        "--filter",
+        &format!("label=dev.slipway.installation={}", s.prefix),
+    ])
+    .expect("docker ps");
+    assert!(mine.trim().is_empty(), "no container of this runner is left: {mine}");
 }
 
 #[tokio::test]
