@@ -81,6 +81,22 @@ async fn push_slow_build(s: &Slipway, git: &GitServer, repo: &str, url: &str, se
     (id, sha)
 }
 
+/// Waits until the last heartbeat the scheduler applied for `id` is older than `age` (read
+/// straight from PostgreSQL, which the test reaches even when the scheduler cannot).
+async fn heartbeat_older_than(s: &Slipway, id: &str, age: Duration) {
+    let sql = format!("SELECT extract(epoch FROM now() - heartbeat_at)::float8 FROM deployments WHERE id = '{id}'");
+    let url = s.database_url.clone();
+    eventually(age + Duration::from_secs(30), "the heartbeat to age past the lease", || {
+        let (url, sql) = (url.clone(), sql.clone());
+        async move {
+            let out = std::process::Command::new("psql").args([url.as_str(), "-AtXc", &sql]).output().ok()?;
+            let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+            (secs > age.as_secs_f64()).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Asks to cancel `id` and waits until it ends; returns the deployment and how long that took.
 async fn cancel_and_finish(s: &Slipway, id: &str, expect_status: u16) -> (Value, Duration) {
     let asked = Instant::now();
@@ -344,8 +360,9 @@ async fn a_broker_outage_longer_than_the_lease_does_not_expire_a_running_job() {
     let (id, _) = push_slow_build(&s, &git, &repo, &url, 25).await;
 
     broker.stop();
-    // The fault under test: an outage half again as long as the lease, with the job running.
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    // The fault under test: the outage lasts until the job's last heartbeat is older than one
+    // and a half leases, so an unpaused reaper would have expired it.
+    heartbeat_older_than(&s, &id, Duration::from_secs(15)).await;
     broker.restart();
 
     let d = s.finished(&id, FINISH).await;
@@ -540,9 +557,9 @@ async fn a_database_outage_longer_than_the_lease_does_not_expire_a_running_job()
     let (id, _) = push_slow_build(&s, &git, &repo, &url, 20).await;
 
     s.db_proxy.as_ref().expect("proxy").cut();
-    // The fault under test: PostgreSQL unreachable for twice the lease, with the job running;
-    // the heartbeats queue up in RabbitMQ meanwhile.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The fault under test: the scheduler cannot write until the job's last applied heartbeat
+    // is twice the lease old; the heartbeats queue up in RabbitMQ meanwhile.
+    heartbeat_older_than(&s, &id, Duration::from_secs(8)).await;
     s.db_proxy.as_ref().expect("proxy").restore();
 
     let d = s.finished(&id, FINISH).await;
