@@ -16,6 +16,12 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
 /// How a followed log stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEnd {
@@ -26,13 +32,32 @@ pub enum LogEnd {
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client sending `token` as its bearer token on every request.
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("SLIPWAY_URL must start with http:// or https://");
         }
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .context("the token contains characters a header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        // No redirects: a redirect to another host must not take the token with it.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         Ok(Self { base, http })
+    }
+
+    /// DELETEs `path` and reads the answer as `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.http.delete(format!("{}{path}", self.base)).send().await.with_context(|| self.unreachable())?;
+        Self::json(resp).await
     }
 
     /// GETs `path` and reads the answer as `T`.
@@ -62,6 +87,10 @@ impl Client {
         let text = resp.text().await.with_context(|| format!("reading the scheduler's answer (HTTP {status})"))?;
         if !status.is_success() {
             let msg = serde_json::from_str::<ErrorBody>(&text).map(|e| e.error).unwrap_or_else(|_| "no detail".into());
+            let msg = crate::neutralised(&msg);
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                bail!("{msg} (HTTP 401): log in with `slipway login --with-token` or set SLIPWAY_TOKEN");
+            }
             bail!("{msg} (HTTP {})", status.as_u16());
         }
         serde_json::from_str(&text)

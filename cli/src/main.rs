@@ -1,8 +1,11 @@
 //! `slipway`: the command for people — apps, deploys, status and live logs.
 
 mod client;
+mod config;
 
 use std::process::ExitCode;
+
+use std::io::Read;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -15,9 +18,12 @@ use client::{Client, LogEnd};
 #[derive(Debug, Parser)]
 #[command(name = "slipway", version, about = "Deploy apps with git push, and watch them go live")]
 struct Cli {
-    /// The scheduler's base URL.
-    #[arg(long, global = true, env = "SLIPWAY_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// The scheduler's base URL (default: the one `slipway login` stored, else http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "SLIPWAY_URL")]
+    url: Option<String>,
+    /// The API token (default: the one `slipway login` stored).
+    #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -27,6 +33,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Store the scheduler's URL and an API token (read from stdin) in the config file (0600),
+    /// after checking the token with the scheduler.
+    Login {
+        /// Read the token from standard input (the only way; a token never goes in a flag).
+        #[arg(long)]
+        with_token: bool,
+    },
+    /// Remove the stored token.
+    Logout,
+    /// The token in use: its name, role and app scope.
+    Whoami,
+    /// Create, list and revoke API tokens (admin).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Register and list apps.
     Apps {
         #[command(subcommand)]
@@ -91,6 +113,27 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; its value is printed once.
+    Create {
+        name: String,
+        /// `admin`, `deployer` or `viewer`.
+        #[arg(long, default_value = "deployer")]
+        role: String,
+        /// Limit the token to one app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List tokens (never their values).
+    List,
+    /// Revoke the live token with this name.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum AppsCommand {
     /// Register an app.
     Create(Box<CreateApp>),
@@ -151,9 +194,22 @@ struct CreateApp {
     /// Port the app listens on in its container.
     #[arg(long, default_value_t = 8080)]
     port: u32,
-    /// Environment variable for the app, `KEY=VALUE`; repeatable.
+    /// Environment variable for the app, `KEY=VALUE`; secret when the name looks secret
+    /// (TOKEN, SECRET, PASSWORD, KEY, ..._URL ...). Repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A secret environment variable: encrypted at rest, masked in every log, never shown.
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    secret: Vec<String>,
+    /// A plain environment variable, even if its name looks secret.
+    #[arg(long = "plain", value_name = "KEY=VALUE")]
+    plain: Vec<String>,
+    /// Username for a private https repository (with --git-token).
+    #[arg(long, default_value = "x-access-token")]
+    git_username: String,
+    /// Token for a private https repository; sent only to the repository's host.
+    #[arg(long, env = "SLIPWAY_APP_GIT_TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
     /// The app's directory inside the repository, for monorepos.
     #[arg(long, default_value = ".")]
     app_root: String,
@@ -183,9 +239,105 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // Offline commands never build a client, so a bad SLIPWAY_URL does not stop them.
-    let online = || Client::new(&cli.url);
+    let config_path = config::path();
+    // Offline commands never read the config or build a client, so neither can stop them.
+    let stored = || match (&cli.url, &cli.token) {
+        (Some(_), Some(_)) => Ok(config::Stored::default()),
+        _ => config::load(&config_path),
+    };
+    let url = || -> anyhow::Result<String> {
+        Ok(cli.url.clone().or(stored()?.url).unwrap_or_else(|| "http://127.0.0.1:8080".to_string()))
+    };
+    let online = || -> anyhow::Result<Client> {
+        let token = match &cli.token {
+            Some(token) => Some(token.clone()),
+            None => stored()?.token,
+        };
+        Client::new(&url()?, token)
+    };
     match cli.command {
+        Command::Login { with_token } => {
+            if !with_token {
+                bail!("give the token on standard input: `slipway login --with-token < token-file`");
+            }
+            let mut token = String::new();
+            std::io::Read::take(std::io::stdin(), 4096)
+                .read_to_string(&mut token)
+                .context("reading the token from stdin")?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                bail!("no token on standard input");
+            }
+            let url = url()?;
+            let me: api::Whoami = Client::new(&url, Some(token.clone()))?.get("/api/v1/whoami").await?;
+            let mut stored = config::load(&config_path).unwrap_or_default();
+            stored.url = Some(url.clone());
+            stored.token = Some(token);
+            config::save(&config_path, &stored)?;
+            println!("logged in to {url} as `{}` ({}); stored in {}", me.name, me.role.as_str(), config_path.display());
+        }
+        Command::Logout => {
+            let mut stored = config::load(&config_path)?;
+            stored.token = None;
+            config::save(&config_path, &stored)?;
+            println!("removed the token from {}", config_path.display());
+        }
+        Command::Whoami => {
+            let me: api::Whoami = online()?.get("/api/v1/whoami").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&me)?);
+            } else {
+                let app = me.app.as_deref().map(|a| format!(" for app {a}")).unwrap_or_default();
+                println!("{} ({}{app})", me.name, me.role.as_str());
+            }
+        }
+        Command::Tokens { command: TokensCommand::Create { name, role, app, expires_in_days } } => {
+            let role = api::Role::parse(&role)
+                .with_context(|| format!("--role `{role}` must be admin, deployer or viewer"))?;
+            let new = api::NewToken { name, role, app, expires_in_days };
+            let created: api::CreatedToken = online()?.post("/api/v1/tokens", &new).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                eprintln!(
+                    "created token `{}` ({}); it is shown only this once:",
+                    created.info.name,
+                    created.info.role.as_str()
+                );
+                println!("{}", created.token);
+            }
+        }
+        Command::Tokens { command: TokensCommand::List } => {
+            let tokens: Vec<api::Token> = online()?.get("/api/v1/tokens").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                println!("{:<24} {:<9} {:<16} {:<20} {:<20} STATUS", "NAME", "ROLE", "APP", "CREATED", "LAST USED");
+                let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into())
+                };
+                for t in &tokens {
+                    let status = match (t.revoked_at, t.expires_at) {
+                        (Some(_), _) => "revoked".to_string(),
+                        (None, Some(exp)) if exp <= chrono::Utc::now() => "expired".to_string(),
+                        (None, Some(exp)) => format!("expires {}", exp.format("%Y-%m-%d")),
+                        (None, None) => "active".to_string(),
+                    };
+                    let app = t.app.as_deref().unwrap_or("*");
+                    println!(
+                        "{:<24} {:<9} {app:<16} {:<20} {:<20} {status}",
+                        t.name,
+                        t.role.as_str(),
+                        when(Some(t.created_at)),
+                        when(t.last_used_at)
+                    );
+                }
+            }
+        }
+        Command::Tokens { command: TokensCommand::Revoke { name } } => {
+            let token: api::Token = online()?.delete(&format!("/api/v1/tokens/{name}")).await?;
+            println!("revoked token `{}`", token.name);
+        }
         Command::Detect { dir, app_root, ignore_dockerfile } => {
             let plan = slipway_detect::detect(&dir, &slipway_detect::Options { app_root, ignore_dockerfile })?;
             if cli.json {
@@ -217,16 +369,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 health_path,
                 port,
                 env,
+                secret,
+                plain,
+                git_username,
+                git_token,
                 app_root,
                 test_network,
                 kubernetes,
                 webhook_secret,
             } = *args;
             let mut vars = std::collections::BTreeMap::new();
-            for pair in env {
-                let (k, v) = pair.split_once('=').with_context(|| format!("--env `{pair}` must be KEY=VALUE"))?;
-                vars.insert(k.to_string(), v.to_string());
+            for (flag, pairs, marking) in
+                [("--env", env, None), ("--secret", secret, Some(true)), ("--plain", plain, Some(false))]
+            {
+                for pair in pairs {
+                    let (k, v) = pair.split_once('=').with_context(|| format!("{flag} `{pair}` must be KEY=VALUE"))?;
+                    let value = match marking {
+                        None => api::EnvValue::Bare(v.to_string()),
+                        Some(secret) => api::EnvValue::Marked { value: v.to_string(), secret },
+                    };
+                    if vars.insert(k.to_string(), value).is_some() {
+                        bail!("`{k}` is given twice");
+                    }
+                }
             }
+            let git_credentials =
+                git_token.map(|token| slipway_proto::message::GitCredentials { username: git_username, token });
             let kubernetes = match kubernetes {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -246,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 port,
                 env: vars,
                 webhook_secret,
+                git_credentials,
                 app_root,
                 test_network,
                 kubernetes,
@@ -258,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("registered {} ({} on {target}, branch {})", app.name, app.environment, app.branch);
                 println!(
                     "webhook: POST {}/api/v1/webhooks/github (content type application/json, your secret)",
-                    cli.url
+                    url()?
                 );
             }
         }

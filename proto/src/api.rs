@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::message::TargetKind;
+use crate::message::{GitCredentials, TargetKind};
 use crate::state::{Cause, State, Step, StepStatus};
 
 /// Every error answer: `{"error": "..."}`.
@@ -32,9 +32,14 @@ pub struct NewApp {
     pub health_path: String,
     #[serde(default = "default_port")]
     pub port: u32,
+    /// The app's environment. A bare string is secret when its name looks secret
+    /// ([`crate::message::is_secret_name`]); `{"value": ..., "secret": bool}` marks it explicitly.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     pub webhook_secret: String,
+    /// Credentials for a private repository; sent only to the repository's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_credentials: Option<GitCredentials>,
     #[serde(default = "default_app_root")]
     pub app_root: String,
     #[serde(default)]
@@ -43,6 +48,36 @@ pub struct NewApp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<serde_json::Value>,
 }
+
+/// One environment value of a new app, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// Secret when the name looks secret.
+    Bare(String),
+    /// Marked explicitly.
+    Marked { value: String, secret: bool },
+}
+
+impl EnvValue {
+    /// The value.
+    pub fn value(&self) -> &str {
+        match self {
+            EnvValue::Bare(v) | EnvValue::Marked { value: v, .. } => v,
+        }
+    }
+
+    /// Whether the value is secret, by its marking or else by `name`.
+    pub fn is_secret(&self, name: &str) -> bool {
+        match self {
+            EnvValue::Bare(_) => crate::message::is_secret_name(name),
+            EnvValue::Marked { secret, .. } => *secret,
+        }
+    }
+}
+
+/// What the API shows in place of a secret value.
+pub const REDACTED: &str = "***";
 
 fn default_branch() -> String {
     "main".into()
@@ -74,9 +109,16 @@ pub struct App {
     pub target: TargetKind,
     pub health_path: String,
     pub port: u16,
+    /// Every variable; secret ones (listed in `secrets`) show as [`REDACTED`], never their value.
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The username of the app's repository credentials, when it has some (never the token).
+    #[serde(default)]
+    pub git_username: Option<String>,
     pub app_root: String,
     pub test_network: bool,
+    /// Kubernetes settings; the values of `secret_env` show as [`REDACTED`].
     pub kube_settings: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
@@ -157,6 +199,10 @@ pub struct Deployment {
     pub error_message: Option<String>,
     /// The rollout failed and the previous revision was put back.
     pub rolled_back: bool,
+    /// The name of the API token that asked for it (a deploy, rollback or redeploy); `None` for a
+    /// forge's webhook.
+    #[serde(default)]
+    pub created_by: Option<String>,
     /// Who asked to cancel it (also while the runner is still stopping it), and why.
     pub cancel_by: Option<String>,
     pub cancel_reason: Option<String>,
@@ -200,6 +246,81 @@ pub struct LogEnd {
     pub state: State,
 }
 
+/// What an API token may do: a viewer reads, a deployer also deploys, rolls back and cancels,
+/// an admin also registers apps and manages tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Deployer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a stored or typed role.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "deployer" => Some(Role::Deployer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /api/v1/tokens`: a new token's name, role, optional app scope and lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    pub role: Role,
+    /// Limits the token to one app; `None` for every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Days until it expires; `None` for never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// An API token as listed (never its value or hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub app: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to creating a token: the only time its value is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: Token,
+}
+
+/// `GET /api/v1/whoami`: the token a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    pub name: String,
+    pub role: Role,
+    pub app: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// One deployment a webhook recorded (or found recorded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookDeployment {
@@ -240,7 +361,7 @@ mod tests {
             "source": "manual", "state": "running", "attempt": 1, "runner_id": null, "current_step": "build",
             "created_at": "2026-01-01T00:00:00Z", "published_at": null, "started_at": null, "finished_at": null,
             "image": null, "url": null, "error_step": null, "error_cause": null, "error_message": null,
-            "rolled_back": false, "cancel_by": null, "cancel_reason": null,
+            "rolled_back": false, "created_by": "ci", "cancel_by": null, "cancel_reason": null,
             "steps": [{"attempt": 1, "step": "clone", "status": "succeeded", "started_at": null, "finished_at": null, "error": null}]
         });
         let detail: DeploymentDetail = serde_json::from_value(json.clone()).expect("detail");

@@ -7,6 +7,7 @@ pub mod api;
 pub mod lifecycle;
 pub mod message;
 pub mod name;
+pub mod outbound;
 pub mod state;
 pub mod text;
 

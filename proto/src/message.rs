@@ -49,6 +49,12 @@ pub struct JobApp {
     /// Path answered with 2xx once the app is ready.
     pub health_path: String,
     pub env: BTreeMap<String, String>,
+    /// The names in `env` whose values are secret: masked in every text that leaves a runner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Credentials for the repository, given only to its host (never in a URL or a log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_credentials: Option<GitCredentials>,
     /// The app's directory inside the repository (`.` for the root).
     #[serde(default = "dot")]
     pub app_root: String,
@@ -58,6 +64,25 @@ pub struct JobApp {
     /// Settings of the deploy target (for `kubernetes`: replicas, resources, host, strategy ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Value>,
+}
+
+/// A username and token for a repository's host, as git's HTTP basic authentication takes them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitCredentials {
+    #[serde(default = "default_git_username")]
+    pub username: String,
+    pub token: String,
+}
+
+fn default_git_username() -> String {
+    "x-access-token".into()
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials").field("username", &self.username).field("token", &"<redacted>").finish()
+    }
 }
 
 fn dot() -> String {
@@ -77,12 +102,14 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 impl JobApp {
-    /// Values never to show in a log: those of variables whose name says secret
-    /// ([`is_secret_name`]) and every `secret_env` value of the target settings; longest first,
-    /// so a value containing another is masked whole.
+    /// Values never to show in a log: those of variables marked secret (and, for jobs recorded
+    /// before variables were marked, those whose name says secret, [`is_secret_name`]), the git
+    /// token, and every `secret_env` value of the target settings; longest first, so a value
+    /// containing another is masked whole.
     pub fn secret_values(&self) -> Vec<String> {
-        let mut values: Vec<String> =
-            self.env.iter().filter(|(k, _)| is_secret_name(k)).map(|(_, v)| v.clone()).collect();
+        let secret = |k: &String| self.secrets.contains(k) || is_secret_name(k);
+        let mut values: Vec<String> = self.env.iter().filter(|(k, _)| secret(k)).map(|(_, v)| v.clone()).collect();
+        values.extend(self.git_credentials.iter().map(|c| c.token.clone()));
         let settings = self.settings.as_ref().and_then(|s| s.get("secret_env")).and_then(|e| e.as_object());
         values.extend(settings.into_iter().flatten().filter_map(|(_, v)| v.as_str().map(str::to_string)));
         values.retain(|v| v.len() >= MIN_SECRET_LEN);
@@ -259,12 +286,18 @@ mod tests {
                 ("DATABASE_URL".into(), "postgres://u:p@db/x".into()),
                 ("NODE_ENV".into(), "production".into()),
                 ("SECRET_SHORT".into(), "abc".into()),
+                ("MARKED".into(), "marked-secret".into()),
             ]),
+            secrets: vec!["MARKED".into()],
+            git_credentials: Some(GitCredentials { username: "bot".into(), token: "ghp_gittoken".into() }),
             app_root: ".".into(),
             test_network: false,
             settings: Some(serde_json::json!({"secret_env": {"SESSION": "s3ss10n-value"}})),
         };
-        assert_eq!(app.secret_values(), ["postgres://u:p@db/x", "s3ss10n-value", "tok-123456"]);
+        assert_eq!(
+            app.secret_values(),
+            ["postgres://u:p@db/x", "marked-secret", "s3ss10n-value", "ghp_gittoken", "tok-123456"]
+        );
     }
 
     #[test]

@@ -8,21 +8,50 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use slipway_proto::outbound::{self, Guard};
+
 use git2::{
     AutotagOption, Cred, FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, Repository, build::CheckoutBuilder,
 };
 
-/// Credentials offered when the server asks for them.
+/// Credentials offered when the server asks for them, only to `host` and only over https.
 #[derive(Clone)]
 pub struct GitAuth {
     pub username: String,
     pub token: String,
+    /// The host the credentials were configured for (lowercase).
+    pub host: String,
 }
 
 impl std::fmt::Debug for GitAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitAuth").field("username", &self.username).field("token", &"<redacted>").finish()
+        let GitAuth { username, host, .. } = self;
+        f.debug_struct("GitAuth").field("username", username).field("host", host).field("token", &"<redacted>").finish()
     }
+}
+
+impl GitAuth {
+    /// The credentials, if libgit2 asks for them on behalf of `url`: only an https URL of the
+    /// configured host gets them (a redirect elsewhere, or plain http, gets an error instead).
+    fn offer(&self, url: &str) -> Result<Cred, git2::Error> {
+        match outbound::target(url) {
+            Ok(t) if t.scheme == "https" && t.host == self.host => {
+                Cred::userpass_plaintext(&self.username, &self.token)
+            }
+            Ok(t) => Err(git2::Error::from_str(&format!(
+                "refusing to send the credentials configured for {} to {}://{}",
+                self.host, t.scheme, t.host
+            ))),
+            Err(_) => Err(git2::Error::from_str("refusing to send credentials to an unrecognised URL")),
+        }
+    }
+}
+
+/// Checks the repository URL with the outbound guard just before connecting (its host is
+/// resolved again here, so a name that changed to an internal address since registration is
+/// caught).
+pub fn guard(url: &str, guard: &Guard) -> Result<(), CheckoutError> {
+    guard.check(url).map(|_| ()).map_err(|e| CheckoutError::Refused(e.to_string()))
 }
 
 /// Why a checkout failed.
@@ -40,6 +69,8 @@ pub enum CheckoutError {
     Interrupted,
     #[error("the repository has no {git_ref}: {message}")]
     NoRef { git_ref: String, message: String },
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Bounds every git network operation of this process: connecting, and each wait for the server.
@@ -67,7 +98,7 @@ pub fn resolve_ref(
     let mut remote = git2::Remote::create_detached(url).map_err(|e| CheckoutError::Fetch(e.message().to_string()))?;
     let mut callbacks = RemoteCallbacks::new();
     if let Some(auth) = auth {
-        callbacks.credentials(move |_, _, _| Cred::userpass_plaintext(&auth.username, &auth.token));
+        callbacks.credentials(move |url, _, _| auth.offer(url));
     }
     let connected = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None);
     connected.map_err(|e| match is_missing(&e) {
@@ -135,19 +166,20 @@ fn fetch_options<'a>(auth: Option<&'a GitAuth>, stop: &'a AtomicBool) -> FetchOp
     callbacks.sideband_progress(move |_| !stop.load(Ordering::Relaxed));
     if let Some(auth) = auth {
         let mut tries = 0;
-        callbacks.credentials(move |_url, _username, _allowed| {
+        callbacks.credentials(move |url, _username, _allowed| {
             tries += 1;
             if tries > 1 {
                 return Err(git2::Error::from_str("the repository refused the configured credentials"));
             }
-            Cred::userpass_plaintext(&auth.username, &auth.token)
+            auth.offer(url)
         });
     }
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
     opts.depth(1);
     opts.download_tags(AutotagOption::None);
-    opts.follow_redirects(RemoteRedirect::Initial);
+    // A redirect could lead the fetch (and any credentials) to another host the guard never saw.
+    opts.follow_redirects(RemoteRedirect::None);
     opts
 }
 

@@ -42,9 +42,19 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_GIT_USERNAME", default_value = "x-access-token")]
     pub git_username: String,
 
-    /// Token for private repositories, given to git through a credential callback (never in a URL).
+    /// Token for private repositories, given to git through a credential callback (never in a
+    /// URL), only over https and only to the hosts of SLIPWAY_GIT_TOKEN_HOSTS.
     #[arg(long, env = "SLIPWAY_GIT_TOKEN", hide_env_values = true)]
     pub git_token: Option<String>,
+
+    /// The hosts (comma-separated) SLIPWAY_GIT_TOKEN is for; it goes to no other.
+    #[arg(long, env = "SLIPWAY_GIT_TOKEN_HOSTS", default_value = "github.com")]
+    pub git_token_hosts: String,
+
+    /// Hosts, addresses and CIDRs (comma-separated) repositories may be fetched from although
+    /// they are not public (loopback, private, link-local ...); by default none.
+    #[arg(long, env = "SLIPWAY_ALLOW_PRIVATE_GIT", default_value = "")]
+    pub allow_private_git: String,
 
     /// Seconds git may wait on a silent server (connecting, or mid-fetch) before the clone fails
     /// as an infrastructure error (retried).
@@ -112,8 +122,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The hosts SLIPWAY_GIT_TOKEN is for, lowercase.
+    pub fn git_token_hosts(&self) -> Vec<String> {
+        self.git_token_hosts.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect()
+    }
+
     /// Checks what clap cannot; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
+        slipway_proto::outbound::Guard::parse(&self.allow_private_git)?;
         if self.concurrency == 0 {
             return Err("SLIPWAY_CONCURRENCY must be at least 1".into());
         }

@@ -70,7 +70,10 @@ impl JobError {
         use Cause::{Infrastructure, User};
         match self {
             JobError::Checkout(err) => match err {
-                CheckoutError::BadSha(_) | CheckoutError::NotFound { .. } | CheckoutError::NoRef { .. } => User,
+                CheckoutError::BadSha(_)
+                | CheckoutError::NotFound { .. }
+                | CheckoutError::NoRef { .. }
+                | CheckoutError::Refused(_) => User,
                 CheckoutError::Fetch(_) | CheckoutError::Checkout(_) | CheckoutError::Interrupted => Infrastructure,
             },
             JobError::Image(err) => match err {

@@ -35,6 +35,8 @@ pub struct Tools {
     pub base_images: BaseImages,
     /// The Kubernetes target, when this runner has a cluster.
     pub kube: Option<KubeTarget>,
+    /// Where repositories may be fetched from.
+    pub guard: Arc<slipway_proto::outbound::Guard>,
 }
 
 /// What a completed attempt made live.
@@ -196,17 +198,34 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     Ok(Done { image: image_name, url: live.url })
 }
 
+/// The credentials for the job's repository: the app's own, else the runner's token when the
+/// repository's host is one it was configured for; only ever over https to that host.
+fn git_auth(job: &Job, tools: &Tools) -> Option<GitAuth> {
+    let target = slipway_proto::outbound::target(&job.app.repo_url).ok().filter(|t| t.scheme == "https")?;
+    if let Some(creds) = &job.app.git_credentials {
+        return Some(GitAuth { username: creds.username.clone(), token: creds.token.clone(), host: target.host });
+    }
+    let token = tools.config.git_token.clone()?;
+    tools.config.git_token_hosts().contains(&target.host).then(|| GitAuth {
+        username: tools.config.git_username.clone(),
+        token,
+        host: target.host,
+    })
+}
+
 /// The commit the job's ref points at, reported to the scheduler before anything uses it.
 async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String, JobError> {
     let r = &claim.reporter;
     r.line(Some(Step::Clone), &format!("resolving the head of {}", job.git_ref));
-    let auth =
-        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let auth = git_auth(job, tools);
+    let guard = tools.guard.clone();
     let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let mut resolving =
-        tokio::task::spawn_blocking(move || checkout::resolve_ref(&url, &git_ref, auth.as_ref(), &flag));
+    let mut resolving = tokio::task::spawn_blocking(move || {
+        checkout::guard(&url, &guard)?;
+        checkout::resolve_ref(&url, &git_ref, auth.as_ref(), &flag)
+    });
     let joined = tokio::select! {
         joined = &mut resolving => joined,
         _ = claim.cancel.cancelled() => {
@@ -231,12 +250,13 @@ async fn clone(
     dir: &Path,
     log: impl Fn(String) + Send + 'static,
 ) -> Result<(), JobError> {
-    let auth =
-        tools.config.git_token.clone().map(|token| GitAuth { username: tools.config.git_username.clone(), token });
+    let auth = git_auth(job, tools);
+    let guard = tools.guard.clone();
     let (url, sha, git_ref, dest) = (job.app.repo_url.clone(), sha.to_string(), job.git_ref.clone(), dir.to_path_buf());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let mut cloning = tokio::task::spawn_blocking(move || {
+        checkout::guard(&url, &guard)?;
         checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &log, &flag)
     });
     let joined = tokio::select! {

@@ -80,6 +80,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             base_images: slipway_detect::dockerfile::BaseImages::with_overrides(&config.base_images)
                 .context("SLIPWAY_BASE_IMAGES")?,
             kube,
+            guard: Arc::new(
+                slipway_proto::outbound::Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?,
+            ),
         },
         topo: topo.clone(),
         runner_id: runner_id.clone(),

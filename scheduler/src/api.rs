@@ -4,14 +4,15 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use slipway_proto::api;
+use slipway_proto::api::{self, Role};
 use slipway_proto::{CancelRequest, Input, State as DeployState};
 use uuid::Uuid;
 
 use crate::apps::{self, AppError, NewApp};
+use crate::auth::{self, Caller};
 use crate::deployments::{self, Created, NewDeployment};
 use crate::transition::{self, Applied, TransitionError};
 use crate::{Shared, logs, webhook};
@@ -24,6 +25,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -31,8 +34,17 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// A stored value the scheduler cannot read; logged with the detail.
+    #[error("internal error")]
+    Corrupt(String),
     /// The store cannot make sense of a row; logged with the detail.
     #[error("internal error")]
     Internal(#[source] TransitionError),
@@ -56,11 +68,27 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => {
+                let body = error_body(&self.to_string());
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) | ApiError::Unavailable(_) => {
+                let status = match &self {
+                    ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return (status, [(header::RETRY_AFTER, "1")], error_body(&self.to_string())).into_response();
+            }
+            ApiError::Corrupt(what) => {
+                tracing::error!(what = %what, "a stored value cannot be read");
+                return (StatusCode::INTERNAL_SERVER_ERROR, error_body("internal error")).into_response();
+            }
             ApiError::Db(err) if crate::db::is_unavailable(err) => {
                 tracing::warn!(error = %err, "database unavailable; answering 503");
                 let body = error_body("the database is unavailable; retry shortly");
@@ -84,6 +112,7 @@ impl From<AppError> for ApiError {
         match err {
             AppError::Exists(_) => ApiError::Conflict(err.to_string()),
             AppError::Db(db) => ApiError::Db(db),
+            AppError::Seal(seal) => ApiError::Corrupt(seal.to_string()),
             AppError::Name(_) | AppError::Invalid(_) => ApiError::Unprocessable(err.to_string()),
         }
     }
@@ -95,13 +124,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Every route of the scheduler.
-pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
-    let webhooks = Router::new()
-        .route("/api/v1/webhooks/github", post(webhook::github))
-        .layer(DefaultBodyLimit::max(webhook_max_bytes));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+/// Every route of the scheduler: `/healthz` and the webhook receivers are open (a webhook is
+/// checked against its forge's signature); every other route needs a token
+/// ([`auth::authenticate`]) and checks its role and app scope.
+pub fn router(shared: Shared) -> Router {
+    // The webhook handler reads its body itself, within the limit, once it has its turn.
+    let webhooks =
+        Router::new().route("/api/v1/webhooks/github", post(webhook::github)).layer(DefaultBodyLimit::disable());
+    let authenticated = Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{name}", delete(revoke_token))
         .route("/api/v1/apps", get(list_apps).post(create_app))
         .route("/api/v1/apps/{name}", get(get_app))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
@@ -110,39 +143,90 @@ pub fn router(shared: Shared, webhook_max_bytes: usize) -> Router {
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))
         .route("/api/v1/deployments/{id}/cancel", post(cancel_deployment))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), auth::authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authenticated)
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .merge(webhooks)
         .with_state(shared)
 }
 
+async fn whoami(caller: Caller) -> Json<api::Whoami> {
+    Json(api::Whoami { name: caller.name, role: caller.role, app: caller.app, expires_at: caller.expires_at })
+}
+
+async fn create_token(
+    State(shared): State<Shared>,
+    caller: Caller,
+    body: Result<Json<api::NewToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::CreatedToken>), ApiError> {
+    caller.require(Role::Admin, None)?;
+    let Json(new) = body?;
+    let created = auth::create(&shared.pool, &new, &caller.name).await?;
+    tracing::info!(token = %created.info.name, role = created.info.role.as_str(), app = created.info.app.as_deref().unwrap_or("*"), by = %caller.name, "API token created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_tokens(State(shared): State<Shared>, caller: Caller) -> Result<Json<Vec<api::Token>>, ApiError> {
+    caller.require(Role::Admin, None)?;
+    Ok(Json(auth::list(&shared.pool).await?))
+}
+
+async fn revoke_token(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<api::Token>, ApiError> {
+    caller.require(Role::Admin, None)?;
+    let token = auth::revoke(&shared.pool, &name).await?;
+    tracing::info!(token = %token.name, by = %caller.name, "API token revoked");
+    Ok(Json(token))
+}
+
 async fn create_app(
     State(shared): State<Shared>,
+    caller: Caller,
     body: Result<Json<NewApp>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::App>), ApiError> {
+    caller.require(Role::Admin, None)?;
     let Json(new) = body?;
-    let app = apps::create(&shared.pool, &new).await?;
-    tracing::info!(app = %app.name, repo = %app.repo_url, "app registered");
+    apps::validate(&new)?;
+    shared.check_repo_url(&new.repo_url).await.map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let app = apps::create(&shared.pool, &shared.keyring, &new).await?;
+    tracing::info!(app = %app.name, repo = %app.repo_url, by = %caller.name, "app registered");
     Ok((StatusCode::CREATED, Json(app.view())))
 }
 
-async fn list_apps(State(shared): State<Shared>) -> Result<Json<Vec<api::App>>, ApiError> {
-    Ok(Json(apps::list(&shared.pool).await?.iter().map(apps::App::view).collect()))
+async fn list_apps(State(shared): State<Shared>, caller: Caller) -> Result<Json<Vec<api::App>>, ApiError> {
+    let apps = apps::list(&shared.pool).await?;
+    Ok(Json(apps.iter().filter(|a| caller.sees(&a.name)).map(apps::App::view).collect()))
 }
 
-async fn get_app(State(shared): State<Shared>, Path(name): Path<String>) -> Result<Json<api::App>, ApiError> {
-    let app =
-        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
-    Ok(Json(app.view()))
+/// The app named `name`, if the caller may act on it with `role` (a scope mismatch is a 403;
+/// an app that does not exist is a 404 only for a caller who could see it).
+async fn app_for(shared: &Shared, caller: &Caller, name: &str, role: Role) -> Result<apps::App, ApiError> {
+    caller.require(role, Some(name))?;
+    let app = apps::get(&shared.pool, name).await?;
+    app.ok_or_else(|| ApiError::NotFound(format!("no app named `{}`", name.chars().take(80).collect::<String>())))
+}
+
+async fn get_app(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<api::App>, ApiError> {
+    Ok(Json(app_for(&shared, &caller, &name, Role::Viewer).await?.view()))
 }
 
 async fn deploy_app(
     State(shared): State<Shared>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<api::DeployRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::DeployAnswer>), ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
     let Json(req) = body?;
-    let app =
-        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
     let sha = match req.sha {
         Some(sha) if webhook::is_sha(&sha) => sha.to_ascii_lowercase(),
         Some(sha) => {
@@ -162,6 +246,7 @@ async fn deploy_app(
         source: "manual",
         delivery_id: None,
         image_digest: None,
+        created_by: Some(&caller.name),
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -178,12 +263,12 @@ async fn deploy_app(
 /// Redeploys an earlier successful revision; its image is in the registry, so nothing is rebuilt.
 async fn rollback_app(
     State(shared): State<Shared>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<api::RollbackRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::RollbackAnswer>), ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
     let Json(req) = body?;
-    let app =
-        apps::get(&shared.pool, &name).await?.ok_or_else(|| ApiError::NotFound(format!("no app named `{name}`")))?;
     let history = deployments::completed(&shared.pool, &name, 200).await?;
     let target = match req.to.as_deref() {
         None => history
@@ -211,6 +296,7 @@ async fn rollback_app(
         source: "rollback",
         delivery_id: None,
         image_digest: digest.as_deref(),
+        created_by: Some(&caller.name),
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (id, superseded) = match created {
@@ -230,10 +316,20 @@ struct ListQuery {
 
 async fn list_deployments(
     State(shared): State<Shared>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<api::Deployment>>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    Ok(Json(deployments::list(&shared.pool, q.app.as_deref(), limit).await?))
+    // An app-scoped token lists its app's deployments, whatever it asked for.
+    let app = match (&caller.app, q.app.as_deref()) {
+        (Some(scope), Some(asked)) if scope != asked => {
+            caller.require(Role::Viewer, Some(asked))?;
+            None
+        }
+        (Some(scope), _) => Some(scope.as_str()),
+        (None, asked) => asked,
+    };
+    Ok(Json(deployments::list(&shared.pool, app, limit).await?))
 }
 
 /// Parses a deployment id from a path segment, with a clear error.
@@ -243,11 +339,26 @@ pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// The app a deployment belongs to, if the caller may act on it with `role`; 404 for an id the
+/// caller may not see, so a scoped token cannot probe other apps' deployment ids.
+pub async fn deployment_app(shared: &Shared, caller: &Caller, id: Uuid, role: Role) -> Result<String, ApiError> {
+    let app = deployments::app_of(&shared.pool, id).await?;
+    match app {
+        Some(app) if caller.sees(&app) => {
+            caller.require(role, Some(&app))?;
+            Ok(app)
+        }
+        _ => Err(ApiError::NotFound(format!("no deployment {id}"))),
+    }
+}
+
 async fn get_deployment(
     State(shared): State<Shared>,
+    caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<api::DeploymentDetail>, ApiError> {
     let id = parse_id(&raw)?;
+    deployment_app(&shared, &caller, id, Role::Viewer).await?;
     let detail =
         deployments::get(&shared.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))?;
     Ok(Json(detail))
@@ -258,10 +369,12 @@ async fn get_deployment(
 /// its deploy step was already switching traffic, ends as that step did. A finished one is 409.
 async fn cancel_deployment(
     State(shared): State<Shared>,
+    caller: Caller,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<api::CancelAnswer>), ApiError> {
     let id = parse_id(&raw)?;
+    deployment_app(&shared, &caller, id, Role::Deployer).await?;
     let body: api::CancelBody = match body.is_empty() {
         true => api::CancelBody::default(),
         false => serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?,
@@ -271,8 +384,7 @@ async fn cancel_deployment(
         return Err(ApiError::Unprocessable("`reason` must be at most 500 printable characters".into()));
     }
     let reason = if reason.trim().is_empty() { "no reason given".to_string() } else { reason.trim().to_string() };
-    // Until API tokens name their holder, a cancel from the API is recorded as by `api`.
-    let request = CancelRequest { by: "api".into(), reason };
+    let request = CancelRequest { by: caller.name.clone(), reason };
     let applied = transition::apply(&shared.pool, id, &Input::Cancel(request), shared.policy()).await?;
     shared.react(&applied);
     let answer = |state, cancel_requested| Json(api::CancelAnswer { deployment_id: id, state, cancel_requested });

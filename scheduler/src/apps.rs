@@ -2,13 +2,17 @@
 
 use std::collections::BTreeMap;
 
+use slipway_proto::api::REDACTED;
 use slipway_proto::{JobApp, TargetKind, validate_dns_label};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::seal::{AppSecrets, Keyring, SealError, app_context};
+
 pub use slipway_proto::api::NewApp;
 
-/// A registered app as stored (never with its webhook secret); [`App::view`] is what the API shows.
+/// A registered app as stored: plain values in the clear, every secret sealed in `sealed`
+/// ([`AppSecrets`]); [`App::view`] is what the API shows.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct App {
     pub id: Uuid,
@@ -19,19 +23,16 @@ pub struct App {
     pub target: String,
     pub health_path: String,
     pub port: i32,
+    /// The plain variables; the secret ones are in `sealed`, named in `secret_names`.
     pub env: sqlx::types::Json<BTreeMap<String, String>>,
     pub app_root: String,
     pub test_network: bool,
+    /// Kubernetes settings with the values of `secret_env` replaced by [`REDACTED`].
     pub kube_settings: Option<sqlx::types::Json<serde_json::Value>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// An app with the secret its webhooks are signed with.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AppWithSecret {
-    #[sqlx(flatten)]
-    pub app: App,
-    pub webhook_secret: String,
+    pub sealed: Option<String>,
+    pub secret_names: Vec<String>,
+    pub git_username: Option<String>,
 }
 
 /// Why an app was refused.
@@ -43,6 +44,8 @@ pub enum AppError {
     Invalid(String),
     #[error("an app named `{0}` already exists")]
     Exists(String),
+    #[error("sealing the app's secrets: {0}")]
+    Seal(#[from] SealError),
     #[error("database error")]
     Db(#[source] sqlx::Error),
 }
@@ -88,7 +91,7 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             image: String::new(),
             port: u16::try_from(new.port).unwrap_or(8080),
             health_path: new.health_path.clone(),
-            env: new.env.clone(),
+            env: new.env.iter().map(|(k, v)| (k.clone(), v.value().to_string())).collect(),
             settings: Some(settings.clone()),
         };
         if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
@@ -102,15 +105,36 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
         return invalid("webhook_secret must be 16 to 1024 characters");
     }
     let min = slipway_proto::message::MIN_SECRET_LEN;
-    let short =
-        new.env.iter().find(|(k, v)| slipway_proto::message::is_secret_name(k) && !v.is_empty() && v.len() < min);
+    let short = new.env.iter().find(|(k, v)| v.is_secret(k) && v.value().chars().count() < min);
     if let Some((key, _)) = short {
         return Err(AppError::Invalid(format!(
-            "`{key}` looks secret, so its value is masked in every log: it must be at least {min} characters"
+            "`{key}` is secret, so its value is masked in every log: it must be at least {min} characters \
+             (or mark it plain: {{\"value\": ..., \"secret\": false}})"
         )));
     }
-    if let Some((key, _)) = new.env.iter().find(|(_, v)| v.contains('\0')) {
+    for (key, value) in kube_secret_env(new.kubernetes.as_ref()) {
+        if value.chars().count() < min {
+            return Err(AppError::Invalid(format!(
+                "kubernetes secret_env `{key}` must be at least {min} characters, so it can be masked in every log"
+            )));
+        }
+    }
+    if let Some((key, _)) = new.env.iter().find(|(_, v)| v.value().contains('\0')) {
         return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
+    }
+    if let Some(creds) = &new.git_credentials {
+        if creds.token.chars().count() < min || creds.token.len() > 4096 || creds.token.chars().any(char::is_control) {
+            return invalid("git_credentials.token must be 6 to 4096 characters without control characters");
+        }
+        if creds.username.is_empty()
+            || creds.username.len() > 256
+            || creds.username.chars().any(|c| c.is_control() || c == ':')
+        {
+            return invalid("git_credentials.username must be 1 to 256 characters without `:` or control characters");
+        }
+        if !new.repo_url.starts_with("https://") {
+            return invalid("git_credentials are only sent over https: the repo_url must be an https:// URL");
+        }
     }
     for key in new.env.keys() {
         let ok = !key.is_empty()
@@ -143,23 +167,10 @@ pub fn is_branch_name(name: &str) -> bool {
         && name.split('/').all(|part| !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
-/// A repository URL: `https://`, `http://`, `git://` or `ssh://`, with no credentials in it.
+/// A repository URL's form: `https://`, `http://`, `git://`, `ssh://` or scp-style, with no
+/// credentials in it. Where it points is the outbound guard's to check ([`crate::Shared::check_repo_url`]).
 pub fn validate_repo_url(url: &str) -> Result<(), AppError> {
-    let invalid = |m: &str| Err(AppError::Invalid(m.to_string()));
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return invalid("repo_url must be a URL such as https://github.com/org/repo.git");
-    };
-    if !["https", "http", "git", "ssh"].contains(&scheme) {
-        return invalid("repo_url scheme must be https, http, git or ssh");
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') && scheme != "ssh" {
-        return invalid("repo_url must not contain credentials; give the runner a token instead (SLIPWAY_GIT_TOKEN)");
-    }
-    if authority.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
-        return invalid("repo_url has no host or contains spaces or control characters");
-    }
-    Ok(())
+    slipway_proto::outbound::target(url).map(|_| ()).map_err(|e| AppError::Invalid(format!("repo_url: {e}")))
 }
 
 /// The form repository URLs are compared in: lowercase scheme and host, no trailing `/` or `.git`.
@@ -175,37 +186,113 @@ pub fn normalize_repo_url(url: &str) -> String {
     }
 }
 
+/// The `secret_env` of Kubernetes settings, as name and value.
+fn kube_secret_env(settings: Option<&serde_json::Value>) -> Vec<(String, String)> {
+    let map = settings.and_then(|s| s.get("secret_env")).and_then(|e| e.as_object());
+    map.into_iter().flatten().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()
+}
+
+/// The settings with each `secret_env` value replaced by `with(name)`.
+fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Option<String>) -> serde_json::Value {
+    let mut settings = settings.clone();
+    if let Some(map) = settings.get_mut("secret_env").and_then(|e| e.as_object_mut()) {
+        for (name, value) in map.iter_mut() {
+            *value = serde_json::Value::String(with(name).unwrap_or_else(|| REDACTED.to_string()));
+        }
+    }
+    settings
+}
+
 const APP_COLUMNS: &str =
     "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network,
-    kube_settings, created_at";
+    kube_settings, created_at, sealed, secret_names, git_username";
 
-/// Inserts a validated app.
-pub async fn create(pool: &PgPool, new: &NewApp) -> Result<App, AppError> {
+/// Inserts a validated app, its secrets sealed.
+pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<App, AppError> {
     validate(new)?;
-    let row = sqlx::query_as::<_, App>(
-        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, webhook_secret, app_root, test_network, kube_settings)
-         VALUES ($1, $2, $3, $11, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14)
+    let id = Uuid::now_v7();
+    let (secret, plain): (BTreeMap<_, _>, BTreeMap<_, _>) = new.env.iter().partition(|(k, v)| v.is_secret(k));
+    let secrets = AppSecrets {
+        webhook_secret: new.webhook_secret.clone(),
+        env: secret.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect(),
+        kube_secret_env: kube_secret_env(new.kubernetes.as_ref()).into_iter().collect(),
+        git: new.git_credentials.clone(),
+    };
+    let sealed = keyring.seal_json(&secrets, &app_context(id))?;
+    let plain: BTreeMap<String, String> = plain.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect();
+    let secret_names: Vec<String> = secrets.env.keys().cloned().collect();
+    let kube_settings = new.kubernetes.as_ref().map(|s| replace_kube_secrets(s, |_| None));
+    let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
+                           test_network, kube_settings, sealed, secret_names, git_username)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (name) DO NOTHING
-         RETURNING id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network, kube_settings, created_at",
-    )
-    .bind(Uuid::now_v7())
+         RETURNING {APP_COLUMNS}"
+    )))
+    .bind(id)
     .bind(&new.name)
     .bind(&new.repo_url)
+    .bind(normalize_repo_url(&new.repo_url))
     .bind(&new.branch)
     .bind(&new.environment)
     .bind(&new.target)
     .bind(&new.health_path)
     .bind(new.port as i32)
-    .bind(sqlx::types::Json(&new.env))
-    .bind(&new.webhook_secret)
-    .bind(normalize_repo_url(&new.repo_url))
+    .bind(sqlx::types::Json(&plain))
     .bind(&new.app_root)
     .bind(new.test_network)
-    .bind(new.kubernetes.as_ref().map(sqlx::types::Json))
+    .bind(kube_settings.as_ref().map(sqlx::types::Json))
+    .bind(sealed)
+    .bind(&secret_names)
+    .bind(new.git_credentials.as_ref().map(|c| c.username.clone()))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
     row.ok_or_else(|| AppError::Exists(new.name.clone()))
+}
+
+/// Seals what apps registered before secrets were sealed keep in the clear: the webhook secret,
+/// secret-looking variables and Kubernetes `secret_env` values. Runs at start-up; idempotent.
+pub async fn seal_legacy(pool: &PgPool, keyring: &Keyring) -> Result<usize, AppError> {
+    #[derive(sqlx::FromRow)]
+    struct Legacy {
+        id: Uuid,
+        env: sqlx::types::Json<BTreeMap<String, String>>,
+        kube_settings: Option<sqlx::types::Json<serde_json::Value>>,
+        webhook_secret: String,
+    }
+    let mut tx = pool.begin().await.map_err(AppError::Db)?;
+    let rows = sqlx::query_as::<_, Legacy>(
+        "SELECT id, env, kube_settings, webhook_secret FROM apps WHERE sealed IS NULL AND webhook_secret IS NOT NULL FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(AppError::Db)?;
+    for row in &rows {
+        let (secret, plain): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            row.env.0.clone().into_iter().partition(|(k, _)| slipway_proto::message::is_secret_name(k));
+        let settings = row.kube_settings.as_ref().map(|s| &s.0);
+        let secrets = AppSecrets {
+            webhook_secret: row.webhook_secret.clone(),
+            env: secret,
+            kube_secret_env: kube_secret_env(settings).into_iter().collect(),
+            git: None,
+        };
+        let sealed = keyring.seal_json(&secrets, &app_context(row.id))?;
+        sqlx::query(
+            "UPDATE apps SET sealed = $2, env = $3, secret_names = $4, kube_settings = $5, webhook_secret = NULL WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(sealed)
+        .bind(sqlx::types::Json(&plain))
+        .bind(secrets.env.keys().cloned().collect::<Vec<_>>())
+        .bind(settings.map(|s| sqlx::types::Json(replace_kube_secrets(s, |_| None))))
+        .execute(&mut *tx)
+        .await
+        .map_err(AppError::Db)?;
+    }
+    tx.commit().await.map_err(AppError::Db)?;
+    Ok(rows.len())
 }
 
 /// Every app, by name.
@@ -223,11 +310,11 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<App>, sqlx::Error> 
         .await
 }
 
-/// Apps following `repo_url` (normalized), with their secrets, for webhook verification.
-pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<AppWithSecret>, sqlx::Error> {
+/// Apps following `repo_url` (normalized), for webhook verification.
+pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<App>, sqlx::Error> {
     let normalized: Vec<String> = repo_urls.iter().map(|u| normalize_repo_url(u)).collect();
-    sqlx::query_as::<_, AppWithSecret>(sqlx::AssertSqlSafe(format!(
-        "SELECT {APP_COLUMNS}, webhook_secret FROM apps WHERE repo_key = ANY($1) ORDER BY name"
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
+        "SELECT {APP_COLUMNS} FROM apps WHERE repo_key = ANY($1) ORDER BY name"
     )))
     .bind(&normalized)
     .fetch_all(pool)
@@ -235,8 +322,18 @@ pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<A
 }
 
 impl App {
-    /// The app as the API shows it.
+    /// The app's sealed secrets, opened.
+    pub fn secrets(&self, keyring: &Keyring) -> Result<AppSecrets, SealError> {
+        match &self.sealed {
+            Some(sealed) => keyring.open_json(sealed, &app_context(self.id)),
+            None => Err(SealError::Malformed),
+        }
+    }
+
+    /// The app as the API shows it: secret values as [`REDACTED`].
     pub fn view(&self) -> slipway_proto::api::App {
+        let mut env = self.env.0.clone();
+        env.extend(self.secret_names.iter().map(|name| (name.clone(), REDACTED.to_string())));
         slipway_proto::api::App {
             id: self.id,
             name: self.name.clone(),
@@ -246,10 +343,12 @@ impl App {
             target: self.target(),
             health_path: self.health_path.clone(),
             port: u16::try_from(self.port).unwrap_or(8080),
-            env: self.env.0.clone(),
+            env,
+            secrets: self.secret_names.clone(),
+            git_username: self.git_username.clone(),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
-            kube_settings: self.kube_settings.as_ref().map(|s| s.0.clone()),
+            kube_settings: self.kube_settings.as_ref().map(|s| replace_kube_secrets(&s.0, |_| None)),
             created_at: self.created_at,
         }
     }
@@ -262,20 +361,29 @@ impl App {
         }
     }
 
-    /// What a runner needs of this app.
-    pub fn job_app(&self) -> JobApp {
-        JobApp {
+    /// What a runner needs of this app, its secrets opened.
+    pub fn job_app(&self, keyring: &Keyring) -> Result<JobApp, SealError> {
+        let secrets = self.secrets(keyring)?;
+        let mut env = self.env.0.clone();
+        env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let settings = self
+            .kube_settings
+            .as_ref()
+            .map(|s| replace_kube_secrets(&s.0, |k| secrets.kube_secret_env.get(k).cloned()));
+        Ok(JobApp {
             name: self.name.clone(),
             repo_url: self.repo_url.clone(),
             environment: self.environment.clone(),
             target: self.target(),
             port: u16::try_from(self.port).unwrap_or(8080),
             health_path: self.health_path.clone(),
-            env: self.env.0.clone(),
+            env,
+            secrets: secrets.env.keys().cloned().collect(),
+            git_credentials: secrets.git,
             app_root: self.app_root.clone(),
             test_network: self.test_network,
-            settings: self.kube_settings.as_ref().map(|s| s.0.clone()),
-        }
+            settings,
+        })
     }
 }
 
@@ -308,8 +416,32 @@ mod tests {
             (|a| a.health_path = "health".into(), "health_path"),
             (|a| a.branch = "refs/heads/main".into(), "branch"),
             (|a| a.repo_url = "https://user:token@github.com/a/b".into(), "credentials"),
-            (|a| a.repo_url = "file:///etc".into(), "scheme"),
+            (|a| a.repo_url = "file:///etc".into(), "https://"),
             (|a| a.repo_url = "not a url".into(), "repo_url"),
+            (|a| a.repo_url = "ext::sh -c id".into(), "repo_url"),
+            (|a| a.repo_url = "ssh://git:pw@example.com/r".into(), "password"),
+            (
+                |a| {
+                    let creds =
+                        slipway_proto::message::GitCredentials { username: "u".into(), token: "tok-123456".into() };
+                    a.git_credentials = Some(creds);
+                    a.repo_url = "http://example.com/r".into();
+                },
+                "https",
+            ),
+            (
+                |a| {
+                    a.env.insert("API_TOKEN".into(), slipway_proto::api::EnvValue::Bare("abc".into()));
+                },
+                "API_TOKEN",
+            ),
+            (
+                |a| {
+                    let marked = slipway_proto::api::EnvValue::Marked { value: "x".into(), secret: true };
+                    a.env.insert("COLOUR".into(), marked);
+                },
+                "COLOUR",
+            ),
             (|a| a.webhook_secret = "short".into(), "webhook_secret"),
             (|a| a.app_root = "../other".into(), "app_root"),
             (|a| a.app_root = "/abs".into(), "app_root"),
@@ -317,7 +449,7 @@ mod tests {
             (|a| a.kubernetes = Some(serde_json::json!({"host": "not a host"})), "host"),
             (
                 |a| {
-                    a.env.insert("1BAD".into(), "x".into());
+                    a.env.insert("1BAD".into(), slipway_proto::api::EnvValue::Bare("x".into()));
                 },
                 "1BAD",
             ),

@@ -1,9 +1,10 @@
 //! The scheduler's configuration, read once from flags and `SLIPWAY_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Everything the scheduler reads at start-up; `--help` documents each variable.
 #[derive(Debug, Clone, Parser)]
@@ -36,6 +37,60 @@ pub struct Config {
     /// Largest webhook body accepted, in bytes (GitHub sends up to 25 MB).
     #[arg(long, env = "SLIPWAY_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub webhook_max_bytes: usize,
+
+    /// Webhooks read and parsed at once; more wait (up to 10 s, then 503). Bounds the memory
+    /// webhooks can take to about this many times three webhook bodies.
+    #[arg(long, env = "SLIPWAY_WEBHOOK_CONCURRENCY", default_value_t = 4)]
+    pub webhook_concurrency: usize,
+
+    /// Directory of the scheduler's own files: the first admin token and the secret key file.
+    /// Default: $XDG_STATE_HOME/slipway, else ~/.local/state/slipway.
+    #[arg(long, env = "SLIPWAY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The admin API token (at least 32 characters); when unset, a first admin token is
+    /// created on first start and written to SLIPWAY_ADMIN_TOKEN_FILE.
+    #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Where the first admin token is written (mode 0600). Default: <state dir>/admin-token.
+    #[arg(long, env = "SLIPWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The key app secrets are sealed with: 32 random bytes in base64 (`openssl rand -base64 32`).
+    /// When unset, the key file is used (and created on first start).
+    #[arg(long, env = "SLIPWAY_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// The key file. Default: <state dir>/secret.key.
+    #[arg(long, env = "SLIPWAY_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// Older keys (base64, comma-separated) that may still open values sealed before a rotation.
+    #[arg(long, env = "SLIPWAY_PREVIOUS_SECRET_KEYS", hide_env_values = true, default_value = "")]
+    pub previous_secret_keys: String,
+
+    /// Hosts, addresses and CIDRs (comma-separated) repositories may be fetched from although
+    /// they are not public (loopback, private, link-local ...); by default none.
+    #[arg(long, env = "SLIPWAY_ALLOW_PRIVATE_GIT", default_value = "")]
+    pub allow_private_git: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What else the scheduler binary does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Re-encrypt every sealed secret with a new key, then exit. With the key file, the new key
+    /// replaces it (the old one is kept as `secret.key.previous`); with SLIPWAY_SECRET_KEY, the
+    /// new key is written to --to and must then be set as SLIPWAY_SECRET_KEY. Stop the
+    /// schedulers first; start them again after.
+    RotateKey {
+        /// Write the new key here instead of replacing the key file.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
 }
 
 impl Config {
@@ -52,10 +107,40 @@ impl Config {
         {
             return Err("SLIPWAY_QUEUE_PREFIX may contain only letters, digits, '-', '_' and '.'".into());
         }
+        if !(1..=256).contains(&self.webhook_concurrency) {
+            return Err("SLIPWAY_WEBHOOK_CONCURRENCY must be between 1 and 256".into());
+        }
+        slipway_proto::outbound::Guard::parse(&self.allow_private_git)?;
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err("DATABASE_URL must be a postgres:// URL".into());
         }
         Ok(())
+    }
+
+    /// The directory of the scheduler's own files.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            Some(state) => PathBuf::from(state).join("slipway"),
+            None => home.unwrap_or_else(|| PathBuf::from(".")).join(".local/state/slipway"),
+        }
+    }
+
+    /// Where the first admin token is written.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| self.state_dir().join("admin-token"))
+    }
+
+    /// Where the sealing keys come from.
+    pub fn key_source(&self) -> crate::seal::KeySource {
+        crate::seal::KeySource {
+            key: self.secret_key.clone().filter(|k| !k.trim().is_empty()),
+            file: self.secret_key_file.clone().unwrap_or_else(|| self.state_dir().join("secret.key")),
+            previous: self.previous_secret_keys.split(',').map(str::to_string).collect(),
+        }
     }
 
     /// The lease as a duration.

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apps::App;
+use crate::seal::Keyring;
 use crate::transition::{self, Applied, TransitionError};
 
 /// A deployment's row, as stored; [`Row::view`] checks every stored value.
@@ -33,6 +34,7 @@ struct Row {
     error_cause: Option<String>,
     error_message: Option<String>,
     rolled_back: bool,
+    created_by: Option<String>,
     cancel_by: Option<String>,
     cancel_reason: Option<String>,
 }
@@ -91,6 +93,7 @@ impl Row {
             url: self.url,
             error_message: self.error_message,
             rolled_back: self.rolled_back,
+            created_by: self.created_by,
             cancel_by: self.cancel_by,
             cancel_reason: self.cancel_reason,
         })
@@ -121,7 +124,7 @@ pub enum Created {
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.git_ref, d.source, d.state, d.attempt, d.runner_id,
     d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message,
-    d.rolled_back, d.cancel_by, d.cancel_reason";
+    d.rolled_back, d.created_by, d.cancel_by, d.cancel_reason";
 
 /// What a new deployment is of.
 #[derive(Debug, Clone, Copy)]
@@ -137,17 +140,19 @@ pub struct NewDeployment<'a> {
     /// The image digest Slipway recorded for this commit (a rollback's), so the runner may skip
     /// the build only if the registry still holds exactly it.
     pub image_digest: Option<&'a str>,
+    /// The name of the API token that asked for it; `None` for a webhook.
+    pub created_by: Option<&'a str>,
 }
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// supersedes older deployments of the app that are still only queued.
 pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Result<Created, TransitionError> {
-    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest } = new;
+    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -158,6 +163,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     .bind(source)
     .bind(delivery_id)
     .bind(image_digest)
+    .bind(created_by)
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -248,6 +254,14 @@ pub async fn image_digest(pool: &PgPool, id: Uuid) -> Result<Option<String>, sql
     Ok(digest.flatten())
 }
 
+/// The name of the app a deployment is of, if the deployment exists.
+pub async fn app_of(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT a.name FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The state of a deployment, if it exists; an unknown stored state is an error.
 pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, TransitionError> {
     let s: Option<String> =
@@ -258,7 +272,7 @@ pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, TransitionE
 /// Jobs waiting in the outbox: queued, not yet confirmed published, due, and the oldest of their
 /// app and environment, which must have no other deployment published or running: at most one
 /// deployment of an app and environment is out with runners at a time.
-pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         deployment_id: Uuid,
@@ -272,7 +286,7 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
-                a.app_root, a.test_network, a.kube_settings, a.created_at
+                a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username
          FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
@@ -283,17 +297,25 @@ pub async fn outbox(pool: &PgPool, limit: i64) -> Result<Vec<Job>, sqlx::Error> 
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Job {
-            deployment_id: r.deployment_id,
-            attempt: r.attempt as u32,
-            sha: r.sha,
-            git_ref: r.git_ref,
-            image_digest: r.image_digest,
-            app: r.app.job_app(),
-        })
-        .collect())
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in rows {
+        // An app whose secrets cannot be opened (the key is not configured) stays queued: its
+        // job is not sent without them, and the operator is told why.
+        match r.app.job_app(keyring) {
+            Ok(app) => jobs.push(Job {
+                deployment_id: r.deployment_id,
+                attempt: r.attempt as u32,
+                sha: r.sha,
+                git_ref: r.git_ref,
+                image_digest: r.image_digest,
+                app,
+            }),
+            Err(err) => {
+                tracing::error!(deployment_id = %r.deployment_id, app = %r.app.name, error = %err, "cannot open the app's secrets; its job waits")
+            }
+        }
+    }
+    Ok(jobs)
 }
 
 /// Marks the outbox row of (id, attempt) as published; false if it moved on meanwhile.

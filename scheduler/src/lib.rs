@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod deployments;
@@ -12,11 +13,13 @@ pub mod lease;
 pub mod logs;
 pub mod publisher;
 pub mod relay;
+pub mod seal;
 pub mod transition;
 pub mod webhook;
 
 use std::sync::Arc;
 
+use slipway_proto::outbound::{self, Guard, GuardError};
 use slipway_proto::{Control, Policy, State, Topology};
 use sqlx::PgPool;
 use tokio::sync::{Notify, broadcast};
@@ -43,9 +46,37 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every task the scheduler spawns, so shutdown can wait for them (with a deadline).
     pub tasks: TaskTracker,
+    /// The keys app secrets are sealed with.
+    pub keyring: Arc<seal::Keyring>,
+    /// The hosts and networks repositories may be on although they are not public.
+    pub guard: Arc<Guard>,
+    /// Webhooks being read and parsed; bounds their memory.
+    pub webhooks: Arc<tokio::sync::Semaphore>,
+    /// The largest webhook body read.
+    pub webhook_max_bytes: usize,
 }
 
 impl Shared {
+    /// Checks a repository URL with the outbound guard, resolving its host (bounded: 5 s). A
+    /// name that does not resolve now is accepted: it reaches nothing, and the runner checks
+    /// the addresses again right before it connects.
+    pub async fn check_repo_url(&self, url: &str) -> Result<(), GuardError> {
+        let (guard, owned) = (self.guard.clone(), url.to_string());
+        let check = tokio::task::spawn_blocking(move || guard.check(&owned).map(|_| ()));
+        let host = || outbound::target(url).map(|t| t.host).unwrap_or_default();
+        let result = match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
+            Ok(Ok(result)) => result,
+            _ => Err(GuardError::Unresolved(host())),
+        };
+        match result {
+            Err(GuardError::Unresolved(host)) => {
+                tracing::warn!(host = %host, "the repository host does not resolve now; the runner checks again before it connects");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// The knobs of the lifecycle decision.
     pub fn policy(&self) -> Policy {
         Policy { max_attempts: self.max_attempts }
@@ -86,8 +117,15 @@ impl Shared {
 /// serves HTTP until `cancel` fires.
 pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker) -> anyhow::Result<()> {
     use anyhow::Context;
+    let keyring = seal::Keyring::load(&config.key_source()).context("loading the secret key")?;
+    let guard = Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?;
     let pool = db::connect(&config.database_url, &cancel).await.context("connecting to PostgreSQL (DATABASE_URL)")?;
     sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
+    auth::bootstrap(&pool, config.admin_token.as_deref(), &config.admin_token_file()).await?;
+    let sealed = apps::seal_legacy(&pool, &keyring).await.context("sealing secrets stored in the clear")?;
+    if sealed > 0 {
+        tracing::info!(apps = sealed, key_id = keyring.current_id(), "sealed the secrets of apps stored in the clear");
+    }
 
     let topo = Topology::new(&config.queue_prefix);
     let (publisher, publisher_queue) = publisher::Publisher::new(topo.clone());
@@ -102,6 +140,10 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
         inbox: Arc::new(inbox::Health::default()),
         shutdown: cancel.clone(),
         tasks: tracker.clone(),
+        keyring: Arc::new(keyring),
+        guard: Arc::new(guard),
+        webhooks: Arc::new(tokio::sync::Semaphore::new(config.webhook_concurrency)),
+        webhook_max_bytes: config.webhook_max_bytes,
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
@@ -111,7 +153,7 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "scheduler listening");
-    let app = api::router(shared, config.webhook_max_bytes).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = api::router(shared).layer(tower_http::trace::TraceLayer::new_for_http());
     let serving = axum::serve(listener, app).with_graceful_shutdown({
         let cancel = cancel.clone();
         async move { cancel.cancelled().await }
@@ -124,6 +166,22 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
     tokio::select! {
         served = serving => served.context("serving HTTP")?,
         _ = deadline => tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "open HTTP connections cut at the shutdown deadline"),
+    }
+    Ok(())
+}
+
+/// `slipway-scheduler rotate-key`: re-encrypts every sealed secret with a new key.
+pub async fn rotate_key(config: &Config, to: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let never = CancellationToken::new();
+    let pool = db::connect(&config.database_url, &never).await.context("connecting to PostgreSQL (DATABASE_URL)")?;
+    sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
+    let keyring = seal::Keyring::load(&config.key_source())?;
+    apps::seal_legacy(&pool, &keyring).await?;
+    let (count, id) = seal::rotate(&pool, &config.key_source(), to).await?;
+    println!("re-encrypted the secrets of {count} apps with key {id}");
+    if let Some(to) = to {
+        println!("the new key is in {}; set it as SLIPWAY_SECRET_KEY before starting the schedulers", to.display());
     }
     Ok(())
 }

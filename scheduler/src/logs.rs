@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
+use slipway_proto::api::Role;
 use slipway_proto::{Step, api};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc};
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use crate::api::{ApiError, parse_id};
+use crate::auth::Caller;
 use crate::{Shared, deployments};
 
 /// A position in a deployment's log: (attempt, seq).
@@ -57,14 +59,13 @@ pub struct LogsQuery {
 /// The SSE handler.
 pub async fn stream(
     State(shared): State<Shared>,
+    caller: Caller,
     Path(raw): Path<String>,
     Query(query): Query<LogsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&raw)?;
-    if deployments::state(&shared.pool, id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no deployment {id}")));
-    }
+    crate::api::deployment_app(&shared, &caller, id, Role::Viewer).await?;
     let cursor = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(raw) => Cursor::parse(raw)
             .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must look like <attempt>.<seq>".into()))?,

@@ -23,6 +23,15 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
         .init();
 
+    if let Some(slipway_scheduler::config::Command::RotateKey { to }) = &config.command {
+        return match slipway_scheduler::rotate_key(&config, to.as_deref()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("slipway-scheduler rotate-key: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(shutdown_on_signal(cancel.clone()));

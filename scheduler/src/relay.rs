@@ -27,7 +27,7 @@ pub async fn run(shared: Shared, cancel: CancellationToken) {
 async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
     let channel = broker::confirm_channel(conn, &shared.topo).await?;
     loop {
-        let jobs = deployments::outbox(&shared.pool, BATCH).await?;
+        let jobs = deployments::outbox(&shared.pool, &shared.keyring, BATCH).await?;
         for job in &jobs {
             let payload = serde_json::to_vec(job)?;
             let confirm = channel

@@ -2,19 +2,17 @@
 //! The parsing and verification are pure; [`github`] is the axum handler.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use serde_json::Value;
 use sha2::Sha256;
 use slipway_proto::api::{WebhookAnswer, WebhookDeployment};
 use slipway_proto::{Notification, State as DeployState};
 
 use crate::Shared;
 use crate::api::ApiError;
-use crate::apps::{self, AppWithSecret};
+use crate::apps;
 use crate::deployments::{self, Created, NewDeployment};
 use crate::transition::Applied;
 
@@ -104,11 +102,27 @@ pub fn is_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// `POST /api/v1/webhooks/github`.
+/// A webhook's body as read: only the fields Slipway uses are kept (no JSON tree of the whole
+/// body is built, so a 25 MB body costs little beyond its bytes).
+#[derive(Debug, Default, Deserialize)]
+struct Payload {
+    #[serde(rename = "ref", default)]
+    git_ref: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    repository: Repository,
+}
+
+/// `POST /api/v1/webhooks/github`. At most `SLIPWAY_WEBHOOK_CONCURRENCY` webhooks are read and
+/// parsed at once (others wait, then get 503); parsing and signature checks run on the
+/// blocking pool, so a large body never stalls the async workers other requests run on.
 pub async fn github(
     State(shared): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")) {
@@ -116,46 +130,81 @@ pub async fn github(
     }
     let event = header("x-github-event").ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Event header".into()))?;
     let signature = header("x-hub-signature-256")
-        .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256 header".into()))?;
+        .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256 header".into()))?
+        .to_string();
     let delivery = header("x-github-delivery").map(|d| d.chars().take(100).collect::<String>());
+    if event.len() > 100 || !event.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest("X-GitHub-Event is not an event name".into()));
+    }
+    let event = event.to_string();
 
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    let repository: Repository = value
-        .get("repository")
-        .map(|r| serde_json::from_value(r.clone()))
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(format!("`repository` is malformed: {e}")))?
-        .unwrap_or_default();
-    let candidates = apps::following_repo(&shared.pool, &repository.urls()).await?;
+    let permit = tokio::time::timeout(WEBHOOK_WAIT, shared.webhooks.clone().acquire_owned()).await;
+    let Ok(Ok(_permit)) = permit else {
+        return Err(ApiError::Unavailable("too many webhooks at once; the forge will redeliver".into()));
+    };
+    let body =
+        axum::body::to_bytes(body, shared.webhook_max_bytes).await.map_err(|e| {
+            match std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                true => ApiError::TooLarge(format!("the body is larger than {} bytes", shared.webhook_max_bytes)),
+                false => ApiError::BadRequest("the body could not be read".into()),
+            }
+        })?;
+    let parsed = {
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<Payload>(&body)).await
+    };
+    let payload = match parsed {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(e)) if e.is_data() => {
+            return Err(ApiError::BadRequest(format!("the payload is malformed: {e}")));
+        }
+        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),
+        Err(_) => return Err(ApiError::Unavailable("parsing the webhook failed".into())),
+    };
+    let candidates = apps::following_repo(&shared.pool, &payload.repository.urls()).await?;
     if candidates.is_empty() {
         return Ok(ignored("no app follows this repository"));
     }
-    let verified: Vec<AppWithSecret> =
-        candidates.into_iter().filter(|a| signature_matches(a.webhook_secret.as_bytes(), &body, signature)).collect();
+    let mut keyed = Vec::with_capacity(candidates.len());
+    for app in candidates {
+        match app.secrets(&shared.keyring) {
+            Ok(secrets) => keyed.push((app, secrets.webhook_secret)),
+            Err(err) => tracing::error!(app = %app.name, error = %err, "cannot open the app's webhook secret"),
+        }
+    }
+    let verified = tokio::task::spawn_blocking(move || {
+        keyed
+            .into_iter()
+            .filter(|(_, secret)| signature_matches(secret.as_bytes(), &body, &signature))
+            .map(|(app, _)| app)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable("verifying the webhook failed".into()))?;
     if verified.is_empty() {
-        tracing::warn!(event, delivery = delivery.as_deref().unwrap_or(""), "webhook signature did not verify");
+        tracing::warn!(event = %event, delivery = delivery.as_deref().unwrap_or(""), "webhook signature did not verify");
         return Err(ApiError::Unauthorized("signature does not match".into()));
     }
-    match event {
+    match event.as_str() {
         "ping" => return Ok((StatusCode::OK, Json(answer("pong", None, None, Vec::new())))),
         "push" => {}
         other => return Ok(ignored(&format!("event `{other}` is not deployed"))),
     }
-    let push: Push =
-        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("push payload is malformed: {e}")))?;
+    let (Some(git_ref), Some(after)) = (payload.git_ref, payload.after) else {
+        return Err(ApiError::BadRequest("push payload is malformed: it needs `ref` and `after`".into()));
+    };
+    let push = Push { git_ref, after, deleted: payload.deleted, repository: payload.repository };
     let (branch, sha) = match intent(&push) {
         PushIntent::Deploy { branch, sha } => (branch, sha),
         PushIntent::Ignore(reason) => return Ok(ignored(&reason)),
     };
-    let following: Vec<_> = verified.into_iter().filter(|a| a.app.branch == branch).collect();
+    let following: Vec<_> = verified.into_iter().filter(|a| a.branch == branch).collect();
     if following.is_empty() {
         return Ok(ignored(&format!("no app follows branch `{branch}`")));
     }
     let mut out = Vec::new();
     let mut any_new = false;
-    for app in following {
-        let (app, policy) = (&app.app, shared.policy());
+    for app in &following {
         let created = deployments::create(
             &shared.pool,
             NewDeployment {
@@ -165,8 +214,9 @@ pub async fn github(
                 source: "github",
                 delivery_id: delivery.as_deref(),
                 image_digest: None,
+                created_by: None,
             },
-            policy,
+            shared.policy(),
         )
         .await?;
         let (id, new) = match created {
@@ -183,6 +233,9 @@ pub async fn github(
     let word = if any_new { "queued" } else { "duplicate" };
     Ok((status, Json(answer(word, Some(sha), None, out))))
 }
+
+/// How long a webhook waits for its turn before a 503 (the forge redelivers).
+const WEBHOOK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Wakes the relay and publishes `deploy.queued` for a new deployment, and announces the queued
 /// deployments it superseded.

@@ -4,6 +4,7 @@
 use slipway_proto::{Body, CancelRequest, Control, Envelope, Input, Policy, Step, StepStatus};
 use slipway_scheduler::apps::{self, App, NewApp};
 use slipway_scheduler::deployments::{self, Created, NewDeployment};
+use slipway_scheduler::seal::Keyring;
 use slipway_scheduler::transition::{self, Applied, TransitionError};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -15,11 +16,19 @@ async fn app(pool: &PgPool) -> App {
         "name": "web", "repo_url": "https://git.example.com/acme/web.git", "webhook_secret": "s3cret-s3cret-s3cret",
     }))
     .expect("new app");
-    apps::create(pool, &new).await.expect("app created")
+    apps::create(pool, &Keyring::from_key([9; 32]), &new).await.expect("app created")
 }
 
 fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
-    NewDeployment { app, sha, git_ref: "refs/heads/main", source: "manual", delivery_id: None, image_digest: None }
+    NewDeployment {
+        app,
+        sha,
+        git_ref: "refs/heads/main",
+        source: "manual",
+        delivery_id: None,
+        image_digest: None,
+        created_by: Some("ci"),
+    }
 }
 
 async fn queued(pool: &PgPool, app: &App, sha: char) -> Uuid {
@@ -187,14 +196,17 @@ async fn the_outbox_gives_one_deployment_per_app_until_it_is_finished(pool: PgPo
     .execute(&pool)
     .await
     .expect("second row");
-    let out = deployments::outbox(&pool, 10).await.expect("outbox");
+    let out = deployments::outbox(&pool, &Keyring::from_key([9; 32]), 10).await.expect("outbox");
     assert_eq!(out.iter().map(|j| j.deployment_id).collect::<Vec<_>>(), [first]);
     assert!(deployments::mark_published(&pool, first, 1).await.expect("mark"));
-    assert!(deployments::outbox(&pool, 10).await.expect("outbox").is_empty(), "the first is out with runners");
+    assert!(
+        deployments::outbox(&pool, &Keyring::from_key([9; 32]), 10).await.expect("outbox").is_empty(),
+        "the first is out with runners"
+    );
     let cancel = Input::Cancel(CancelRequest { by: "ann".into(), reason: "r".into() });
     transition::apply(&pool, first, &cancel, POLICY).await.expect("cancel");
     assert_eq!(
-        deployments::outbox(&pool, 10).await.expect("outbox").len(),
+        deployments::outbox(&pool, &Keyring::from_key([9; 32]), 10).await.expect("outbox").len(),
         1,
         "the next one goes once the first ended"
     );

@@ -81,7 +81,12 @@ impl Default for SlipwayOptions {
 /// One scheduler and its runners, on a fresh database.
 pub struct Slipway {
     pub base: String,
+    /// A client of the API, with the admin token.
     pub http: reqwest::Client,
+    /// A client with no token (for apps, and for what anyone could send).
+    pub anonymous: reqwest::Client,
+    /// The admin API token the scheduler was started with.
+    pub token: String,
     pub scheduler: Proc,
     pub runners: Vec<Proc>,
     pub database_url: String,
@@ -122,12 +127,16 @@ impl Slipway {
                 (database_url.replace(host, &format!("127.0.0.1:{}", proxy.port)), Some(proxy))
             }
         };
+        let token = format!("slw_test_{}", uuid::Uuid::new_v4().simple());
         let scheduler = spawn(
             "scheduler",
             "scheduler",
             &bin("slipway-scheduler"),
             &logs,
             &[
+                ("SLIPWAY_ADMIN_TOKEN", token.clone()),
+                ("SLIPWAY_STATE_DIR", logs.path().join("state").display().to_string()),
+                ("SLIPWAY_ALLOW_PRIVATE_GIT", "127.0.0.1".into()),
                 ("SLIPWAY_LISTEN", format!("127.0.0.1:{port}")),
                 ("DATABASE_URL", scheduler_db),
                 ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
@@ -138,7 +147,9 @@ impl Slipway {
         );
         let mut me = Self {
             base,
-            http: reqwest::Client::new(),
+            http: client_with_token(&token),
+            anonymous: reqwest::Client::new(),
+            token,
             scheduler,
             runners: Vec::new(),
             database_url,
@@ -181,6 +192,7 @@ impl Slipway {
         let work = self.work_dir(&id);
         let mut env = vec![
             ("SLIPWAY_RUNNER_ID", id.clone()),
+            ("SLIPWAY_ALLOW_PRIVATE_GIT", "127.0.0.1".into()),
             ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
             ("SLIPWAY_QUEUE_PREFIX", self.prefix.clone()),
             ("SLIPWAY_REGISTRY", self.options.registry.clone().unwrap_or_else(|| crate::env("SLIPWAY_REGISTRY"))),
@@ -240,6 +252,27 @@ impl Slipway {
         bin("slipway")
     }
 
+    /// The CLI, pointed at this scheduler with the admin token, reading no config file.
+    pub fn cli_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.cli());
+        cmd.env("SLIPWAY_URL", &self.base)
+            .env("SLIPWAY_TOKEN", &self.token)
+            .env("SLIPWAY_CONFIG", self.logs.path().join("cli-config.toml"));
+        cmd
+    }
+
+    /// A client of the API with another token.
+    pub fn client(&self, token: &str) -> reqwest::Client {
+        client_with_token(token)
+    }
+
+    /// Creates an API token (as admin) and returns its value.
+    pub async fn create_token(&self, name: &str, role: &str, app: Option<&str>) -> String {
+        let (status, body) = self.post("/api/v1/tokens", &json!({"name": name, "role": role, "app": app})).await;
+        assert_eq!(status, 201, "creating token {name}: {body}");
+        body["token"].as_str().expect("token value").to_string()
+    }
+
     /// Everything the processes printed, for failure messages.
     pub fn dump(&self) -> String {
         let mut out = format!("--- scheduler\n{}", self.scheduler.output());
@@ -278,8 +311,10 @@ impl Slipway {
 
     /// Sends a GitHub webhook with the given headers and raw body.
     pub async fn webhook(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-        let mut req =
-            self.http.post(format!("{}/api/v1/webhooks/github", self.base)).header("content-type", "application/json");
+        let mut req = self
+            .anonymous
+            .post(format!("{}/api/v1/webhooks/github", self.base))
+            .header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -361,7 +396,7 @@ impl Slipway {
 
     /// Fetches `path` from a deployed app.
     pub async fn app_body(&self, url: &str, path: &str) -> Option<String> {
-        let resp = self.http.get(format!("{url}{path}")).timeout(Duration::from_secs(3)).send().await.ok()?;
+        let resp = self.anonymous.get(format!("{url}{path}")).timeout(Duration::from_secs(3)).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -406,6 +441,13 @@ impl Drop for Slipway {
             }
         }
     }
+}
+
+fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}").parse().expect("token is a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().expect("http client")
 }
 
 fn spawn(name: &str, log_name: &str, path: &PathBuf, logs: &tempfile::TempDir, env: &[(&str, String)]) -> Proc {

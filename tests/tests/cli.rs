@@ -1,17 +1,10 @@
 //! The `slipway` command against a real installation: register, list, deploy, follow.
 
-use std::process::Command;
-
 use slipway_tests::git::Entry;
 use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 fn slipway(s: &Slipway, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(s.cli())
-        .env("SLIPWAY_URL", &s.base)
-        .env_remove("SLIPWAY_WEBHOOK_SECRET")
-        .args(args)
-        .output()
-        .expect("run slipway");
+    let out = s.cli_command().env_remove("SLIPWAY_WEBHOOK_SECRET").args(args).output().expect("run slipway");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -122,11 +122,8 @@ async fn a_queued_deployment_is_cancelled_at_once_and_a_finished_one_is_a_confli
     s.create_app("queued", &url, SECRET, json!({})).await;
     let id = push(&s, &url, &commit(&git, &repo, "v1", &dockerfile("true", HTTPD))).await;
 
-    let out = std::process::Command::new(s.cli())
-        .args(["cancel", &id, "--reason", "changed my mind"])
-        .env("SLIPWAY_URL", &s.base)
-        .output()
-        .expect("run slipway cancel");
+    let out =
+        s.cli_command().args(["cancel", &id, "--reason", "changed my mind"]).output().expect("run slipway cancel");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cancelled deployment {id}"));
     let d = s.deployment(&id).await;

@@ -469,11 +469,7 @@ async fn a_manual_rollback_redeploys_an_earlier_revision_without_rebuilding() {
     let d2 = deploy(&s, &url, &commit(&git, &repo, "v2", &site(&m2, true))).await;
     assert_eq!((d1["state"].as_str(), d2["state"].as_str()), (Some("completed"), Some("completed")));
 
-    let out = std::process::Command::new(s.cli())
-        .env("SLIPWAY_URL", &s.base)
-        .args(["rollback", &app, "--follow"])
-        .output()
-        .expect("run slipway rollback");
+    let out = s.cli_command().args(["rollback", &app, "--follow"]).output().expect("run slipway rollback");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("rolling {app} back to {sha1}")), "{stdout}");
