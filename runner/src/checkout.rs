@@ -201,3 +201,34 @@ fn is_missing(err: &git2::Error) -> bool {
         || message.contains("404")
         || message.contains("repository not found")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_only_over_https_to_their_host() {
+        let auth = GitAuth { username: "bot".into(), token: "tok-0123456789".into(), host: "github.com".into() };
+        assert!(auth.offer("https://github.com/acme/web.git").is_ok());
+        assert!(auth.offer("https://GitHub.com/acme/web.git").is_ok());
+        for elsewhere in [
+            "http://github.com/acme/web.git",
+            "https://github.com.evil.example/acme/web.git",
+            "https://evil.example/acme/web.git",
+            "https://0x7f000001/x.git",
+            "git://github.com/acme/web.git",
+            "not a url",
+        ] {
+            let err = auth.offer(elsewhere).err().unwrap_or_else(|| panic!("{elsewhere} got the credentials"));
+            assert!(!err.message().contains("tok-0123456789"), "{}", err.message());
+        }
+        assert!(!format!("{auth:?}").contains("tok-0123456789"));
+    }
+
+    #[test]
+    fn the_guard_refuses_before_any_connection() {
+        let err = guard("http://169.254.169.254/x.git", &Guard::default()).expect_err("metadata address");
+        assert!(matches!(err, CheckoutError::Refused(ref m) if m.contains("link-local")), "{err}");
+        assert!(guard("git://127.0.0.1:9418/x.git", &Guard::parse("127.0.0.1").expect("allow")).is_ok());
+    }
+}

@@ -121,7 +121,7 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
     let guard = Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?;
     let pool = db::connect(&config.database_url, &cancel).await.context("connecting to PostgreSQL (DATABASE_URL)")?;
     sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
-    auth::bootstrap(&pool, config.admin_token.as_deref(), &config.admin_token_file()).await?;
+    auth::bootstrap(&pool, config.admin_token.as_deref().filter(|t| !t.is_empty()), &config.admin_token_file()).await?;
     let sealed = apps::seal_legacy(&pool, &keyring).await.context("sealing secrets stored in the clear")?;
     if sealed > 0 {
         tracing::info!(apps = sealed, key_id = keyring.current_id(), "sealed the secrets of apps stored in the clear");

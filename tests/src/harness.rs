@@ -20,6 +20,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -58,6 +63,8 @@ pub struct SlipwayOptions {
     pub registry: Option<String>,
     /// More environment for every runner.
     pub runner_env: Vec<(String, String)>,
+    /// More environment for the scheduler (overrides the harness's own).
+    pub scheduler_env: Vec<(String, String)>,
     /// Put a [`Proxy`] between the scheduler and PostgreSQL, so the test can cut it.
     pub database_proxy: bool,
 }
@@ -73,6 +80,7 @@ impl Default for SlipwayOptions {
             max_attempts: 3,
             registry: None,
             runner_env: Vec::new(),
+            scheduler_env: Vec::new(),
             database_proxy: false,
         }
     }
@@ -143,7 +151,10 @@ impl Slipway {
                 ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
                 ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
                 ("SLIPWAY_MAX_ATTEMPTS", options.max_attempts.to_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(options.scheduler_env.iter().map(|(k, v)| (k.as_str(), v.clone())))
+            .collect::<Vec<_>>(),
         );
         let mut me = Self {
             base,
@@ -505,6 +516,13 @@ pub fn parse_sse(text: &str) -> Vec<(String, String, String)> {
 /// Runs one SQL statement with psql against `url`.
 /// Runs one SQL statement with psql against `url`; tries again while another session holds the
 /// template database (concurrent `CREATE DATABASE` of tests running side by side).
+/// The value of a query, as `psql -tA` prints it.
+pub fn psql_value(url: &str, sql: &str) -> String {
+    let out = Command::new("psql").args([url, "-qXtAc", sql]).output().expect("run psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn psql(url: &str, sql: &str) {
     for _ in 0..50 {
         let out = Command::new("psql").args([url, "-qXc", sql]).output().expect("run psql");
