@@ -47,6 +47,18 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_GIT_TOKEN", hide_env_values = true)]
     pub git_token: Option<String>,
 
+    /// User name for a registry that needs credentials to push and pull.
+    #[arg(long, env = "SLIPWAY_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+
+    /// Password or token for the registry (with SLIPWAY_REGISTRY_USERNAME); masked in every log.
+    #[arg(long, env = "SLIPWAY_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+
+    /// A file holding the registry password, instead of SLIPWAY_REGISTRY_PASSWORD.
+    #[arg(long, env = "SLIPWAY_REGISTRY_PASSWORD_FILE")]
+    pub registry_password_file: Option<PathBuf>,
+
     /// The hosts (comma-separated) SLIPWAY_GIT_TOKEN is for; it goes to no other.
     #[arg(long, env = "SLIPWAY_GIT_TOKEN_HOSTS", default_value = "github.com")]
     pub git_token_hosts: String,
@@ -122,6 +134,49 @@ pub struct Config {
 }
 
 impl Config {
+    /// The registry's credentials, when configured; an unreadable password file is an error.
+    pub fn registry_auth(&self) -> Result<Option<bollard::auth::DockerCredentials>, String> {
+        let Some(username) = self.registry_username.clone().filter(|u| !u.is_empty()) else {
+            if self.registry_password.is_some() || self.registry_password_file.is_some() {
+                return Err("SLIPWAY_REGISTRY_PASSWORD needs SLIPWAY_REGISTRY_USERNAME".into());
+            }
+            return Ok(None);
+        };
+        let password = match (&self.registry_password, &self.registry_password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("SLIPWAY_REGISTRY_PASSWORD_FILE {}: {e}", file.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (Some(_), Some(_)) => {
+                return Err("give SLIPWAY_REGISTRY_PASSWORD or SLIPWAY_REGISTRY_PASSWORD_FILE, not both".into());
+            }
+            (None, None) => return Err("SLIPWAY_REGISTRY_USERNAME needs SLIPWAY_REGISTRY_PASSWORD".into()),
+        };
+        if password.len() < slipway_proto::message::MIN_SECRET_LEN {
+            return Err("the registry password must be at least 6 characters, so it can be masked".into());
+        }
+        let server = self.registry.split('/').next().unwrap_or_default().to_string();
+        Ok(Some(bollard::auth::DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            serveraddress: Some(server),
+            ..Default::default()
+        }))
+    }
+
+    /// Values of the runner's own configuration never to show in a log: its git token and
+    /// registry password.
+    pub fn own_secrets(&self) -> Vec<String> {
+        let registry = self.registry_auth().ok().flatten().and_then(|a| a.password);
+        self.git_token
+            .iter()
+            .cloned()
+            .chain(registry)
+            .filter(|s| s.len() >= slipway_proto::message::MIN_SECRET_LEN)
+            .collect()
+    }
+
     /// The hosts SLIPWAY_GIT_TOKEN is for, lowercase.
     pub fn git_token_hosts(&self) -> Vec<String> {
         self.git_token_hosts.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect()
@@ -130,6 +185,7 @@ impl Config {
     /// Checks what clap cannot; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
         slipway_proto::outbound::Guard::parse(&self.allow_private_git)?;
+        self.registry_auth()?;
         if self.concurrency == 0 {
             return Err("SLIPWAY_CONCURRENCY must be at least 1".into());
         }

@@ -78,7 +78,7 @@ impl JobError {
             },
             JobError::Image(err) => match err {
                 ImageError::BuildFailed(_) | ImageError::Reference(..) => User,
-                ImageError::PushFailed(_) | ImageError::Engine { .. } => Infrastructure,
+                ImageError::PushFailed(_) | ImageError::PullFailed(_) | ImageError::Engine { .. } => Infrastructure,
             },
             JobError::Context(err) => match err {
                 ContextError::Io { .. } => Infrastructure,

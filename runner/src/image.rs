@@ -2,8 +2,9 @@
 //! tarball, and pushing it to the registry.
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder};
+use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder, PushImageOptionsBuilder};
 use futures_util::StreamExt;
 use oci_spec::distribution::Reference;
 use slipway_deploy::LogFn;
@@ -18,6 +19,8 @@ pub enum ImageError {
     BuildFailed(String),
     #[error("the registry refused the push: {0}")]
     PushFailed(String),
+    #[error("pulling the image from the registry failed: {0}")]
+    PullFailed(String),
     #[error("the Docker engine failed while {action}")]
     Engine {
         action: &'static str,
@@ -39,8 +42,45 @@ pub fn reference(registry: &str, app: &str, sha: &str) -> Result<Reference, Imag
 }
 
 /// The digest the registry holds for `image`, if it holds it.
-pub async fn registry_digest(docker: &Docker, image: &str) -> Option<String> {
-    docker.inspect_registry_image(image, None).await.ok().and_then(|d| d.descriptor.digest).filter(|d| !d.is_empty())
+pub async fn registry_digest(docker: &Docker, image: &str, auth: Option<&DockerCredentials>) -> Option<String> {
+    let inspected = docker.inspect_registry_image(image, auth.cloned()).await;
+    inspected.ok().and_then(|d| d.descriptor.digest).filter(|d| !d.is_empty())
+}
+
+/// Makes sure the engine has `image` at exactly `digest` (another runner may have built it):
+/// pulls `<repository>@<digest>` unless an image with that digest is already local, and tags
+/// it as `image`.
+pub async fn ensure_local(
+    docker: &Docker,
+    image: &Reference,
+    digest: &str,
+    auth: Option<&DockerCredentials>,
+    log: LogFn<'_>,
+) -> Result<(), ImageError> {
+    let name = format!("{}/{}", image.registry(), image.repository());
+    let pinned = format!("{name}@{digest}");
+    if docker.inspect_image(&pinned).await.is_ok() {
+        return Ok(());
+    }
+    log(format!("pulling {pinned} (built on another runner)"));
+    let options = CreateImageOptionsBuilder::default().from_image(&pinned).build();
+    let mut stream = docker.create_image(Some(options), None, auth.cloned());
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail {
+                    return Err(ImageError::PullFailed(detail.message.unwrap_or_default()));
+                }
+            }
+            Err(DockerError::DockerStreamError { error }) => return Err(ImageError::PullFailed(error)),
+            Err(source) => return Err(ImageError::Engine { action: "pulling", source }),
+        }
+    }
+    let tag = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(&name)
+        .tag(image.tag().unwrap_or("latest"))
+        .build();
+    docker.tag_image(&pinned, Some(tag)).await.map_err(|source| ImageError::Engine { action: "tagging", source })
 }
 
 /// Builds `context` (a tar) as `tag`, sending every line the builder prints to `log`. Dropping
@@ -110,10 +150,15 @@ pub async fn build(
 }
 
 /// Pushes `image` and returns its digest when the registry reports one.
-pub async fn push(docker: &Docker, image: &Reference, log: LogFn<'_>) -> Result<Option<String>, ImageError> {
+pub async fn push(
+    docker: &Docker,
+    image: &Reference,
+    auth: Option<&DockerCredentials>,
+    log: LogFn<'_>,
+) -> Result<Option<String>, ImageError> {
     let name = format!("{}/{}", image.registry(), image.repository());
     let options = PushImageOptionsBuilder::default().tag(image.tag().unwrap_or("latest")).build();
-    let mut stream = docker.push_image(&name, Some(options), None);
+    let mut stream = docker.push_image(&name, Some(options), auth.cloned());
     let mut digest = None;
     while let Some(item) = stream.next().await {
         match item {

@@ -37,6 +37,8 @@ pub struct Tools {
     pub kube: Option<KubeTarget>,
     /// Where repositories may be fetched from.
     pub guard: Arc<slipway_proto::outbound::Guard>,
+    /// Credentials for the registry, when it needs them.
+    pub registry_auth: Option<bollard::auth::DockerCredentials>,
 }
 
 /// What a completed attempt made live.
@@ -112,8 +114,10 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     let image_name = reference.whole();
     // Skipped only if the registry holds exactly the image Slipway itself pushed for this commit:
     // an image someone else put under the same name is rebuilt, never trusted.
-    let registry_check =
-        tokio::time::timeout(REGISTRY_CHECK_TIMEOUT, image::registry_digest(&tools.docker, &image_name));
+    let registry_check = tokio::time::timeout(
+        REGISTRY_CHECK_TIMEOUT,
+        image::registry_digest(&tools.docker, &image_name, tools.registry_auth.as_ref()),
+    );
     let found = registry_check.await.unwrap_or_else(|_| {
         r.line(Some(Step::Clone), &format!("the registry did not answer within {REGISTRY_CHECK_TIMEOUT:?}; building"));
         None
@@ -137,11 +141,18 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         }
         (_, None) => false,
     };
-    if trusted {
+    if let (true, Some(digest)) = (trusted, &found) {
         for step in [Step::Clone, Step::Build, Step::Test, Step::Push] {
             r.line(Some(step), &format!("{image_name} is already in the registry (built and tested before); skipping"));
             r.step(step, StepStatus::Skipped, None);
         }
+        let pull_log = log(Step::Deploy);
+        let pulling = image::ensure_local(&tools.docker, &reference, digest, tools.registry_auth.as_ref(), &pull_log);
+        cancellable(cancel, tokio::time::timeout(tools.config.push_timeout(), pulling))
+            .await
+            .and_then(|pulled| pulled.map_err(|_| JobError::PushTimedOut(tools.config.push_timeout())))
+            .and_then(|pulled| pulled.map_err(JobError::from))
+            .map_err(|e| e.at(Step::Deploy))?;
     } else {
         r.step(Step::Clone, StepStatus::Running, None);
         clone(job, &sha, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
@@ -150,7 +161,10 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         r.step(Step::Push, StepStatus::Running, None);
         let limit = tools.config.push_timeout();
         let push_log = log(Step::Push);
-        let pushing = tokio::time::timeout(limit, image::push(&tools.docker, &reference, &push_log));
+        let pushing = tokio::time::timeout(
+            limit,
+            image::push(&tools.docker, &reference, tools.registry_auth.as_ref(), &push_log),
+        );
         let digest = cancellable(cancel, pushing)
             .await
             .and_then(|pushed| pushed.map_err(|_| JobError::PushTimedOut(limit)))
@@ -158,7 +172,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
             .map_err(|e| e.at(Step::Push))?;
         let digest = match digest {
             Some(digest) => Some(digest),
-            None => image::registry_digest(&tools.docker, &image_name).await,
+            None => image::registry_digest(&tools.docker, &image_name, tools.registry_auth.as_ref()).await,
         };
         r.line(Some(Step::Push), &format!("pushed {image_name} {}", digest.as_deref().unwrap_or_default()));
         if let Some(digest) = digest {

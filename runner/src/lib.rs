@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             base_images: slipway_detect::dockerfile::BaseImages::with_overrides(&config.base_images)
                 .context("SLIPWAY_BASE_IMAGES")?,
             kube,
+            registry_auth: config.registry_auth().map_err(anyhow::Error::msg)?,
             guard: Arc::new(
                 slipway_proto::outbound::Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?,
             ),

@@ -145,13 +145,22 @@ impl Worker {
         }
     }
 
+    /// Every value to mask in what this job's attempt sends: the app's secrets and the runner's own.
+    fn secrets_of(&self, job: &Job) -> Vec<String> {
+        let mut values = job.app.secret_values();
+        values.extend(self.tools.config.own_secrets());
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        values
+    }
+
     /// A fresh claim of `job`, registered before it is sent so no stop for it is missed.
     fn claim(&self, job: &Job) -> Claim {
         let id = Uuid::new_v4();
         let cancel = self.abort.child_token();
         self.claims.register(id, job.deployment_id, job.attempt, cancel.clone());
         let reporter = Reporter::new(self.outbox.clone(), job.deployment_id, job.attempt, self.runner_id.clone(), id)
-            .with_secrets(job.app.secret_values());
+            .with_secrets(self.secrets_of(job));
         Claim { id, reporter, cancel, claims: self.claims.clone() }
     }
 

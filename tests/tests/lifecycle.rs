@@ -108,7 +108,7 @@ async fn cancel_and_finish(s: &Slipway, id: &str, expect_status: u16) -> (Value,
 
 fn assert_cancelled(d: &Value, step: &str) {
     assert_eq!(d["state"], "cancelled", "{d}");
-    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("api"), Some("changed my mind")), "{d}");
+    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("admin"), Some("changed my mind")), "{d}");
     assert_eq!(step_status(d, step).as_deref(), Some("cancelled"), "the {step} step shows it was stopped: {d}");
     assert_eq!(step_status(d, "deploy"), None, "nothing was deployed: {d}");
 }
@@ -128,7 +128,7 @@ async fn a_queued_deployment_is_cancelled_at_once_and_a_finished_one_is_a_confli
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cancelled deployment {id}"));
     let d = s.deployment(&id).await;
     assert_eq!(d["state"], "cancelled");
-    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("api"), Some("changed my mind")));
+    assert_eq!((d["cancel_by"].as_str(), d["cancel_reason"].as_str()), (Some("admin"), Some("changed my mind")));
 
     let (status, again) = s.cancel(&id, "twice").await;
     assert_eq!(status, 409, "{again}");
@@ -264,7 +264,7 @@ async fn cancelling_during_the_deploy_lets_it_finish_and_reports_the_truth() {
 
     let (d, _) = cancel_and_finish(&s, &id, 202).await;
     assert_eq!(d["state"], "completed", "a deploy switching traffic is never cut off: {d}");
-    assert_eq!(d["cancel_by"], "api", "the request is on record: {d}");
+    assert_eq!(d["cancel_by"], "admin", "the request is on record: {d}");
     assert!(s.app_body(d["url"].as_str().expect("url"), "/healthz").await.is_some(), "and it serves");
 }
 

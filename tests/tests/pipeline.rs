@@ -468,6 +468,9 @@ async fn a_manual_rollback_redeploys_an_earlier_revision_without_rebuilding() {
     let d1 = deploy(&s, &url, &sha1).await;
     let d2 = deploy(&s, &url, &commit(&git, &repo, "v2", &site(&m2, true))).await;
     assert_eq!((d1["state"].as_str(), d2["state"].as_str()), (Some("completed"), Some("completed")));
+    // As on a runner that never built it: the image is only in the registry.
+    let image1 = d1["image"].as_str().expect("first image");
+    slipway_tests::docker(&["image", "rm", "-f", image1]).expect("remove the first image from the engine");
 
     let out = s.cli_command().args(["rollback", &app, "--follow"]).output().expect("run slipway rollback");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -485,6 +488,7 @@ async fn a_manual_rollback_redeploys_an_earlier_revision_without_rebuilding() {
             "{step}"
         );
     }
+    assert!(stdout.contains("pulling") && stdout.contains("@sha256:"), "pulled by digest: {stdout}");
     let body = s.app_body(rb["url"].as_str().expect("url"), "/").await.expect("answers");
     assert!(body.contains(&m1), "the first version serves again: {body}");
     assert_eq!(containers_of(&app).len(), 1);
