@@ -253,8 +253,9 @@ impl DockerTarget {
     /// Shows why the new container failed and what it printed, removes it, and says so.
     async fn give_up(&self, name: &str, reason: String, last_output: Vec<String>, log: LogFn<'_>) -> Error {
         log(format!("{reason}; last output of the new container:"));
+        // Unadorned, so a secret the app split over two lines is still seen whole by the masking.
         for line in &last_output {
-            log(format!("  | {line}"));
+            log(line.clone());
         }
         self.remove(name).await;
         log("removed the new container; the previous version keeps serving".into());

@@ -18,8 +18,11 @@ async fn main() -> std::process::ExitCode {
         eprintln!("slipway-runner: {msg}");
         return std::process::ExitCode::from(64);
     }
+    // The runner's own secrets stay masked in its log for as long as it runs.
+    let _own = slipway_runner::mask::register(config.own_secrets());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(slipway_runner::mask::MaskedStderr::default)
         .init();
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));

@@ -70,11 +70,13 @@ pub struct Reporter {
     attempt: u32,
     runner_id: Arc<str>,
     claim: uuid::Uuid,
-    /// The last line number; held while a line is numbered and queued, so lines are queued in
-    /// the order of their numbers even when several tasks log at once.
-    seq: Arc<Mutex<u64>>,
+    /// The last line number and the line held back; locked while a line is numbered and
+    /// queued, so lines are queued in the order of their numbers even when several tasks log.
+    lines: Arc<Mutex<Lines>>,
     /// Replaces secret values (in their common encodings) by `***` in everything sent.
     masker: Arc<Masker>,
+    /// Keeps the same values masked in the runner's own log while this attempt runs.
+    _registration: Option<Arc<crate::mask::Registration>>,
 }
 
 impl Reporter {
@@ -85,20 +87,21 @@ impl Reporter {
         runner_id: Arc<str>,
         claim: uuid::Uuid,
     ) -> Self {
-        let (seq, masker) = (Arc::new(Mutex::new(0)), Arc::new(Masker::default()));
-        Self { outbox, deployment_id, attempt, runner_id, claim, seq, masker }
+        let (lines, masker) = (Arc::new(Mutex::new(Lines::default())), Arc::new(Masker::default()));
+        Self { outbox, deployment_id, attempt, runner_id, claim, lines, masker, _registration: None }
     }
 
     /// Masks `values`, in any of their common encodings, wherever they appear in what this
     /// reporter sends.
     pub fn with_secrets(mut self, values: Vec<String>) -> Self {
         self.masker = Arc::new(Masker::new(&values));
+        self._registration = Some(Arc::new(crate::mask::register(values)));
         self
     }
 
     /// `text` with every secret value (in any common encoding) replaced by `***`.
     pub fn mask(&self, text: &str) -> String {
-        self.masker.mask(text).into_owned()
+        self.masker.mask_lines(text)
     }
 
     fn envelope(&self, body: Body) -> Envelope {
@@ -111,8 +114,14 @@ impl Reporter {
         }
     }
 
-    /// Queues `body` for the scheduler, after everything queued before it.
+    /// Queues `body` for the scheduler, after everything queued before it (a line held back
+    /// goes first).
     pub fn send(&self, body: Body) {
+        self.flush_held(None);
+        self.queue(body);
+    }
+
+    fn queue(&self, body: Body) {
         let _ = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: None });
     }
 
@@ -123,6 +132,7 @@ impl Reporter {
 
     /// Sends `body` and waits until the broker confirmed it; false if the shipper stopped.
     pub async fn send_confirmed(&self, body: Body) -> bool {
+        self.flush_held(None);
         let (tx, rx) = oneshot::channel();
         let queued = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
         queued.is_ok() && rx.await.is_ok()
@@ -130,17 +140,61 @@ impl Reporter {
 
     /// One line of output, attributed to `step`, masked and with NUL escaped. A line longer
     /// than [`LINE_PART`] goes in parts marked `more`, which readers join; nothing is dropped.
+    /// A line that ends with the beginning of a secret is held back until the next line of the
+    /// step (or [`HOLD`] passes), so a secret split over two lines is masked on both.
     pub fn line(&self, step: Option<Step>, line: &str) {
-        let masked = self.mask(line.trim_end_matches(['\r', '\n']));
-        let escaped = slipway_proto::text::escape_str(&masked);
+        let raw = line.trim_end_matches(['\r', '\n']);
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let masked = match lines.held.take() {
+            Some(held) if held.step == step => {
+                let (first, second) = self.masker.mask_pair(&held.text, raw);
+                self.emit(&mut lines, held.step, &first);
+                second
+            }
+            Some(held) => {
+                self.emit(&mut lines, held.step, &held.text);
+                self.mask(raw)
+            }
+            None => self.mask(raw),
+        };
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if self.masker.ends_in_prefix(&masked) => {
+                lines.generation += 1;
+                let generation = lines.generation;
+                lines.held = Some(Held { step, text: masked });
+                let me = self.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(HOLD).await;
+                    me.flush_held(Some(generation));
+                });
+            }
+            _ => self.emit(&mut lines, step, &masked),
+        }
+    }
+
+    /// Sends the line held back, if any (only the one of `generation`, when given).
+    fn flush_held(&self, generation: Option<u64>) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if generation.is_some_and(|g| g != lines.generation) {
+            return;
+        }
+        if let Some(held) = lines.held.take() {
+            self.emit(&mut lines, held.step, &held.text);
+        }
+    }
+
+    /// Numbers and queues a masked line, in parts if it is long.
+    fn emit(&self, lines: &mut Lines, step: Option<Step>, masked: &str) {
+        let escaped = slipway_proto::text::escape_str(masked);
         let mut rest: &str = &escaped;
-        let mut last = self.seq.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let cut = floor_char_boundary(rest, LINE_PART);
             let (head, tail) = rest.split_at(cut);
-            *last += 1;
-            let line = LogLine { seq: *last, step, line: head.to_string(), ts: Utc::now(), more: !tail.is_empty() };
-            self.send(Body::Logs { lines: vec![line] });
+            lines.last += 1;
+            let line =
+                LogLine { seq: lines.last, step, line: head.to_string(), ts: Utc::now(), more: !tail.is_empty() };
+            self.queue(Body::Logs { lines: vec![line] });
             if tail.is_empty() {
                 break;
             }
@@ -154,6 +208,26 @@ impl Reporter {
         self.send(Body::Step { step, status, error });
     }
 }
+
+/// The numbering of an attempt's lines, and the line held back because it ends with the
+/// beginning of a secret.
+#[derive(Debug, Default)]
+struct Lines {
+    last: u64,
+    held: Option<Held>,
+    /// Counts holds, so a timer flushes only the line it was set for.
+    generation: u64,
+}
+
+/// A line held back, masked as far as it can be alone.
+#[derive(Debug)]
+struct Held {
+    step: Option<Step>,
+    text: String,
+}
+
+/// How long a line that may end with half a secret waits for the next line.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Longest part of a line in one log message (longer lines go in parts).
 pub const LINE_PART: usize = 256 * 1024;
@@ -295,6 +369,39 @@ mod tests {
             Body::Logs { lines } => lines.iter().map(|l| l.seq).collect(),
             _ => Vec::new(),
         }
+    }
+
+    fn texts(queue: &mut OutboxQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(msg) = queue.ordered.try_recv() {
+            match msg.envelope.body {
+                Body::Logs { lines } => out.extend(lines.into_iter().map(|l| format!("{}:{}", l.seq, l.line))),
+                Body::Step { step, .. } => out.push(format!("step {}", step.as_str())),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_over_two_lines_is_masked_and_the_held_line_keeps_its_place() {
+        let (outbox, mut queue) = Outbox::channel();
+        let r = reporter(outbox, 10).with_secrets(vec!["s3cr3t-token-value".into()]);
+        r.line(Some(Step::Build), "the token is s3cr3t-");
+        r.line(Some(Step::Build), "token-value, split");
+        r.line(Some(Step::Build), "plain line");
+        // Held until the step ends: the step message goes after it.
+        r.line(Some(Step::Build), "ends with s3cr3t");
+        r.step(Step::Build, StepStatus::Succeeded, None);
+        assert_eq!(
+            texts(&mut queue),
+            ["1:the token is ***", "2:***, split", "3:plain line", "4:ends with s3cr3t", "step build"]
+        );
+        // With nothing after it, a held line goes after a short wait.
+        r.line(Some(Step::Deploy), "last words s3cr");
+        assert!(texts(&mut queue).is_empty(), "held");
+        tokio::time::sleep(HOLD * 3).await;
+        assert_eq!(texts(&mut queue), ["5:last words s3cr"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use slipway_tests::git::Entry;
+use slipway_tests::harness::psql_value;
 use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "robustness-secret-0123456789";
@@ -16,12 +17,6 @@ async fn push(s: &Slipway, url: &str, sha: &str) -> String {
     let (status, answer) = s.push(url, sha, SECRET, &unique("delivery")).await;
     assert_eq!(status, 202, "{answer}");
     answer["deployments"][0]["deployment_id"].as_str().expect("deployment id").to_string()
-}
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql").args([url, "-AtXc", sql]).output().expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn site(run: &str) -> Vec<(String, Vec<u8>)> {
@@ -85,7 +80,7 @@ async fn nul_and_invalid_utf8_output_is_stored_escaped_and_poison_messages_delay
         lines.iter().any(|l| l == "test-nul:\\0: bad:\\xff\\xfe:end"),
         "NUL and invalid UTF-8 in test output are shown escaped: {lines:#?}"
     );
-    let dead = psql(&s.database_url, "SELECT count(*) FROM dead_letters WHERE reason LIKE 'unreadable%'");
+    let dead = psql_value(&s.database_url, "SELECT count(*) FROM dead_letters WHERE reason LIKE 'unreadable%'");
     assert_eq!(dead, "1", "the unreadable message is recorded with its reason");
 }
 
@@ -101,7 +96,7 @@ async fn a_flood_of_output_during_the_build_never_costs_the_lease() {
     let d = s.finished(&id, FINISH).await;
     assert_eq!(d["state"], "completed", "{d}");
     assert_eq!(d["attempt"], 1, "the lease held through the flood: {d}");
-    let distinct = psql(
+    let distinct = psql_value(
         &s.database_url,
         &format!(
             "SELECT count(DISTINCT line) FROM log_lines WHERE deployment_id = '{id}' AND step = 'build'
@@ -140,27 +135,71 @@ async fn five_kinds_of_secret_in_six_encodings_never_reach_the_log_or_the_api() 
         ("DATABASE_URL", format!("postgres://app:{}@db.internal:5432/app", unique("pw"))),
     ];
     let forms: Vec<String> = secrets.iter().flat_map(|(_, v)| encodings(v)).collect();
-    let mut env: serde_json::Map<String, serde_json::Value> =
+    // What the repository prints: every form on a line of its own, and every form split in the
+    // middle over two lines.
+    let mut printed = Vec::new();
+    for form in &forms {
+        printed.push(format!("whole: {form}"));
+        let mut cut = form.len() / 2;
+        while !form.is_char_boundary(cut) {
+            cut += 1;
+        }
+        printed.push(format!("split: {}", &form[..cut]));
+        printed.push(format!("{} :split", &form[cut..]));
+    }
+    let printed = printed.join("\n") + "\n";
+    let env: serde_json::Map<String, serde_json::Value> =
         secrets.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    // The app prints every form at start-up and then fails its health check.
-    env.insert("SHOW".into(), json!(forms.join("\n")));
     s.create_app("masking", &url, SECRET, json!({"env": env})).await;
-    let dockerfile =
-        "FROM slipway/busybox:1\nCMD [\"sh\", \"-c\", \"echo \\\"$SHOW\\\"; echo done printing; exit 1\"]\n";
-    let sha = git.commit(&repo, "leaky", &[Entry::File("Dockerfile", dockerfile.as_bytes())]);
+    // Printed by the build, by the test step, and by the app at start-up (which then fails its
+    // health check, so its output is in the failure too).
+    let dockerfile = "FROM slipway/busybox:1\nCOPY printed.txt /printed.txt\nRUN cat /printed.txt\n\
+                      CMD [\"sh\", \"-c\", \"cat /printed.txt; echo done printing; exit 1\"]\n";
+    let sha = git.commit(
+        &repo,
+        "leaky",
+        &[
+            Entry::File("Dockerfile", dockerfile.as_bytes()),
+            Entry::File("printed.txt", printed.as_bytes()),
+            Entry::File("slipway.toml", b"test = \"cat /printed.txt\"\n"),
+        ],
+    );
     let id = push(&s, &url, &sha).await;
     let d = s.finished(&id, FINISH).await;
-    assert_eq!(d["state"], "failed", "{d}");
-    let lines: Vec<String> = s.log_lines(&id, None).await.into_iter().map(|(_, l)| l).collect();
+    assert_eq!((d["state"].as_str(), d["error_step"].as_str()), (Some("failed"), Some("deploy")), "{d}");
+    let logged: Vec<(String, String)> = s.log_lines(&id, None).await;
+    let lines: Vec<String> = logged.iter().map(|(_, l)| l.clone()).collect();
     assert!(lines.iter().any(|l| l.contains("done printing")), "the app's output is shown: {lines:#?}");
-    let masked = lines.iter().filter(|l| l.contains("***")).count();
-    assert!(masked >= forms.len(), "every printed form was masked ({masked} lines with ***)");
+    let masked = |step: &str| {
+        let of_step = psql_value(
+            &s.database_url,
+            &format!(
+                "SELECT count(*) FROM log_lines WHERE deployment_id = '{id}' AND step = '{step}' AND line LIKE '%***%'"
+            ),
+        );
+        of_step.parse::<usize>().expect("count")
+    };
+    for step in ["build", "test"] {
+        assert!(masked(step) >= 3 * forms.len(), "{step}: every printed form was masked ({})", masked(step));
+    }
+    // The failed health check shows the app's last 50 lines.
+    assert!(masked("deploy") >= 45, "deploy: the app's output was masked ({})", masked("deploy"));
     let api = d.to_string();
+    let own_logs = s.dump();
     let mut leaks = Vec::new();
     for form in &forms {
-        if lines.iter().any(|l| l.contains(form.as_str())) || api.contains(form.as_str()) {
-            leaks.push(form.clone());
+        for (place, text) in [("log", lines.join("\n")), ("api", api.clone()), ("process logs", own_logs.clone())] {
+            if text.contains(form.as_str()) {
+                leaks.push(format!("{place}: {form}"));
+            }
         }
     }
-    assert!(leaks.is_empty(), "{} of {} forms leaked: {leaks:#?}", leaks.len(), forms.len());
+    assert!(leaks.is_empty(), "{} leaks of {} forms: {leaks:#?}", leaks.len(), forms.len());
+    // Nor the halves of a split secret (each longer than the shortest secret masked).
+    for form in &forms {
+        let half = &form[..form.floor_char_boundary(form.len() / 2)];
+        if half.len() >= 8 {
+            assert!(!lines.iter().any(|l| l.ends_with(half)), "the first half of {form} was shown");
+        }
+    }
 }
