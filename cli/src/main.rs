@@ -204,6 +204,15 @@ struct CreateApp {
     /// A plain environment variable, even if its name looks secret.
     #[arg(long = "plain", value_name = "KEY=VALUE")]
     plain: Vec<String>,
+    /// Memory limit of the app's containers in MB (docker target; default: the runner's).
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    /// CPU limit in thousandths of a CPU, e.g. 500 for half a CPU (default: the runner's).
+    #[arg(long)]
+    millicpus: Option<u32>,
+    /// Process limit of the app's containers (default: the runner's).
+    #[arg(long)]
+    pids: Option<u32>,
     /// Username for a private https repository (with --git-token).
     #[arg(long, default_value = "x-access-token")]
     git_username: String,
@@ -373,6 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plain,
                 git_username,
                 git_token,
+                memory_mb,
+                millicpus,
+                pids,
                 app_root,
                 test_network,
                 kubernetes,
@@ -415,6 +427,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 env: vars,
                 webhook_secret,
                 git_credentials,
+                limits: (memory_mb.is_some() || millicpus.is_some() || pids.is_some())
+                    .then_some(slipway_proto::message::Limits { memory_mb, millicpus, pids }),
                 app_root,
                 test_network,
                 kubernetes,

@@ -149,6 +149,7 @@ impl DockerTarget {
             (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
             (LABEL_ATTEMPT.to_string(), release.attempt.to_string()),
         ]);
+        let limits = release.limits.unwrap_or(self.config.limits);
         let body = ContainerCreateBody {
             image: Some(release.image.clone()),
             env: Some(release.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -166,10 +167,10 @@ impl DockerTarget {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
-                memory: Some(self.config.limits.memory_bytes),
-                memory_swap: Some(self.config.limits.memory_bytes),
-                nano_cpus: Some(self.config.limits.nano_cpus),
-                pids_limit: Some(self.config.limits.pids),
+                memory: Some(limits.memory_bytes),
+                memory_swap: Some(limits.memory_bytes),
+                nano_cpus: Some(limits.nano_cpus),
+                pids_limit: Some(limits.pids),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 cap_drop: Some(vec!["ALL".into()]),
                 cap_add: Some(KEPT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),

@@ -27,6 +27,8 @@ pub struct Release {
     /// Path that answers 2xx once the app is ready.
     pub health_path: String,
     pub env: BTreeMap<String, String>,
+    /// This app's container limits (docker target), instead of the target's defaults.
+    pub limits: Option<AppLimits>,
     /// Target-specific settings (for `kubernetes`: the keys of `KubeSpec`).
     pub settings: Option<serde_json::Value>,
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::message::{GitCredentials, TargetKind};
+use crate::message::{GitCredentials, Limits, TargetKind};
 use crate::state::{Cause, State, Step, StepStatus};
 
 /// Every error answer: `{"error": "..."}`.
@@ -40,6 +40,9 @@ pub struct NewApp {
     /// Credentials for a private repository; sent only to the repository's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_credentials: Option<GitCredentials>,
+    /// The app's container limits (docker target); unset ones are the runner's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
     #[serde(default = "default_app_root")]
     pub app_root: String,
     #[serde(default)]
@@ -116,6 +119,8 @@ pub struct App {
     /// The username of the app's repository credentials, when it has some (never the token).
     #[serde(default)]
     pub git_username: Option<String>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
     pub app_root: String,
     pub test_network: bool,
     /// Kubernetes settings; the values of `secret_env` show as [`REDACTED`].

@@ -52,6 +52,9 @@ pub struct JobApp {
     /// The names in `env` whose values are secret: masked in every text that leaves a runner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// This app's container limits (docker target); unset ones are the runner's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
     /// Credentials for the repository, given only to its host (never in a URL or a log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_credentials: Option<GitCredentials>,
@@ -64,6 +67,36 @@ pub struct JobApp {
     /// Settings of the deploy target (for `kubernetes`: replicas, resources, host, strategy ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Value>,
+}
+
+/// What one app's containers may use; each unset one is the runner's default
+/// (`SLIPWAY_APP_MEMORY_MB`, `SLIPWAY_APP_CPUS`, `SLIPWAY_APP_PIDS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Thousandths of a CPU (500 is half a CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Limits {
+    /// Checks the bounds; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_mb.is_some_and(|m| !(16..=262_144).contains(&m)) {
+            return Err("limits.memory_mb must be between 16 and 262144".into());
+        }
+        if self.millicpus.is_some_and(|c| !(50..=256_000).contains(&c)) {
+            return Err("limits.millicpus must be between 50 (a twentieth of a CPU) and 256000".into());
+        }
+        if self.pids.is_some_and(|p| !(16..=1_000_000).contains(&p)) {
+            return Err("limits.pids must be between 16 and 1000000".into());
+        }
+        Ok(())
+    }
 }
 
 /// A username and token for a repository's host, as git's HTTP basic authentication takes them.
@@ -289,6 +322,7 @@ mod tests {
                 ("MARKED".into(), "marked-secret".into()),
             ]),
             secrets: vec!["MARKED".into()],
+            limits: None,
             git_credentials: Some(GitCredentials { username: "bot".into(), token: "ghp_gittoken".into() }),
             app_root: ".".into(),
             test_network: false,

@@ -242,6 +242,16 @@ impl Config {
         }
     }
 
+    /// An app's own limits, each unset one the default.
+    pub fn app_limits_with(&self, app: &slipway_proto::message::Limits) -> slipway_deploy::AppLimits {
+        let default = self.app_limits();
+        slipway_deploy::AppLimits {
+            memory_bytes: app.memory_mb.map_or(default.memory_bytes, |m| i64::from(m) * 1024 * 1024),
+            nano_cpus: app.millicpus.map_or(default.nano_cpus, |c| i64::from(c) * 1_000_000),
+            pids: app.pids.map_or(default.pids, i64::from),
+        }
+    }
+
     /// How long a push may take.
     pub fn push_timeout(&self) -> Duration {
         Duration::from_secs(self.push_timeout_seconds.max(1))

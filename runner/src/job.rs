@@ -196,6 +196,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         port: job.app.port,
         health_path: job.app.health_path.clone(),
         env: job.app.env.clone(),
+        limits: job.app.limits.map(|l| tools.config.app_limits_with(&l)),
         settings: job.app.settings.clone(),
     };
     let deploy_log = log(Step::Deploy);

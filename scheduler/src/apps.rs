@@ -33,6 +33,7 @@ pub struct App {
     pub sealed: Option<String>,
     pub secret_names: Vec<String>,
     pub git_username: Option<String>,
+    pub limits: Option<sqlx::types::Json<slipway_proto::message::Limits>>,
 }
 
 /// Why an app was refused.
@@ -92,6 +93,7 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             port: u16::try_from(new.port).unwrap_or(8080),
             health_path: new.health_path.clone(),
             env: new.env.iter().map(|(k, v)| (k.clone(), v.value().to_string())).collect(),
+            limits: None,
             settings: Some(settings.clone()),
         };
         if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
@@ -121,6 +123,9 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     }
     if let Some((key, _)) = new.env.iter().find(|(_, v)| v.value().contains('\0')) {
         return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
+    }
+    if let Some(limits) = &new.limits {
+        limits.validate().map_err(AppError::Invalid)?;
     }
     if let Some(creds) = &new.git_credentials {
         if creds.token.chars().count() < min || creds.token.len() > 4096 || creds.token.chars().any(char::is_control) {
@@ -205,7 +210,7 @@ fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Opt
 
 const APP_COLUMNS: &str =
     "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network,
-    kube_settings, created_at, sealed, secret_names, git_username";
+    kube_settings, created_at, sealed, secret_names, git_username, limits";
 
 /// Inserts a validated app, its secrets sealed.
 pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<App, AppError> {
@@ -224,8 +229,8 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     let kube_settings = new.kubernetes.as_ref().map(|s| replace_kube_secrets(s, |_| None));
     let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
-                           test_network, kube_settings, sealed, secret_names, git_username)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                           test_network, kube_settings, sealed, secret_names, git_username, limits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (name) DO NOTHING
          RETURNING {APP_COLUMNS}"
     )))
@@ -245,6 +250,7 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     .bind(sealed)
     .bind(&secret_names)
     .bind(new.git_credentials.as_ref().map(|c| c.username.clone()))
+    .bind(new.limits.as_ref().map(sqlx::types::Json))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -346,6 +352,7 @@ impl App {
             env,
             secrets: self.secret_names.clone(),
             git_username: self.git_username.clone(),
+            limits: self.limits.as_ref().map(|l| l.0),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
             kube_settings: self.kube_settings.as_ref().map(|s| replace_kube_secrets(&s.0, |_| None)),
@@ -380,6 +387,7 @@ impl App {
             env,
             secrets: secrets.env.keys().cloned().collect(),
             git_credentials: secrets.git,
+            limits: self.limits.as_ref().map(|l| l.0),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
             settings,

@@ -61,6 +61,7 @@ impl App {
             port: 8080,
             health_path: "/healthz".into(),
             env: BTreeMap::new(),
+            limits: None,
             settings: None,
         }
     }

@@ -76,6 +76,7 @@ impl Fixture {
             port: 8080,
             health_path: "/healthz".into(),
             env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
+            limits: None,
             settings: Some(settings),
         }
     }

@@ -462,3 +462,37 @@ async fn forged_large_webhooks_neither_stall_the_scheduler_nor_grow_it_past_its_
     let bound_kb = (4 * 3 * 20 + 150) * 1024;
     assert!(peak_kb < bound_kb, "scheduler peaked at {} MB", peak_kb / 1024);
 }
+
+#[tokio::test]
+async fn an_apps_own_limits_apply_to_its_container_and_the_rest_are_the_runners() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\n\
+                       CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let sha = git.commit("limited", "first", &[Entry::File("Dockerfile", dockerfile)]);
+    let url = git.url("limited");
+    let app = s.create_app("limited", &url, SECRET, json!({"limits": {"memory_mb": 128, "millicpus": 250}})).await;
+    let (_, shown) = s.get(&format!("/api/v1/apps/{app}")).await;
+    assert_eq!(shown["limits"], json!({"memory_mb": 128, "millicpus": 250}));
+    let (status, answer) = s.push(&url, &sha, SECRET, "d1").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    let containers =
+        slipway_tests::docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")]).expect("containers");
+    let container = containers.lines().next().expect("the app's container").to_string();
+    let inspect = |format: &str| {
+        slipway_tests::docker(&["inspect", "--format", format, &container]).expect("inspect").trim().to_string()
+    };
+    assert_eq!(inspect("{{.HostConfig.Memory}}"), (128 * 1024 * 1024).to_string());
+    assert_eq!(inspect("{{.HostConfig.NanoCpus}}"), "250000000");
+    assert_eq!(inspect("{{.HostConfig.PidsLimit}}"), "512", "unset: the runner's default");
+    assert_eq!(inspect("{{json .HostConfig.SecurityOpt}}"), r#"["no-new-privileges"]"#);
+
+    for bad in [json!({"memory_mb": 1}), json!({"millicpus": 0}), json!({"pids": 2}), json!({"memory": 5})] {
+        let body = json!({"name": "badlimits", "repo_url": url, "webhook_secret": SECRET, "limits": bad});
+        let (status, answer) = s.post("/api/v1/apps", &body).await;
+        assert!([400, 422].contains(&status), "{bad}: {status} {answer}");
+    }
+}
