@@ -99,3 +99,76 @@ async fn kubernetes_settings_are_validated_when_the_app_is_registered() {
     let (_, app) = s.get("/api/v1/apps/kgood").await;
     assert_eq!(app["kube_settings"]["strategy"], "blue-green", "{app}");
 }
+
+/// Runs the CLI with only a config file (no SLIPWAY_URL or SLIPWAY_TOKEN), `stdin` as input.
+fn with_config(s: &Slipway, config: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(s.cli())
+        .env_remove("SLIPWAY_URL")
+        .env_remove("SLIPWAY_TOKEN")
+        .env("SLIPWAY_CONFIG", config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run slipway");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("slipway output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn login_stores_a_private_config_and_tokens_are_managed_from_the_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("slipway/config.toml");
+
+    let (ok, _, err) = with_config(&s, &config, &["--url", &s.base, "apps", "list"], "");
+    assert!(!ok && err.contains("401") && err.contains("slipway login"), "{err}");
+    let (ok, _, err) = with_config(&s, &config, &["--url", &s.base, "login", "--with-token"], "slw_wrong\n");
+    assert!(!ok && err.contains("401"), "a wrong token is not stored: {err}");
+    assert!(!config.exists());
+
+    let (ok, out, err) =
+        with_config(&s, &config, &["--url", &s.base, "login", "--with-token"], &format!("{}\n", s.token));
+    assert!(ok, "{err}");
+    assert!(out.contains("as `admin` (admin)"), "{out}");
+    assert_eq!(std::fs::metadata(&config).expect("config").permissions().mode() & 0o777, 0o600);
+    let (ok, out, err) = with_config(&s, &config, &["whoami"], "");
+    assert!(ok && out.contains("admin"), "{out}{err}");
+
+    let (ok, token, err) = with_config(&s, &config, &["tokens", "create", "ci", "--role", "viewer"], "");
+    assert!(ok && token.trim().starts_with("slw_"), "{token}{err}");
+    let (ok, out, _) = with_config(&s, &config, &["tokens", "list"], "");
+    assert!(ok && out.contains("ci") && out.contains("viewer") && !out.contains(token.trim()), "{out}");
+    let (ok, _, err) = with_config(&s, &config, &["tokens", "create", "x", "--role", "root"], "");
+    assert!(!ok && err.contains("--role"), "{err}");
+
+    // The viewer's token reads but may not register apps.
+    let viewer = dir.path().join("viewer.toml");
+    let (ok, _, err) = with_config(&s, &viewer, &["--url", &s.base, "login", "--with-token"], &token);
+    assert!(ok, "{err}");
+    let create =
+        ["apps", "create", "nope", "--repo", "https://git.example.com/a/b.git", "--webhook-secret", "0123456789abcdef"];
+    let (ok, _, err) = with_config(&s, &viewer, &create, "");
+    assert!(!ok && err.contains("403"), "{err}");
+
+    let (ok, _, err) = with_config(&s, &config, &["tokens", "revoke", "ci"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = with_config(&s, &viewer, &["whoami"], "");
+    assert!(!ok && err.contains("401"), "a revoked token stops working: {err}");
+
+    // A config others can read is refused while it holds a token.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (ok, _, err) = with_config(&s, &config, &["whoami"], "");
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+    let (ok, _, err) = with_config(&s, &viewer, &["logout"], "");
+    assert!(ok, "{err}");
+    assert!(!std::fs::read_to_string(&viewer).expect("viewer config").contains("slw_"));
+}
