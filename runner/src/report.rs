@@ -117,7 +117,7 @@ impl Reporter {
     /// Queues `body` for the scheduler, after everything queued before it (a line held back
     /// goes first).
     pub fn send(&self, body: Body) {
-        self.flush_held(None);
+        self.flush_held();
         self.queue(body);
     }
 
@@ -132,7 +132,7 @@ impl Reporter {
 
     /// Sends `body` and waits until the broker confirmed it; false if the shipper stopped.
     pub async fn send_confirmed(&self, body: Body) -> bool {
-        self.flush_held(None);
+        self.flush_held();
         let (tx, rx) = oneshot::channel();
         let queued = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
         queued.is_ok() && rx.await.is_ok()
@@ -160,27 +160,46 @@ impl Reporter {
         let runtime = tokio::runtime::Handle::try_current();
         match runtime {
             Ok(runtime) if self.masker.ends_in_prefix(&masked) => {
-                lines.generation += 1;
-                let generation = lines.generation;
-                lines.held = Some(Held { step, text: masked });
-                let me = self.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(HOLD).await;
-                    me.flush_held(Some(generation));
-                });
+                lines.held = Some(Held { step, text: masked, since: std::time::Instant::now() });
+                // One timer for a burst of held lines, not one per line.
+                if !lines.timer {
+                    lines.timer = true;
+                    let me = self.clone();
+                    runtime.spawn(async move { me.flush_when_due().await });
+                }
             }
             _ => self.emit(&mut lines, step, &masked),
         }
     }
 
-    /// Sends the line held back, if any (only the one of `generation`, when given).
-    fn flush_held(&self, generation: Option<u64>) {
+    /// Sends the line held back, if any.
+    fn flush_held(&self) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if generation.is_some_and(|g| g != lines.generation) {
-            return;
-        }
         if let Some(held) = lines.held.take() {
             self.emit(&mut lines, held.step, &held.text);
+        }
+    }
+
+    /// The timer of held lines: sends a line held for [`HOLD`], and ends once none is held.
+    async fn flush_when_due(self) {
+        let mut wait = HOLD;
+        loop {
+            tokio::time::sleep(wait).await;
+            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(since) = lines.held.as_ref().map(|h| h.since) else {
+                lines.timer = false;
+                return;
+            };
+            match HOLD.checked_sub(since.elapsed()) {
+                Some(left) if !left.is_zero() => wait = left,
+                _ => {
+                    if let Some(held) = lines.held.take() {
+                        self.emit(&mut lines, held.step, &held.text);
+                    }
+                    lines.timer = false;
+                    return;
+                }
+            }
         }
     }
 
@@ -215,8 +234,8 @@ impl Reporter {
 struct Lines {
     last: u64,
     held: Option<Held>,
-    /// Counts holds, so a timer flushes only the line it was set for.
-    generation: u64,
+    /// Whether a timer is running that will send a held line once it waited [`HOLD`].
+    timer: bool,
 }
 
 /// A line held back, masked as far as it can be alone.
@@ -224,6 +243,7 @@ struct Lines {
 struct Held {
     step: Option<Step>,
     text: String,
+    since: std::time::Instant,
 }
 
 /// How long a line that may end with half a secret waits for the next line.

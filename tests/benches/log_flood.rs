@@ -60,7 +60,12 @@ async fn ours() -> Duration {
     let mut s = Slipway::start(SlipwayOptions::default()).await;
     let repo = unique("flood");
     let url = git.url(&repo);
-    s.create_app("flood", &url, SECRET, json!({})).await;
+    // Secrets like a real app's, so every line goes through the masking (and its line hold).
+    let env = json!({
+        "API_TOKEN": unique("tok"), "DB_PASSWORD": unique("pw"), "DATABASE_URL": format!("postgres://u:{}@db/x", unique("p")),
+        "SIGNING_KEY": unique("key"), "STRIPE_SECRET": unique("sk"),
+    });
+    s.create_app("flood", &url, SECRET, json!({"env": env})).await;
     let text = dockerfile(&unique("ours"));
     let sha = git.commit(&repo, "flood", &[Entry::File("Dockerfile", text.as_bytes())]);
     let (status, answer) = s.push(&url, &sha, SECRET, &unique("delivery")).await;
