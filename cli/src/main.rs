@@ -103,6 +103,24 @@ enum Command {
     },
     /// Render the Kubernetes manifests of an app and an image, offline, for review and diff.
     Manifests(Box<ManifestsArgs>),
+    /// Every queued deployment, oldest first, and why it waits; a summary line first.
+    Queue {
+        /// Refresh in place every --interval seconds until interrupted.
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
+    /// The runner fleet: each runner's state, jobs in hand and when it was last heard.
+    Runners {
+        /// Refresh in place every --interval seconds until interrupted.
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
     /// A deployment's log.
     Logs {
         deployment: String,
@@ -520,6 +538,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Queue { watch, interval } => {
+            let client = online()?;
+            watching(watch, interval, || async {
+                let queue: api::Queue = client.get("/api/v1/queue").await?;
+                Ok(match cli.json {
+                    true => serde_json::to_string_pretty(&queue)?,
+                    false => queue_table(&queue, chrono::Utc::now()),
+                })
+            })
+            .await?;
+        }
+        Command::Runners { watch, interval } => {
+            let client = online()?;
+            watching(watch, interval, || async {
+                let runners: Vec<api::Runner> = client.get("/api/v1/runners").await?;
+                Ok(match cli.json {
+                    true => serde_json::to_string_pretty(&runners)?,
+                    false => runners_table(&runners, chrono::Utc::now()),
+                })
+            })
+            .await?;
+        }
         Command::Logs { deployment, follow } => {
             if follow {
                 return follow_logs(&online()?, &deployment).await;
@@ -631,6 +671,109 @@ fn print_plan(plan: &Value) {
 }
 
 /// Prints log events as lines; the parts of a long line (`more`) are joined into one.
+/// Prints what `render` gives once, or with `watch` again every `interval` seconds, in place on
+/// a terminal (the screen is cleared first) and one after another otherwise.
+async fn watching<F, Fut>(watch: bool, interval: u64, render: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let text = render().await?;
+        let mut out = std::io::stdout().lock();
+        if watch && tty {
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        drop(out);
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+    }
+}
+
+/// "4m12s", "3h05m", "12s" or "0.4s".
+fn span(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    match s {
+        s if s < 10.0 => format!("{s:.1}s"),
+        s if s < 60.0 => format!("{}s", s as u64),
+        s if s < 3600.0 => format!("{}m{:02}s", s as u64 / 60, s as u64 % 60),
+        s => format!("{}h{:02}m", s as u64 / 3600, s as u64 % 3600 / 60),
+    }
+}
+
+/// The queue: a summary line, then every waiting deployment, oldest first.
+fn queue_table(queue: &api::Queue, now: chrono::DateTime<chrono::Utc>) -> String {
+    let q = &queue.summary;
+    let oldest = q.oldest_wait_seconds.map(|s| format!(", oldest waiting {}", span(s))).unwrap_or_default();
+    let mut out = format!(
+        "queue: {} waiting{oldest}; runners: {} of {} busy, slots: {} of {} busy (at {})\n",
+        q.depth,
+        q.runners_busy,
+        q.runners_online,
+        q.slots_busy,
+        q.slots,
+        now.format("%H:%M:%S")
+    );
+    if queue.entries.is_empty() {
+        out.push_str("nothing is waiting");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:>3} {:>7} {:<36} {:<16} {:<10} {:>7} REASON",
+        "POS", "WAITED", "DEPLOYMENT", "APP", "SHA", "ATTEMPT"
+    ));
+    for e in &queue.entries {
+        let sha: String = e.sha.chars().take(10).collect();
+        let sha = if sha.is_empty() { "(head)".to_string() } else { sha };
+        out.push_str(&format!(
+            "\n{:>3} {:>7} {:<36} {:<16} {:<10} {:>7} {}",
+            e.position,
+            span(e.wait_seconds),
+            e.deployment_id.to_string(),
+            e.app,
+            neutralised(&sha),
+            e.attempt,
+            e.reason.describe()
+        ));
+    }
+    out
+}
+
+/// The runners, oldest first.
+fn runners_table(runners: &[api::Runner], now: chrono::DateTime<chrono::Utc>) -> String {
+    let ago = |t: chrono::DateTime<chrono::Utc>| format!("{} ago", span((now - t).num_milliseconds() as f64 / 1000.0));
+    let online = runners.iter().filter(|r| r.state.is_online()).count();
+    let mut out = format!("runners: {online} online of {} listed (at {})\n", runners.len(), now.format("%H:%M:%S"));
+    if runners.is_empty() {
+        out.push_str("no runner has reported to this scheduler");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<28} {:<8} {:<9} {:>9} {:>10} {:>10} {:<20} LABELS",
+        "RUNNER", "VERSION", "STATE", "JOBS", "LAST SEEN", "STARTED", "HOST"
+    ));
+    for r in runners {
+        out.push_str(&format!(
+            "\n{:<28} {:<8} {:<9} {:>9} {:>10} {:>10} {:<20} {}",
+            neutralised(&r.id),
+            neutralised(&r.version),
+            r.state.as_str(),
+            format!("{}/{}", r.jobs.len(), r.slots),
+            ago(r.last_seen_at),
+            ago(r.started_at),
+            neutralised(&r.host),
+            neutralised(&r.labels.join(","))
+        ));
+    }
+    out
+}
+
 fn line_printer() -> impl FnMut(&LogEvent) {
     use std::io::Write;
     let mut continuing = false;
@@ -701,6 +844,84 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_table_leads_with_a_summary_and_says_why_each_waits() {
+        let now = chrono::Utc::now();
+        let queued = |position: u32, wait: f64, reason: api::WaitReason| api::Queued {
+            position,
+            deployment_id: uuid::Uuid::from_u128(position.into()),
+            app: "web".into(),
+            environment: "production".into(),
+            sha: if position == 1 { "0123456789abcdef".into() } else { String::new() },
+            source: "github".into(),
+            attempt: 1,
+            created_at: now,
+            wait_seconds: wait,
+            reason,
+        };
+        let queue = api::Queue {
+            summary: api::QueueSummary {
+                depth: 2,
+                oldest_wait_seconds: Some(252.0),
+                runners_online: 2,
+                runners_busy: 2,
+                slots: 2,
+                slots_busy: 2,
+            },
+            entries: vec![
+                queued(1, 252.0, api::WaitReason::WaitingForRunner { slots_busy: 2, slots: 2 }),
+                queued(2, 3.0, api::WaitReason::NoRunner),
+            ],
+        };
+        let table = queue_table(&queue, now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("queue: 2 waiting, oldest waiting 4m12s; runners: 2 of 2 busy, slots: 2 of 2 busy")
+        );
+        assert!(lines[1].starts_with("POS  WAITED DEPLOYMENT"), "{table}");
+        assert!(
+            lines[2].contains("4m12s") && lines[2].contains("0123456789 ") && lines[2].ends_with("(2 of 2 slots busy)")
+        );
+        assert!(lines[3].contains("(head)") && lines[3].ends_with("no runner online"), "{table}");
+        let empty = api::Queue {
+            summary: api::QueueSummary { depth: 0, oldest_wait_seconds: None, ..queue.summary },
+            entries: vec![],
+        };
+        assert!(queue_table(&empty, now).ends_with("nothing is waiting"));
+    }
+
+    #[test]
+    fn runner_fields_cannot_drive_the_terminal() {
+        let now = chrono::Utc::now();
+        let runner = api::Runner {
+            id: "evil\u{1b}[2J".into(),
+            version: "0.1.0".into(),
+            host: "h\u{7}".into(),
+            state: api::RunnerState::Busy,
+            slots: 2,
+            jobs: vec![uuid::Uuid::nil()],
+            labels: vec!["gpu".into()],
+            started_at: now - chrono::Duration::seconds(3700),
+            last_seen_at: now - chrono::Duration::seconds(2),
+        };
+        let table = runners_table(&[runner], now);
+        assert!(!table.contains('\u{1b}') && !table.contains('\u{7}'), "{table:?}");
+        let row = table.lines().nth(2).expect("row");
+        assert!(
+            row.contains(" busy ") && row.contains("1/2") && row.contains("2.0s ago") && row.contains("1h01m ago"),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn spans_read_at_a_glance() {
+        assert_eq!(span(0.42), "0.4s");
+        assert_eq!(span(42.0), "42s");
+        assert_eq!(span(252.0), "4m12s");
+        assert_eq!(span(3.0 * 3600.0 + 300.0), "3h05m");
+        assert_eq!(span(-1.0), "0.0s");
+    }
 
     #[test]
     fn terminal_control_sequences_in_output_are_shown_not_acted_on() {

@@ -374,3 +374,153 @@ mod tests {
         assert_eq!(serde_json::to_value(&detail).expect("json"), json);
     }
 }
+
+/// A runner as the scheduler last heard of it (`GET /api/v1/runners`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: String,
+    pub version: String,
+    pub host: String,
+    pub state: RunnerState,
+    /// Jobs it can run at once.
+    pub slots: u32,
+    /// The deployments it is working on.
+    pub jobs: Vec<Uuid>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// What a runner is doing, as its reports (or their absence) say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerState {
+    /// Online, no job in hand.
+    Idle,
+    /// Online, working on at least one job.
+    Busy,
+    /// Shutting down: takes no new job, finishes (or hands back) the ones it has.
+    Draining,
+    /// Silent for longer than the scheduler waits (`SLIPWAY_RUNNER_LOST_SECONDS`).
+    Lost,
+    /// Left after saying so.
+    Stopped,
+}
+
+impl RunnerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerState::Idle => "idle",
+            RunnerState::Busy => "busy",
+            RunnerState::Draining => "draining",
+            RunnerState::Lost => "lost",
+            RunnerState::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Idle, Self::Busy, Self::Draining, Self::Lost, Self::Stopped].into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether a runner in this state can take jobs or is still working on some.
+    pub fn is_online(self) -> bool {
+        matches!(self, RunnerState::Idle | RunnerState::Busy | RunnerState::Draining)
+    }
+}
+
+/// `GET /api/v1/queue`: every queued deployment, oldest first, and a summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queue {
+    pub summary: QueueSummary,
+    pub entries: Vec<Queued>,
+}
+
+/// The queue at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// Queued deployments (all of them, also those a scoped token does not see).
+    pub depth: u32,
+    /// Age of the oldest queued deployment, in seconds.
+    pub oldest_wait_seconds: Option<f64>,
+    /// Runners online (idle, busy or draining) and those of them working.
+    pub runners_online: u32,
+    pub runners_busy: u32,
+    /// Job slots of the runners that take jobs (idle or busy), and those in use.
+    pub slots: u32,
+    pub slots_busy: u32,
+}
+
+/// One queued deployment and the one reason it waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queued {
+    /// 1 is the oldest.
+    pub position: u32,
+    pub deployment_id: Uuid,
+    pub app: String,
+    pub environment: String,
+    pub sha: String,
+    pub source: String,
+    pub attempt: u32,
+    pub created_at: DateTime<Utc>,
+    pub wait_seconds: f64,
+    pub reason: WaitReason,
+}
+
+/// Why a queued deployment is not running yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// On the jobs queue; every runner slot is busy (or a runner is about to take it).
+    WaitingForRunner { slots_busy: u32, slots: u32 },
+    /// On the jobs queue, and no runner that takes jobs is online.
+    NoRunner,
+    /// Another deployment of the same app and environment goes first.
+    HeldBehind { deployment_id: Uuid, state: State },
+    /// The last attempt failed for an infrastructure reason; the next starts after `until`.
+    BackingOff { until: DateTime<Utc>, attempt: u32 },
+    /// Not on the jobs queue yet; `broker_down_since` is set while RabbitMQ is unreachable.
+    Unpublished {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        broker_down_since: Option<DateTime<Utc>>,
+    },
+}
+
+impl WaitReason {
+    /// The label value of `slipway_queue_depth`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WaitReason::WaitingForRunner { .. } => "waiting_for_runner",
+            WaitReason::NoRunner => "no_runner",
+            WaitReason::HeldBehind { .. } => "held_behind",
+            WaitReason::BackingOff { .. } => "backing_off",
+            WaitReason::Unpublished { .. } => "unpublished",
+        }
+    }
+
+    /// Every kind, so a gauge of each is exported even at zero.
+    pub const KINDS: [&'static str; 5] =
+        ["waiting_for_runner", "no_runner", "held_behind", "backing_off", "unpublished"];
+
+    /// One line for people, e.g. "waiting for a free runner (2 of 2 slots busy)".
+    pub fn describe(&self) -> String {
+        match self {
+            WaitReason::WaitingForRunner { slots_busy, slots } => {
+                format!("waiting for a free runner ({slots_busy} of {slots} slots busy)")
+            }
+            WaitReason::NoRunner => "no runner online".to_string(),
+            WaitReason::HeldBehind { deployment_id, state } => {
+                format!("held behind {} deployment {deployment_id} of the same app", state.as_str())
+            }
+            WaitReason::BackingOff { until, attempt } => format!(
+                "backing off after an infrastructure failure until {} (attempt {attempt})",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            WaitReason::Unpublished { broker_down_since: Some(since) } => format!(
+                "not yet published: the broker is unreachable since {}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            WaitReason::Unpublished { broker_down_since: None } => "being published to the jobs queue".to_string(),
+        }
+    }
+}

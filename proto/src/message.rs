@@ -224,6 +224,38 @@ pub enum Body {
     Abandoned { reason: String },
 }
 
+/// The AMQP `type` of a [`RunnerReport`] on the runner queue (job envelopes carry none).
+pub const RUNNER_REPORT_TYPE: &str = "slipway.runner";
+
+/// A runner says who it is and what it is doing: when it starts, every heartbeat period while
+/// it runs (idle, busy or draining), and once more as it leaves. Not about any deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerReport {
+    pub runner_id: String,
+    pub version: String,
+    pub host: String,
+    pub slots: u32,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub state: RunnerActivity,
+    /// The deployments it holds a granted claim on.
+    #[serde(default)]
+    pub jobs: Vec<Uuid>,
+    pub started_at: DateTime<Utc>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// What a runner reports of itself (the scheduler adds `lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerActivity {
+    Idle,
+    Busy,
+    Draining,
+    /// Its last report: it is gone.
+    Stopped,
+}
+
 /// One line of output, numbered per (deployment, attempt) from 1. A line longer than a message
 /// may carry is sent in parts; every part but the last has `more` set, and readers join them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

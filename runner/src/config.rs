@@ -131,6 +131,19 @@ pub struct Config {
     /// Seconds a build may take before it is stopped (a user error).
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT_SECONDS", default_value_t = 4 * 3600)]
     pub build_timeout_seconds: u64,
+
+    /// Where this runner serves Prometheus metrics (`GET /metrics`), or `off`. An address other
+    /// than loopback needs SLIPWAY_METRICS_TOKEN_FILE.
+    #[arg(long, env = "SLIPWAY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+
+    /// A file holding the bearer token `/metrics` asks for (Prometheus' `credentials_file`).
+    #[arg(long, env = "SLIPWAY_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
+
+    /// Labels this runner reports of itself (comma-separated), shown in `slipway runners`.
+    #[arg(long, env = "SLIPWAY_RUNNER_LABELS", default_value = "")]
+    pub labels: String,
 }
 
 impl Config {
@@ -169,10 +182,12 @@ impl Config {
     /// registry password.
     pub fn own_secrets(&self) -> Vec<String> {
         let registry = self.registry_auth().ok().flatten().and_then(|a| a.password);
+        let metrics = self.metrics().ok().flatten().and_then(|(_, token)| token);
         self.git_token
             .iter()
             .cloned()
             .chain(registry)
+            .chain(metrics)
             .filter(|s| s.len() >= slipway_proto::message::MIN_SECRET_LEN)
             .collect()
     }
@@ -207,12 +222,49 @@ impl Config {
         if self.test_memory_mb < 16 || !(0.1..=64.0).contains(&self.test_cpus) || self.test_timeout_seconds == 0 {
             return Err("SLIPWAY_TEST_MEMORY_MB must be at least 16, SLIPWAY_TEST_CPUS between 0.1 and 64, SLIPWAY_TEST_TIMEOUT_SECONDS above 0".into());
         }
+        self.metrics()?;
+        if self.labels().iter().any(|l| l.len() > 100 || l.chars().any(|c| c.is_control())) {
+            return Err("SLIPWAY_RUNNER_LABELS must be labels of at most 100 printable characters".into());
+        }
         if let Some(id) = &self.runner_id
             && (id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()))
         {
             return Err("SLIPWAY_RUNNER_ID must be 1 to 100 printable characters".into());
         }
         Ok(())
+    }
+
+    /// The metrics address and the token it asks for: `None` when off. A token file that
+    /// cannot be read or is empty, or an address beyond loopback without a token, is an error.
+    pub fn metrics(&self) -> Result<Option<(std::net::SocketAddr, Option<String>)>, String> {
+        let Some(addr) = slipway_telemetry::metrics::parse_listen(&self.metrics_listen)
+            .map_err(|e| format!("SLIPWAY_METRICS_LISTEN: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let token = match &self.metrics_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("SLIPWAY_METRICS_TOKEN_FILE {}: {e}", path.display()))?;
+                let token = token.trim().to_string();
+                if token.len() < 16 {
+                    return Err("SLIPWAY_METRICS_TOKEN_FILE must hold a token of at least 16 characters".into());
+                }
+                Some(token)
+            }
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "SLIPWAY_METRICS_LISTEN {addr} is reachable beyond this host: set SLIPWAY_METRICS_TOKEN_FILE too"
+            ));
+        }
+        Ok(Some((addr, token)))
+    }
+
+    /// The labels this runner reports.
+    pub fn labels(&self) -> Vec<String> {
+        self.labels.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
     }
 
     /// This runner's id.
@@ -264,5 +316,45 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(env: &[&str]) -> Config {
+        let mut args = vec!["slipway-runner"];
+        args.extend(env);
+        Config::try_parse_from(args).expect("parses")
+    }
+
+    #[test]
+    fn metrics_stay_on_loopback_unless_a_token_guards_them() {
+        assert!(matches!(config(&[]).metrics(), Ok(Some((addr, None))) if addr.to_string() == "127.0.0.1:9464"));
+        assert_eq!(config(&["--metrics-listen", "off"]).metrics(), Ok(None));
+        let open = config(&["--metrics-listen", "0.0.0.0:9464"]).metrics().expect_err("beyond loopback, no token");
+        assert!(open.contains("SLIPWAY_METRICS_TOKEN_FILE"), "{open}");
+        assert!(config(&["--metrics-listen", "nonsense"]).metrics().is_err());
+
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "short\n").expect("write");
+        let path = file.display().to_string();
+        let short = config(&["--metrics-listen", "0.0.0.0:9464", "--metrics-token-file", &path]).metrics();
+        assert!(short.is_err(), "{short:?}");
+        std::fs::write(&file, "a-long-enough-metrics-token\n").expect("write");
+        let guarded = config(&["--metrics-listen", "0.0.0.0:9464", "--metrics-token-file", &path]);
+        assert!(matches!(guarded.metrics(), Ok(Some((_, Some(t)))) if t == "a-long-enough-metrics-token"));
+        assert!(guarded.own_secrets().contains(&"a-long-enough-metrics-token".to_string()), "masked in the log");
+        let missing = config(&["--metrics-token-file", "/nonexistent/token"]).metrics();
+        assert!(missing.is_err_and(|e| e.contains("/nonexistent/token")));
+    }
+
+    #[test]
+    fn labels_are_a_trimmed_comma_list() {
+        assert_eq!(config(&["--labels", " linux, gpu ,,"]).labels(), ["linux", "gpu"]);
+        assert!(config(&[]).labels().is_empty());
     }
 }

@@ -318,6 +318,7 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
         .map_err(|source| at_build(JobError::Task { what: "context", source }))?
         .map_err(|e| at_build(JobError::from(e)))?;
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
+    metrics::histogram!(slipway_telemetry::metrics::BUILD_CONTEXT).record(tar.len() as f64);
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
     let no_labels = HashMap::new();
     build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &no_labels).await.map_err(at_build)?;

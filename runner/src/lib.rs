@@ -10,6 +10,7 @@ pub mod image;
 pub mod job;
 pub mod leftovers;
 pub mod mask;
+pub mod presence;
 pub mod report;
 pub mod suite;
 pub mod worker;
@@ -28,7 +29,11 @@ pub use config::Config;
 
 /// Runs the runner until `shutdown` fires, then drains: stops taking jobs, lets running ones
 /// finish for up to `SLIPWAY_DRAIN_SECONDS`, hands back the rest, and flushes every report.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let docker = Docker::connect_with_local_defaults()
         .context("connecting to the Docker engine")?
         .negotiate_version()
@@ -48,6 +53,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let config = Arc::new(config);
     let runner_id: Arc<str> = config.runner_id().into();
+    let metrics_cancel = CancellationToken::new();
+    if let (Some(handle), Some((addr, token))) = (metrics, config.metrics().map_err(anyhow::Error::msg)?) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding SLIPWAY_METRICS_LISTEN {addr} (set another address, or off)"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        tracing::info!(metrics = %format!("http://{addr}/metrics"), token = token.is_some(), "runner metrics listening");
+        metrics::gauge!(slipway_telemetry::metrics::JOB_SLOTS).set(f64::from(config.concurrency));
+        metrics::gauge!(slipway_telemetry::metrics::JOBS_RUNNING).set(0.0);
+        tokio::spawn(slipway_telemetry::metrics::serve(listener, handle, token, metrics_cancel.clone()));
+    }
     let topo = Topology::new(&config.queue_prefix);
     let target = DockerTarget::new(
         docker.clone(),
@@ -71,6 +87,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let shipper =
         tasks.spawn(report::run_shipper(config.amqp_url.clone(), topo.clone(), outbox_queue, shipper_cancel.clone()));
 
+    let presence = Arc::new(presence::Presence::new(runner_id.to_string(), config.concurrency.into(), config.labels()));
+    let presence_cancel = CancellationToken::new();
+    tasks.spawn(presence::run(presence.clone(), outbox.clone(), config.heartbeat(), presence_cancel.clone()));
+
     let (control_ready_tx, control_ready) = tokio::sync::watch::channel(false);
     let worker = worker::Worker {
         tools: job::Tools {
@@ -87,7 +107,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
         topo: topo.clone(),
         runner_id: runner_id.clone(),
-        outbox,
+        outbox: outbox.clone(),
+        presence: presence.clone(),
         claims: Arc::new(claim::Claims::default()),
         stop: shutdown.clone(),
         abort: CancellationToken::new(),
@@ -111,6 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancelled().await;
     tracing::info!(drain_seconds = config.drain_seconds, "draining: no new jobs");
+    presence.drain();
     if tokio::time::timeout(Duration::from_secs(config.drain_seconds), slots.wait()).await.is_err() {
         tracing::warn!("drain period over; handing back running jobs");
         worker.abort.cancel();
@@ -118,6 +140,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     control_cancel.cancel();
     drop(worker);
+    // The last report says it left, so it does not show as lost; then the shipper may end.
+    presence_cancel.cancel();
+    let left = tokio::time::timeout(Duration::from_secs(5), outbox.report(presence.report(true), true)).await;
+    if !matches!(left, Ok(true)) {
+        tracing::warn!("could not tell the scheduler this runner left; it will show as lost");
+    }
+    drop(outbox);
+    metrics_cancel.cancel();
     // Every reporter is gone now; the shipper flushes what is queued and ends.
     if tokio::time::timeout(Duration::from_secs(30), shipper).await.is_err() {
         tracing::warn!("the broker did not take every report within 30 s; the rest is dropped");

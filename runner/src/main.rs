@@ -20,13 +20,29 @@ async fn main() -> std::process::ExitCode {
     }
     // The runner's own secrets stay masked in its log for as long as it runs.
     let _own = slipway_runner::mask::register(config.own_secrets());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(slipway_runner::mask::MaskedStderr::default)
-        .init();
+    let format = match slipway_telemetry::logs::Format::from_env() {
+        Ok(format) => format,
+        Err(msg) => {
+            eprintln!("slipway-runner: {msg}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    slipway_telemetry::logs::init(format, slipway_runner::mask::MaskedStderr::default);
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    match run(config, shutdown).await {
+    let metrics = match config.metrics() {
+        Ok(Some(_)) => {
+            match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Runner, shutdown.clone()) {
+                Ok(handle) => Some(handle),
+                Err(err) => {
+                    eprintln!("slipway-runner: setting up metrics: {err:#}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    match run(config, metrics, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "runner stopped");

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use slipway_proto::message::{RUNNER_REPORT_TYPE, RunnerReport};
 use slipway_proto::{Body, Envelope, LogLine, Step, StepStatus, Topology};
 
 use crate::mask::Masker;
@@ -20,8 +21,15 @@ use slipway_broker as broker;
 /// One message for the shipper, with an optional signal once the broker confirmed it.
 #[derive(Debug)]
 pub struct Outbound {
-    envelope: Envelope,
+    message: Message,
     confirmed: Option<oneshot::Sender<()>>,
+}
+
+/// What goes on the runner queue: a job's message, or the runner's report of itself.
+#[derive(Debug)]
+enum Message {
+    Job(Envelope),
+    Runner(RunnerReport),
 }
 
 impl Outbound {
@@ -51,6 +59,15 @@ impl Outbox {
     /// An outbox whose messages (heartbeats included) all arrive on `ordered`; for tests.
     pub fn new(ordered: mpsc::UnboundedSender<Outbound>) -> Self {
         Self { urgent: ordered.clone(), ordered }
+    }
+
+    /// Sends the runner's report of itself ahead of queued job messages; with `confirmed`,
+    /// waits until the broker took it (false if the shipper stopped first).
+    pub async fn report(&self, report: RunnerReport, confirmed: bool) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let msg = Outbound { message: Message::Runner(report), confirmed: confirmed.then_some(tx) };
+        let queued = self.urgent.send(msg).is_ok();
+        queued && (!confirmed || rx.await.is_ok())
     }
 
     /// An outbox and the queue the shipper reads.
@@ -122,19 +139,23 @@ impl Reporter {
     }
 
     fn queue(&self, body: Body) {
-        let _ = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: None });
+        let _ = self.outbox.ordered.send(Outbound { message: Message::Job(self.envelope(body)), confirmed: None });
     }
 
     /// Queues a heartbeat ahead of queued log lines.
     pub fn heartbeat(&self) {
-        let _ = self.outbox.urgent.send(Outbound { envelope: self.envelope(Body::Heartbeat), confirmed: None });
+        let _ = self
+            .outbox
+            .urgent
+            .send(Outbound { message: Message::Job(self.envelope(Body::Heartbeat)), confirmed: None });
     }
 
     /// Sends `body` and waits until the broker confirmed it; false if the shipper stopped.
     pub async fn send_confirmed(&self, body: Body) -> bool {
         self.flush_held();
         let (tx, rx) = oneshot::channel();
-        let queued = self.outbox.ordered.send(Outbound { envelope: self.envelope(body), confirmed: Some(tx) });
+        let queued =
+            self.outbox.ordered.send(Outbound { message: Message::Job(self.envelope(body)), confirmed: Some(tx) });
         queued.is_ok() && rx.await.is_ok()
     }
 
@@ -269,19 +290,18 @@ impl OutboxQueue {
     /// Appends to `msg`, if it holds log lines, the log lines of the same attempt already queued
     /// behind it; the first message that does not fit is left in `carry`, to go next.
     fn batch(&mut self, mut msg: Outbound, carry: &mut Option<Outbound>) -> Outbound {
-        let Body::Logs { lines } = &mut msg.envelope.body else { return msg };
         if msg.confirmed.is_some() {
             return msg;
         }
+        let Message::Job(envelope) = &mut msg.message else { return msg };
+        let key = (envelope.claim, envelope.deployment_id, envelope.attempt);
+        let Body::Logs { lines } = &mut envelope.body else { return msg };
         let mut bytes: usize = lines.iter().map(|l| l.line.len()).sum();
         while lines.len() < BATCH_LINES && bytes < BATCH_BYTES {
             let Ok(next) = self.ordered.try_recv() else { break };
-            let same = next.confirmed.is_none()
-                && next.envelope.claim == msg.envelope.claim
-                && next.envelope.deployment_id == msg.envelope.deployment_id
-                && next.envelope.attempt == msg.envelope.attempt;
-            match next.envelope.body {
-                Body::Logs { lines: more } if same => {
+            let same = matches!(&next.message, Message::Job(e) if (e.claim, e.deployment_id, e.attempt) == key);
+            match next.message {
+                Message::Job(Envelope { body: Body::Logs { lines: more }, .. }) if same && next.confirmed.is_none() => {
                     bytes += more.iter().map(|l| l.line.len()).sum::<usize>();
                     lines.extend(more);
                 }
@@ -334,11 +354,17 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
                     None => return,
                 },
             };
-            let Ok(payload) = serde_json::to_vec(&msg.envelope) else {
+            let (payload, properties) = match &msg.message {
+                Message::Job(envelope) => (serde_json::to_vec(envelope), broker::persistent_json()),
+                Message::Runner(report) => {
+                    (serde_json::to_vec(report), broker::persistent_json().with_type(RUNNER_REPORT_TYPE.into()))
+                }
+            };
+            let Ok(payload) = payload else {
                 continue;
             };
-            let lines = match &msg.envelope.body {
-                Body::Logs { lines } => lines.len(),
+            let lines = match &msg.message {
+                Message::Job(Envelope { body: Body::Logs { lines }, .. }) => lines.len(),
                 _ => 0,
             };
             let started = std::time::Instant::now();
@@ -349,7 +375,7 @@ pub async fn run_shipper(url: String, topo: Topology, mut queue: OutboxQueue, ca
                         topo.runner_queue.as_str().into(),
                         BasicPublishOptions::default(),
                         &payload,
-                        broker::persistent_json(),
+                        properties.clone(),
                     )
                     .await?
                     .await
@@ -384,8 +410,15 @@ mod tests {
         Reporter::new(outbox, uuid::Uuid::from_u128(1), 1, "r".into(), uuid::Uuid::from_u128(claim))
     }
 
+    fn body(msg: &Outbound) -> &Body {
+        match &msg.message {
+            Message::Job(envelope) => &envelope.body,
+            Message::Runner(_) => panic!("a runner report"),
+        }
+    }
+
     fn lines_of(msg: &Outbound) -> Vec<u64> {
-        match &msg.envelope.body {
+        match body(msg) {
             Body::Logs { lines } => lines.iter().map(|l| l.seq).collect(),
             _ => Vec::new(),
         }
@@ -394,7 +427,7 @@ mod tests {
     fn texts(queue: &mut OutboxQueue) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(msg) = queue.ordered.try_recv() {
-            match msg.envelope.body {
+            match body(&msg).clone() {
                 Body::Logs { lines } => out.extend(lines.into_iter().map(|l| format!("{}:{}", l.seq, l.line))),
                 Body::Step { step, .. } => out.push(format!("step {}", step.as_str())),
                 _ => {}
@@ -447,17 +480,17 @@ mod tests {
             msg.map(|m| queue.batch(m, carry))
         };
         let first = next(&mut queue, &mut carry).expect("heartbeat");
-        assert!(matches!(first.envelope.body, Body::Heartbeat), "heartbeats go first");
+        assert!(matches!(body(&first), Body::Heartbeat), "heartbeats go first");
         let batch = next(&mut queue, &mut carry).expect("batch");
         assert_eq!(lines_of(&batch), (1..=BATCH_LINES as u64).collect::<Vec<_>>());
         let rest = next(&mut queue, &mut carry).expect("rest");
         assert_eq!(lines_of(&rest), (BATCH_LINES as u64 + 1..=total).collect::<Vec<_>>());
         let step = next(&mut queue, &mut carry).expect("step");
-        assert!(matches!(step.envelope.body, Body::Step { .. }), "the step stays between the lines");
+        assert!(matches!(body(&step), Body::Step { .. }), "the step stays between the lines");
         let after = next(&mut queue, &mut carry).expect("after");
         assert_eq!(lines_of(&after), [total + 1], "the line after the step goes after it");
         let other = next(&mut queue, &mut carry).expect("other");
-        assert_eq!(other.envelope.claim, uuid::Uuid::from_u128(11));
+        assert!(matches!(&other.message, Message::Job(e) if e.claim == uuid::Uuid::from_u128(11)));
     }
 
     #[test]
@@ -468,8 +501,8 @@ mod tests {
         r.line(Some(Step::Build), &format!("{long}\0end"));
         let mut parts = Vec::new();
         while let Ok(msg) = queue.ordered.try_recv() {
-            if let Body::Logs { lines } = msg.envelope.body {
-                parts.extend(lines);
+            if let Body::Logs { lines } = body(&msg) {
+                parts.extend(lines.clone());
             }
         }
         assert_eq!(parts.len(), 3);

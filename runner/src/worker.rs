@@ -35,6 +35,8 @@ pub struct Worker {
     pub topo: Topology,
     pub runner_id: Arc<str>,
     pub outbox: Outbox,
+    /// What the runner reports of itself: the jobs in hand.
+    pub presence: Arc<crate::presence::Presence>,
     pub claims: Arc<Claims>,
     /// Stop taking new jobs.
     pub stop: CancellationToken,
@@ -169,6 +171,7 @@ impl Worker {
         let span = tracing::info_span!("job", deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha);
         async {
             tracing::info!("job started");
+            self.presence.started(job.deployment_id);
             // Heartbeats beside the job, in this task: they stop when it ends, nothing outlives it.
             let result = tokio::select! {
                 result = job::run(&job, &self.tools, &claim) => result,
@@ -184,19 +187,48 @@ impl Worker {
                     };
                     Body::Abandoned { reason }
                 }
-                Err(StepError { step, error }) => Body::Failed {
-                    step,
-                    cause: error.cause(),
-                    message: r.mask(&error.to_string()),
-                    rolled_back: error.rolled_back(),
-                },
+                Err(StepError { step, error }) => {
+                    count_error(&error);
+                    Body::Failed {
+                        step,
+                        cause: error.cause(),
+                        message: r.mask(&error.to_string()),
+                        rolled_back: error.rolled_back(),
+                    }
+                }
             };
             tracing::info!(outcome = ?body, "job ended");
+            let outcome = match &body {
+                Body::Completed { .. } => "completed",
+                Body::Failed { .. } => "failed",
+                _ => "abandoned",
+            };
+            metrics::counter!(slipway_telemetry::metrics::JOBS_FINISHED, "outcome" => outcome).increment(1);
             r.send_confirmed(body).await;
             self.claims.remove(claim.id);
+            self.presence.ended(job.deployment_id);
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Counts a failure of the Docker engine or the registry on the runner's error counters.
+fn count_error(error: &JobError) {
+    use crate::image::ImageError;
+    use slipway_telemetry::metrics::{DOCKER_ERRORS, REGISTRY_ERRORS};
+    match error {
+        JobError::Image(ImageError::PushFailed(_)) | JobError::PushTimedOut(_) => {
+            metrics::counter!(REGISTRY_ERRORS, "operation" => "push").increment(1)
+        }
+        JobError::Image(ImageError::PullFailed(_)) => {
+            metrics::counter!(REGISTRY_ERRORS, "operation" => "pull").increment(1)
+        }
+        JobError::Image(ImageError::Engine { action, .. }) => {
+            metrics::counter!(DOCKER_ERRORS, "operation" => *action).increment(1)
+        }
+        JobError::TestRun(_) => metrics::counter!(DOCKER_ERRORS, "operation" => "test").increment(1),
+        _ => {}
     }
 }
 

@@ -143,6 +143,9 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))
         .route("/api/v1/deployments/{id}/cancel", post(cancel_deployment))
+        .route("/api/v1/queue", get(queue))
+        .route("/api/v1/runners", get(runners))
+        .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), auth::authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -330,6 +333,41 @@ async fn list_deployments(
         (None, asked) => asked,
     };
     Ok(Json(deployments::list(&shared.pool, app, limit).await?))
+}
+
+/// `GET /api/v1/queue`: every queued deployment, oldest first, with why it waits. An
+/// app-scoped token sees its app's, and a summary of those (the runner figures are the fleet's).
+async fn queue(State(shared): State<Shared>, caller: Caller) -> Result<Json<api::Queue>, ApiError> {
+    let (mut queue, _) = crate::queue::snapshot(&shared.pool, &shared.broker, shared.runner_lost_after).await?;
+    if caller.app.is_some() {
+        queue.entries.retain(|e| caller.sees(&e.app));
+        for (i, e) in queue.entries.iter_mut().enumerate() {
+            e.position = i as u32 + 1;
+        }
+        queue.summary.depth = queue.entries.len() as u32;
+        queue.summary.oldest_wait_seconds = queue.entries.first().map(|e| e.wait_seconds);
+    }
+    Ok(Json(queue))
+}
+
+/// `GET /api/v1/runners`: the fleet; for tokens not scoped to an app.
+async fn runners(State(shared): State<Shared>, caller: Caller) -> Result<Json<Vec<api::Runner>>, ApiError> {
+    caller.require(Role::Viewer, None)?;
+    Ok(Json(crate::fleet::list(&shared.pool, shared.runner_lost_after).await?))
+}
+
+/// `GET /metrics`: the Prometheus text, for tokens not scoped to an app. The queue and fleet
+/// gauges are read from PostgreSQL at each scrape (bounded by 5 s); the counters and histograms
+/// are this scheduler's since it started.
+async fn metrics(State(shared): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, None)?;
+    let gauges = tokio::time::timeout(std::time::Duration::from_secs(5), crate::observe::gauges(&shared)).await;
+    match gauges {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "queue gauges not refreshed for this scrape"),
+        Err(_) => tracing::warn!("queue gauges not refreshed for this scrape: PostgreSQL took over 5 s"),
+    }
+    Ok(([(header::CONTENT_TYPE, slipway_telemetry::metrics::CONTENT_TYPE)], shared.metrics.render()).into_response())
 }
 
 /// Parses a deployment id from a path segment, with a clear error.

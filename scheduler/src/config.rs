@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LEASE_SECONDS", default_value_t = 60)]
     pub lease_seconds: u64,
 
+    /// A runner that sent no report for this many seconds is marked lost (runners report every
+    /// SLIPWAY_HEARTBEAT_SECONDS, 10 by default).
+    #[arg(long, env = "SLIPWAY_RUNNER_LOST_SECONDS", default_value_t = 30)]
+    pub runner_lost_seconds: u64,
+
     /// Attempts of a job before an infrastructure failure or a lost runner fails it for good.
     #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -99,6 +104,9 @@ impl Config {
         if self.lease_seconds < 2 {
             return Err("SLIPWAY_LEASE_SECONDS must be at least 2".into());
         }
+        if self.runner_lost_seconds < 2 {
+            return Err("SLIPWAY_RUNNER_LOST_SECONDS must be at least 2".into());
+        }
         if self.max_attempts == 0 {
             return Err("SLIPWAY_MAX_ATTEMPTS must be at least 1".into());
         }
@@ -141,6 +149,11 @@ impl Config {
             file: self.secret_key_file.clone().unwrap_or_else(|| self.state_dir().join("secret.key")),
             previous: self.previous_secret_keys.split(',').map(str::to_string).collect(),
         }
+    }
+
+    /// How long a runner may be silent before it is marked lost.
+    pub fn runner_lost_after(&self) -> Duration {
+        Duration::from_secs(self.runner_lost_seconds)
     }
 
     /// The lease as a duration.

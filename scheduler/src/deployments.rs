@@ -198,6 +198,10 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
         }
     };
     tx.commit().await?;
+    if let Created::New { .. } = created {
+        metrics::counter!(slipway_telemetry::metrics::DEPLOYMENTS_CREATED, "source" => crate::observe::source_label(source))
+            .increment(1);
+    }
     Ok(created)
 }
 

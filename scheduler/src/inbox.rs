@@ -15,11 +15,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use slipway_proto::message::{RUNNER_REPORT_TYPE, RunnerActivity, RunnerReport};
 use slipway_proto::{Body, Control, Envelope, Input};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::transition::{self, TransitionError};
+use crate::fleet;
+use crate::transition::{self, Applied, TransitionError};
 use slipway_broker as broker;
 
 use crate::Shared;
@@ -121,6 +123,11 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
                 continue;
             }
         };
+        let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
+        if kind.as_deref() == Some(RUNNER_REPORT_TYPE) {
+            take_report(shared, delivery).await?;
+            continue;
+        }
         let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
             Ok(env) => env,
             Err(err) => {
@@ -140,10 +147,12 @@ async fn consume(shared: &Shared, conn: &lapin::Connection, cancel: &Cancellatio
 async fn take(shared: &Shared, delivery: lapin::message::Delivery, envelope: Envelope) -> anyhow::Result<()> {
     let id = envelope.deployment_id;
     match handle(shared, &envelope).await {
-        Ok(()) => {
+        Ok(outcome) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
+            counted(outcome);
         }
         Err(err) if err.is_transient() && deliveries(&delivery) < MAX_DELIVERIES => {
+            counted("retried");
             shared.inbox.failed();
             tracing::warn!(error = %err, deployment_id = %id, "could not apply runner message; will retry");
             delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
@@ -155,6 +164,51 @@ async fn take(shared: &Shared, delivery: lapin::message::Delivery, envelope: Env
             }
             let reason = format!("{err}: {}", error_chain(&err));
             dead_letter(shared, Some(id), &reason, &delivery.data).await?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts a runner message by what became of it.
+fn counted(outcome: &'static str) {
+    metrics::counter!(slipway_telemetry::metrics::INBOX_MESSAGES, "outcome" => outcome).increment(1);
+}
+
+/// Records a runner's report of itself. An unreadable one is dropped with a warning (it is not
+/// about any deployment, and the next report comes within a heartbeat); a transient database
+/// failure hands it back.
+async fn take_report(shared: &Shared, delivery: lapin::message::Delivery) -> anyhow::Result<()> {
+    let report: RunnerReport = match serde_json::from_slice(&delivery.data) {
+        Ok(report) => report,
+        Err(err) => {
+            tracing::warn!(error = %err, bytes = delivery.data.len(), "unreadable runner report dropped");
+            counted("rejected");
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+    };
+    match fleet::record(&shared.pool, &report).await {
+        Ok(was_lost) => {
+            if was_lost {
+                tracing::info!(runner_id = %report.runner_id, "a runner marked lost reports again");
+            }
+            if matches!(report.state, RunnerActivity::Stopped | RunnerActivity::Draining) {
+                tracing::info!(runner_id = %report.runner_id, state = ?report.state, "runner leaving");
+            }
+            counted("applied");
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Err(err) if crate::db::is_unavailable(&err) => {
+            shared.inbox.failed();
+            counted("retried");
+            tracing::warn!(error = %err, "could not record a runner report; will retry");
+            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, runner_id = %report.runner_id, "runner report refused by the database; dropped");
+            counted("rejected");
             delivery.acker.ack(BasicAckOptions::default()).await?;
         }
     }
@@ -181,6 +235,7 @@ fn deliveries(delivery: &lapin::message::Delivery) -> i64 {
 /// Fails (and the message is redelivered) only if PostgreSQL cannot take the record.
 async fn dead_letter(shared: &Shared, id: Option<uuid::Uuid>, reason: &str, body: &[u8]) -> anyhow::Result<()> {
     tracing::error!(deployment_id = ?id, reason, bytes = body.len(), "runner message dead-lettered");
+    counted("dead_lettered");
     let recorded = sqlx::query("INSERT INTO dead_letters (deployment_id, reason, body) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(reason)
@@ -205,20 +260,26 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out.join(": ")
 }
 
-/// Stores a log line, or applies any other message to its deployment.
-async fn handle(shared: &Shared, envelope: &Envelope) -> Result<(), TransitionError> {
+/// Stores a log line, or applies any other message to its deployment; says what became of it
+/// (applied, ignored as a repeat, or rejected).
+async fn handle(shared: &Shared, envelope: &Envelope) -> Result<&'static str, TransitionError> {
     if let Body::Logs { lines } = &envelope.body {
         let started = std::time::Instant::now();
         transition::store_logs(&shared.pool, envelope, lines).await?;
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(deployment_id = %envelope.deployment_id, lines = lines.len(), ms, "log batch stored");
+        metrics::counter!(slipway_telemetry::metrics::LOG_LINES_STORED).increment(lines.len() as u64);
         let _ = shared.live.send(envelope.deployment_id);
-        return Ok(());
+        return Ok("applied");
     }
     let applied =
         transition::apply(&shared.pool, envelope.deployment_id, &Input::Runner(envelope), shared.policy()).await?;
     shared.react(&applied);
-    Ok(())
+    Ok(match applied {
+        Applied::Changed { .. } | Applied::Touched { .. } => "applied",
+        Applied::Ignored { .. } => "ignored",
+        Applied::Rejected { .. } => "rejected",
+    })
 }
 
 fn stop(envelope: &Envelope, reason: &str) -> Control {

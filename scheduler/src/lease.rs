@@ -24,6 +24,9 @@ pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        if shared.inbox.heard_within(shared.runner_lost_after) {
+            lost(&shared).await;
+        }
         if !shared.inbox.heard_within(lease) {
             tracing::debug!("leases paused: the inbox has not heard runners for a whole lease");
             continue;
@@ -31,6 +34,20 @@ pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
         if let Err(err) = expire(&shared, lease).await {
             tracing::warn!(error = %err, "lease check failed; will retry");
         }
+    }
+}
+
+/// Marks the runners silent for `SLIPWAY_RUNNER_LOST_SECONDS` lost (only while the inbox could
+/// have heard them, like leases).
+async fn lost(shared: &Shared) {
+    match crate::fleet::mark_lost(&shared.pool, shared.runner_lost_after).await {
+        Ok(lost) => {
+            for runner_id in lost {
+                tracing::warn!(runner_id = %runner_id, silent_for = ?shared.runner_lost_after, "runner lost: no report from it");
+                metrics::counter!(slipway_telemetry::metrics::RUNNERS_LOST).increment(1);
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "runner check failed; will retry"),
     }
 }
 

@@ -8,10 +8,13 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod deployments;
+pub mod fleet;
 pub mod inbox;
 pub mod lease;
 pub mod logs;
+pub mod observe;
 pub mod publisher;
+pub mod queue;
 pub mod relay;
 pub mod seal;
 pub mod transition;
@@ -54,6 +57,12 @@ pub struct Shared {
     pub webhooks: Arc<tokio::sync::Semaphore>,
     /// The largest webhook body read.
     pub webhook_max_bytes: usize,
+    /// Whether the relay reaches RabbitMQ; says why unpublished deployments wait.
+    pub broker: Arc<queue::BrokerHealth>,
+    /// How long a runner may be silent before it counts as lost.
+    pub runner_lost_after: std::time::Duration,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl Shared {
@@ -96,6 +105,7 @@ impl Shared {
                 }
                 self.publisher.notify(note);
                 let _ = self.live.send(note.deployment_id);
+                observe::changed(self, note);
                 control
             }
             Applied::Touched { reply } => reply,
@@ -115,7 +125,12 @@ impl Shared {
 
 /// Connects to PostgreSQL, applies migrations, starts the background tasks on `tracker` and
 /// serves HTTP until `cancel` fires.
-pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let keyring = seal::Keyring::load(&config.key_source()).context("loading the secret key")?;
     let guard = Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?;
@@ -144,6 +159,9 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
         guard: Arc::new(guard),
         webhooks: Arc::new(tokio::sync::Semaphore::new(config.webhook_concurrency)),
         webhook_max_bytes: config.webhook_max_bytes,
+        broker: Arc::new(queue::BrokerHealth::default()),
+        runner_lost_after: config.runner_lost_after(),
+        metrics,
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
@@ -152,7 +170,7 @@ pub async fn run(config: Config, cancel: CancellationToken, tracker: TaskTracker
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %config.listen, "scheduler listening");
+    tracing::info!(listen = %config.listen, metrics = %format!("http://{}/metrics", config.listen), "scheduler listening; metrics need a viewer token");
     let app = api::router(shared).layer(tower_http::trace::TraceLayer::new_for_http());
     let serving = axum::serve(listener, app).with_graceful_shutdown({
         let cancel = cancel.clone();

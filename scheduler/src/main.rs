@@ -19,9 +19,14 @@ async fn main() -> std::process::ExitCode {
         eprintln!("slipway-scheduler: {msg}");
         return std::process::ExitCode::from(64);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    let format = match slipway_telemetry::logs::Format::from_env() {
+        Ok(format) => format,
+        Err(msg) => {
+            eprintln!("slipway-scheduler: {msg}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    slipway_telemetry::logs::init(format, std::io::stderr);
 
     if let Some(slipway_scheduler::config::Command::RotateKey { to }) = &config.command {
         return match slipway_scheduler::rotate_key(&config, to.as_deref()).await {
@@ -35,7 +40,15 @@ async fn main() -> std::process::ExitCode {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(shutdown_on_signal(cancel.clone()));
-    let result = run(config, cancel.clone(), tracker.clone()).await;
+    let metrics =
+        match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Scheduler, cancel.clone()) {
+            Ok(handle) => handle,
+            Err(err) => {
+                eprintln!("slipway-scheduler: setting up metrics: {err:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+    let result = run(config, metrics, cancel.clone(), tracker.clone()).await;
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(slipway_scheduler::SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {

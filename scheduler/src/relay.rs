@@ -17,19 +17,26 @@ const BATCH: i64 = 100;
 /// Runs until `cancel`; wakes on `shared.relay_wake` and at least every second.
 pub async fn run(shared: Shared, cancel: CancellationToken) {
     let url = shared.amqp_url.clone();
+    shared.broker.down();
     let session = |conn: lapin::Connection| {
         let (shared, cancel) = (shared.clone(), cancel.clone());
-        async move { relay(&shared, &conn, &cancel).await }
+        async move {
+            let result = relay(&shared, &conn, &cancel).await;
+            shared.broker.down();
+            result
+        }
     };
     broker::with_reconnect(&url, &cancel, "outbox relay", session).await;
 }
 
 async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
     let channel = broker::confirm_channel(conn, &shared.topo).await?;
+    shared.broker.up();
     loop {
         let jobs = deployments::outbox(&shared.pool, &shared.keyring, BATCH).await?;
         for job in &jobs {
             let payload = serde_json::to_vec(job)?;
+            let started = std::time::Instant::now();
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -42,6 +49,7 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
                 .await?;
             match confirm {
                 Confirmation::Ack(None) => {
+                    metrics::histogram!(slipway_telemetry::metrics::OUTBOX_PUBLISH).record(started.elapsed());
                     deployments::mark_published(&shared.pool, job.deployment_id, job.attempt).await?;
                     tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
                 }

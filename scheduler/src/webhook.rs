@@ -124,6 +124,29 @@ pub async fn github(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
+    let answered = receive_github(shared, headers, body).await;
+    counted("github", &answered);
+    answered
+}
+
+/// Counts a webhook delivery on `slipway_webhooks_total` by what was answered: accepted (a new
+/// deployment), duplicate, ignored (nothing to deploy, or a ping), refused (4xx) or failed (5xx).
+fn counted(forge: &'static str, answered: &Result<(StatusCode, Json<WebhookAnswer>), ApiError>) {
+    let outcome = match answered {
+        Ok((_, Json(a))) if a.status == "queued" => "accepted",
+        Ok((_, Json(a))) if a.status == "duplicate" => "duplicate",
+        Ok(_) => "ignored",
+        Err(ApiError::Unavailable(_) | ApiError::Db(_) | ApiError::Corrupt(_) | ApiError::Internal(_)) => "failed",
+        Err(_) => "refused",
+    };
+    metrics::counter!(slipway_telemetry::metrics::WEBHOOKS, "forge" => forge, "outcome" => outcome).increment(1);
+}
+
+async fn receive_github(
+    shared: Shared,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")) {
         return Err(ApiError::UnsupportedMediaType("set the webhook's content type to application/json".into()));

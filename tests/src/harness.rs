@@ -17,6 +17,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// Where a runner serves its metrics.
+    pub metrics_port: Option<u16>,
 }
 
 impl Proc {
@@ -201,7 +203,9 @@ impl Slipway {
     fn spawn_runner(&self, id: &str) -> Proc {
         let id = id.to_string();
         let work = self.work_dir(&id);
+        let metrics_port = free_port();
         let mut env = vec![
+            ("SLIPWAY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
             ("SLIPWAY_RUNNER_ID", id.clone()),
             ("SLIPWAY_ALLOW_PRIVATE_GIT", "127.0.0.1".into()),
             ("SLIPWAY_AMQP_URL", self.options.amqp_url.clone()),
@@ -214,7 +218,9 @@ impl Slipway {
         ];
         env.extend(self.options.runner_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let life = self.runners.iter().filter(|r| r.name == id).count();
-        spawn(&id, &format!("{id}.{life}"), &bin("slipway-runner"), &self.logs, &env)
+        let mut proc = spawn(&id, &format!("{id}.{life}"), &bin("slipway-runner"), &self.logs, &env);
+        proc.metrics_port = Some(metrics_port);
+        proc
     }
 
     /// Asks to cancel a deployment.
@@ -471,7 +477,7 @@ fn spawn(name: &str, log_name: &str, path: &PathBuf, logs: &tempfile::TempDir, e
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
-    Proc { name: name.to_string(), child, log }
+    Proc { name: name.to_string(), child, log, metrics_port: None }
 }
 
 /// A GitHub-shaped push payload.

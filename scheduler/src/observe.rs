@@ -1,0 +1,132 @@
+//! What operators see of each state change: the deployment histograms and counters on
+//! `/metrics` (queue wait when a claim is granted, each step's duration, the outcome and
+//! push-to-live when it ends), and at the end, its trace's root span. Read back from the rows
+//! the change wrote, in a task of its own, so the change itself never waits for it.
+
+use slipway_proto::{Notification, State, StepStatus};
+use slipway_telemetry::metrics as m;
+
+use crate::Shared;
+
+/// Records what the applied change `note` means for the metrics and the trace.
+pub fn changed(shared: &Shared, note: &Notification) {
+    let kind = match (note.state, note.step, note.step_status) {
+        (State::Running, None, _) => Kind::Started,
+        (State::Running, Some(_), Some(status)) if status != StepStatus::Running => Kind::Step,
+        (state, _, _) if state.is_terminal() => Kind::Ended,
+        _ => return,
+    };
+    let (shared2, note) = (shared.clone(), note.clone());
+    shared.tasks.spawn(async move {
+        if let Err(err) = record(&shared2, &note, kind).await {
+            tracing::debug!(error = %err, deployment_id = %note.deployment_id, "could not read back a change for the metrics");
+        }
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Started,
+    Step,
+    Ended,
+}
+
+async fn record(shared: &Shared, note: &Notification, kind: Kind) -> Result<(), sqlx::Error> {
+    let pool = &shared.pool;
+    match kind {
+        Kind::Started => {
+            let waited: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM coalesce(started_at, now()) - created_at)::float8 FROM deployments WHERE id = $1",
+            )
+            .bind(note.deployment_id)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(waited) = waited {
+                metrics::histogram!(m::QUEUE_WAIT).record(waited.max(0.0));
+            }
+        }
+        Kind::Step => {
+            let (Some(step), Some(status)) = (note.step, note.step_status) else { return Ok(()) };
+            let took: Option<Option<f64>> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM finished_at - started_at)::float8 FROM deployment_steps
+                 WHERE deployment_id = $1 AND attempt = $2 AND step = $3",
+            )
+            .bind(note.deployment_id)
+            .bind(note.attempt as i32)
+            .bind(step.as_str())
+            .fetch_optional(pool)
+            .await?;
+            if let Some(Some(took)) = took {
+                metrics::histogram!(m::STEP_DURATION, "step" => step.as_str(), "result" => status.as_str())
+                    .record(took.max(0.0));
+            }
+        }
+        Kind::Ended => {
+            #[derive(sqlx::FromRow)]
+            struct Ended {
+                source: String,
+                error_cause: Option<String>,
+                took: Option<f64>,
+            }
+            let ended = sqlx::query_as::<_, Ended>(
+                "SELECT source, error_cause, extract(epoch FROM coalesce(finished_at, now()) - created_at)::float8 AS took
+                 FROM deployments WHERE id = $1",
+            )
+            .bind(note.deployment_id)
+            .fetch_optional(pool)
+            .await?;
+            let Some(ended) = ended else { return Ok(()) };
+            let source = source_label(&ended.source);
+            let cause = match note.state {
+                State::Failed => ended.error_cause.unwrap_or_else(|| "unknown".into()),
+                _ => "none".into(),
+            };
+            metrics::counter!(m::DEPLOYMENTS_FINISHED, "source" => source, "result" => note.state.as_str(), "cause" => cause)
+                .increment(1);
+            if note.state == State::Completed
+                && let Some(took) = ended.took
+            {
+                metrics::histogram!(m::PUSH_TO_LIVE, "source" => source).record(took.max(0.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A deployment's source as a label: the known ones, anything else as `other`.
+pub fn source_label(source: &str) -> &'static str {
+    match source {
+        "github" => "github",
+        "gitlab" => "gitlab",
+        "bitbucket" => "bitbucket",
+        "gitea" => "gitea",
+        "manual" => "manual",
+        "rollback" => "rollback",
+        _ => "other",
+    }
+}
+
+/// Sets the gauges read from PostgreSQL: queue depth by reason, the oldest wait, the outbox not
+/// yet published, runners by state and their slots, and the dead letters.
+pub async fn gauges(shared: &Shared) -> Result<(), sqlx::Error> {
+    use slipway_proto::api::{RunnerState, WaitReason};
+    let (queue, runners) = crate::queue::snapshot(&shared.pool, &shared.broker, shared.runner_lost_after).await?;
+    for kind in WaitReason::KINDS {
+        let n = queue.entries.iter().filter(|e| e.reason.kind() == kind).count();
+        metrics::gauge!(m::QUEUE_DEPTH, "reason" => kind).set(n as f64);
+    }
+    metrics::gauge!(m::QUEUE_OLDEST_WAIT).set(queue.summary.oldest_wait_seconds.unwrap_or(0.0));
+    let unpublished =
+        queue.entries.iter().filter(|e| e.reason.kind() != "waiting_for_runner" && e.reason.kind() != "no_runner");
+    metrics::gauge!(m::OUTBOX_UNPUBLISHED).set(unpublished.count() as f64);
+    for state in [RunnerState::Idle, RunnerState::Busy, RunnerState::Draining, RunnerState::Lost] {
+        let n = runners.iter().filter(|r| r.state == state).count();
+        metrics::gauge!(m::RUNNERS, "state" => state.as_str()).set(n as f64);
+    }
+    let (slots, busy) = (queue.summary.slots, queue.summary.slots_busy);
+    metrics::gauge!(m::RUNNER_SLOTS, "state" => "busy").set(busy as f64);
+    metrics::gauge!(m::RUNNER_SLOTS, "state" => "idle").set(slots.saturating_sub(busy) as f64);
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&shared.pool).await?;
+    metrics::gauge!(m::DEAD_LETTERS).set(dead as f64);
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Traces: filled in below.
