@@ -84,3 +84,36 @@ fn quorum_args() -> FieldTable {
 pub fn persistent_json() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into())
 }
+
+/// `properties` with the W3C `traceparent` header set.
+pub fn with_traceparent(properties: BasicProperties, traceparent: &str) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.into()));
+    properties.with_headers(headers)
+}
+
+/// The W3C `traceparent` header of a message, if it has a readable one.
+pub fn traceparent(properties: &BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("traceparent")? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+    .filter(|s| s.len() <= 512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_through_message_headers() {
+        let header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let props = with_traceparent(persistent_json(), header);
+        assert_eq!(traceparent(&props).as_deref(), Some(header));
+        assert_eq!(traceparent(&persistent_json()), None);
+        let huge = with_traceparent(persistent_json(), &"x".repeat(10_000));
+        assert_eq!(traceparent(&huge), None, "an oversized header is not read");
+    }
+}

@@ -30,6 +30,14 @@ async fn main() -> std::process::ExitCode {
     slipway_telemetry::logs::init(format, slipway_runner::mask::MaskedStderr::default);
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
+    // Traces go out over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when this drops.
+    let _traces = match slipway_telemetry::trace::init("slipway-runner") {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("slipway-runner: setting up OTLP traces: {err:#}");
+            return std::process::ExitCode::from(64);
+        }
+    };
     let metrics = match config.metrics() {
         Ok(Some(_)) => {
             match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Runner, shutdown.clone()) {

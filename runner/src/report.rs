@@ -94,6 +94,8 @@ pub struct Reporter {
     masker: Arc<Masker>,
     /// Keeps the same values masked in the runner's own log while this attempt runs.
     _registration: Option<Arc<crate::mask::Registration>>,
+    /// This attempt's spans: each step reported opens and closes one.
+    trace: Arc<slipway_telemetry::trace::JobTrace>,
 }
 
 impl Reporter {
@@ -105,7 +107,19 @@ impl Reporter {
         claim: uuid::Uuid,
     ) -> Self {
         let (lines, masker) = (Arc::new(Mutex::new(Lines::default())), Arc::new(Masker::default()));
-        Self { outbox, deployment_id, attempt, runner_id, claim, lines, masker, _registration: None }
+        let trace = Arc::new(slipway_telemetry::trace::JobTrace::none());
+        Self { outbox, deployment_id, attempt, runner_id, claim, lines, masker, _registration: None, trace }
+    }
+
+    /// Records each step reported as a span of `trace`.
+    pub fn with_trace(mut self, trace: Arc<slipway_telemetry::trace::JobTrace>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// This attempt's spans.
+    pub fn trace(&self) -> &slipway_telemetry::trace::JobTrace {
+        &self.trace
     }
 
     /// Masks `values`, in any of their common encodings, wherever they appear in what this
@@ -245,6 +259,20 @@ impl Reporter {
     /// A step changed status; its error is masked like any line.
     pub fn step(&self, step: Step, status: StepStatus, error: Option<String>) {
         let error = error.map(|e| self.mask(&e));
+        use slipway_telemetry::trace::Outcome;
+        let task_type = match step {
+            Step::Build | Step::Push => Some("build"),
+            Step::Test => Some("test"),
+            Step::Deploy => Some("deploy"),
+            Step::Clone | Step::Cleanup => None,
+        };
+        match status {
+            StepStatus::Running => self.trace.step_started(step.as_str(), task_type),
+            StepStatus::Succeeded => self.trace.step_ended(step.as_str(), Outcome::Success, None),
+            StepStatus::Skipped => self.trace.step_ended(step.as_str(), Outcome::Skip, None),
+            StepStatus::Cancelled => self.trace.step_ended(step.as_str(), Outcome::Cancellation, None),
+            StepStatus::Failed => self.trace.step_ended(step.as_str(), Outcome::Failure, error.as_deref()),
+        }
         self.send(Body::Step { step, status, error });
     }
 }

@@ -66,15 +66,16 @@ impl Worker {
         broker::declare(&channel, &self.topo).await?;
         channel.basic_qos(1, BasicQosOptions::default()).await?;
         loop {
-            let Some((job, claim)) = self.take(&channel, index).await? else {
+            let Some((job, claim, traceparent)) = self.take(&channel, index).await? else {
                 return Ok(());
             };
-            self.execute(job, claim).await;
+            self.execute(job, claim, traceparent).await;
         }
     }
 
     /// Waits for one job whose claim the scheduler grants, and acknowledges it; `None` when stopping.
-    async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Claim)>> {
+    /// With the job: the W3C trace context its message carried.
+    async fn take(&self, channel: &Channel, index: u16) -> anyhow::Result<Option<(Job, Claim, Option<String>)>> {
         let tag = format!("{}-{index}", self.runner_id);
         let consume = || {
             let options = BasicConsumeOptions::default();
@@ -123,7 +124,8 @@ impl Worker {
             match answered {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
-                    return Ok(Some((job, claim)));
+                    let traceparent = broker::traceparent(&delivery.properties);
+                    return Ok(Some((job, claim, traceparent)));
                 }
                 Err(JobError::Cancelled) => {
                     let reason = self.claims.stop_reason(claim.id).unwrap_or_default();
@@ -167,7 +169,9 @@ impl Worker {
     }
 
     /// Runs a granted job with heartbeats until it ends, and reports how it ended.
-    async fn execute(&self, job: Job, claim: Claim) {
+    async fn execute(&self, job: Job, mut claim: Claim, traceparent: Option<String>) {
+        let trace = Arc::new(job_trace(&job, &self.runner_id, traceparent.as_deref()));
+        claim.reporter = claim.reporter.with_trace(trace.clone());
         let span = tracing::info_span!("job", deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha);
         async {
             tracing::info!("job started");
@@ -198,11 +202,18 @@ impl Worker {
                 }
             };
             tracing::info!(outcome = ?body, "job ended");
-            let outcome = match &body {
-                Body::Completed { .. } => "completed",
-                Body::Failed { .. } => "failed",
-                _ => "abandoned",
+            use slipway_telemetry::trace::Outcome;
+            let (outcome, traced) = match &body {
+                Body::Completed { .. } => ("completed", Outcome::Success),
+                Body::Failed { cause: slipway_proto::Cause::User, .. } => ("failed", Outcome::Failure),
+                Body::Failed { .. } => ("failed", Outcome::Error),
+                _ => ("abandoned", Outcome::Cancellation),
             };
+            let message = match &body {
+                Body::Failed { message, .. } | Body::Abandoned { reason: message } => Some(message.as_str()),
+                _ => None,
+            };
+            trace.end(traced, message);
             metrics::counter!(slipway_telemetry::metrics::JOBS_FINISHED, "outcome" => outcome).increment(1);
             r.send_confirmed(body).await;
             self.claims.remove(claim.id);
@@ -211,6 +222,21 @@ impl Worker {
         .instrument(span)
         .await
     }
+}
+
+/// The job attempt's span, under the deployment's trace, with the CI/CD attributes.
+fn job_trace(job: &Job, runner_id: &str, traceparent: Option<&str>) -> slipway_telemetry::trace::JobTrace {
+    use opentelemetry::KeyValue;
+    let attributes = vec![
+        KeyValue::new("cicd.pipeline.name", job.app.name.clone()),
+        KeyValue::new("cicd.pipeline.run.id", job.deployment_id.to_string()),
+        KeyValue::new("cicd.pipeline.task.run.id", format!("{}:{}", job.deployment_id, job.attempt)),
+        KeyValue::new("cicd.worker.id", runner_id.to_string()),
+        KeyValue::new("vcs.ref.head.revision", job.sha.clone()),
+        KeyValue::new("vcs.ref.head.name", job.git_ref.clone()),
+        KeyValue::new("slipway.attempt", i64::from(job.attempt)),
+    ];
+    slipway_telemetry::trace::JobTrace::start(traceparent, format!("job {}", job.app.name), attributes)
 }
 
 /// Counts a failure of the Docker engine or the registry on the runner's error counters.

@@ -151,8 +151,8 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued')
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -164,6 +164,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     .bind(delivery_id)
     .bind(image_digest)
     .bind(created_by)
+    .bind(slipway_telemetry::trace::Root::new().traceparent())
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -273,12 +274,20 @@ pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<State>, TransitionE
     s.map(|s| State::parse(&s).ok_or(TransitionError::Corrupt { id, column: "state", value: s })).transpose()
 }
 
+/// A job to publish, with its deployment's trace context for the message headers.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub job: Job,
+    pub traceparent: Option<String>,
+}
+
 /// Jobs waiting in the outbox: queued, not yet confirmed published, due, and the oldest of their
 /// app and environment, which must have no other deployment published or running: at most one
 /// deployment of an app and environment is out with runners at a time.
-pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<Outgoing>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
+        trace_parent: Option<String>,
         deployment_id: Uuid,
         attempt: i32,
         sha: String,
@@ -288,7 +297,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
         app: App,
     }
     let rows = sqlx::query_as::<_, Row>(
-        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest,
+        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
                 a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits
          FROM deployments d JOIN apps a ON a.id = d.app_id
@@ -306,13 +315,16 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
         // An app whose secrets cannot be opened (the key is not configured) stays queued: its
         // job is not sent without them, and the operator is told why.
         match r.app.job_app(keyring) {
-            Ok(app) => jobs.push(Job {
-                deployment_id: r.deployment_id,
-                attempt: r.attempt as u32,
-                sha: r.sha,
-                git_ref: r.git_ref,
-                image_digest: r.image_digest,
-                app,
+            Ok(app) => jobs.push(Outgoing {
+                job: Job {
+                    deployment_id: r.deployment_id,
+                    attempt: r.attempt as u32,
+                    sha: r.sha,
+                    git_ref: r.git_ref,
+                    image_digest: r.image_digest,
+                    app,
+                },
+                traceparent: r.trace_parent,
             }),
             Err(err) => {
                 tracing::error!(deployment_id = %r.deployment_id, app = %r.app.name, error = %err, "cannot open the app's secrets; its job waits")

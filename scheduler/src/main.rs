@@ -39,6 +39,14 @@ async fn main() -> std::process::ExitCode {
     }
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Traces go out over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when this drops.
+    let _traces = match slipway_telemetry::trace::init("slipway-scheduler") {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("slipway-scheduler: setting up OTLP traces: {err:#}");
+            return std::process::ExitCode::from(64);
+        }
+    };
     tracker.spawn(shutdown_on_signal(cancel.clone()));
     let metrics =
         match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Scheduler, cancel.clone()) {

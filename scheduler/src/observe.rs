@@ -4,6 +4,7 @@
 //! the change wrote, in a task of its own, so the change itself never waits for it.
 
 use slipway_proto::{Notification, State, StepStatus};
+
 use slipway_telemetry::metrics as m;
 
 use crate::Shared;
@@ -62,15 +63,12 @@ async fn record(shared: &Shared, note: &Notification, kind: Kind) -> Result<(), 
             }
         }
         Kind::Ended => {
-            #[derive(sqlx::FromRow)]
-            struct Ended {
-                source: String,
-                error_cause: Option<String>,
-                took: Option<f64>,
-            }
             let ended = sqlx::query_as::<_, Ended>(
-                "SELECT source, error_cause, extract(epoch FROM coalesce(finished_at, now()) - created_at)::float8 AS took
-                 FROM deployments WHERE id = $1",
+                "SELECT d.source, d.error_cause, d.error_step, d.error_message, d.cancel_reason,
+                        extract(epoch FROM coalesce(d.finished_at, now()) - d.created_at)::float8 AS took,
+                        d.trace_parent, d.created_at, coalesce(d.finished_at, now()) AS finished_at,
+                        a.name AS app, d.sha, d.git_ref, d.environment, d.attempt
+                 FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1",
             )
             .bind(note.deployment_id)
             .fetch_optional(pool)
@@ -78,7 +76,7 @@ async fn record(shared: &Shared, note: &Notification, kind: Kind) -> Result<(), 
             let Some(ended) = ended else { return Ok(()) };
             let source = source_label(&ended.source);
             let cause = match note.state {
-                State::Failed => ended.error_cause.unwrap_or_else(|| "unknown".into()),
+                State::Failed => ended.error_cause.clone().unwrap_or_else(|| "unknown".into()),
                 _ => "none".into(),
             };
             metrics::counter!(m::DEPLOYMENTS_FINISHED, "source" => source, "result" => note.state.as_str(), "cause" => cause)
@@ -88,9 +86,66 @@ async fn record(shared: &Shared, note: &Notification, kind: Kind) -> Result<(), 
             {
                 metrics::histogram!(m::PUSH_TO_LIVE, "source" => source).record(took.max(0.0));
             }
+            trace_root(note, &ended);
         }
     }
     Ok(())
+}
+
+/// What an ended deployment's metrics and root span are made of.
+#[derive(sqlx::FromRow)]
+struct Ended {
+    source: String,
+    error_cause: Option<String>,
+    error_step: Option<String>,
+    error_message: Option<String>,
+    cancel_reason: Option<String>,
+    took: Option<f64>,
+    trace_parent: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    finished_at: chrono::DateTime<chrono::Utc>,
+    app: String,
+    sha: String,
+    git_ref: String,
+    environment: String,
+    attempt: i32,
+}
+
+/// Exports the deployment's root span, from the push to now, under the ids it was recorded with.
+fn trace_root(note: &Notification, ended: &Ended) {
+    use opentelemetry::KeyValue;
+    use slipway_telemetry::trace::{Outcome, Root};
+    let Some(root) = ended.trace_parent.as_deref().and_then(Root::parse) else { return };
+    let outcome = match (note.state, ended.error_cause.as_deref()) {
+        (State::Completed, _) => Outcome::Success,
+        (State::Failed, Some("user")) => Outcome::Failure,
+        (State::Failed, _) => Outcome::Error,
+        _ => Outcome::Cancellation,
+    };
+    let mut attributes = vec![
+        KeyValue::new("cicd.pipeline.name", ended.app.clone()),
+        KeyValue::new("cicd.pipeline.run.id", note.deployment_id.to_string()),
+        KeyValue::new("vcs.ref.head.revision", ended.sha.clone()),
+        KeyValue::new("vcs.ref.head.name", ended.git_ref.clone()),
+        KeyValue::new("deployment.environment.name", ended.environment.clone()),
+        KeyValue::new("slipway.source", ended.source.clone()),
+        KeyValue::new("slipway.attempts", i64::from(ended.attempt)),
+    ];
+    if let Some(step) = &ended.error_step {
+        attributes.push(KeyValue::new("slipway.failed_step", step.clone()));
+    }
+    if let Some(cause) = &ended.error_cause {
+        attributes.push(KeyValue::new("error.type", cause.clone()));
+    }
+    let message = ended.error_message.as_deref().or(ended.cancel_reason.as_deref());
+    root.end(
+        format!("deploy {}", ended.app),
+        ended.created_at.into(),
+        ended.finished_at.into(),
+        outcome,
+        message,
+        attributes,
+    );
 }
 
 /// A deployment's source as a label: the known ones, anything else as `other`.

@@ -34,8 +34,13 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
     shared.broker.up();
     loop {
         let jobs = deployments::outbox(&shared.pool, &shared.keyring, BATCH).await?;
-        for job in &jobs {
+        for deployments::Outgoing { job, traceparent } in &jobs {
             let payload = serde_json::to_vec(job)?;
+            let mut properties =
+                broker::persistent_json().with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into());
+            if let Some(traceparent) = traceparent {
+                properties = broker::with_traceparent(properties, traceparent);
+            }
             let started = std::time::Instant::now();
             let confirm = channel
                 .basic_publish(
@@ -43,7 +48,7 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
                     shared.topo.jobs_queue.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &payload,
-                    broker::persistent_json().with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into()),
+                    properties,
                 )
                 .await?
                 .await?;

@@ -197,7 +197,8 @@ async fn the_outbox_gives_one_deployment_per_app_until_it_is_finished(pool: PgPo
     .await
     .expect("second row");
     let out = deployments::outbox(&pool, &Keyring::from_key([9; 32]), 10).await.expect("outbox");
-    assert_eq!(out.iter().map(|j| j.deployment_id).collect::<Vec<_>>(), [first]);
+    assert_eq!(out.iter().map(|o| o.job.deployment_id).collect::<Vec<_>>(), [first]);
+    assert!(out.iter().all(|o| o.traceparent.as_deref().and_then(slipway_telemetry::trace::Root::parse).is_some()));
     assert!(deployments::mark_published(&pool, first, 1).await.expect("mark"));
     assert!(
         deployments::outbox(&pool, &Keyring::from_key([9; 32]), 10).await.expect("outbox").is_empty(),

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod git;
 pub mod harness;
+pub mod otlp;
 pub mod prometheus;
 pub mod proxy;
 pub mod rabbit;

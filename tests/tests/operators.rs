@@ -259,3 +259,67 @@ async fn logs_are_json_when_asked_and_carry_no_colour_codes_in_a_file() {
     assert!(runner.contains("runner metrics listening") && runner.contains("/metrics"), "{runner}");
     assert!(!scheduler.contains('\u{1b}'));
 }
+
+#[tokio::test]
+async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners_step_spans() {
+    let receiver = slipway_tests::otlp::Receiver::start().await;
+    let otel = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), receiver.endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+    ];
+    let git = GitServer::start();
+    let mut s =
+        Slipway::start(SlipwayOptions { scheduler_env: otel.clone(), runner_env: otel, ..Default::default() }).await;
+    let repo = unique("traced");
+    let url = git.url(&repo);
+    let app = s.create_app("traced", &url, SECRET, json!({})).await;
+    let sha = commit(&git, &repo, "true");
+    let id = push(&s, &url, &sha).await;
+    assert_eq!(s.finished(&id, FINISH).await["state"], "completed");
+
+    let root_name = format!("deploy {app}");
+    let spans = eventually(Duration::from_secs(30), "the root span to arrive", || async {
+        let spans = receiver.spans();
+        spans.iter().any(|s| s.name == root_name).then_some(spans)
+    })
+    .await;
+    let root = spans.iter().find(|s| s.name == root_name).expect("root");
+    assert_eq!(root.service, "slipway-scheduler");
+    assert_eq!(root.parent_span_id, "", "the root has no parent");
+    assert_eq!(
+        (root.attr("cicd.pipeline.run.id"), root.attr("cicd.pipeline.result")),
+        (Some(id.as_str()), Some("success"))
+    );
+    assert_eq!(
+        (root.attr("cicd.pipeline.name"), root.attr("vcs.ref.head.revision")),
+        (Some(app.as_str()), Some(sha.as_str()))
+    );
+    let stored = slipway_tests::harness::psql_value(
+        &s.database_url,
+        &format!("SELECT trace_parent FROM deployments WHERE id = '{id}'"),
+    );
+    assert_eq!(stored, format!("00-{}-{}-01", root.trace_id, root.span_id), "the ids chosen when it was recorded");
+
+    let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    let job = trace.iter().find(|s| s.name == format!("job {app}")).expect("the runner's job span");
+    assert_eq!(job.service, "slipway-runner");
+    assert_eq!(job.parent_span_id, root.span_id, "the job span is a child of the root, across RabbitMQ");
+    assert_eq!(
+        (job.attr("cicd.worker.id"), job.attr("cicd.pipeline.task.run.result")),
+        (Some("runner-1"), Some("success"))
+    );
+    assert!(
+        root.start_unix_nano <= job.start_unix_nano && job.end_unix_nano <= root.end_unix_nano,
+        "{root:?}\n{job:?}"
+    );
+    let mut steps: Vec<&str> =
+        trace.iter().filter(|s| s.parent_span_id == job.span_id).map(|s| s.name.as_str()).collect();
+    steps.sort();
+    assert_eq!(steps, ["build", "cleanup", "clone", "deploy", "push", "test"], "{trace:#?}");
+    for step in trace.iter().filter(|s| s.parent_span_id == job.span_id) {
+        let want = if step.name == "test" { "skip" } else { "success" };
+        assert_eq!(step.attr("cicd.pipeline.task.run.result"), Some(want), "{step:?}");
+        assert_eq!(step.attr("cicd.pipeline.run.id"), Some(id.as_str()));
+    }
+    assert_eq!(trace.iter().filter(|s| s.name == root_name).count(), 1, "one root span");
+}
