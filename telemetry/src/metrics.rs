@@ -35,6 +35,32 @@ pub const DOCKER_ERRORS: &str = "slipway_docker_errors_total";
 pub const REGISTRY_ERRORS: &str = "slipway_registry_errors_total";
 pub const BUILD_CONTEXT: &str = "slipway_build_context_bytes";
 
+/// Every metric name Slipway exports (the dashboard and alert rules may use only these).
+pub const ALL: &[&str] = &[
+    DEPLOYMENTS_CREATED,
+    DEPLOYMENTS_FINISHED,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_WAIT,
+    QUEUE_WAIT,
+    STEP_DURATION,
+    PUSH_TO_LIVE,
+    RUNNERS,
+    RUNNER_SLOTS,
+    RUNNERS_LOST,
+    WEBHOOKS,
+    OUTBOX_UNPUBLISHED,
+    OUTBOX_PUBLISH,
+    INBOX_MESSAGES,
+    DEAD_LETTERS,
+    LOG_LINES_STORED,
+    JOBS_RUNNING,
+    JOB_SLOTS,
+    JOBS_FINISHED,
+    DOCKER_ERRORS,
+    REGISTRY_ERRORS,
+    BUILD_CONTEXT,
+];
+
 /// Bucket bounds of every `_seconds` histogram: 5 ms to an hour.
 const SECONDS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
