@@ -361,13 +361,16 @@ async fn runners(State(shared): State<Shared>, caller: Caller) -> Result<Json<Ve
 /// are this scheduler's since it started.
 async fn metrics(State(shared): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Role::Viewer, None)?;
+    let Some(handle) = &shared.metrics else {
+        return Err(ApiError::NotFound("metrics are off on this scheduler (SLIPWAY_METRICS=false)".into()));
+    };
     let gauges = tokio::time::timeout(std::time::Duration::from_secs(5), crate::observe::gauges(&shared)).await;
     match gauges {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "queue gauges not refreshed for this scrape"),
         Err(_) => tracing::warn!("queue gauges not refreshed for this scrape: PostgreSQL took over 5 s"),
     }
-    Ok(([(header::CONTENT_TYPE, slipway_telemetry::metrics::CONTENT_TYPE)], shared.metrics.render()).into_response())
+    Ok(([(header::CONTENT_TYPE, slipway_telemetry::metrics::CONTENT_TYPE)], handle.render()).into_response())
 }
 
 /// Parses a deployment id from a path segment, with a clear error.

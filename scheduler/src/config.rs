@@ -35,6 +35,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_RUNNER_LOST_SECONDS", default_value_t = 30)]
     pub runner_lost_seconds: u64,
 
+    /// Whether the scheduler keeps Prometheus metrics and serves them on /metrics.
+    #[arg(long, env = "SLIPWAY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
     /// Attempts of a job before an infrastructure failure or a lost runner fails it for good.
     #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

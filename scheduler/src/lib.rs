@@ -61,8 +61,8 @@ pub struct Shared {
     pub broker: Arc<queue::BrokerHealth>,
     /// How long a runner may be silent before it counts as lost.
     pub runner_lost_after: std::time::Duration,
-    /// Renders `/metrics`.
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Renders `/metrics`; `None` with `SLIPWAY_METRICS=false`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Shared {
@@ -127,7 +127,7 @@ impl Shared {
 /// serves HTTP until `cancel` fires.
 pub async fn run(
     config: Config,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> anyhow::Result<()> {
@@ -170,7 +170,14 @@ pub async fn run(
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %config.listen, metrics = %format!("http://{}/metrics", config.listen), "scheduler listening; metrics need a viewer token");
+    match config.metrics {
+        true => {
+            tracing::info!(listen = %config.listen, metrics = %format!("http://{}/metrics", config.listen), "scheduler listening; metrics need a viewer token")
+        }
+        false => {
+            tracing::info!(listen = %config.listen, "scheduler listening; metrics are off (SLIPWAY_METRICS=false)")
+        }
+    }
     let app = api::router(shared).layer(tower_http::trace::TraceLayer::new_for_http());
     let serving = axum::serve(listener, app).with_graceful_shutdown({
         let cancel = cancel.clone();

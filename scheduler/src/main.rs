@@ -48,14 +48,18 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracker.spawn(shutdown_on_signal(cancel.clone()));
-    let metrics =
-        match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Scheduler, cancel.clone()) {
-            Ok(handle) => handle,
-            Err(err) => {
-                eprintln!("slipway-scheduler: setting up metrics: {err:#}");
-                return std::process::ExitCode::FAILURE;
+    let metrics = match config.metrics {
+        false => None,
+        true => {
+            match slipway_telemetry::metrics::install(slipway_telemetry::metrics::Process::Scheduler, cancel.clone()) {
+                Ok(handle) => Some(handle),
+                Err(err) => {
+                    eprintln!("slipway-scheduler: setting up metrics: {err:#}");
+                    return std::process::ExitCode::FAILURE;
+                }
             }
-        };
+        }
+    };
     let result = run(config, metrics, cancel.clone(), tracker.clone()).await;
     cancel.cancel();
     tracker.close();

@@ -11,6 +11,9 @@ use crate::Shared;
 
 /// Records what the applied change `note` means for the metrics and the trace.
 pub fn changed(shared: &Shared, note: &Notification) {
+    if shared.metrics.is_none() && !slipway_telemetry::trace::enabled() {
+        return;
+    }
     let kind = match (note.state, note.step, note.step_status) {
         (State::Running, None, _) => Kind::Started,
         (State::Running, Some(_), Some(status)) if status != StepStatus::Running => Kind::Step,

@@ -34,6 +34,13 @@ pub fn configured() -> bool {
         && std::env::var("OTEL_TRACES_EXPORTER").map_or(true, |v| v.trim() != "none")
 }
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`init`] installed an exporter (spans are recorded and sent).
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Flushes and stops the exporter when dropped (at the end of `main`).
 #[derive(Debug)]
 pub struct Guard(Option<SdkTracerProvider>);
@@ -68,6 +75,7 @@ pub fn init(service: &'static str) -> anyhow::Result<Guard> {
         .with_resource(resource.build())
         .build();
     global::set_tracer_provider(provider.clone());
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(service, "exporting traces over OTLP");
     Ok(Guard(Some(provider)))
 }

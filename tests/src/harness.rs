@@ -108,7 +108,8 @@ pub struct Slipway {
     apps: Vec<String>,
 }
 
-fn bin(name: &str) -> PathBuf {
+/// The path of one of Slipway's binaries, built beside the tests.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = dir.join(name);

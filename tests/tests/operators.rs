@@ -323,3 +323,74 @@ async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners
     }
     assert_eq!(trace.iter().filter(|s| s.name == root_name).count(), 1, "one root span");
 }
+
+#[test]
+fn bad_telemetry_settings_are_refused_in_one_line_with_exit_64() {
+    let run = |bin: &str, env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(slipway_tests::harness::bin(bin));
+        cmd.env_clear().env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        ("slipway-scheduler", &[("SLIPWAY_LOG_FORMAT", "xml")], "text or json"),
+        ("slipway-runner", &[("SLIPWAY_LOG_FORMAT", "logfmt")], "text or json"),
+        ("slipway-runner", &[("SLIPWAY_METRICS_LISTEN", "0.0.0.0:9464")], "SLIPWAY_METRICS_TOKEN_FILE"),
+        ("slipway-runner", &[("SLIPWAY_METRICS_LISTEN", "everywhere")], "SLIPWAY_METRICS_LISTEN"),
+        ("slipway-scheduler", &[("SLIPWAY_RUNNER_LOST_SECONDS", "1")], "SLIPWAY_RUNNER_LOST_SECONDS"),
+    ];
+    for (bin, env, says) in cases {
+        let (code, stderr) = run(bin, env);
+        assert_eq!(code, Some(64), "{bin} {env:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{bin} {env:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_queue_says_when_a_deployment_backs_off_and_when_the_broker_is_unreachable() {
+    let broker = slipway_tests::PrivateBroker::start("", "");
+    let mut s = Slipway::start(SlipwayOptions { amqp_url: broker.url(), ..Default::default() }).await;
+
+    // An unreachable git server fails the clone as infrastructure: attempt 2 backs off.
+    let gone = format!("git://127.0.0.1:{}/gone.git", slipway_tests::free_port());
+    s.create_app("backoff", &gone, SECRET, json!({})).await;
+    let id = push(&s, &gone, "0123456789abcdef0123456789abcdef01234567").await;
+    let entry = waits_because(&s, &id, "backing_off").await;
+    assert_eq!(entry["reason"]["attempt"], 2, "{entry}");
+    let until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(entry["reason"]["until"].clone()).expect("until is a time");
+    assert!(until > chrono::Utc::now() - chrono::Duration::seconds(1), "{entry}");
+    let (status, _) = s.cancel(&id, "operators test").await;
+    assert!(status == 200 || status == 202);
+
+    // With the broker down, a push is recorded and waits to be published, and says since when.
+    broker.stop();
+    let git = GitServer::start();
+    let repo = unique("broker-down");
+    let url = git.url(&repo);
+    s.create_app("broker-down", &url, SECRET, json!({})).await;
+    let id = push(&s, &url, &commit(&git, &repo, "true")).await;
+    let entry = waits_because(&s, &id, "unpublished").await;
+    let entry = if entry["reason"]["broker_down_since"].is_null() {
+        eventually(Duration::from_secs(30), "the relay to notice the broker is gone", || async {
+            let (_, queue) = s.get("/api/v1/queue").await;
+            queue["entries"]
+                .as_array()?
+                .iter()
+                .find(|e| e["deployment_id"] == id.as_str() && !e["reason"]["broker_down_since"].is_null())
+                .cloned()
+        })
+        .await
+    } else {
+        entry
+    };
+    let out = s.cli_command().args(["queue"]).output().expect("slipway queue");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not yet published: the broker is unreachable since"), "{text}\n{entry}");
+    broker.restart();
+    assert_eq!(s.finished(&id, FINISH).await["state"], "completed", "published once the broker is back");
+}
