@@ -335,7 +335,9 @@ fn bad_telemetry_settings_are_refused_in_one_line_with_exit_64() {
         let out = cmd.output().expect("run");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    /// A binary, its environment, and what its one line of error must say.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         ("slipway-scheduler", &[("SLIPWAY_LOG_FORMAT", "xml")], "text or json"),
         ("slipway-runner", &[("SLIPWAY_LOG_FORMAT", "logfmt")], "text or json"),
         ("slipway-runner", &[("SLIPWAY_METRICS_LISTEN", "0.0.0.0:9464")], "SLIPWAY_METRICS_TOKEN_FILE"),
