@@ -85,6 +85,9 @@ async fn every_route_answers_each_role_as_documented() {
         ("GET", format!("/api/v1/deployments/{id}/logs?follow=false"), None, "viewer", true),
         ("POST", format!("/api/v1/deployments/{other_id}/cancel"), Some(json!({})), "deployer", false),
         ("POST", format!("/api/v1/deployments/{id}/cancel"), Some(json!({})), "deployer", true),
+        ("GET", "/api/v1/queue".into(), None, "viewer", true),
+        ("GET", "/api/v1/runners".into(), None, "viewer", false),
+        ("GET", "/metrics".into(), None, "viewer", false),
     ];
     let rank = |r: &str| ["viewer", "deployer", "admin"].iter().position(|x| *x == r).expect("role");
     let mut made = 0;
