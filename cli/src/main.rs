@@ -231,6 +231,12 @@ struct CreateApp {
     /// Process limit of the app's containers (default: the runner's).
     #[arg(long)]
     pids: Option<u32>,
+    /// Another host name the app answers at on the edge, besides <app>.<domain> (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Seconds the previous version's in-flight requests may take after a switch (default: the runner's, 30).
+    #[arg(long)]
+    drain_seconds: Option<u32>,
     /// Username for a private https repository (with --git-token).
     #[arg(long, default_value = "x-access-token")]
     git_username: String,
@@ -379,10 +385,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else {
-                println!("{:<24} {:<12} {:<12} {:<8} REPOSITORY", "NAME", "BRANCH", "ENV", "TARGET");
+                println!("{:<24} {:<12} {:<12} {:<8} {:<40} REPOSITORY", "NAME", "BRANCH", "ENV", "TARGET", "URL");
                 for a in &apps {
                     let target = a.target.as_str();
-                    println!("{:<24} {:<12} {:<12} {target:<8} {}", a.name, a.branch, a.environment, a.repo_url);
+                    let url = neutralised(a.url.as_deref().unwrap_or("(not deployed)")).into_owned();
+                    println!(
+                        "{:<24} {:<12} {:<12} {target:<8} {url:<40} {}",
+                        a.name, a.branch, a.environment, a.repo_url
+                    );
                 }
             }
         }
@@ -403,6 +413,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_mb,
                 millicpus,
                 pids,
+                hosts,
+                drain_seconds,
                 app_root,
                 test_network,
                 kubernetes,
@@ -447,6 +459,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 git_credentials,
                 limits: (memory_mb.is_some() || millicpus.is_some() || pids.is_some())
                     .then_some(slipway_proto::message::Limits { memory_mb, millicpus, pids }),
+                edge: (!hosts.is_empty() || drain_seconds.is_some())
+                    .then_some(slipway_proto::message::EdgeSettings { hosts, drain_seconds }),
                 app_root,
                 test_network,
                 kubernetes,

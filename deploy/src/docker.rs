@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 
 use slipway_proto::text::escape_bytes;
 
+use crate::edge::Edge;
 use crate::{DeployTarget, Error, Live, LogFn, Release};
 
 /// Labels that mark Slipway's containers.
@@ -24,6 +25,8 @@ pub const LABEL_DEPLOYMENT: &str = "dev.slipway.deployment";
 pub const LABEL_ATTEMPT: &str = "dev.slipway.attempt";
 /// The installation a container or network belongs to; Slipway touches only its own.
 pub const LABEL_INSTALLATION: &str = "dev.slipway.installation";
+/// The app's extra hosts on the edge (comma-separated), so routes can be rebuilt from containers.
+pub const LABEL_HOSTS: &str = "dev.slipway.hosts";
 
 /// Capabilities an app keeps of Docker's default set: enough to start as root and drop to a
 /// user, or bind a low port; not raw sockets, device nodes, chroot or file capabilities.
@@ -41,6 +44,12 @@ pub struct DockerTargetConfig {
     pub installation: String,
     /// Limits of every app container.
     pub limits: AppLimits,
+    /// The edge proxy that gives each app its stable address; `None`: apps answer only on
+    /// their container's published port.
+    pub edge: Option<crate::edge::EdgeConfig>,
+    /// How long the previous version's in-flight requests may take after a switch, unless the
+    /// app says otherwise.
+    pub drain: Duration,
 }
 
 /// What an app container may use.
@@ -63,6 +72,17 @@ pub struct DockerTarget {
     docker: Docker,
     config: DockerTargetConfig,
     http: reqwest::Client,
+    edge: Option<Edge>,
+}
+
+/// One of an app's containers: its name, deployment, whether it runs, and its published port.
+#[derive(Debug, Clone)]
+struct AppContainer {
+    name: String,
+    deployment: Option<uuid::Uuid>,
+    running: bool,
+    host_port: Option<u16>,
+    hosts: Vec<String>,
 }
 
 impl DockerTarget {
@@ -73,7 +93,13 @@ impl DockerTarget {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self { docker, config, http }
+        let edge = config.edge.clone().map(Edge::new);
+        Self { docker, config, http, edge }
+    }
+
+    /// The edge, when this target has one.
+    pub fn edge(&self) -> Option<&Edge> {
+        self.edge.as_ref()
     }
 
     /// The container name of a release attempt. An earlier attempt's container keeps serving
@@ -105,15 +131,18 @@ impl DockerTarget {
     }
 
     /// The app's containers with the deployment each belongs to (`None`: not a readable label).
-    async fn app_containers(&self, release: &Release) -> Result<Vec<(String, Option<uuid::Uuid>)>, Error> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_INSTALLATION}={}", self.config.installation),
-                format!("{LABEL_APP}={}", release.app),
-                format!("{LABEL_ENV}={}", release.environment),
-            ],
-        )]);
+    async fn app_containers(&self, release: &Release) -> Result<Vec<AppContainer>, Error> {
+        let labels = vec![
+            format!("{LABEL_INSTALLATION}={}", self.config.installation),
+            format!("{LABEL_APP}={}", release.app),
+            format!("{LABEL_ENV}={}", release.environment),
+        ];
+        self.containers(labels).await
+    }
+
+    /// This installation's app containers carrying every label of `labels`.
+    async fn containers(&self, labels: Vec<String>) -> Result<Vec<AppContainer>, Error> {
+        let filters = HashMap::from([("label".to_string(), labels)]);
         let listed = self
             .docker
             .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
@@ -122,9 +151,15 @@ impl DockerTarget {
         Ok(listed
             .into_iter()
             .filter_map(|c| {
-                let deployment = c.labels.as_ref().and_then(|l| l.get(LABEL_DEPLOYMENT)).and_then(|d| d.parse().ok());
+                let label = |key: &str| c.labels.as_ref().and_then(|l| l.get(key)).cloned();
+                let deployment = label(LABEL_DEPLOYMENT).and_then(|d| d.parse().ok());
+                let hosts = label(LABEL_HOSTS)
+                    .map(|h| h.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default();
+                let host_port = c.ports.iter().flatten().find_map(|p| p.public_port);
+                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
                 let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-                Some((name, deployment))
+                Some(AppContainer { name, deployment, running, host_port, hosts })
             })
             .collect())
     }
@@ -133,10 +168,10 @@ impl DockerTarget {
         let engine = |action| move |source| Error::Engine { action, source };
         // Deployment ids are UUIDv7, ordered by creation: a larger one is a newer deployment.
         let others = self.app_containers(release).await?;
-        if let Some((newer, _)) = others.iter().find(|(_, d)| d.is_some_and(|d| d > release.deployment_id)) {
-            return Err(Error::Stale { newer: newer.clone() });
+        if let Some(newer) = others.iter().find(|c| c.deployment.is_some_and(|d| d > release.deployment_id)) {
+            return Err(Error::Stale { newer: newer.name.clone() });
         }
-        if others.iter().any(|(other, _)| other == name) {
+        if others.iter().any(|c| c.name == name) {
             // Only a crash of this very attempt leaves its container behind: replace it.
             self.remove(name).await;
         }
@@ -148,6 +183,7 @@ impl DockerTarget {
             (LABEL_ENV.to_string(), release.environment.clone()),
             (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
             (LABEL_ATTEMPT.to_string(), release.attempt.to_string()),
+            (LABEL_HOSTS.to_string(), release.hosts.join(",")),
         ]);
         let limits = release.limits.unwrap_or(self.config.limits);
         let body = ContainerCreateBody {
@@ -277,7 +313,7 @@ impl DockerTarget {
     /// Stops and removes the app's containers of older deployments (and of earlier attempts of
     /// this one), but never `keep`, a newer deployment's, or one whose deployment is unreadable.
     async fn retire_others(&self, release: &Release, keep: &str, log: LogFn<'_>) -> Result<(), Error> {
-        for (name, deployment) in self.app_containers(release).await? {
+        for AppContainer { name, deployment, .. } in self.app_containers(release).await? {
             let older = deployment.is_some_and(|d| d <= release.deployment_id);
             if name == keep || !older {
                 continue;
@@ -290,6 +326,92 @@ impl DockerTarget {
             self.remove(&name).await;
         }
         Ok(())
+    }
+}
+
+impl DockerTarget {
+    /// Routes the app to the healthy new container `name` at `dial` (holding the previous
+    /// versions in the same change, so their request counts stay visible), then lets them finish
+    /// their in-flight requests (at most the drain timeout) before they stop.
+    async fn switch(
+        &self,
+        edge: &Edge,
+        release: &Release,
+        name: &str,
+        dial: &str,
+        log: LogFn<'_>,
+    ) -> Result<(), Error> {
+        let (app, env) = (&release.app, &release.environment);
+        let old: Vec<String> = self
+            .app_containers(release)
+            .await?
+            .into_iter()
+            .filter(|c| c.name != name && c.running && c.deployment.is_some_and(|d| d <= release.deployment_id))
+            .filter_map(|c| c.host_port.map(|p| format!("{}:{p}", self.config.publish_address)))
+            .collect();
+        let started = std::time::Instant::now();
+        edge.route(app, env, &release.hosts, dial, &old).await?;
+        log(format!("routed {} to the new version in {} ms", edge.url(app), started.elapsed().as_millis()));
+        if !old.is_empty() {
+            let timeout = release.drain.unwrap_or(self.config.drain);
+            let started = std::time::Instant::now();
+            match edge.wait_drained(&old, timeout).await {
+                Ok(0) => log(format!("previous version drained in {} ms", started.elapsed().as_millis())),
+                Ok(left) => log(format!("drain timeout ({timeout:?}) passed with {left} requests still in flight")),
+                Err(err) => log(format!("could not watch the previous version's requests ({err}); stopping it")),
+            }
+        }
+        self.retire_others(release, name, log).await
+    }
+
+    /// Rebuilds this installation's routes from its running app containers when the edge lost
+    /// them (Caddy restarted with an empty config): each app goes to its newest running
+    /// container. Returns how many routes were written (0 when the edge had them).
+    pub async fn reconcile_edge(&self) -> Result<usize, Error> {
+        let Some(edge) = &self.edge else { return Ok(0) };
+        if edge.has_server().await? {
+            return Ok(0);
+        }
+        edge.ensure_server().await?;
+        let mut newest: HashMap<(String, String), AppContainer> = HashMap::new();
+        let containers = self.containers(vec![format!("{LABEL_INSTALLATION}={}", self.config.installation)]).await?;
+        let labelled = self.labelled_apps().await?;
+        for c in containers.into_iter().filter(|c| c.running && c.host_port.is_some()) {
+            let Some(key) = labelled.get(&c.name).cloned() else { continue };
+            match newest.get(&key) {
+                Some(best) if best.deployment >= c.deployment => {}
+                _ => {
+                    newest.insert(key, c);
+                }
+            }
+        }
+        for ((app, env), c) in &newest {
+            let dial = format!("{}:{}", self.config.publish_address, c.host_port.unwrap_or_default());
+            edge.route(app, env, &c.hosts, &dial, &[]).await?;
+        }
+        Ok(newest.len())
+    }
+
+    /// The (app, environment) of each of this installation's app containers, by name.
+    async fn labelled_apps(&self) -> Result<HashMap<String, (String, String)>, Error> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTALLATION}={}", self.config.installation), LABEL_APP.to_string()],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .await
+            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let (app, env) = (labels.get(LABEL_APP)?.clone(), labels.get(LABEL_ENV)?.clone());
+                let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
+                Some((name, (app, env)))
+            })
+            .collect())
     }
 }
 
@@ -315,8 +437,18 @@ impl DeployTarget for DockerTarget {
             return Err(self.give_up(&name, reason, last_output, log).await);
         }
         log(format!("healthy: {health_url}"));
-        self.retire_others(release, &name, log).await?;
-        Ok(Live { url: Some(base) })
+        let Some(edge) = &self.edge else {
+            self.retire_others(release, &name, log).await?;
+            return Ok(Live { url: Some(base) });
+        };
+        let dial = format!("{}:{host_port}", self.config.publish_address);
+        if let Err(err) = self.switch(edge, release, &name, &dial, log).await {
+            log(format!("could not route the new version: {err}"));
+            self.remove(&name).await;
+            log("removed the new container; the previous version keeps serving".into());
+            return Err(err);
+        }
+        Ok(Live { url: Some(edge.url(&release.app)) })
     }
 }
 

@@ -2,12 +2,14 @@
 //! on the local engine (the embedded default); `kubernetes` follows.
 
 pub mod docker;
+pub mod edge;
 pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 pub use docker::{AppLimits, DockerTarget, DockerTargetConfig};
+pub use edge::{Edge, EdgeConfig, EdgeError};
 pub use kubernetes::KubeTarget;
 
 /// One version of an app to make live.
@@ -29,6 +31,11 @@ pub struct Release {
     pub env: BTreeMap<String, String>,
     /// This app's container limits (docker target), instead of the target's defaults.
     pub limits: Option<AppLimits>,
+    /// Hosts the app answers at on the edge besides `<app>.<domain>` (docker target).
+    pub hosts: Vec<String>,
+    /// How long the previous version's in-flight requests may take to finish after the switch
+    /// (docker target); `None`: the target's default.
+    pub drain: Option<std::time::Duration>,
     /// Target-specific settings (for `kubernetes`: the keys of `KubeSpec`).
     pub settings: Option<serde_json::Value>,
 }
@@ -64,6 +71,9 @@ pub enum Error {
     /// The cluster failed us.
     #[error("the cluster failed: {0}")]
     Cluster(String),
+    /// The edge proxy could not be configured; the previous version keeps serving.
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
     /// A newer deployment of the app already serves; an older one never replaces it.
     #[error("a newer deployment ({newer}) of the app already serves; not deploying over it")]
     Stale { newer: String },

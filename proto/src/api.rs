@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::message::{GitCredentials, Limits, TargetKind};
+use crate::message::{EdgeSettings, GitCredentials, Limits, TargetKind};
 use crate::state::{Cause, State, Step, StepStatus};
 
 /// Every error answer: `{"error": "..."}`.
@@ -43,6 +43,9 @@ pub struct NewApp {
     /// The app's container limits (docker target); unset ones are the runner's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// Extra hosts and the drain timeout on the edge (docker target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSettings>,
     #[serde(default = "default_app_root")]
     pub app_root: String,
     #[serde(default)]
@@ -121,6 +124,11 @@ pub struct App {
     pub git_username: Option<String>,
     #[serde(default)]
     pub limits: Option<Limits>,
+    #[serde(default)]
+    pub edge: Option<EdgeSettings>,
+    /// Where the latest completed deployment answers: the app's stable address on the edge.
+    #[serde(default)]
+    pub url: Option<String>,
     pub app_root: String,
     pub test_network: bool,
     /// Kubernetes settings; the values of `secret_env` show as [`REDACTED`].

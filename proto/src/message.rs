@@ -55,6 +55,9 @@ pub struct JobApp {
     /// This app's container limits (docker target); unset ones are the runner's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// The app's edge settings (docker target): extra hosts and the drain timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSettings>,
     /// Credentials for the repository, given only to its host (never in a URL or a log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_credentials: Option<GitCredentials>,
@@ -94,6 +97,41 @@ impl Limits {
         }
         if self.pids.is_some_and(|p| !(16..=1_000_000).contains(&p)) {
             return Err("limits.pids must be between 16 and 1000000".into());
+        }
+        Ok(())
+    }
+}
+
+/// How an app is served by the edge proxy (docker target).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSettings {
+    /// Host names the app answers at besides `<app>.<domain>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Seconds the previous version's in-flight requests may take after a switch (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<u32>,
+}
+
+impl EdgeSettings {
+    /// Checks the hosts (DNS names, at most 10) and the drain timeout (at most an hour).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hosts.len() > 10 {
+            return Err("edge.hosts may list at most 10 hosts".into());
+        }
+        for host in &self.hosts {
+            let labels_ok =
+                host.split('.').all(|l| !l.is_empty() && crate::name::validate_dns_label("host label", l).is_ok());
+            if host.len() > 253 || !host.contains('.') || !labels_ok {
+                return Err(format!(
+                    "edge.hosts: {:?} is not a host name (lowercase DNS labels separated by dots)",
+                    host.chars().take(80).collect::<String>()
+                ));
+            }
+        }
+        if self.drain_seconds.is_some_and(|s| s > 3600) {
+            return Err("edge.drain_seconds must be at most 3600".into());
         }
         Ok(())
     }
@@ -355,6 +393,7 @@ mod tests {
             ]),
             secrets: vec!["MARKED".into()],
             limits: None,
+            edge: None,
             git_credentials: Some(GitCredentials { username: "bot".into(), token: "ghp_gittoken".into() }),
             app_root: ".".into(),
             test_network: false,

@@ -141,6 +141,29 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<std::path::PathBuf>,
 
+    /// Caddy's admin API, which gives each app of the docker target its stable address; `off`
+    /// for none (apps then answer only on their container's published port).
+    #[arg(long, env = "SLIPWAY_EDGE_ADMIN", default_value = "http://127.0.0.1:2019")]
+    pub edge_admin: String,
+
+    /// The address the edge serves apps on: `http://<app>.<domain>:<port>`.
+    #[arg(long, env = "SLIPWAY_EDGE_LISTEN", default_value = "127.0.0.1:8880")]
+    pub edge_listen: String,
+
+    /// Apps answer at `<app>.<domain>` on the edge (`localhost` resolves to loopback).
+    #[arg(long, env = "SLIPWAY_EDGE_DOMAIN", default_value = "localhost")]
+    pub edge_domain: String,
+
+    /// Let Caddy get certificates and serve HTTPS for the apps' hosts (needs a real domain
+    /// whose names point at this host, and SLIPWAY_EDGE_LISTEN=:443).
+    #[arg(long, env = "SLIPWAY_EDGE_HTTPS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub edge_https: bool,
+
+    /// Seconds the previous version's in-flight requests may take after a switch, before it is
+    /// stopped anyway (an app's `edge.drain_seconds` overrides it).
+    #[arg(long, env = "SLIPWAY_EDGE_DRAIN_SECONDS", default_value_t = 30)]
+    pub edge_drain_seconds: u64,
+
     /// Labels this runner reports of itself (comma-separated), shown in `slipway runners`.
     #[arg(long, env = "SLIPWAY_RUNNER_LABELS", default_value = "")]
     pub labels: String,
@@ -223,6 +246,10 @@ impl Config {
             return Err("SLIPWAY_TEST_MEMORY_MB must be at least 16, SLIPWAY_TEST_CPUS between 0.1 and 64, SLIPWAY_TEST_TIMEOUT_SECONDS above 0".into());
         }
         self.metrics()?;
+        self.edge()?;
+        if self.edge_drain_seconds > 3600 {
+            return Err("SLIPWAY_EDGE_DRAIN_SECONDS must be at most 3600".into());
+        }
         if self.labels().iter().any(|l| l.len() > 100 || l.chars().any(|c| c.is_control())) {
             return Err("SLIPWAY_RUNNER_LABELS must be labels of at most 100 printable characters".into());
         }
@@ -260,6 +287,48 @@ impl Config {
             ));
         }
         Ok(Some((addr, token)))
+    }
+
+    /// The edge's settings, `None` when it is off; the message names the bad variable.
+    pub fn edge(&self) -> Result<Option<slipway_deploy::EdgeConfig>, String> {
+        let admin = self.edge_admin.trim();
+        if admin.is_empty() || admin == "off" {
+            return Ok(None);
+        }
+        let url = url::Url::parse(admin).map_err(|e| format!("SLIPWAY_EDGE_ADMIN {admin:?}: {e}"))?;
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if url.scheme() != "http" || !loopback {
+            return Err(format!(
+                "SLIPWAY_EDGE_ADMIN must be Caddy's admin API on loopback (http://127.0.0.1:2019), not {admin:?}"
+            ));
+        }
+        let listen_ok = self
+            .edge_listen
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| port.parse::<u16>().is_ok_and(|p| p > 0) && !host.contains('/'));
+        if !listen_ok {
+            return Err(format!("SLIPWAY_EDGE_LISTEN must be [host]:port, not {:?}", self.edge_listen));
+        }
+        let domain_ok =
+            self.edge_domain.split('.').all(|l| slipway_proto::validate_dns_label("domain label", l).is_ok());
+        if !domain_ok || self.edge_domain.len() > 200 {
+            return Err(format!(
+                "SLIPWAY_EDGE_DOMAIN must be a DNS name such as apps.example.com, not {:?}",
+                self.edge_domain
+            ));
+        }
+        Ok(Some(slipway_deploy::EdgeConfig {
+            admin: admin.trim_end_matches('/').to_string(),
+            listen: self.edge_listen.clone(),
+            domain: self.edge_domain.clone(),
+            https: self.edge_https,
+            installation: self.queue_prefix.clone(),
+        }))
     }
 
     /// The labels this runner reports.

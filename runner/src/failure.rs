@@ -90,7 +90,7 @@ impl JobError {
                 | DeployError::Rollout(_)
                 | DeployError::RolledBack { .. }
                 | DeployError::Stale { .. } => User,
-                DeployError::Engine { .. } | DeployError::Cluster(_) => Infrastructure,
+                DeployError::Engine { .. } | DeployError::Cluster(_) | DeployError::Edge(_) => Infrastructure,
             },
             JobError::Plan(_)
             | JobError::Dockerfile(_)

@@ -72,8 +72,18 @@ pub async fn run(
             health_timeout: Duration::from_secs(config.health_timeout_seconds),
             installation: config.queue_prefix.clone(),
             limits: config.app_limits(),
+            edge: config.edge().map_err(anyhow::Error::msg)?,
+            drain: Duration::from_secs(config.edge_drain_seconds),
         },
     );
+    let edge_cancel = CancellationToken::new();
+    if let Some(edge) = target.edge() {
+        match edge.ensure_server().await {
+            Ok(()) => tracing::info!(admin = %config.edge_admin, listen = %config.edge_listen, "edge proxy ready"),
+            Err(err) => tracing::warn!(error = %err, "the edge proxy is not reachable yet; deploys fail until it is"),
+        }
+        tokio::spawn(reconcile_edge(target.clone(), edge_cancel.clone()));
+    }
     let kube = match config.kubernetes {
         true => {
             let client = kube::Client::try_default().await.context("connecting to Kubernetes (SLIPWAY_KUBERNETES)")?;
@@ -153,7 +163,26 @@ pub async fn run(
         tracing::warn!("the broker did not take every report within 30 s; the rest is dropped");
     }
     shipper_cancel.cancel();
+    edge_cancel.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Puts the edge's routes back from this installation's running containers whenever Caddy has
+/// lost them (it restarted with an empty config), checking every two seconds.
+async fn reconcile_edge(target: DockerTarget, cancel: CancellationToken) {
+    loop {
+        match target.reconcile_edge().await {
+            Ok(0) => {}
+            Ok(routes) => {
+                tracing::warn!(routes, "the edge proxy had lost its routes; rebuilt them from the running apps")
+            }
+            Err(err) => tracing::debug!(error = %err, "edge check failed; will retry"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
 }

@@ -34,6 +34,10 @@ pub struct App {
     pub secret_names: Vec<String>,
     pub git_username: Option<String>,
     pub limits: Option<sqlx::types::Json<slipway_proto::message::Limits>>,
+    pub edge: Option<sqlx::types::Json<slipway_proto::message::EdgeSettings>>,
+    /// Where the app's latest completed deployment answers (its stable address on the edge).
+    #[sqlx(default)]
+    pub url: Option<String>,
 }
 
 /// Why an app was refused.
@@ -94,6 +98,8 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             health_path: new.health_path.clone(),
             env: new.env.iter().map(|(k, v)| (k.clone(), v.value().to_string())).collect(),
             limits: None,
+            hosts: Vec::new(),
+            drain: None,
             settings: Some(settings.clone()),
         };
         if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {
@@ -123,6 +129,9 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     }
     if let Some((key, _)) = new.env.iter().find(|(_, v)| v.value().contains('\0')) {
         return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
+    }
+    if let Some(edge) = &new.edge {
+        edge.validate().map_err(AppError::Invalid)?;
     }
     if let Some(limits) = &new.limits {
         limits.validate().map_err(AppError::Invalid)?;
@@ -210,7 +219,11 @@ fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Opt
 
 const APP_COLUMNS: &str =
     "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network,
-    kube_settings, created_at, sealed, secret_names, git_username, limits";
+    kube_settings, created_at, sealed, secret_names, git_username, limits, edge";
+
+/// The URL of an app's latest completed deployment, as a column of a query on `apps`.
+const APP_URL: &str = "(SELECT d.url FROM deployments d WHERE d.app_id = apps.id AND d.state = 'completed'
+    ORDER BY d.finished_at DESC LIMIT 1) AS url";
 
 /// Inserts a validated app, its secrets sealed.
 pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<App, AppError> {
@@ -229,8 +242,8 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     let kube_settings = new.kubernetes.as_ref().map(|s| replace_kube_secrets(s, |_| None));
     let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
-                           test_network, kube_settings, sealed, secret_names, git_username, limits)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                           test_network, kube_settings, sealed, secret_names, git_username, limits, edge)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (name) DO NOTHING
          RETURNING {APP_COLUMNS}"
     )))
@@ -251,6 +264,7 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     .bind(&secret_names)
     .bind(new.git_credentials.as_ref().map(|c| c.username.clone()))
     .bind(new.limits.as_ref().map(sqlx::types::Json))
+    .bind(new.edge.as_ref().map(sqlx::types::Json))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -303,14 +317,14 @@ pub async fn seal_legacy(pool: &PgPool, keyring: &Keyring) -> Result<usize, AppE
 
 /// Every app, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<App>, sqlx::Error> {
-    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS} FROM apps ORDER BY name")))
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS}, {APP_URL} FROM apps ORDER BY name")))
         .fetch_all(pool)
         .await
 }
 
 /// One app by name.
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<App>, sqlx::Error> {
-    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS} FROM apps WHERE name = $1")))
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS}, {APP_URL} FROM apps WHERE name = $1")))
         .bind(name)
         .fetch_optional(pool)
         .await
@@ -353,6 +367,8 @@ impl App {
             secrets: self.secret_names.clone(),
             git_username: self.git_username.clone(),
             limits: self.limits.as_ref().map(|l| l.0),
+            edge: self.edge.as_ref().map(|e| e.0.clone()),
+            url: self.url.clone(),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
             kube_settings: self.kube_settings.as_ref().map(|s| replace_kube_secrets(&s.0, |_| None)),
@@ -388,6 +404,7 @@ impl App {
             secrets: secrets.env.keys().cloned().collect(),
             git_credentials: secrets.git,
             limits: self.limits.as_ref().map(|l| l.0),
+            edge: self.edge.as_ref().map(|e| e.0.clone()),
             app_root: self.app_root.clone(),
             test_network: self.test_network,
             settings,

@@ -299,7 +299,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
-                a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits
+                a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge
          FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment

@@ -69,6 +69,8 @@ pub struct SlipwayOptions {
     pub scheduler_env: Vec<(String, String)>,
     /// Put a [`Proxy`] between the scheduler and PostgreSQL, so the test can cut it.
     pub database_proxy: bool,
+    /// Give the installation its own Caddy as the edge (`false`: runners run with the edge off).
+    pub edge: bool,
 }
 
 impl Default for SlipwayOptions {
@@ -84,6 +86,7 @@ impl Default for SlipwayOptions {
             runner_env: Vec::new(),
             scheduler_env: Vec::new(),
             database_proxy: false,
+            edge: true,
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Slipway {
     pub prefix: String,
     /// The proxy the scheduler reaches PostgreSQL through, with `database_proxy`.
     pub db_proxy: Option<Proxy>,
+    /// The installation's private Caddy, when it has one.
+    pub edge: Option<crate::caddy::Caddy>,
     options: SlipwayOptions,
     logs: tempfile::TempDir,
     apps: Vec<String>,
@@ -169,6 +174,7 @@ impl Slipway {
             database_url,
             prefix,
             db_proxy,
+            edge: options.edge.then(crate::caddy::Caddy::start),
             options: options.clone(),
             logs,
             apps: Vec::new(),
@@ -217,6 +223,14 @@ impl Slipway {
             ("SLIPWAY_WORK_DIR", work.display().to_string()),
             ("SLIPWAY_DRAIN_SECONDS", "60".into()),
         ];
+        match &self.edge {
+            Some(caddy) => {
+                env.push(("SLIPWAY_EDGE_ADMIN", caddy.admin()));
+                env.push(("SLIPWAY_EDGE_LISTEN", format!("127.0.0.1:{}", caddy.edge_port)));
+                env.push(("SLIPWAY_EDGE_DRAIN_SECONDS", "5".into()));
+            }
+            None => env.push(("SLIPWAY_EDGE_ADMIN", "off".into())),
+        }
         env.extend(self.options.runner_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let life = self.runners.iter().filter(|r| r.name == id).count();
         let mut proc = spawn(&id, &format!("{id}.{life}"), &bin("slipway-runner"), &self.logs, &env);
@@ -414,7 +428,7 @@ impl Slipway {
 
     /// Fetches `path` from a deployed app.
     pub async fn app_body(&self, url: &str, path: &str) -> Option<String> {
-        let resp = self.anonymous.get(format!("{url}{path}")).timeout(Duration::from_secs(3)).send().await.ok()?;
+        let resp = app_request(&self.anonymous, url, path).timeout(Duration::from_secs(3)).send().await.ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -479,6 +493,18 @@ fn spawn(name: &str, log_name: &str, path: &PathBuf, logs: &tempfile::TempDir, e
     }
     let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
     Proc { name: name.to_string(), child, log, metrics_port: None }
+}
+
+/// A GET of `path` on an app's `url`. A `*.localhost` host is sent to 127.0.0.1 with its name in
+/// the Host header (as browsers and curl do; the system resolver here does not know the names).
+pub fn app_request(client: &reqwest::Client, url: &str, path: &str) -> reqwest::RequestBuilder {
+    let parsed = url.strip_prefix("http://").and_then(|rest| rest.split_once(':'));
+    match parsed {
+        Some((host, port)) if host.ends_with(".localhost") => {
+            client.get(format!("http://127.0.0.1:{port}{path}")).header("host", format!("{host}:{port}"))
+        }
+        _ => client.get(format!("{url}{path}")),
+    }
 }
 
 /// A GitHub-shaped push payload.

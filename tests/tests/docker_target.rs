@@ -46,6 +46,8 @@ impl App {
             health_timeout: Duration::from_secs(30),
             installation: INSTALLATION.into(),
             limits: AppLimits::default(),
+            edge: None,
+            drain: Duration::from_secs(30),
         };
         Self { name: unique("target"), target: DockerTarget::new(engine, config), images: Vec::new() }
     }
@@ -62,6 +64,8 @@ impl App {
             health_path: "/healthz".into(),
             env: BTreeMap::new(),
             limits: None,
+            hosts: Vec::new(),
+            drain: None,
             settings: None,
         }
     }

@@ -77,6 +77,8 @@ impl Fixture {
             health_path: "/healthz".into(),
             env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
             limits: None,
+            hosts: Vec::new(),
+            drain: None,
             settings: Some(settings),
         }
     }
