@@ -83,6 +83,7 @@ struct AppContainer {
     running: bool,
     host_port: Option<u16>,
     hosts: Vec<String>,
+    image: String,
 }
 
 impl DockerTarget {
@@ -158,8 +159,9 @@ impl DockerTarget {
                     .unwrap_or_default();
                 let host_port = c.ports.iter().flatten().find_map(|p| p.public_port);
                 let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                let image = c.image.clone().unwrap_or_default();
                 let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-                Some(AppContainer { name, deployment, running, host_port, hosts })
+                Some(AppContainer { name, deployment, running, host_port, hosts, image })
             })
             .collect())
     }
@@ -272,7 +274,15 @@ impl DockerTarget {
                 log(format!("waiting for {url}: {last}"));
                 logged_at = tokio::time::Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Often at first, so a version that is up at once is routed at once.
+            let pause = if deadline - tokio::time::Instant::now()
+                > self.config.health_timeout.saturating_sub(Duration::from_secs(2))
+            {
+                Duration::from_millis(25)
+            } else {
+                Duration::from_millis(300)
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -310,22 +320,60 @@ impl DockerTarget {
         }
     }
 
-    /// Stops and removes the app's containers of older deployments (and of earlier attempts of
-    /// this one), but never `keep`, a newer deployment's, or one whose deployment is unreadable.
+    /// Stops the app's containers of older deployments (and of earlier attempts of this one) and
+    /// removes them, except the newest older deployment's, which is kept stopped so a rollback
+    /// to it only has to start it again. Never touches `keep`, a newer deployment's container, or
+    /// one whose deployment is unreadable.
     async fn retire_others(&self, release: &Release, keep: &str, log: LogFn<'_>) -> Result<(), Error> {
-        for AppContainer { name, deployment, .. } in self.app_containers(release).await? {
-            let older = deployment.is_some_and(|d| d <= release.deployment_id);
-            if name == keep || !older {
-                continue;
+        let older: Vec<AppContainer> = self
+            .app_containers(release)
+            .await?
+            .into_iter()
+            .filter(|c| c.name != keep && c.deployment.is_some_and(|d| d <= release.deployment_id))
+            .collect();
+        let warm = older
+            .iter()
+            .filter(|c| c.deployment.is_some_and(|d| d < release.deployment_id))
+            .max_by_key(|c| c.deployment)
+            .map(|c| c.name.clone());
+        for AppContainer { name, running, .. } in older {
+            if running {
+                let stop = StopContainerOptionsBuilder::default().t(10).build();
+                if let Err(err) = self.docker.stop_container(&name, Some(stop)).await {
+                    log(format!("stopping {name} failed ({err}); removing it"));
+                    self.remove(&name).await;
+                    continue;
+                }
             }
-            log(format!("retiring previous container {name}"));
-            let stop = StopContainerOptionsBuilder::default().t(10).build();
-            if let Err(err) = self.docker.stop_container(&name, Some(stop)).await {
-                log(format!("stopping {name} failed ({err}); removing it"));
+            if warm.as_deref() == Some(name.as_str()) {
+                log(format!("stopped previous container {name}; kept for an instant rollback"));
+            } else {
+                log(format!("retiring previous container {name}"));
+                self.remove(&name).await;
             }
-            self.remove(&name).await;
         }
         Ok(())
+    }
+
+    /// For a rollback: the app's stopped container of exactly `release.image`, started again.
+    /// Returns its name and published port, or `None` when there is none (or it will not start).
+    async fn restart_kept(&self, release: &Release, log: LogFn<'_>) -> Option<(String, u16)> {
+        let containers = self.app_containers(release).await.ok()?;
+        let kept = containers.into_iter().find(|c| !c.running && c.image == release.image)?;
+        if let Err(err) = self.docker.start_container(&kept.name, None).await {
+            log(format!("could not start the kept container {} ({err}); starting a new one", kept.name));
+            return None;
+        }
+        let port_key = format!("{}/tcp", release.port);
+        let info = self.docker.inspect_container(&kept.name, None::<InspectContainerOptions>).await.ok()?;
+        let port = info
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(&port_key).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok())?;
+        log(format!("started the kept container {} of this version again", kept.name));
+        Some((kept.name, port))
     }
 }
 
@@ -340,6 +388,7 @@ impl DockerTarget {
         name: &str,
         dial: &str,
         log: LogFn<'_>,
+        began: std::time::Instant,
     ) -> Result<(), Error> {
         let (app, env) = (&release.app, &release.environment);
         let old: Vec<String> = self
@@ -351,7 +400,12 @@ impl DockerTarget {
             .collect();
         let started = std::time::Instant::now();
         edge.route(app, env, &release.hosts, dial, &old).await?;
-        log(format!("routed {} to the new version in {} ms", edge.url(app), started.elapsed().as_millis()));
+        log(format!(
+            "routed {} to the new version in {} ms ({} ms after the deploy step began)",
+            edge.url(app),
+            started.elapsed().as_millis(),
+            began.elapsed().as_millis()
+        ));
         if !old.is_empty() {
             let timeout = release.drain.unwrap_or(self.config.drain);
             let started = std::time::Instant::now();
@@ -417,16 +471,26 @@ impl DockerTarget {
 
 impl DeployTarget for DockerTarget {
     async fn deploy(&self, release: &Release, log: LogFn<'_>) -> Result<Live, Error> {
-        let name = Self::container_name(release);
-        log(format!("starting container {name} from {}", release.image));
-        let host_port = match self.start(release, &name).await {
-            Ok(port) => port,
-            Err(Error::Unhealthy { reason, last_output }) => {
-                return Err(self.give_up(&name, reason, last_output, log).await);
-            }
-            Err(err) => {
-                self.remove(&name).await;
-                return Err(err);
+        let began = std::time::Instant::now();
+        let kept = match release.rollback {
+            true => self.restart_kept(release, log).await,
+            false => None,
+        };
+        let (name, host_port) = match kept {
+            Some(kept) => kept,
+            None => {
+                let name = Self::container_name(release);
+                log(format!("starting container {name} from {}", release.image));
+                match self.start(release, &name).await {
+                    Ok(port) => (name, port),
+                    Err(Error::Unhealthy { reason, last_output }) => {
+                        return Err(self.give_up(&name, reason, last_output, log).await);
+                    }
+                    Err(err) => {
+                        self.remove(&name).await;
+                        return Err(err);
+                    }
+                }
             }
         };
         let base = format!("http://{}:{host_port}", self.config.publish_address);
@@ -442,7 +506,7 @@ impl DeployTarget for DockerTarget {
             return Ok(Live { url: Some(base) });
         };
         let dial = format!("{}:{host_port}", self.config.publish_address);
-        if let Err(err) = self.switch(edge, release, &name, &dial, log).await {
+        if let Err(err) = self.switch(edge, release, &name, &dial, log, began).await {
             log(format!("could not route the new version: {err}"));
             self.remove(&name).await;
             log("removed the new container; the previous version keeps serving".into());

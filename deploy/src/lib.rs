@@ -36,6 +36,9 @@ pub struct Release {
     /// How long the previous version's in-flight requests may take to finish after the switch
     /// (docker target); `None`: the target's default.
     pub drain: Option<std::time::Duration>,
+    /// A rollback to an earlier version: the docker target starts that version's kept container
+    /// again when it still has it, instead of a new one.
+    pub rollback: bool,
     /// Target-specific settings (for `kubernetes`: the keys of `KubeSpec`).
     pub settings: Option<serde_json::Value>,
 }

@@ -205,6 +205,9 @@ pub struct Job {
     /// The ref the push was to (e.g. `refs/heads/main`), used when the SHA cannot be fetched directly.
     pub git_ref: String,
     pub app: JobApp,
+    /// A rollback to an earlier version (its kept container may simply be started again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 /// Every message a runner sends carries the deployment and attempt it is about, so the

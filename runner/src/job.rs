@@ -199,6 +199,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         limits: job.app.limits.map(|l| tools.config.app_limits_with(&l)),
         hosts: job.app.edge.as_ref().map(|e| e.hosts.clone()).unwrap_or_default(),
         drain: job.app.edge.as_ref().and_then(|e| e.drain_seconds).map(|s| std::time::Duration::from_secs(s.into())),
+        rollback: job.rollback,
         settings: job.app.settings.clone(),
     };
     let deploy_log = log(Step::Deploy);

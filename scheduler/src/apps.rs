@@ -100,6 +100,7 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             limits: None,
             hosts: Vec::new(),
             drain: None,
+            rollback: false,
             settings: Some(settings.clone()),
         };
         if let Err(err) = slipway_deploy::KubeTarget::spec(&release) {

@@ -288,6 +288,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
     #[derive(sqlx::FromRow)]
     struct Row {
         trace_parent: Option<String>,
+        source: String,
         deployment_id: Uuid,
         attempt: i32,
         sha: String,
@@ -297,7 +298,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
         app: App,
     }
     let rows = sqlx::query_as::<_, Row>(
-        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent,
+        "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
                 a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge
          FROM deployments d JOIN apps a ON a.id = d.app_id
@@ -323,6 +324,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
                     git_ref: r.git_ref,
                     image_digest: r.image_digest,
                     app,
+                    rollback: r.source == "rollback",
                 },
                 traceparent: r.trace_parent,
             }),

@@ -66,6 +66,7 @@ impl App {
             limits: None,
             hosts: Vec::new(),
             drain: None,
+            rollback: false,
             settings: None,
         }
     }

@@ -100,6 +100,31 @@ async fn every_app_keeps_one_stable_address_and_the_edge_is_rebuilt_after_caddy_
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.lines().any(|l| l.starts_with(&app) && l.contains(&stable)), "{listed}");
 
+    // A rollback starts the previous version's kept container again and switches back to it.
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/rollback"), &json!({})).await;
+    assert!(status == 202 || status == 200, "{answer}");
+    let rolled = s.finished(answer["deployment_id"].as_str().expect("id"), FINISH).await;
+    assert_eq!(
+        (rolled["state"].as_str(), rolled["url"].as_str()),
+        (Some("completed"), Some(stable.as_str())),
+        "{rolled}"
+    );
+    assert!(body(&s, &stable, "/").await.expect("answers").contains(&v1), "v1 serves again");
+    let lines = s.log_lines(rolled["id"].as_str().expect("id"), None).await;
+    assert!(lines.iter().any(|(_, l)| l.starts_with("started the kept container")), "{lines:?}");
+    let switched_ms = deploy_step_ms(&lines);
+    let image = d1["image"].as_str().expect("image");
+    let baseline_ms = docker_run_to_healthy_ms(image).await;
+    println!(
+        "rollback to a kept version: {switched_ms} ms from the deploy step's start to routed; docker run of the same image to healthy: {baseline_ms} ms ({:.2}x)",
+        switched_ms as f64 / baseline_ms as f64
+    );
+    assert!(switched_ms < 2000, "a rollback to a kept version switches within seconds ({switched_ms} ms)");
+
+    // Forward again, so the rest of the test runs on v2.
+    let v2_again = deploy(&s, &url, &commit(&git, &repo, &site(&v2, true))).await;
+    assert_eq!(v2_again["state"], "completed", "{v2_again}");
+
     // A version that never becomes healthy leaves the route alone.
     let bad = deploy(&s, &url, &commit(&git, &repo, &site("broken", false))).await;
     assert_eq!(bad["state"], "failed", "{bad}");
@@ -114,6 +139,44 @@ async fn every_app_keeps_one_stable_address_and_the_edge_is_rebuilt_after_caddy_
     assert!(back.contains(&v2));
     let runner = s.runners[0].output();
     assert!(runner.contains("rebuilt them from the running apps"), "{runner}");
+}
+
+/// Milliseconds from the deploy step's start to the switch, from the deploy log.
+fn deploy_step_ms(lines: &[(String, String)]) -> u64 {
+    lines
+        .iter()
+        .find_map(|(_, l)| {
+            l.strip_prefix("routed ")?
+                .split(" ms (")
+                .nth(1)?
+                .strip_suffix(" ms after the deploy step began)")?
+                .parse()
+                .ok()
+        })
+        .expect("a routed line")
+}
+
+/// The baseline of a rollback: `docker run` of the same image until its health path answers.
+async fn docker_run_to_healthy_ms(image: &str) -> u64 {
+    let name = unique("baseline");
+    let started = Instant::now();
+    let id =
+        slipway_tests::docker(&["run", "-d", "--name", &name, "-p", "127.0.0.1::8080", image]).expect("docker run");
+    let port = slipway_tests::docker(&["port", id.trim(), "8080/tcp"]).expect("docker port");
+    let addr = port.lines().next().expect("a port").trim().to_string();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
+    // Polled about as often as the docker target polls a new version in its first seconds.
+    loop {
+        let answered = client.get(format!("http://{addr}/healthz")).send().await;
+        if answered.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the baseline container never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed().as_millis() as u64;
+    let _ = slipway_tests::docker(&["rm", "-f", &name]);
+    took
 }
 
 /// Counts of a steady load on one address.
@@ -248,7 +311,7 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
         let ms = lines
             .iter()
             .find_map(|(_, l)| {
-                l.strip_prefix("routed ")?.split(" in ").nth(1)?.strip_suffix(" ms")?.parse::<u64>().ok()
+                l.strip_prefix("routed ")?.split(" in ").nth(1)?.split(" ms").next()?.parse::<u64>().ok()
             })
             .expect("a routed line");
         switch_ms.push(ms);

@@ -79,6 +79,7 @@ impl Fixture {
             limits: None,
             hosts: Vec::new(),
             drain: None,
+            rollback: false,
             settings: Some(settings),
         }
     }
