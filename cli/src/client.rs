@@ -145,3 +145,42 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// Streams a running app's output to `each` until the runner ends it (at once without
+    /// `follow`); returns why it ended.
+    pub async fn app_logs(
+        &self,
+        query: &str,
+        app: &str,
+        mut each: impl FnMut(&api::AppLogLine),
+    ) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/apps/{app}/logs?{query}", self.base))
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        if !resp.status().is_success() {
+            Self::json::<serde_json::Value>(resp).await?;
+            bail!("the scheduler refused the request");
+        }
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(event) = events.next().await {
+            let event = event.context("the log stream broke")?;
+            match event.event.as_str() {
+                "log" => {
+                    let line: api::AppLogLine = serde_json::from_str(&event.data)
+                        .with_context(|| format!("unreadable log event: {:.200}", event.data))?;
+                    each(&line);
+                }
+                "end" => {
+                    let end: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+                    return Ok(end["reason"].as_str().unwrap_or("the output ended").to_string());
+                }
+                _ => {}
+            }
+        }
+        Ok("the stream ended".into())
+    }
+}

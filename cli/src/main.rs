@@ -82,7 +82,8 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Recent deployments, or one deployment with its steps and timings.
+    /// Recent deployments, one deployment with its steps and timings, or (given an app name) the
+    /// running app: its address and its containers' state, restarts and last exit.
     Status {
         deployment: Option<String>,
         /// Only deployments of this app.
@@ -123,10 +124,21 @@ enum Command {
     },
     /// A deployment's log.
     Logs {
-        deployment: String,
-        /// Keep following until the deployment ends.
+        /// A deployment's build and deploy log (or --app for a running app's output).
+        #[arg(required_unless_present = "app", conflicts_with = "app")]
+        deployment: Option<String>,
+        /// The running app's output (stdout and stderr, secrets masked; docker target).
+        #[arg(long)]
+        app: Option<String>,
+        /// Keep following: until the deployment ends, or the app's output until interrupted.
         #[arg(long, short)]
         follow: bool,
+        /// With --app: only output since then (30s, 10m, 2h, 1d or an RFC 3339 time).
+        #[arg(long, requires = "app")]
+        since: Option<String>,
+        /// With --app: this many lines from the end (default 100).
+        #[arg(long, requires = "app")]
+        tail: Option<u32>,
     },
 }
 
@@ -518,6 +530,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Status { deployment: Some(app), .. } if uuid_like(&app).is_none() => {
+            let status: api::AppStatus = online()?.get(&format!("/api/v1/apps/{app}/status")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", app_status(&status));
+            }
+        }
         Command::Status { deployment: Some(id), .. } => {
             let d: api::DeploymentDetail = online()?.get(&format!("/api/v1/deployments/{id}")).await?;
             if cli.json {
@@ -574,12 +594,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
         }
-        Command::Logs { deployment, follow } => {
+        Command::Logs { app: Some(app), follow, since, tail, .. } => {
+            let mut query = format!("follow={follow}");
+            if let Some(since) = &since {
+                let encoded = percent_encoding::utf8_percent_encode(since, percent_encoding::NON_ALPHANUMERIC);
+                query.push_str(&format!("&since={encoded}"));
+            }
+            if let Some(tail) = tail {
+                query.push_str(&format!("&tail={tail}"));
+            }
+            let json = cli.json;
+            let ended = online()?
+                .app_logs(&query, &app, |line| {
+                    if json {
+                        println!("{}", serde_json::to_string(line).unwrap_or_default());
+                    } else if line.stream == "stderr" {
+                        println!("[stderr] {}", neutralised(&line.line));
+                    } else {
+                        println!("{}", neutralised(&line.line));
+                    }
+                })
+                .await?;
+            if follow {
+                eprintln!("{}", neutralised(&ended));
+            }
+        }
+        Command::Logs { deployment: Some(deployment), follow, .. } => {
             if follow {
                 return follow_logs(&online()?, &deployment).await;
             }
             online()?.logs(&deployment, false, line_printer()).await?;
         }
+        Command::Logs { deployment: None, app: None, .. } => bail!("name a deployment, or an app with --app"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -708,6 +754,35 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
     }
+}
+
+/// `Some` when `raw` is a deployment id rather than an app name.
+fn uuid_like(raw: &str) -> Option<()> {
+    (raw.len() == 36 && raw.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
+}
+
+/// A running app: where it answers, then each container with its state, restarts and last exit.
+fn app_status(status: &api::AppStatus) -> String {
+    let mut out = format!("app        {}\n", status.app);
+    out.push_str(&format!("url        {}\n", status.url.as_deref().unwrap_or("(not deployed)")));
+    out.push_str(&format!(
+        "{:<8} {:<10} {:>8} {:>9} {:<28} CONTAINER\n",
+        "SERVING", "STATE", "RESTARTS", "LAST EXIT", "SINCE"
+    ));
+    for c in &status.containers {
+        let since = if c.state == "running" { c.started_at.as_deref() } else { c.finished_at.as_deref() };
+        let exit = c.exit_code.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<8} {:<10} {:>8} {:>9} {:<28} {}\n",
+            if c.serving { "yes" } else { "" },
+            neutralised(&c.state),
+            c.restarts,
+            exit,
+            since.map(|s| s.chars().take(19).collect::<String>()).unwrap_or_default(),
+            neutralised(&c.name)
+        ));
+    }
+    out
 }
 
 /// "4m12s", "3h05m", "12s" or "0.4s".

@@ -27,6 +27,8 @@ pub const LABEL_ATTEMPT: &str = "dev.slipway.attempt";
 pub const LABEL_INSTALLATION: &str = "dev.slipway.installation";
 /// The app's extra hosts on the edge (comma-separated), so routes can be rebuilt from containers.
 pub const LABEL_HOSTS: &str = "dev.slipway.hosts";
+/// The names (never the values) of the app's secret variables, so its output can be masked.
+pub const LABEL_SECRETS: &str = "dev.slipway.secrets";
 
 /// Capabilities an app keeps of Docker's default set: enough to start as root and drop to a
 /// user, or bind a low port; not raw sockets, device nodes, chroot or file capabilities.
@@ -186,6 +188,7 @@ impl DockerTarget {
             (LABEL_DEPLOYMENT.to_string(), release.deployment_id.to_string()),
             (LABEL_ATTEMPT.to_string(), release.attempt.to_string()),
             (LABEL_HOSTS.to_string(), release.hosts.join(",")),
+            (LABEL_SECRETS.to_string(), release.secrets.join(",")),
         ]);
         let limits = release.limits.unwrap_or(self.config.limits);
         let body = ContainerCreateBody {

@@ -29,6 +29,8 @@ pub struct Release {
     /// Path that answers 2xx once the app is ready.
     pub health_path: String,
     pub env: BTreeMap<String, String>,
+    /// The names of the secret variables in `env` (their values are masked in the app's output).
+    pub secrets: Vec<String>,
     /// This app's container limits (docker target), instead of the target's defaults.
     pub limits: Option<AppLimits>,
     /// Hosts the app answers at on the edge besides `<app>.<domain>` (docker target).

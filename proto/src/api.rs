@@ -532,3 +532,44 @@ impl WaitReason {
         }
     }
 }
+
+/// One line a running app printed (`GET /api/v1/apps/{name}/logs`), secrets masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLogLine {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<DateTime<Utc>>,
+    pub line: String,
+}
+
+/// One of a running app's containers (`GET /api/v1/apps/{name}/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppContainer {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<Uuid>,
+    pub image: String,
+    /// Docker's state: running, exited, restarting, created, ...
+    pub state: String,
+    /// Whether the edge sends the app's traffic to it (the newest running container).
+    pub serving: bool,
+    pub restarts: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// `GET /api/v1/apps/{name}/status`: where the app answers and how its containers are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub app: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The runner that answered.
+    pub runner_id: String,
+    pub containers: Vec<AppContainer>,
+}

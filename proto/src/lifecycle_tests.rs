@@ -68,6 +68,7 @@ fn show_control(c: &Option<Control>) -> &'static str {
         Some(Control::Grant { .. }) => " +grant",
         Some(Control::Cancel { claim: Some(_), .. }) => " +stop-claim",
         Some(Control::Cancel { claim: None, .. }) => " +stop-all",
+        Some(Control::AppLogs(_) | Control::AppLogsStop { .. }) => " +app-logs (never decided by the lifecycle)",
     }
 }
 

@@ -327,6 +327,51 @@ pub enum Control {
     },
     /// The scheduler granted `claim` of `runner_id` the attempt: it may start working.
     Grant { deployment_id: Uuid, attempt: u32, runner_id: String, claim: Uuid },
+    /// A user asked for a running app's output or status (docker target): every runner whose
+    /// engine has the app's containers answers on `reply_to`; the scheduler keeps the first.
+    AppLogs(AppLogsRequest),
+    /// Stop answering `request_id` (the user went away), except `keep_runner` if given (the
+    /// runner the scheduler kept).
+    AppLogsStop {
+        request_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_runner: Option<String>,
+    },
+}
+
+/// What a user asked of a running app: its output (the last `tail` lines, or those since
+/// `since`, and with `follow` what comes next) and its containers' status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLogsRequest {
+    pub request_id: Uuid,
+    pub app: String,
+    pub environment: String,
+    #[serde(default)]
+    pub follow: bool,
+    /// Lines from the end to start with (0: none, only the status).
+    pub tail: u32,
+    /// Only lines after this time (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// The queue to answer on.
+    pub reply_to: String,
+}
+
+/// A runner's answer to an [`AppLogsRequest`], in as many messages as it takes; the last has `end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLogChunk {
+    pub request_id: Uuid,
+    pub runner_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<crate::api::AppLogLine>,
+    /// The app's containers, in the first message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Vec<crate::api::AppContainer>>,
+    #[serde(default)]
+    pub end: bool,
+    /// Why the answer ended early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What the scheduler publishes on the events exchange (`deploy.queued`, `deploy.step`, ...).

@@ -196,6 +196,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         port: job.app.port,
         health_path: job.app.health_path.clone(),
         env: job.app.env.clone(),
+        secrets: job.app.secrets.clone(),
         limits: job.app.limits.map(|l| tools.config.app_limits_with(&l)),
         hosts: job.app.edge.as_ref().map(|e| e.hosts.clone()).unwrap_or_default(),
         drain: job.app.edge.as_ref().and_then(|e| e.drain_seconds).map(|s| std::time::Duration::from_secs(s.into())),

@@ -1,6 +1,7 @@
 //! The Slipway runner: takes jobs from RabbitMQ and runs them — clone, build, push, deploy —
 //! streaming every line back. It never opens a database connection.
 
+pub mod applogs;
 pub mod checkout;
 pub mod claim;
 pub mod config;
@@ -104,7 +105,7 @@ pub async fn run(
     let (control_ready_tx, control_ready) = tokio::sync::watch::channel(false);
     let worker = worker::Worker {
         tools: job::Tools {
-            docker,
+            docker: docker.clone(),
             target,
             config: config.clone(),
             base_images: slipway_detect::dockerfile::BaseImages::with_overrides(&config.base_images)
@@ -126,11 +127,19 @@ pub async fn run(
     };
     let control_cancel = CancellationToken::new();
     let slots = TaskTracker::new();
+    let app_logs = Arc::new(applogs::AppLogs::new(
+        docker.clone(),
+        config.queue_prefix.clone(),
+        runner_id.clone(),
+        config.amqp_url.clone(),
+        config.own_secrets(),
+    ));
     tasks.spawn(worker::control(
         config.amqp_url.clone(),
         topo,
         runner_id.clone(),
         worker.claims.clone(),
+        app_logs,
         control_ready_tx,
         control_cancel.clone(),
     ));

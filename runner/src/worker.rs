@@ -273,14 +273,15 @@ pub async fn control(
     topo: Topology,
     runner_id: Arc<str>,
     claims: Arc<Claims>,
+    app_logs: Arc<crate::applogs::AppLogs>,
     ready: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
     let session = |conn: Connection| {
         let (topo, runner_id, claims, cancel) = (topo.clone(), runner_id.clone(), claims.clone(), cancel.clone());
-        let ready = ready.clone();
+        let (ready, app_logs) = (ready.clone(), app_logs.clone());
         async move {
-            let listened = listen(&conn, &topo, &runner_id, &claims, &ready, &cancel).await;
+            let listened = listen(&conn, &topo, &runner_id, &claims, &app_logs, &ready, &cancel).await;
             ready.send_replace(false);
             listened
         }
@@ -293,6 +294,7 @@ async fn listen(
     topo: &Topology,
     runner_id: &str,
     claims: &Claims,
+    app_logs: &Arc<crate::applogs::AppLogs>,
     ready: &watch::Sender<bool>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -347,6 +349,8 @@ async fn listen(
                     tracing::warn!(deployment_id = %deployment_id, attempt, reason = %reason, "scheduler asked to stop the job");
                 }
             }
+            Control::AppLogs(request) => app_logs.request(request),
+            Control::AppLogsStop { request_id, keep_runner } => app_logs.stop(request_id, keep_runner.as_deref()),
         }
     }
 }

@@ -139,6 +139,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/apps/{name}", get(get_app))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
         .route("/api/v1/apps/{name}/rollback", post(rollback_app))
+        .route("/api/v1/apps/{name}/logs", get(crate::applogs::stream))
+        .route("/api/v1/apps/{name}/status", get(crate::applogs::status))
         .route("/api/v1/deployments", get(list_deployments))
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))

@@ -98,6 +98,7 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             health_path: new.health_path.clone(),
             env: new.env.iter().map(|(k, v)| (k.clone(), v.value().to_string())).collect(),
             limits: None,
+            secrets: Vec::new(),
             hosts: Vec::new(),
             drain: None,
             rollback: false,
@@ -378,7 +379,7 @@ impl App {
     }
 
     /// The deploy target; the column's CHECK constraint admits only the two known values.
-    fn target(&self) -> TargetKind {
+    pub fn target(&self) -> TargetKind {
         match self.target.as_str() {
             "kubernetes" => TargetKind::Kubernetes,
             _ => TargetKind::Docker,

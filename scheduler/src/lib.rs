@@ -3,6 +3,7 @@
 //! re-dispatches jobs whose runner went silent, and serves live logs.
 
 pub mod api;
+pub mod applogs;
 pub mod apps;
 pub mod auth;
 pub mod config;

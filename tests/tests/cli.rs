@@ -63,7 +63,8 @@ async fn apps_create_list_and_deploy_with_follow() {
     let (_, list) = s.get(&format!("/api/v1/deployments?app={name}")).await;
     assert_eq!(list[0]["sha"], sha.as_str(), "the deployment records the resolved commit: {list}");
     assert!(out.contains("[  build] Step 1/"), "build output is followed: {out}");
-    assert!(out.contains("completed: http://127.0.0.1:"), "{out}");
+    let edge_port = s.edge.as_ref().expect("edge").edge_port;
+    assert!(out.contains(&format!("completed: http://{name}.localhost:{edge_port}")), "the stable address: {out}");
 
     let (ok, _, err) = slipway(&s, &["deploy", &name, "--sha", "not-a-sha"]);
     assert!(!ok && err.contains("not a full commit SHA"), "{err}");

@@ -64,6 +64,7 @@ impl App {
             health_path: "/healthz".into(),
             env: BTreeMap::new(),
             limits: None,
+            secrets: Vec::new(),
             hosts: Vec::new(),
             drain: None,
             rollback: false,

@@ -323,3 +323,90 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
         switch_ms[switch_ms.len() - 1]
     );
 }
+
+#[tokio::test]
+async fn a_running_apps_output_and_status_come_through_slipway_with_secrets_masked() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("runtime");
+    let url = git.url(&repo);
+    let token = format!("tok-{}", unique("runtime-secret"));
+    let app = s.create_app("runtime", &url, SECRET, json!({"env": {"API_TOKEN": token}})).await;
+    let mut files = site("runtime", true);
+    files[0].1 = b"FROM slipway/busybox:1\nCOPY www /www\nRUN chmod +x /www/cgi-bin/slow\n\
+        CMD [\"sh\", \"-c\", \"echo started with $API_TOKEN; echo warming up >&2; exec httpd -f -v -p 8080 -h /www\"]\n"
+        .to_vec();
+    let d = deploy(&s, &url, &commit(&git, &repo, &files)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    let stable = d["url"].as_str().expect("url").to_string();
+
+    // The output so far, masked, stderr marked.
+    let out = s.cli_command().args(["logs", "--app", &app]).output().expect("slipway logs --app");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("started with ***"), "{text}");
+    assert!(text.contains("[stderr] warming up"), "{text}");
+    assert!(!text.contains(&token), "the secret never leaves the runner: {text}");
+
+    // Following: a request made now shows up in the output (httpd -v logs each answer to
+    // stderr; only this request is answered 404).
+    let mut follower = s
+        .cli_command()
+        .args(["logs", "--app", &app, "-f", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("slipway logs --app -f");
+    let marker = unique("path");
+    let stdout = follower.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.contains("response:404");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    eventually(Duration::from_secs(30), "the followed output to show a new request", || async {
+        let _ = s.app_body(&stable, &format!("/marker-{marker}")).await;
+        reader.is_finished().then_some(())
+    })
+    .await;
+    let seen = reader.join().expect("reader");
+    assert!(seen.iter().any(|l| l.starts_with("[stderr]") && l.contains("response:404")), "{seen:?}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Status: the serving container, its state, restarts and last exit.
+    let (status, body) = s.get(&format!("/api/v1/apps/{app}/status")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["url"].as_str(), Some(stable.as_str()));
+    let serving: Vec<&Value> =
+        body["containers"].as_array().expect("containers").iter().filter(|c| c["serving"] == true).collect();
+    assert_eq!(serving.len(), 1, "{body}");
+    assert_eq!((serving[0]["state"].as_str(), serving[0]["restarts"].as_i64()), (Some("running"), Some(0)), "{body}");
+    let out = s.cli_command().args(["status", &app]).output().expect("slipway status app");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&stable) && text.lines().any(|l| l.starts_with("yes") && l.contains("running")), "{text}");
+
+    // Refusals: bad input, unknown apps, other apps' tokens, the other target.
+    let (status, _) = s.get(&format!("/api/v1/apps/{app}/logs?since=yesterday")).await;
+    assert_eq!(status, 400);
+    let (status, _) = s.get(&format!("/api/v1/apps/{app}/logs?tail=999999")).await;
+    assert_eq!(status, 400);
+    let (status, _) = s.get("/api/v1/apps/no-such-app/status").await;
+    assert_eq!(status, 404);
+    let other = s.create_app("other", "https://git.example.com/x/other.git", SECRET, json!({})).await;
+    let scoped = s.create_token("scoped-other", "viewer", Some(&other)).await;
+    let refused = s.client(&scoped).get(format!("{}/api/v1/apps/{app}/logs", s.base)).send().await.expect("send");
+    assert_eq!(refused.status(), 403);
+    let (status, body) = s.get(&format!("/api/v1/apps/{other}/status")).await;
+    assert_eq!(status, 404, "never deployed: no runner has it: {body}");
+    let kube =
+        s.create_app("kube", "https://git.example.com/x/kube.git", SECRET, json!({"target": "kubernetes"})).await;
+    let (status, _) = s.get(&format!("/api/v1/apps/{kube}/logs")).await;
+    assert_eq!(status, 422);
+}

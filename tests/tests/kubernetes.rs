@@ -77,6 +77,7 @@ impl Fixture {
             health_path: "/healthz".into(),
             env: BTreeMap::from([("LOG_LEVEL".into(), "info".into())]),
             limits: None,
+            secrets: Vec::new(),
             hosts: Vec::new(),
             drain: None,
             rollback: false,
