@@ -129,8 +129,12 @@ impl From<JsonRejection> for ApiError {
 /// ([`auth::authenticate`]) and checks its role and app scope.
 pub fn router(shared: Shared) -> Router {
     // The webhook handler reads its body itself, within the limit, once it has its turn.
-    let webhooks =
-        Router::new().route("/api/v1/webhooks/github", post(webhook::github)).layer(DefaultBodyLimit::disable());
+    let webhooks = Router::new()
+        .route("/api/v1/webhooks/github", post(webhook::github))
+        .route("/api/v1/webhooks/gitlab", post(webhook::gitlab))
+        .route("/api/v1/webhooks/bitbucket", post(webhook::bitbucket))
+        .route("/api/v1/webhooks/gitea", post(webhook::gitea))
+        .layer(DefaultBodyLimit::disable());
     let authenticated = Router::new()
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod deployments;
 pub mod fleet;
+pub mod forge;
 pub mod inbox;
 pub mod lease;
 pub mod logs;

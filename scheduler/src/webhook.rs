@@ -1,5 +1,5 @@
-//! GitHub push webhooks: signature verification and the decision of what a push deploys.
-//! The parsing and verification are pure; [`github`] is the axum handler.
+//! Push webhooks of every forge: the handlers, and the decision of what a push deploys. Reading
+//! each forge's delivery and checking its proof are pure ([`crate::forge`]).
 
 use axum::Json;
 use axum::extract::State;
@@ -14,6 +14,7 @@ use crate::Shared;
 use crate::api::ApiError;
 use crate::apps;
 use crate::deployments::{self, Created, NewDeployment};
+use crate::forge::{self, Event, Forge, ForgeError};
 use crate::transition::Applied;
 
 /// The fields of a `push` event Slipway reads.
@@ -102,30 +103,51 @@ pub fn is_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// A webhook's body as read: only the fields Slipway uses are kept (no JSON tree of the whole
-/// body is built, so a 25 MB body costs little beyond its bytes).
-#[derive(Debug, Default, Deserialize)]
-struct Payload {
-    #[serde(rename = "ref", default)]
-    git_ref: Option<String>,
-    #[serde(default)]
-    after: Option<String>,
-    #[serde(default)]
-    deleted: bool,
-    #[serde(default)]
-    repository: Repository,
-}
-
-/// `POST /api/v1/webhooks/github`. At most `SLIPWAY_WEBHOOK_CONCURRENCY` webhooks are read and
-/// parsed at once (others wait, then get 503); parsing and signature checks run on the
-/// blocking pool, so a large body never stalls the async workers other requests run on.
+/// `POST /api/v1/webhooks/github` (JSON or form-encoded; a Gitea or Forgejo delivery sent here
+/// is read as one). At most `SLIPWAY_WEBHOOK_CONCURRENCY` webhooks are read and parsed at once
+/// (others wait, then get 503); parsing and signature checks run on the blocking pool, so a
+/// large body never stalls the async workers other requests run on.
 pub async fn github(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
-    let answered = receive_github(shared, headers, body).await;
-    counted("github", &answered);
+    let forge = forge::detect(&headers);
+    let answered = receive(shared, forge, headers, body).await;
+    counted(forge.as_str(), &answered);
+    answered
+}
+
+/// `POST /api/v1/webhooks/gitlab`.
+pub async fn gitlab(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
+    let answered = receive(shared, Forge::GitLab, headers, body).await;
+    counted("gitlab", &answered);
+    answered
+}
+
+/// `POST /api/v1/webhooks/bitbucket`.
+pub async fn bitbucket(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
+    let answered = receive(shared, Forge::Bitbucket, headers, body).await;
+    counted("bitbucket", &answered);
+    answered
+}
+
+/// `POST /api/v1/webhooks/gitea` (Gitea and Forgejo).
+pub async fn gitea(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
+    let answered = receive(shared, Forge::Gitea, headers, body).await;
+    counted("gitea", &answered);
     answered
 }
 
@@ -142,25 +164,24 @@ fn counted(forge: &'static str, answered: &Result<(StatusCode, Json<WebhookAnswe
     metrics::counter!(slipway_telemetry::metrics::WEBHOOKS, "forge" => forge, "outcome" => outcome).increment(1);
 }
 
-async fn receive_github(
+impl From<ForgeError> for ApiError {
+    fn from(err: ForgeError) -> Self {
+        match err {
+            ForgeError::Unsigned(m) => ApiError::Unauthorized(m),
+            ForgeError::Malformed(m) => ApiError::BadRequest(m),
+            ForgeError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+        }
+    }
+}
+
+async fn receive(
     shared: Shared,
+    forge: Forge,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded")) {
-        return Err(ApiError::UnsupportedMediaType("set the webhook's content type to application/json".into()));
-    }
-    let event = header("x-github-event").ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Event header".into()))?;
-    let signature = header("x-hub-signature-256")
-        .ok_or_else(|| ApiError::Unauthorized("missing X-Hub-Signature-256 header".into()))?
-        .to_string();
-    let delivery = header("x-github-delivery").map(|d| d.chars().take(100).collect::<String>());
-    if event.len() > 100 || !event.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(ApiError::BadRequest("X-GitHub-Event is not an event name".into()));
-    }
-    let event = event.to_string();
-
+    // The headers are checked before the body is read: an unsigned delivery costs nothing.
+    forge::precheck(forge, &headers)?;
     let permit = tokio::time::timeout(WEBHOOK_WAIT, shared.webhooks.clone().acquire_owned()).await;
     let Ok(Ok(_permit)) = permit else {
         return Err(ApiError::Unavailable("too many webhooks at once; the forge will redeliver".into()));
@@ -172,19 +193,12 @@ async fn receive_github(
                 false => ApiError::BadRequest("the body could not be read".into()),
             }
         })?;
-    let parsed = {
-        let body = body.clone();
-        tokio::task::spawn_blocking(move || serde_json::from_slice::<Payload>(&body)).await
-    };
-    let payload = match parsed {
-        Ok(Ok(payload)) => payload,
-        Ok(Err(e)) if e.is_data() => {
-            return Err(ApiError::BadRequest(format!("the payload is malformed: {e}")));
-        }
-        Ok(Err(e)) => return Err(ApiError::BadRequest(format!("body is not valid JSON: {e}"))),
+    let read = tokio::task::spawn_blocking(move || forge::read(forge, &headers, &body)).await;
+    let delivery = match read {
+        Ok(read) => read?,
         Err(_) => return Err(ApiError::Unavailable("parsing the webhook failed".into())),
     };
-    let candidates = apps::following_repo(&shared.pool, &payload.repository.urls()).await?;
+    let candidates = apps::following_repo(&shared.pool, &delivery.repo_urls).await?;
     if candidates.is_empty() {
         return Ok(ignored("no app follows this repository"));
     }
@@ -195,66 +209,90 @@ async fn receive_github(
             Err(err) => tracing::error!(app = %app.name, error = %err, "cannot open the app's webhook secret"),
         }
     }
+    let (proof, signed_body) = (delivery.proof.clone(), delivery.signed_body.clone());
+    let now = chrono::Utc::now().timestamp();
     let verified = tokio::task::spawn_blocking(move || {
         keyed
             .into_iter()
-            .filter(|(_, secret)| signature_matches(secret.as_bytes(), &body, &signature))
+            .filter(|(_, secret)| forge::verifies(&proof, secret, &signed_body, now))
             .map(|(app, _)| app)
             .collect::<Vec<_>>()
     })
     .await
     .map_err(|_| ApiError::Unavailable("verifying the webhook failed".into()))?;
     if verified.is_empty() {
-        tracing::warn!(event = %event, delivery = delivery.as_deref().unwrap_or(""), "webhook signature did not verify");
+        tracing::warn!(
+            forge = forge.as_str(),
+            delivery = delivery.id.as_deref().unwrap_or(""),
+            "webhook signature did not verify"
+        );
         return Err(ApiError::Unauthorized("signature does not match".into()));
     }
-    match event.as_str() {
-        "ping" => return Ok((StatusCode::OK, Json(answer("pong", None, None, Vec::new())))),
-        "push" => {}
-        other => return Ok(ignored(&format!("event `{other}` is not deployed"))),
-    }
-    let (Some(git_ref), Some(after)) = (payload.git_ref, payload.after) else {
-        return Err(ApiError::BadRequest("push payload is malformed: it needs `ref` and `after`".into()));
+    let changes = match delivery.event {
+        Event::Ping => return Ok((StatusCode::OK, Json(answer("pong", None, None, Vec::new())))),
+        Event::Other(reason) => return Ok(ignored(&reason)),
+        Event::Malformed(reason) => return Err(ApiError::BadRequest(reason)),
+        Event::Push(changes) => changes,
     };
-    let push = Push { git_ref, after, deleted: payload.deleted, repository: payload.repository };
-    let (branch, sha) = match intent(&push) {
-        PushIntent::Deploy { branch, sha } => (branch, sha),
-        PushIntent::Ignore(reason) => return Ok(ignored(&reason)),
-    };
-    let following: Vec<_> = verified.into_iter().filter(|a| a.branch == branch).collect();
-    if following.is_empty() {
-        return Ok(ignored(&format!("no app follows branch `{branch}`")));
-    }
     let mut out = Vec::new();
+    let mut reasons = Vec::new();
     let mut any_new = false;
-    for app in &following {
-        let created = deployments::create(
-            &shared.pool,
-            NewDeployment {
-                app,
-                sha: &sha,
-                git_ref: &push.git_ref,
-                source: "github",
-                delivery_id: delivery.as_deref(),
-                image_digest: None,
-                created_by: None,
-            },
-            shared.policy(),
-        )
-        .await?;
-        let (id, new) = match created {
-            Created::New { id, superseded } => {
-                announce_queued(&shared, id, &app.name, &sha, &superseded);
-                (id, true)
-            }
-            Created::Existing(id) => (id, false),
+    let mut last_sha = None;
+    for change in changes {
+        let push = Push {
+            git_ref: change.git_ref.clone(),
+            after: change.after.clone(),
+            deleted: change.deleted,
+            repository: Repository::default(),
         };
-        any_new |= new;
-        out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
+        let (branch, sha) = match intent(&push) {
+            PushIntent::Deploy { branch, sha } => (branch, sha),
+            PushIntent::Ignore(reason) => {
+                reasons.push(reason);
+                continue;
+            }
+        };
+        let following: Vec<_> = verified.iter().filter(|a| a.branch == branch).collect();
+        if following.is_empty() {
+            reasons.push(format!("no app follows branch `{branch}`"));
+            continue;
+        }
+        for app in following {
+            let created = deployments::create(
+                &shared.pool,
+                NewDeployment {
+                    app,
+                    sha: &sha,
+                    git_ref: &change.git_ref,
+                    source: forge.as_str(),
+                    delivery_id: delivery.id.as_deref(),
+                    image_digest: None,
+                    created_by: None,
+                },
+                shared.policy(),
+            )
+            .await?;
+            let (id, new) = match created {
+                Created::New { id, superseded } => {
+                    announce_queued(&shared, id, &app.name, &sha, &superseded);
+                    (id, true)
+                }
+                Created::Existing(id) => (id, false),
+            };
+            any_new |= new;
+            out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
+        }
+        last_sha = Some(sha);
+    }
+    if out.is_empty() {
+        if reasons.is_empty() {
+            reasons.push("the push changed no ref".into());
+        }
+        return Ok(ignored(&reasons.join("; ")));
     }
     let status = if any_new { StatusCode::ACCEPTED } else { StatusCode::OK };
     let word = if any_new { "queued" } else { "duplicate" };
-    Ok((status, Json(answer(word, Some(sha), None, out))))
+    Ok((status, Json(answer(word, last_sha, None, out))))
 }
 
 /// How long a webhook waits for its turn before a 503 (the forge redelivers).

@@ -1,0 +1,626 @@
+//! What each forge's push webhook says, read the same way: the event (pushes with their ref
+//! changes, a ping, or something not deployed and why), the repository's URLs, the delivery id,
+//! and the proof of origin to check against an app's secret. Pure: no IO.
+//!
+//! - GitHub: `X-GitHub-Event`, `X-Hub-Signature-256: sha256=<hex>`; JSON, or a form with `payload=`
+//!   (signed over the raw form body).
+//! - GitLab: `X-Gitlab-Event: Push Hook`, `X-Gitlab-Token` (the secret itself) and, when present,
+//!   Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`, `webhook-signature:
+//!   v1,<base64>`) keyed by a `whsec_` secret, within five minutes of the timestamp.
+//! - Bitbucket Cloud: `X-Event-Key: repo:push`, `X-Hub-Signature: sha256=<hex>`; one delivery
+//!   may carry several ref changes.
+//! - Gitea and Forgejo: `X-Gitea-Event`/`X-Forgejo-Event`, `X-Gitea-Signature`/
+//!   `X-Forgejo-Signature: <hex>`. They also send GitHub's headers, so theirs are read first.
+
+use axum::http::HeaderMap;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Where a webhook came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    GitHub,
+    GitLab,
+    Bitbucket,
+    Gitea,
+}
+
+impl Forge {
+    /// The deployment source and the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+            Forge::Bitbucket => "bitbucket",
+            Forge::Gitea => "gitea",
+        }
+    }
+}
+
+/// A ref that moved: to `after`, or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub git_ref: String,
+    pub after: String,
+    pub deleted: bool,
+}
+
+/// What the delivery asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Push(Vec<Change>),
+    Ping,
+    /// Not a push; the reason says what it was.
+    Other(String),
+    /// A push without what a push must have: a 400, once the delivery's signature was checked.
+    Malformed(String),
+}
+
+/// How the sender proves it knows the app's secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// `sha256=<hex>` (GitHub, Bitbucket) or bare `<hex>` (Gitea, Forgejo): HMAC-SHA256 of the body.
+    Hmac { hex: String },
+    /// GitLab: the secret token itself, and/or a Standard Webhooks signature.
+    GitLab { token: Option<String>, signed: Option<Signed> },
+}
+
+/// A Standard Webhooks signature (GitLab's signed webhooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub id: String,
+    pub timestamp: String,
+    pub signatures: String,
+}
+
+/// A delivery as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub forge: Forge,
+    pub id: Option<String>,
+    pub event: Event,
+    pub repo_urls: Vec<String>,
+    pub proof: Proof,
+    /// The bytes the proof signs (the raw body).
+    pub signed_body: Vec<u8>,
+}
+
+/// Why a delivery cannot be read; each maps to a 4xx.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{0}")]
+    Unsigned(String),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+}
+
+/// How far a Standard Webhooks timestamp may be from now.
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn bounded(value: &str, what: &str) -> Result<String, ForgeError> {
+    if value.len() > 200 || value.chars().any(|c| c.is_control()) {
+        return Err(ForgeError::Malformed(format!("{what} is not a plausible value")));
+    }
+    Ok(value.to_string())
+}
+
+/// Which forge sent a delivery to the GitHub endpoint: Gitea and Forgejo also send GitHub's
+/// headers, so their own are looked for first.
+pub fn detect(headers: &HeaderMap) -> Forge {
+    if header(headers, "x-gitea-event").is_some() || header(headers, "x-forgejo-event").is_some() {
+        Forge::Gitea
+    } else {
+        Forge::GitHub
+    }
+}
+
+/// Checks the headers a delivery of `forge` must carry (event and proof), before its body is read.
+pub fn precheck(forge: Forge, headers: &HeaderMap) -> Result<(), ForgeError> {
+    let need = |names: &[&str], what: &str, unsigned: bool| -> Result<(), ForgeError> {
+        match names.iter().any(|n| header(headers, n).is_some()) {
+            true => Ok(()),
+            false if unsigned => Err(ForgeError::Unsigned(format!("missing {what} header"))),
+            false => Err(ForgeError::Malformed(format!("missing {what} header"))),
+        }
+    };
+    match forge {
+        Forge::GitHub => {
+            need(&["x-github-event"], "X-GitHub-Event", false)?;
+            need(&["x-hub-signature-256"], "X-Hub-Signature-256", true)
+        }
+        Forge::GitLab => {
+            need(&["x-gitlab-event"], "X-Gitlab-Event", false)?;
+            need(&["x-gitlab-token", "webhook-signature"], "X-Gitlab-Token (or webhook-signature)", true)
+        }
+        Forge::Bitbucket => {
+            need(&["x-event-key"], "X-Event-Key", false)?;
+            need(&["x-hub-signature"], "X-Hub-Signature", true)
+        }
+        Forge::Gitea => {
+            need(&["x-gitea-event", "x-forgejo-event"], "X-Gitea-Event (or X-Forgejo-Event)", false)?;
+            need(&["x-gitea-signature", "x-forgejo-signature"], "X-Gitea-Signature (or X-Forgejo-Signature)", true)
+        }
+    }
+}
+
+/// Reads a delivery of `forge` from its headers and raw body.
+pub fn read(forge: Forge, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
+    match forge {
+        Forge::GitHub => github(headers, body),
+        Forge::GitLab => gitlab(headers, body),
+        Forge::Bitbucket => bitbucket(headers, body),
+        Forge::Gitea => gitea(headers, body),
+    }
+}
+
+/// The fields of a GitHub-shaped push (GitHub, Gitea, Forgejo) Slipway reads.
+#[derive(Debug, Default, Deserialize)]
+struct HubPush {
+    #[serde(rename = "ref", default)]
+    git_ref: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    repository: HubRepository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HubRepository {
+    #[serde(default)]
+    clone_url: Option<String>,
+    #[serde(default)]
+    html_url: Option<String>,
+    #[serde(default)]
+    ssh_url: Option<String>,
+    #[serde(default)]
+    git_url: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+impl HubRepository {
+    fn urls(self) -> Vec<String> {
+        [self.clone_url, self.html_url, self.ssh_url, self.git_url, self.url].into_iter().flatten().collect()
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ForgeError> {
+    serde_json::from_slice(body).map_err(|e| match e.is_data() {
+        true => ForgeError::Malformed(format!("the payload is malformed: {e}")),
+        false => ForgeError::Malformed(format!("body is not valid JSON: {e}")),
+    })
+}
+
+fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeError> {
+    let urls = push.repository.urls();
+    let event = match event {
+        "ping" => Event::Ping,
+        "push" => match (push.git_ref, push.after) {
+            (Some(git_ref), Some(after)) => Event::Push(vec![Change { git_ref, after, deleted: push.deleted }]),
+            _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
+        },
+        other => Event::Other(format!("event `{other}` is not deployed")),
+    };
+    Ok((event, urls))
+}
+
+fn github(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
+    let event = header(headers, "x-github-event")
+        .ok_or_else(|| ForgeError::Malformed("missing X-GitHub-Event header".into()))?;
+    if event.len() > 100 || !event.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ForgeError::Malformed("X-GitHub-Event is not an event name".into()));
+    }
+    let hex = header(headers, "x-hub-signature-256")
+        .ok_or_else(|| ForgeError::Unsigned("missing X-Hub-Signature-256 header".into()))?
+        .to_string();
+    let id = header(headers, "x-github-delivery").map(|d| d.chars().take(100).collect());
+    let form = header(headers, "content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let push: HubPush = match form {
+        true => {
+            let payload = url::form_urlencoded::parse(body)
+                .find(|(k, _)| k == "payload")
+                .map(|(_, v)| v.into_owned())
+                .ok_or_else(|| ForgeError::Malformed("a form-encoded webhook needs a `payload` field".into()))?;
+            json(payload.as_bytes())?
+        }
+        false => json(body)?,
+    };
+    let (event, repo_urls) = hub_push(event, push)?;
+    Ok(Delivery { forge: Forge::GitHub, id, event, repo_urls, proof: Proof::Hmac { hex }, signed_body: body.to_vec() })
+}
+
+fn gitea(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
+    let event = header(headers, "x-forgejo-event")
+        .or_else(|| header(headers, "x-gitea-event"))
+        .ok_or_else(|| ForgeError::Malformed("missing X-Gitea-Event (or X-Forgejo-Event) header".into()))?;
+    let event = bounded(event, "the event header")?;
+    let hex = header(headers, "x-forgejo-signature")
+        .or_else(|| header(headers, "x-gitea-signature"))
+        .ok_or_else(|| ForgeError::Unsigned("missing X-Gitea-Signature (or X-Forgejo-Signature) header".into()))?
+        .to_string();
+    let id = header(headers, "x-forgejo-delivery")
+        .or_else(|| header(headers, "x-gitea-delivery"))
+        .map(|d| d.chars().take(100).collect());
+    let (event, repo_urls) = hub_push(&event, json(body)?)?;
+    Ok(Delivery { forge: Forge::Gitea, id, event, repo_urls, proof: Proof::Hmac { hex }, signed_body: body.to_vec() })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabPush {
+    #[serde(rename = "ref", default)]
+    git_ref: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    checkout_sha: Option<String>,
+    #[serde(default)]
+    project: GitLabProject,
+    #[serde(default)]
+    repository: GitLabProject,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabProject {
+    #[serde(default)]
+    git_http_url: Option<String>,
+    #[serde(default)]
+    git_ssh_url: Option<String>,
+    #[serde(default)]
+    web_url: Option<String>,
+    #[serde(default)]
+    http_url: Option<String>,
+    #[serde(default)]
+    ssh_url: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    homepage: Option<String>,
+}
+
+impl GitLabProject {
+    fn urls(self) -> Vec<String> {
+        [self.git_http_url, self.git_ssh_url, self.web_url, self.http_url, self.ssh_url, self.url, self.homepage]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
+    let event = header(headers, "x-gitlab-event")
+        .ok_or_else(|| ForgeError::Malformed("missing X-Gitlab-Event header".into()))?;
+    let event = bounded(event, "X-Gitlab-Event")?;
+    let token = header(headers, "x-gitlab-token").map(str::to_string);
+    let signed = match (
+        header(headers, "webhook-id"),
+        header(headers, "webhook-timestamp"),
+        header(headers, "webhook-signature"),
+    ) {
+        (Some(id), Some(timestamp), Some(signatures)) => Some(Signed {
+            id: bounded(id, "webhook-id")?,
+            timestamp: timestamp.to_string(),
+            signatures: signatures.to_string(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(ForgeError::Unsigned(
+                "a signed webhook needs webhook-id, webhook-timestamp and webhook-signature".into(),
+            ));
+        }
+    };
+    if token.is_none() && signed.is_none() {
+        return Err(ForgeError::Unsigned("missing X-Gitlab-Token (or webhook-signature) header".into()));
+    }
+    let id = header(headers, "x-gitlab-event-uuid")
+        .or_else(|| header(headers, "webhook-id"))
+        .map(|d| d.chars().take(100).collect());
+    let push: GitLabPush = json(body)?;
+    let mut urls = push.project.urls();
+    urls.extend(push.repository.urls());
+    let event = match event.as_str() {
+        "Push Hook" => {
+            match (push.git_ref, push.after) {
+                (Some(git_ref), Some(after)) => {
+                    let deleted = after.bytes().all(|b| b == b'0');
+                    // `checkout_sha` is the commit the branch points at after the push (null on deletion).
+                    let after = push.checkout_sha.filter(|_| !deleted).unwrap_or(after);
+                    Event::Push(vec![Change { git_ref, after, deleted }])
+                }
+                _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
+            }
+        }
+        "Tag Push Hook" => Event::Other("tag pushes are not deployed".into()),
+        other => Event::Other(format!("event `{other}` is not deployed")),
+    };
+    Ok(Delivery {
+        forge: Forge::GitLab,
+        id,
+        event,
+        repo_urls: urls,
+        proof: Proof::GitLab { token, signed },
+        signed_body: body.to_vec(),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketPayload {
+    #[serde(default)]
+    push: Option<BitbucketPush>,
+    #[serde(default)]
+    repository: BitbucketRepository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketPush {
+    #[serde(default)]
+    changes: Vec<BitbucketChange>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketChange {
+    #[serde(default)]
+    new: Option<BitbucketRef>,
+    #[serde(default)]
+    old: Option<BitbucketRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketRef {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    target: BitbucketTarget,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketTarget {
+    #[serde(default)]
+    hash: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketRepository {
+    #[serde(default)]
+    full_name: Option<String>,
+    #[serde(default)]
+    links: BitbucketLinks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketLinks {
+    #[serde(default)]
+    html: Option<BitbucketLink>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketLink {
+    #[serde(default)]
+    href: Option<String>,
+}
+
+fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
+    let event =
+        header(headers, "x-event-key").ok_or_else(|| ForgeError::Malformed("missing X-Event-Key header".into()))?;
+    let event = bounded(event, "X-Event-Key")?;
+    let hex = header(headers, "x-hub-signature")
+        .ok_or_else(|| ForgeError::Unsigned("missing X-Hub-Signature header (set a secret on the webhook)".into()))?
+        .to_string();
+    let id = header(headers, "x-request-uuid")
+        .or_else(|| header(headers, "x-hook-uuid"))
+        .map(|d| d.chars().take(100).collect());
+    let payload: BitbucketPayload = json(body)?;
+    let mut urls: Vec<String> = payload.repository.links.html.and_then(|l| l.href).into_iter().collect();
+    urls.extend(payload.repository.full_name.map(|n| format!("https://bitbucket.org/{n}")));
+    let event = match event.as_str() {
+        "repo:push" => {
+            let push = payload.push.ok_or_else(|| ForgeError::Malformed("a repo:push payload needs `push`".into()))?;
+            let changes = push
+                .changes
+                .into_iter()
+                .filter_map(|c| match (c.new, c.old) {
+                    (Some(new), _) => {
+                        Some(Change { git_ref: bitbucket_ref(&new), after: new.target.hash, deleted: false })
+                    }
+                    (None, Some(old)) => {
+                        Some(Change { git_ref: bitbucket_ref(&old), after: String::new(), deleted: true })
+                    }
+                    (None, None) => None,
+                })
+                .collect();
+            Event::Push(changes)
+        }
+        "diagnostics:ping" => Event::Ping,
+        other => Event::Other(format!("event `{other}` is not deployed")),
+    };
+    Ok(Delivery {
+        forge: Forge::Bitbucket,
+        id,
+        event,
+        repo_urls: urls,
+        proof: Proof::Hmac { hex },
+        signed_body: body.to_vec(),
+    })
+}
+
+fn bitbucket_ref(r: &BitbucketRef) -> String {
+    match r.kind.as_str() {
+        "tag" | "annotated_tag" => format!("refs/tags/{}", r.name),
+        _ => format!("refs/heads/{}", r.name),
+    }
+}
+
+/// Whether `proof` shows the sender knows `secret` (for GitLab signatures, at `now`, Unix seconds).
+pub fn verifies(proof: &Proof, secret: &str, body: &[u8], now: i64) -> bool {
+    match proof {
+        Proof::Hmac { hex } => hmac_matches(secret.as_bytes(), body, hex.strip_prefix("sha256=").unwrap_or(hex)),
+        Proof::GitLab { token, signed } => {
+            use subtle::ConstantTimeEq;
+            let token_ok =
+                token.as_ref().map(|t| t.len() == secret.len() && bool::from(t.as_bytes().ct_eq(secret.as_bytes())));
+            let signed_ok = signed.as_ref().map(|s| standard_webhook_matches(s, secret, body, now));
+            match (token_ok, signed_ok) {
+                (None, None) => false,
+                (t, s) => t.unwrap_or(true) && s.unwrap_or(true),
+            }
+        }
+    }
+}
+
+fn hmac_matches(secret: &[u8], body: &[u8], hex_sig: &str) -> bool {
+    let Ok(sig) = hex::decode(hex_sig) else { return false };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else { return false };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` (space-separated,
+/// any may match), keyed by the base64 after `whsec_`, the timestamp within the tolerance.
+fn standard_webhook_matches(signed: &Signed, secret: &str, body: &[u8], now: i64) -> bool {
+    let Some(key) =
+        secret.strip_prefix("whsec_").and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+    else {
+        return false;
+    };
+    let Ok(timestamp) = signed.timestamp.parse::<i64>() else { return false };
+    if (now - timestamp).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return false;
+    }
+    signed.signatures.split_whitespace().filter_map(|s| s.strip_prefix("v1,")).any(|b64| {
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(b64) else { return false };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else { return false };
+        mac.update(signed.id.as_bytes());
+        mac.update(b".");
+        mac.update(signed.timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header"));
+        }
+        h
+    }
+
+    fn standard_signature(key: &[u8], id: &str, ts: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn gitlab_needs_a_matching_token_and_a_valid_signature_when_one_is_sent() {
+        let body = b"{}";
+        let key = [9u8; 32];
+        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+        let now = 1_800_000_000;
+        let signed = |ts: i64| {
+            Some(Signed {
+                id: "m".into(),
+                timestamp: ts.to_string(),
+                signatures: standard_signature(&key, "m", ts, body),
+            })
+        };
+        let proof = |token: Option<&str>, signed| Proof::GitLab { token: token.map(str::to_string), signed };
+        assert!(verifies(&proof(Some("tok-0123456789"), None), "tok-0123456789", body, now));
+        assert!(!verifies(&proof(Some("tok-0123456789x"), None), "tok-0123456789", body, now));
+        assert!(verifies(&proof(None, signed(now)), &secret, body, now));
+        assert!(verifies(&proof(None, signed(now - TIMESTAMP_TOLERANCE_SECS)), &secret, body, now));
+        assert!(!verifies(&proof(None, signed(now - TIMESTAMP_TOLERANCE_SECS - 1)), &secret, body, now), "replayed");
+        assert!(!verifies(&proof(None, signed(now + 3600)), &secret, body, now), "from the future");
+        assert!(!verifies(&proof(None, signed(now)), "not-a-whsec-secret", body, now));
+        assert!(!verifies(&proof(Some(&secret), signed(now)), "whsec_other", body, now));
+        assert!(!verifies(&proof(None, None), &secret, body, now), "no proof at all");
+        let garbage = Some(Signed { id: "m".into(), timestamp: "soon".into(), signatures: "v1,!!! v2,abc".into() });
+        assert!(!verifies(&proof(None, garbage), &secret, body, now));
+    }
+
+    #[test]
+    fn hmac_proofs_take_the_prefixed_and_the_bare_form() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").expect("key");
+        mac.update(b"body");
+        let hex = hex::encode(mac.finalize().into_bytes());
+        assert!(verifies(&Proof::Hmac { hex: format!("sha256={hex}") }, "s3cret", b"body", 0));
+        assert!(verifies(&Proof::Hmac { hex: hex.clone() }, "s3cret", b"body", 0));
+        assert!(!verifies(&Proof::Hmac { hex: hex.clone() }, "s3cret", b"body!", 0));
+        assert!(!verifies(&Proof::Hmac { hex: "zz".into() }, "s3cret", b"body", 0));
+    }
+
+    #[test]
+    fn headers_are_checked_before_the_body_and_gitea_is_told_apart_from_github() {
+        assert!(matches!(
+            precheck(Forge::GitHub, &headers(&[("x-github-event", "push")])),
+            Err(ForgeError::Unsigned(_))
+        ));
+        assert!(matches!(precheck(Forge::GitLab, &headers(&[("x-gitlab-token", "t")])), Err(ForgeError::Malformed(_))));
+        assert!(
+            precheck(Forge::Bitbucket, &headers(&[("x-event-key", "repo:push"), ("x-hub-signature", "sha256=00")]))
+                .is_ok()
+        );
+        assert!(
+            precheck(Forge::Gitea, &headers(&[("x-forgejo-event", "push"), ("x-forgejo-signature", "00")])).is_ok()
+        );
+        let both = headers(&[("x-github-event", "push"), ("x-gitea-event", "push")]);
+        assert_eq!(detect(&both), Forge::Gitea);
+        assert_eq!(detect(&headers(&[("x-github-event", "push")])), Forge::GitHub);
+    }
+
+    #[test]
+    fn bitbucket_changes_become_refs_and_deletions() {
+        let body = br#"{"push": {"changes": [
+            {"new": {"type": "tag", "name": "v1", "target": {"hash": "aa"}}, "old": null},
+            {"new": null, "old": {"type": "branch", "name": "gone", "target": {"hash": "bb"}}},
+            {"new": null, "old": null}
+        ]}, "repository": {"full_name": "acme/shop"}}"#;
+        let h = headers(&[("x-event-key", "repo:push"), ("x-hub-signature", "sha256=00")]);
+        let d = read(Forge::Bitbucket, &h, body).expect("reads");
+        assert_eq!(d.repo_urls, ["https://bitbucket.org/acme/shop"]);
+        let Event::Push(changes) = d.event else { panic!("a push") };
+        assert_eq!(changes[0], Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false });
+        assert_eq!(changes[1], Change { git_ref: "refs/heads/gone".into(), after: String::new(), deleted: true });
+        assert_eq!(changes.len(), 2);
+    }
+
+    #[test]
+    fn hostile_bodies_are_errors_not_panics() {
+        let cases: [(Forge, &[(&'static str, &str)]); 4] = [
+            (Forge::GitHub, &[("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")]),
+            (Forge::GitLab, &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "t")]),
+            (Forge::Bitbucket, &[("x-event-key", "repo:push"), ("x-hub-signature", "sha256=00")]),
+            (Forge::Gitea, &[("x-gitea-event", "push"), ("x-gitea-signature", "00")]),
+        ];
+        let deep = "[".repeat(10_000);
+        for (forge, pairs) in cases {
+            let h = headers(pairs);
+            for body in [&b""[..], b"null", b"[]", b"{\"ref\": 5}", deep.as_bytes(), b"\xff\xfe"] {
+                let _ = read(forge, &h, body);
+            }
+        }
+        let form = headers(&[
+            ("x-github-event", "push"),
+            ("x-hub-signature-256", "sha256=00"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]);
+        assert!(read(Forge::GitHub, &form, b"payload=%ZZ").is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! Every forge's push webhook against a real scheduler and PostgreSQL, with example payloads of
+//! each forge (tests/fixtures/forges, in the shape each forge documents): pushes, tags, branch
+//! deletions and creations, pings, redeliveries, and each forge's signature failures.
+
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use slipway_tests::{Slipway, SlipwayOptions, unique};
+
+const SECRET: &str = "forges-secret-0123456789";
+const SHA: &str = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+const SHA2: &str = "4c1fa9a2f1d0e3b5c7a9e1f3b5d7c9e1a3f5b7d9";
+
+fn fixture(name: &str, repo: &str) -> Vec<u8> {
+    let path = format!("{}/fixtures/forges/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .replace("{{REPO}}", repo)
+        .replace("{{SHA2}}", SHA2)
+        .replace("{{SHA}}", SHA)
+        .into_bytes()
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn post(s: &Slipway, forge: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
+    let mut req =
+        s.anonymous.post(format!("{}/api/v1/webhooks/{forge}", s.base)).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.body(body).send().await.expect("scheduler answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+async fn deployments_of(s: &Slipway, app: &str) -> Vec<Value> {
+    let (_, list) = s.get(&format!("/api/v1/deployments?app={app}")).await;
+    list.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn gitlab_pushes_are_deployed_by_token_or_signature_and_tags_and_deletions_are_ignored() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = format!("https://gitlab.example.com/acme/{}.git", unique("gl"));
+    let app = s.create_app("gitlab", &repo, SECRET, json!({})).await;
+    let push = fixture("gitlab-push.json", &repo);
+    let headers = |token: &str, uuid: &str| {
+        vec![
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("X-Gitlab-Token", token.to_string()),
+            ("X-Gitlab-Event-UUID", uuid.to_string()),
+        ]
+    };
+
+    let (status, answer) = post(&s, "gitlab", &headers("wrong-token-0123456789", "u1"), push.clone()).await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = post(&s, "gitlab", &[("X-Gitlab-Event", "Push Hook".into())], push.clone()).await;
+    assert_eq!(status, 401, "no token");
+    assert!(deployments_of(&s, &app).await.is_empty());
+
+    let (status, answer) = post(&s, "gitlab", &headers(SECRET, "u2"), push.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].clone();
+    let (status, again) = post(&s, "gitlab", &headers(SECRET, "u2"), push.clone()).await;
+    assert_eq!(
+        (status, &again["deployments"][0]["deployment_id"]),
+        (200, &id),
+        "the same delivery twice is one deployment"
+    );
+    let list = deployments_of(&s, &app).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0]["source"].as_str(), list[0]["sha"].as_str()), (Some("gitlab"), Some(SHA)));
+
+    let (status, answer) = post(
+        &s,
+        "gitlab",
+        &[("X-Gitlab-Event", "Tag Push Hook".into()), ("X-Gitlab-Token", SECRET.into())],
+        fixture("gitlab-tag-push.json", &repo),
+    )
+    .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    assert!(answer["reason"].as_str().unwrap_or_default().contains("tag"), "{answer}");
+    let (status, answer) =
+        post(&s, "gitlab", &headers(SECRET, "u3"), fixture("gitlab-branch-delete.json", &repo)).await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{answer}");
+    assert!(answer["reason"].as_str().unwrap_or_default().contains("deleted"), "{answer}");
+    let (status, answer) = post(&s, "gitlab", &headers(SECRET, "u4"), b"{not json".to_vec()).await;
+    assert_eq!(status, 400, "{answer}");
+
+    // Signed webhooks (Standard Webhooks), with a whsec_ secret.
+    let key = [7u8; 32];
+    let whsec = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+    let repo2 = format!("https://gitlab.example.com/acme/{}.git", unique("gl-signed"));
+    let signed_app = s.create_app("gitlab-signed", &repo2, &whsec, json!({})).await;
+    let body = fixture("gitlab-push.json", &repo2);
+    let sign = |id: &str, ts: i64, body: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    };
+    let now = chrono::Utc::now().timestamp();
+    let signed = |id: &str, ts: i64, sig: String| {
+        vec![
+            ("X-Gitlab-Event", "Push Hook".to_string()),
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]
+    };
+    let (status, answer) =
+        post(&s, "gitlab", &signed("msg_1", now - 3600, sign("msg_1", now - 3600, &body)), body.clone()).await;
+    assert_eq!(status, 401, "an old timestamp is a replay: {answer}");
+    let (status, _) = post(&s, "gitlab", &signed("msg_1", now, sign("msg_2", now, &body)), body.clone()).await;
+    assert_eq!(status, 401, "signed for another id");
+    let (status, answer) =
+        post(&s, "gitlab", &signed("msg_1", now, format!("v1,AAAA {}", sign("msg_1", now, &body))), body.clone()).await;
+    assert_eq!(status, 202, "one of several signatures matches: {answer}");
+    assert_eq!(deployments_of(&s, &signed_app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_bitbucket_push_with_several_changes_deploys_each_followed_branch() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = format!("https://bitbucket.org/acme/{}", unique("bb"));
+    let main = s.create_app("bb-main", &repo, SECRET, json!({})).await;
+    let develop = s.create_app("bb-develop", &repo, SECRET, json!({"branch": "develop"})).await;
+    let body = fixture("bitbucket-push.json", &repo);
+    let headers = |sig: String, request: &str| {
+        vec![
+            ("X-Event-Key", "repo:push".to_string()),
+            ("X-Hub-Signature", sig),
+            ("X-Request-UUID", request.to_string()),
+            ("X-Hook-UUID", "{4c3a7a7b-0b8a-4d5e-9f2a-1b2c3d4e5f60}".to_string()),
+        ]
+    };
+    let (status, _) = post(
+        &s,
+        "bitbucket",
+        &headers(format!("sha256={}", hmac_hex("not-the-secret-000", &body)), "r1"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = post(&s, "bitbucket", &[("X-Event-Key", "repo:push".into())], body.clone()).await;
+    assert_eq!(status, 401, "unsigned");
+
+    let sig = format!("sha256={}", hmac_hex(SECRET, &body));
+    let (status, answer) = post(&s, "bitbucket", &headers(sig.clone(), "r2"), body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["deployments"].as_array().map(Vec::len), Some(2), "one per followed branch: {answer}");
+    let (m, d) = (deployments_of(&s, &main).await, deployments_of(&s, &develop).await);
+    assert_eq!((m.len(), d.len()), (1, 1));
+    assert_eq!((m[0]["sha"].as_str(), m[0]["source"].as_str()), (Some(SHA), Some("bitbucket")));
+    assert_eq!(d[0]["sha"].as_str(), Some(SHA2), "the new branch's head");
+    let (status, _) = post(&s, "bitbucket", &headers(sig, "r2"), body.clone()).await;
+    assert_eq!(status, 200, "redelivered: nothing new");
+
+    let ping = br#"{"actor": {}, "repository": {"links": {"html": {"href": "REPO"}}}}"#.to_vec();
+    let ping = String::from_utf8(ping).expect("utf8").replace("REPO", &repo).into_bytes();
+    let sig = format!("sha256={}", hmac_hex(SECRET, &ping));
+    let (status, answer) =
+        post(&s, "bitbucket", &[("X-Event-Key", "diagnostics:ping".into()), ("X-Hub-Signature", sig)], ping).await;
+    assert_eq!((status, answer["status"].as_str()), (200, Some("pong")), "{answer}");
+}
+
+#[tokio::test]
+async fn gitea_and_forgejo_are_verified_by_their_own_headers_wherever_they_are_sent() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = format!("https://gitea.example.com/gitea/{}.git", unique("gt"));
+    let app = s.create_app("gitea", &repo, SECRET, json!({})).await;
+    let body = fixture("gitea-push.json", &repo);
+    let sig = hmac_hex(SECRET, &body);
+    let (status, _) = post(
+        &s,
+        "gitea",
+        &[("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", hmac_hex("wrong-secret-0000", &body))],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, answer) = post(
+        &s,
+        "gitea",
+        &[("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", sig.clone()), ("X-Gitea-Delivery", "g1".into())],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let list = deployments_of(&s, &app).await;
+    assert_eq!((list.len(), list[0]["source"].as_str()), (1, Some("gitea")));
+    // Forgejo's own headers, the same delivery: one deployment.
+    let (status, _) = post(
+        &s,
+        "gitea",
+        &[
+            ("X-Forgejo-Event", "push".into()),
+            ("X-Forgejo-Signature", sig.clone()),
+            ("X-Forgejo-Delivery", "g1".into()),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Sent to the GitHub endpoint with GitHub's headers too: read as Gitea, its signature checked.
+    let repo2 = format!("https://gitea.example.com/gitea/{}.git", unique("gt2"));
+    let app2 = s.create_app("gitea-hub", &repo2, SECRET, json!({})).await;
+    let body2 = fixture("gitea-push.json", &repo2);
+    let headers = vec![
+        ("X-GitHub-Event", "push".to_string()),
+        ("X-Hub-Signature-256", "sha256=0000".to_string()),
+        ("X-Gitea-Event", "push".to_string()),
+        ("X-Gitea-Signature", hmac_hex(SECRET, &body2)),
+    ];
+    let (status, answer) = post(&s, "github", &headers, body2).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(deployments_of(&s, &app2).await[0]["source"].as_str(), Some("gitea"));
+}
+
+#[tokio::test]
+async fn a_github_webhook_set_to_form_encoding_is_deployed() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = format!("https://github.com/acme/{}.git", unique("form"));
+    let app = s.create_app("form", &repo, SECRET, json!({})).await;
+    let payload = slipway_tests::harness::push_body(&repo, "refs/heads/main", SHA);
+    let form = format!(
+        "payload={}",
+        percent_encoding::utf8_percent_encode(
+            std::str::from_utf8(&payload).expect("utf8"),
+            percent_encoding::NON_ALPHANUMERIC
+        )
+    );
+    let send = |sig: String| {
+        s.anonymous
+            .post(format!("{}/api/v1/webhooks/github", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", sig)
+            .body(form.clone())
+            .send()
+    };
+    let refused = send(format!("sha256={}", hmac_hex(SECRET, &payload))).await.expect("send");
+    assert_eq!(refused.status().as_u16(), 401, "the signature covers the raw form body, not the JSON inside");
+    let accepted = send(format!("sha256={}", hmac_hex(SECRET, form.as_bytes()))).await.expect("send");
+    assert_eq!(accepted.status().as_u16(), 202);
+    assert_eq!(deployments_of(&s, &app).await[0]["sha"].as_str(), Some(SHA));
+    let empty = s
+        .anonymous
+        .post(format!("{}/api/v1/webhooks/github", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", format!("sha256={}", hmac_hex(SECRET, b"other=1")))
+        .body("other=1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(empty.status().as_u16(), 400, "a form without `payload`");
+}
