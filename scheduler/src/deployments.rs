@@ -206,6 +206,42 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     Ok(created)
 }
 
+/// Records a push whose head commit asks not to be deployed (a skip marker): a deployment that
+/// ends at once, cancelled by `slipway` with `reason`, deduplicated like any other (the same
+/// commit again is the same row). It supersedes nothing: what was queued still deploys.
+pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str) -> Result<Created, TransitionError> {
+    let NewDeployment { app, sha, git_ref, source, delivery_id, .. } = new;
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state, cancel_by, cancel_reason,
+                                  published_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now())
+         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(app.id)
+    .bind(sha)
+    .bind(&app.environment)
+    .bind(git_ref)
+    .bind(source)
+    .bind(delivery_id)
+    .bind(format!("skipped: {reason}"))
+    .fetch_optional(pool)
+    .await?;
+    match inserted {
+        Some(id) => Ok(Created::New { id, superseded: Vec::new() }),
+        None => {
+            let existing: Uuid =
+                sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
+                    .bind(app.id)
+                    .bind(sha)
+                    .bind(&app.environment)
+                    .fetch_one(pool)
+                    .await?;
+            Ok(Created::Existing(existing))
+        }
+    }
+}
+
 /// One deployment with the steps of all its attempts.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<api::DeploymentDetail>, TransitionError> {
     let row = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(

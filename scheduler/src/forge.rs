@@ -45,6 +45,24 @@ pub struct Change {
     pub git_ref: String,
     pub after: String,
     pub deleted: bool,
+    /// The message of the commit the ref now points at, when the forge sends it.
+    pub message: Option<String>,
+}
+
+/// Why a push whose head commit asks not to be deployed is skipped: `[skip ci]`, `[ci skip]`,
+/// `[no ci]`, `[skip deploy]`, `[deploy skip]` anywhere in the message (any case), or a
+/// `skip-checks: true` trailer in its last paragraph.
+pub fn skip_marker(message: &str) -> Option<String> {
+    const MARKERS: [&str; 5] = ["[skip ci]", "[ci skip]", "[no ci]", "[skip deploy]", "[deploy skip]"];
+    let lower = message.to_ascii_lowercase();
+    if let Some(marker) = MARKERS.iter().find(|m| lower.contains(*m)) {
+        return Some(format!("the head commit's message says {marker}"));
+    }
+    let last_paragraph = lower.trim_end().rsplit("\n\n").next().unwrap_or("");
+    let trailer = last_paragraph
+        .lines()
+        .any(|l| l.split_once(':').is_some_and(|(k, v)| k.trim() == "skip-checks" && v.trim() == "true"));
+    trailer.then(|| "the head commit has the trailer skip-checks: true".to_string())
 }
 
 /// What the delivery asks for.
@@ -171,7 +189,15 @@ struct HubPush {
     #[serde(default)]
     deleted: bool,
     #[serde(default)]
+    head_commit: Option<HubCommit>,
+    #[serde(default)]
     repository: HubRepository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HubCommit {
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,7 +232,10 @@ fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeErr
     let event = match event {
         "ping" => Event::Ping,
         "push" => match (push.git_ref, push.after) {
-            (Some(git_ref), Some(after)) => Event::Push(vec![Change { git_ref, after, deleted: push.deleted }]),
+            (Some(git_ref), Some(after)) => {
+                let message = push.head_commit.and_then(|c| c.message);
+                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message }])
+            }
             _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
         },
         other => Event::Other(format!("event `{other}` is not deployed")),
@@ -264,9 +293,19 @@ struct GitLabPush {
     #[serde(default)]
     checkout_sha: Option<String>,
     #[serde(default)]
+    commits: Vec<GitLabCommit>,
+    #[serde(default)]
     project: GitLabProject,
     #[serde(default)]
     repository: GitLabProject,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabCommit {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,7 +373,8 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                     let deleted = after.bytes().all(|b| b == b'0');
                     // `checkout_sha` is the commit the branch points at after the push (null on deletion).
                     let after = push.checkout_sha.filter(|_| !deleted).unwrap_or(after);
-                    Event::Push(vec![Change { git_ref, after, deleted }])
+                    let message = push.commits.into_iter().find(|c| c.id == after).and_then(|c| c.message);
+                    Event::Push(vec![Change { git_ref, after, deleted, message }])
                 }
                 _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
             }
@@ -388,6 +428,8 @@ struct BitbucketRef {
 struct BitbucketTarget {
     #[serde(default)]
     hash: String,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -430,12 +472,18 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                 .changes
                 .into_iter()
                 .filter_map(|c| match (c.new, c.old) {
-                    (Some(new), _) => {
-                        Some(Change { git_ref: bitbucket_ref(&new), after: new.target.hash, deleted: false })
-                    }
-                    (None, Some(old)) => {
-                        Some(Change { git_ref: bitbucket_ref(&old), after: String::new(), deleted: true })
-                    }
+                    (Some(new), _) => Some(Change {
+                        git_ref: bitbucket_ref(&new),
+                        after: new.target.hash,
+                        deleted: false,
+                        message: new.target.message,
+                    }),
+                    (None, Some(old)) => Some(Change {
+                        git_ref: bitbucket_ref(&old),
+                        after: String::new(),
+                        deleted: true,
+                        message: None,
+                    }),
                     (None, None) => None,
                 })
                 .collect();
@@ -556,6 +604,25 @@ mod tests {
     }
 
     #[test]
+    fn skip_markers_in_the_message_or_a_trailer_skip_a_push() {
+        for message in ["Fix typo [skip ci]", "[CI SKIP] docs", "wip [no ci]", "Tune [skip deploy]", "x [deploy skip]"]
+        {
+            assert!(skip_marker(message).is_some(), "{message}");
+        }
+        assert!(skip_marker("Update docs\n\nSkip-checks: true\n").is_some());
+        assert!(skip_marker("Update docs\n\nskip-checks:true").is_some());
+        for message in [
+            "Deploy the fix",
+            "skip ci without brackets",
+            "skip-checks: true\n\nbut not the last paragraph",
+            "[skip] ci",
+            "skip-checks: false",
+        ] {
+            assert_eq!(skip_marker(message), None, "{message}");
+        }
+    }
+
+    #[test]
     fn hmac_proofs_take_the_prefixed_and_the_bare_form() {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").expect("key");
         mac.update(b"body");
@@ -596,8 +663,14 @@ mod tests {
         let d = read(Forge::Bitbucket, &h, body).expect("reads");
         assert_eq!(d.repo_urls, ["https://bitbucket.org/acme/shop"]);
         let Event::Push(changes) = d.event else { panic!("a push") };
-        assert_eq!(changes[0], Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false });
-        assert_eq!(changes[1], Change { git_ref: "refs/heads/gone".into(), after: String::new(), deleted: true });
+        assert_eq!(
+            changes[0],
+            Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false, message: None }
+        );
+        assert_eq!(
+            changes[1],
+            Change { git_ref: "refs/heads/gone".into(), after: String::new(), deleted: true, message: None }
+        );
         assert_eq!(changes.len(), 2);
     }
 

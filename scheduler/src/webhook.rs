@@ -152,11 +152,13 @@ pub async fn gitea(
 }
 
 /// Counts a webhook delivery on `slipway_webhooks_total` by what was answered: accepted (a new
-/// deployment), duplicate, ignored (nothing to deploy, or a ping), refused (4xx) or failed (5xx).
+/// deployment), duplicate, skipped (a skip marker), ignored (nothing to deploy, or a ping),
+/// refused (4xx) or failed (5xx).
 fn counted(forge: &'static str, answered: &Result<(StatusCode, Json<WebhookAnswer>), ApiError>) {
     let outcome = match answered {
         Ok((_, Json(a))) if a.status == "queued" => "accepted",
         Ok((_, Json(a))) if a.status == "duplicate" => "duplicate",
+        Ok((_, Json(a))) if a.status == "skipped" => "skipped",
         Ok(_) => "ignored",
         Err(ApiError::Unavailable(_) | ApiError::Db(_) | ApiError::Corrupt(_) | ApiError::Internal(_)) => "failed",
         Err(_) => "refused",
@@ -236,7 +238,7 @@ async fn receive(
     };
     let mut out = Vec::new();
     let mut reasons = Vec::new();
-    let mut any_new = false;
+    let (mut any_new, mut any_skipped) = (false, false);
     let mut last_sha = None;
     for change in changes {
         let push = Push {
@@ -257,30 +259,38 @@ async fn receive(
             reasons.push(format!("no app follows branch `{branch}`"));
             continue;
         }
+        let skip = change.message.as_deref().and_then(forge::skip_marker);
         for app in following {
-            let created = deployments::create(
-                &shared.pool,
-                NewDeployment {
-                    app,
-                    sha: &sha,
-                    git_ref: &change.git_ref,
-                    source: forge.as_str(),
-                    delivery_id: delivery.id.as_deref(),
-                    image_digest: None,
-                    created_by: None,
-                },
-                shared.policy(),
-            )
-            .await?;
+            let new = NewDeployment {
+                app,
+                sha: &sha,
+                git_ref: &change.git_ref,
+                source: forge.as_str(),
+                delivery_id: delivery.id.as_deref(),
+                image_digest: None,
+                created_by: None,
+            };
+            let created = match &skip {
+                Some(reason) => deployments::record_skipped(&shared.pool, new, reason).await?,
+                None => deployments::create(&shared.pool, new, shared.policy()).await?,
+            };
             let (id, new) = match created {
+                Created::New { id, .. } if skip.is_some() => {
+                    tracing::info!(deployment_id = %id, app = %app.name, sha = %sha, reason = skip.as_deref().unwrap_or(""), "push skipped");
+                    any_skipped = true;
+                    (id, true)
+                }
                 Created::New { id, superseded } => {
                     announce_queued(&shared, id, &app.name, &sha, &superseded);
+                    any_new = true;
                     (id, true)
                 }
                 Created::Existing(id) => (id, false),
             };
-            any_new |= new;
             out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
+        }
+        if let Some(reason) = skip {
+            reasons.push(reason);
         }
         last_sha = Some(sha);
     }
@@ -290,9 +300,13 @@ async fn receive(
         }
         return Ok(ignored(&reasons.join("; ")));
     }
-    let status = if any_new { StatusCode::ACCEPTED } else { StatusCode::OK };
-    let word = if any_new { "queued" } else { "duplicate" };
-    Ok((status, Json(answer(word, last_sha, None, out))))
+    let status = if any_new || any_skipped { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let (word, reason) = match (any_new, any_skipped) {
+        (true, _) => ("queued", None),
+        (false, true) => ("skipped", Some(reasons.join("; "))),
+        (false, false) => ("duplicate", None),
+    };
+    Ok((status, Json(answer(word, last_sha, reason.as_deref(), out))))
 }
 
 /// How long a webhook waits for its turn before a 503 (the forge redelivers).

@@ -137,7 +137,7 @@ fn describe(process: Process) {
             describe_counter!(RUNNERS_LOST, "Runners declared lost after going silent.");
             describe_counter!(
                 WEBHOOKS,
-                "Webhook deliveries, by forge and outcome (accepted, duplicate, ignored, refused)."
+                "Webhook deliveries, by forge and outcome (accepted, duplicate, skipped, ignored, refused, failed)."
             );
             describe_gauge!(OUTBOX_UNPUBLISHED, "Queued deployments whose job the broker has not confirmed yet.");
             describe_histogram!(OUTBOX_PUBLISH, Unit::Seconds, "Time from publishing a job to the broker's confirm.");

@@ -262,3 +262,59 @@ async fn a_github_webhook_set_to_form_encoding_is_deployed() {
         .expect("send");
     assert_eq!(empty.status().as_u16(), 400, "a form without `payload`");
 }
+
+#[tokio::test]
+async fn a_push_whose_head_commit_says_skip_is_recorded_as_skipped_and_deploys_nothing() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = format!("https://github.com/acme/{}.git", unique("skip"));
+    let app = s.create_app("skip", &repo, SECRET, json!({})).await;
+    let push = |sha: &str, message: &str| {
+        serde_json::to_vec(&json!({
+            "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000", "after": sha,
+            "head_commit": {"id": sha, "message": message},
+            "repository": {"clone_url": repo},
+        }))
+        .expect("json")
+    };
+    let headers = |body: &[u8], delivery: &str| {
+        vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(SECRET, body))),
+        ]
+    };
+    let send = |body: Vec<u8>, delivery: &str| {
+        let headers = headers(&body, delivery);
+        let s = &s;
+        async move { post(s, "github", &headers, body).await }
+    };
+    // A queued deployment first: a skipped push must not supersede it.
+    let (status, queued) = send(push(SHA2, "Add the checkout page"), "d1").await;
+    assert_eq!(status, 202, "{queued}");
+    let (status, skipped) = send(push(SHA, "Fix a typo in the docs [skip ci]"), "d2").await;
+    assert_eq!((status, skipped["status"].as_str()), (202, Some("skipped")), "{skipped}");
+    assert!(skipped["reason"].as_str().unwrap_or_default().contains("[skip ci]"), "{skipped}");
+    let id = skipped["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.deployment(&id).await;
+    assert_eq!((d["state"].as_str(), d["sha"].as_str()), (Some("cancelled"), Some(SHA)), "{d}");
+    assert!(d["cancel_reason"].as_str().unwrap_or_default().starts_with("skipped: "), "{d}");
+    let first = s.deployment(queued["deployments"][0]["deployment_id"].as_str().expect("id")).await;
+    assert_eq!(first["state"], "queued", "the earlier deployment still goes: {first}");
+    let (status, again) = send(push(SHA, "Fix a typo in the docs [skip ci]"), "d2").await;
+    assert_eq!((status, again["deployments"][0]["deployment_id"].as_str()), (200, Some(id.as_str())), "{again}");
+    // A trailer in a GitLab push does the same.
+    let repo2 = format!("https://gitlab.example.com/acme/{}.git", unique("skip-gl"));
+    let app2 = s.create_app("skip-gl", &repo2, SECRET, json!({})).await;
+    let mut gitlab: Value = serde_json::from_slice(&fixture("gitlab-push.json", &repo2)).expect("json");
+    gitlab["commits"][0]["message"] = json!("Update the changelog\n\nskip-checks: true\n");
+    let (status, answer) = post(
+        &s,
+        "gitlab",
+        &[("X-Gitlab-Event", "Push Hook".into()), ("X-Gitlab-Token", SECRET.into())],
+        serde_json::to_vec(&gitlab).expect("json"),
+    )
+    .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("skipped")), "{answer}");
+    assert_eq!(deployments_of(&s, &app2).await[0]["state"], "cancelled");
+    assert_eq!(deployments_of(&s, &app).await.len(), 2);
+}
