@@ -256,6 +256,7 @@ async fn deploy_app(
         delivery_id: None,
         image_digest: None,
         created_by: Some(&caller.name),
+        before_sha: None,
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -306,6 +307,7 @@ async fn rollback_app(
         delivery_id: None,
         image_digest: digest.as_deref(),
         created_by: Some(&caller.name),
+        before_sha: None,
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (id, superseded) = match created {

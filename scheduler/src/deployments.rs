@@ -142,17 +142,20 @@ pub struct NewDeployment<'a> {
     pub image_digest: Option<&'a str>,
     /// The name of the API token that asked for it; `None` for a webhook.
     pub created_by: Option<&'a str>,
+    /// The commit the branch pointed at before this push (a forge push that was not forced).
+    pub before_sha: Option<&'a str>,
 }
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// supersedes older deployments of the app that are still only queued.
 pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Result<Created, TransitionError> {
-    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by } = new;
+    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by, before_sha } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued')
+        "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
+                                  before_sha, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -165,6 +168,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     .bind(image_digest)
     .bind(created_by)
     .bind(slipway_telemetry::trace::Root::new().traceparent())
+    .bind(before_sha)
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -210,11 +214,11 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
 /// ends at once, cancelled by `slipway` with `reason`, deduplicated like any other (the same
 /// commit again is the same row). It supersedes nothing: what was queued still deploys.
 pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str) -> Result<Created, TransitionError> {
-    let NewDeployment { app, sha, git_ref, source, delivery_id, .. } = new;
+    let NewDeployment { app, sha, git_ref, source, delivery_id, before_sha, .. } = new;
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state, cancel_by, cancel_reason,
-                                  published_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now())
+                                  published_at, finished_at, before_sha)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now(), $9)
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
@@ -225,6 +229,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
     .bind(source)
     .bind(delivery_id)
     .bind(format!("skipped: {reason}"))
+    .bind(before_sha)
     .fetch_optional(pool)
     .await?;
     match inserted {
@@ -240,6 +245,32 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
             Ok(Created::Existing(existing))
         }
     }
+}
+
+/// A deployment of the app and environment that a chain of forge pushes leads to from `sha`
+/// (each push's `before` is the previous one's commit): a newer commit than `sha`. Only one
+/// still queued, running or completed counts. Follows at most 200 pushes.
+pub async fn newer_descendant(
+    pool: &PgPool,
+    app: &App,
+    sha: &str,
+) -> Result<Option<(Uuid, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH RECURSIVE chain (sha, depth) AS (
+             SELECT $2::text, 0
+             UNION
+             SELECT d.sha, c.depth + 1 FROM deployments d JOIN chain c ON d.before_sha = c.sha
+             WHERE d.app_id = $1 AND d.environment = $3 AND d.sha <> '' AND c.depth < 200
+         )
+         SELECT d.id, d.sha, d.state FROM deployments d JOIN chain c ON d.sha = c.sha
+         WHERE c.depth > 0 AND d.app_id = $1 AND d.environment = $3 AND d.state IN ('queued', 'running', 'completed')
+         ORDER BY c.depth DESC, d.created_at DESC LIMIT 1",
+    )
+    .bind(app.id)
+    .bind(sha)
+    .bind(&app.environment)
+    .fetch_optional(pool)
+    .await
 }
 
 /// One deployment with the steps of all its attempts.

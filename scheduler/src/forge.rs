@@ -47,6 +47,13 @@ pub struct Change {
     pub deleted: bool,
     /// The message of the commit the ref now points at, when the forge sends it.
     pub message: Option<String>,
+    /// The commit the ref pointed at before, for a push that was not forced (a new branch: none).
+    pub before: Option<String>,
+}
+
+/// A push's previous head, unless the push was forced or created the branch (the zero SHA).
+fn parent(before: Option<String>, forced: bool) -> Option<String> {
+    before.filter(|b| !forced && !b.is_empty() && !b.bytes().all(|c| c == b'0')).map(|b| b.to_ascii_lowercase())
 }
 
 /// Why a push whose head commit asks not to be deployed is skipped: `[skip ci]`, `[ci skip]`,
@@ -189,6 +196,10 @@ struct HubPush {
     #[serde(default)]
     deleted: bool,
     #[serde(default)]
+    forced: bool,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
     head_commit: Option<HubCommit>,
     #[serde(default)]
     repository: HubRepository,
@@ -234,7 +245,8 @@ fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeErr
         "push" => match (push.git_ref, push.after) {
             (Some(git_ref), Some(after)) => {
                 let message = push.head_commit.and_then(|c| c.message);
-                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message }])
+                let before = parent(push.before, push.forced);
+                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message, before }])
             }
             _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
         },
@@ -288,6 +300,8 @@ fn gitea(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
 struct GitLabPush {
     #[serde(rename = "ref", default)]
     git_ref: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
     #[serde(default)]
     after: Option<String>,
     #[serde(default)]
@@ -374,7 +388,8 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                     // `checkout_sha` is the commit the branch points at after the push (null on deletion).
                     let after = push.checkout_sha.filter(|_| !deleted).unwrap_or(after);
                     let message = push.commits.into_iter().find(|c| c.id == after).and_then(|c| c.message);
-                    Event::Push(vec![Change { git_ref, after, deleted, message }])
+                    let before = parent(push.before, false);
+                    Event::Push(vec![Change { git_ref, after, deleted, message, before }])
                 }
                 _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
             }
@@ -408,6 +423,8 @@ struct BitbucketPush {
 
 #[derive(Debug, Default, Deserialize)]
 struct BitbucketChange {
+    #[serde(default)]
+    forced: bool,
     #[serde(default)]
     new: Option<BitbucketRef>,
     #[serde(default)]
@@ -472,8 +489,9 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                 .changes
                 .into_iter()
                 .filter_map(|c| match (c.new, c.old) {
-                    (Some(new), _) => Some(Change {
+                    (Some(new), old) => Some(Change {
                         git_ref: bitbucket_ref(&new),
+                        before: parent(old.map(|o| o.target.hash), c.forced),
                         after: new.target.hash,
                         deleted: false,
                         message: new.target.message,
@@ -483,6 +501,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                         after: String::new(),
                         deleted: true,
                         message: None,
+                        before: None,
                     }),
                     (None, None) => None,
                 })
@@ -665,11 +684,17 @@ mod tests {
         let Event::Push(changes) = d.event else { panic!("a push") };
         assert_eq!(
             changes[0],
-            Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false, message: None }
+            Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false, message: None, before: None }
         );
         assert_eq!(
             changes[1],
-            Change { git_ref: "refs/heads/gone".into(), after: String::new(), deleted: true, message: None }
+            Change {
+                git_ref: "refs/heads/gone".into(),
+                after: String::new(),
+                deleted: true,
+                message: None,
+                before: None
+            }
         );
         assert_eq!(changes.len(), 2);
     }

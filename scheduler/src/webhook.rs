@@ -259,7 +259,7 @@ async fn receive(
             reasons.push(format!("no app follows branch `{branch}`"));
             continue;
         }
-        let skip = change.message.as_deref().and_then(forge::skip_marker);
+        let marker = change.message.as_deref().and_then(forge::skip_marker);
         for app in following {
             let new = NewDeployment {
                 app,
@@ -269,14 +269,28 @@ async fn receive(
                 delivery_id: delivery.id.as_deref(),
                 image_digest: None,
                 created_by: None,
+                before_sha: change.before.as_deref(),
             };
+            // A commit that an already recorded push of a newer commit came after is older:
+            // its delivery came late. It is recorded as skipped, never deployed over the newer one.
+            let older = match &marker {
+                Some(_) => None,
+                None => deployments::newer_descendant(&shared.pool, app, &sha).await?.map(|(id, newer, state)| {
+                    format!("{sha} is older than {newer}, already {state} (deployment {id}); not deployed over it")
+                }),
+            };
+            let skip = marker.clone().or(older);
             let created = match &skip {
                 Some(reason) => deployments::record_skipped(&shared.pool, new, reason).await?,
                 None => deployments::create(&shared.pool, new, shared.policy()).await?,
             };
             let (id, new) = match created {
                 Created::New { id, .. } if skip.is_some() => {
-                    tracing::info!(deployment_id = %id, app = %app.name, sha = %sha, reason = skip.as_deref().unwrap_or(""), "push skipped");
+                    let reason = skip.unwrap_or_default();
+                    tracing::info!(deployment_id = %id, app = %app.name, sha = %sha, reason = %reason, "push skipped");
+                    if !reasons.contains(&reason) {
+                        reasons.push(reason);
+                    }
                     any_skipped = true;
                     (id, true)
                 }
@@ -288,9 +302,6 @@ async fn receive(
                 Created::Existing(id) => (id, false),
             };
             out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
-        }
-        if let Some(reason) = skip {
-            reasons.push(reason);
         }
         last_sha = Some(sha);
     }

@@ -28,6 +28,7 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         delivery_id: None,
         image_digest: None,
         created_by: Some("ci"),
+        before_sha: None,
     }
 }
 

@@ -4,6 +4,8 @@
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use sha2::Sha256;
 use slipway_tests::{Slipway, SlipwayOptions, unique};
@@ -317,4 +319,70 @@ async fn a_push_whose_head_commit_says_skip_is_recorded_as_skipped_and_deploys_n
     assert_eq!((status, answer["status"].as_str()), (202, Some("skipped")), "{answer}");
     assert_eq!(deployments_of(&s, &app2).await[0]["state"], "cancelled");
     assert_eq!(deployments_of(&s, &app).await.len(), 2);
+}
+
+/// A GitHub push of `after` whose branch was at `before`.
+fn hub_push(repo: &str, before: &str, after: &str, forced: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "before": before, "after": after, "forced": forced,
+        "repository": {"clone_url": repo},
+    }))
+    .expect("json")
+}
+
+async fn hub(s: &Slipway, body: Vec<u8>, delivery: &str) -> (u16, Value) {
+    let headers = vec![
+        ("X-GitHub-Event", "push".to_string()),
+        ("X-GitHub-Delivery", delivery.to_string()),
+        ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(SECRET, &body))),
+    ];
+    post(s, "github", &headers, body).await
+}
+
+#[tokio::test]
+async fn a_late_webhook_of_an_older_commit_never_replaces_the_newer_one() {
+    use slipway_tests::GitServer;
+    use slipway_tests::git::Entry;
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("order");
+    let url = git.url(&repo);
+    s.create_app("order", &url, SECRET, json!({})).await;
+    let site = |marker: &str| {
+        let dockerfile =
+            "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+        let index = format!("<p>{marker}</p>\n");
+        git.commit(
+            &repo,
+            marker,
+            &[
+                Entry::File("Dockerfile", dockerfile.as_bytes()),
+                Entry::File("www/index.html", index.as_bytes()),
+                Entry::File("www/healthz", b"ok\n"),
+            ],
+        )
+    };
+    let zero = "0000000000000000000000000000000000000000";
+    let a = site("version-a");
+    let b = site("version-b");
+
+    // B's webhook arrives first and deploys; A's, delivered late, is older than B.
+    let (status, answer) = hub(&s, hub_push(&url, &a, &b, false), "delivery-b").await;
+    assert_eq!(status, 202, "{answer}");
+    let newer =
+        s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(newer["state"], "completed", "{newer}");
+    let (status, late) = hub(&s, hub_push(&url, zero, &a, false), "delivery-a").await;
+    assert_eq!((status, late["status"].as_str()), (202, Some("skipped")), "{late}");
+    let reason = late["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&b) && reason.contains("older"), "{late}");
+    let skipped = s.deployment(late["deployments"][0]["deployment_id"].as_str().expect("id")).await;
+    assert_eq!(skipped["state"], "cancelled", "{skipped}");
+    let live = newer["url"].as_str().expect("url");
+    assert!(s.app_body(live, "/").await.expect("answers").contains("version-b"), "B still serves");
+
+    // A forced push back to A names a commit already recorded (skipped): the same deployment.
+    // Going back on purpose is `slipway rollback` or `slipway deploy --sha`.
+    let (status, forced) = hub(&s, hub_push(&url, &b, &a, true), "delivery-forced").await;
+    assert_eq!(status, 200, "{forced}");
 }
