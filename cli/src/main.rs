@@ -64,6 +64,8 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Read the app's branch head now and deploy it if no deployment has it (a missed webhook).
+    Sync { app: String },
     /// Redeploy an earlier successful revision without rebuilding it.
     Rollback {
         app: String,
@@ -570,6 +572,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         d.created_at.to_rfc3339()
                     );
                 }
+            }
+        }
+        Command::Sync { app } => {
+            let answer: Value = online()?.post(&format!("/api/v1/apps/{app}/sync"), &serde_json::json!({})).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!(
+                    "asked to read the head of {app}'s branch; a missed push shows up in `slipway status --app {app}`"
+                );
             }
         }
         Command::Queue { watch, interval } => {

@@ -2,7 +2,8 @@
 //! streaming every line back. It never opens a database connection.
 
 pub mod applogs;
-pub mod checkout;
+/// Git over the network lives in its own crate, shared with the scheduler's branch-head reconcile.
+pub use slipway_git as checkout;
 pub mod claim;
 pub mod config;
 pub mod context;

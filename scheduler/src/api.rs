@@ -143,6 +143,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/apps/{name}", get(get_app))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
         .route("/api/v1/apps/{name}/rollback", post(rollback_app))
+        .route("/api/v1/apps/{name}/sync", post(sync_app))
         .route("/api/v1/apps/{name}/logs", get(crate::applogs::stream))
         .route("/api/v1/apps/{name}/status", get(crate::applogs::status))
         .route("/api/v1/deployments", get(list_deployments))
@@ -341,6 +342,24 @@ async fn list_deployments(
         (None, asked) => asked,
     };
     Ok(Json(deployments::list(&shared.pool, app, limit).await?))
+}
+
+/// `POST /api/v1/apps/{name}/sync`: read the app's branch head now (in the background; a head
+/// with no deployment is deployed with source `reconcile`). 202 once asked.
+async fn sync_app(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    caller.require(Role::Deployer, Some(&name))?;
+    if apps::get(&shared.pool, &name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no app named {name}")));
+    }
+    if !shared.sync.ask(&name) {
+        return Err(ApiError::Unavailable("too many syncs are waiting; try again".into()));
+    }
+    let answer = serde_json::json!({"status": "sync requested", "app": name});
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// `GET /api/v1/queue`: every queued deployment, oldest first, with why it waits. An

@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
 
+    /// Seconds between reads of every app's branch head (jittered by a fifth), so a push whose
+    /// webhook was lost is deployed at most this late; 0 turns the reconcile off.
+    #[arg(long, env = "SLIPWAY_RECONCILE_SECONDS", default_value_t = 180)]
+    pub reconcile_seconds: u64,
+
     /// Attempts of a job before an infrastructure failure or a lost runner fails it for good.
     #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -153,6 +158,11 @@ impl Config {
             file: self.secret_key_file.clone().unwrap_or_else(|| self.state_dir().join("secret.key")),
             previous: self.previous_secret_keys.split(',').map(str::to_string).collect(),
         }
+    }
+
+    /// How often branch heads are read; `None` when the reconcile is off.
+    pub fn reconcile_every(&self) -> Option<Duration> {
+        (self.reconcile_seconds > 0).then(|| Duration::from_secs(self.reconcile_seconds))
     }
 
     /// How long a runner may be silent before it is marked lost.

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod observe;
 pub mod publisher;
 pub mod queue;
+pub mod reconcile;
 pub mod relay;
 pub mod seal;
 pub mod transition;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub broker: Arc<queue::BrokerHealth>,
     /// How long a runner may be silent before it counts as lost.
     pub runner_lost_after: std::time::Duration,
+    /// Asks the reconcile loop to read one app's branch head now.
+    pub sync: reconcile::SyncRequests,
     /// Renders `/metrics`; `None` with `SLIPWAY_METRICS=false`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -146,6 +149,9 @@ pub async fn run(
 
     let topo = Topology::new(&config.queue_prefix);
     let (publisher, publisher_queue) = publisher::Publisher::new(topo.clone());
+    let (sync, sync_requests) = reconcile::SyncRequests::channel();
+    slipway_git::set_network_timeouts(std::time::Duration::from_secs(10), std::time::Duration::from_secs(30))
+        .context("setting git network timeouts")?;
     let shared = Shared {
         pool,
         topo: topo.clone(),
@@ -163,12 +169,14 @@ pub async fn run(
         webhook_max_bytes: config.webhook_max_bytes,
         broker: Arc::new(queue::BrokerHealth::default()),
         runner_lost_after: config.runner_lost_after(),
+        sync,
         metrics,
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
     tracker.spawn(inbox::run(shared.clone(), cancel.clone()));
     tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));
+    tracker.spawn(reconcile::run(shared.clone(), config.reconcile_every(), sync_requests, cancel.clone()));
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

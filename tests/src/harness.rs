@@ -159,6 +159,8 @@ impl Slipway {
                 ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
                 ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
                 ("SLIPWAY_MAX_ATTEMPTS", options.max_attempts.to_string()),
+                // Tests push on purpose; the reconcile test turns it on with its own interval.
+                ("SLIPWAY_RECONCILE_SECONDS", "0".to_string()),
             ]
             .into_iter()
             .chain(options.scheduler_env.iter().map(|(k, v)| (k.as_str(), v.clone())))

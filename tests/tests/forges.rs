@@ -386,3 +386,76 @@ async fn a_late_webhook_of_an_older_commit_never_replaces_the_newer_one() {
     let (status, forced) = hub(&s, hub_push(&url, &b, &a, true), "delivery-forced").await;
     assert_eq!(status, 200, "{forced}");
 }
+
+#[tokio::test]
+async fn a_dropped_webhook_is_deployed_by_the_reconcile_and_a_late_redelivery_is_a_no_op() {
+    use slipway_tests::git::Entry;
+    use slipway_tests::{GitServer, eventually};
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        scheduler_env: vec![("SLIPWAY_RECONCILE_SECONDS".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("reconcile");
+    let url = git.url(&repo);
+    let app = s.create_app("reconcile", &url, SECRET, json!({})).await;
+    let dockerfile =
+        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let files = |marker: &str| {
+        vec![
+            ("Dockerfile".to_string(), dockerfile.as_bytes().to_vec()),
+            ("www/index.html".to_string(), format!("<p>{marker}</p>\n").into_bytes()),
+            ("www/healthz".to_string(), b"ok\n".to_vec()),
+        ]
+    };
+    let commit = |marker: &str| {
+        let f = files(marker);
+        let entries: Vec<Entry<'_>> = f.iter().map(|(p, c)| Entry::File(p.as_str(), c.as_slice())).collect();
+        git.commit(&repo, marker, &entries)
+    };
+    // The push happens; its webhook never arrives.
+    let sha = commit("missed-push");
+    let d = eventually(Duration::from_secs(60), "the reconcile to deploy the branch head", || async {
+        deployments_of(&s, &app).await.into_iter().find(|d| d["sha"] == sha.as_str())
+    })
+    .await;
+    assert_eq!(d["source"], "reconcile", "{d}");
+    let d = s.finished(d["id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert!(s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers").contains("missed-push"));
+    // The webhook, redelivered late: the same deployment.
+    let (status, answer) =
+        hub(&s, hub_push(&url, "0000000000000000000000000000000000000000", &sha, false), "late").await;
+    assert_eq!((status, answer["deployments"][0]["deployment_id"].as_str()), (200, d["id"].as_str()), "{answer}");
+    assert_eq!(deployments_of(&s, &app).await.len(), 1);
+
+    // `slipway sync` asks at once; an unknown app is a 404, a viewer may not ask.
+    let out = s.cli_command().args(["sync", &app]).output().expect("slipway sync");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _) = s.post("/api/v1/apps/no-such-app/sync", &json!({})).await;
+    assert_eq!(status, 404);
+    let viewer = s.create_token("sync-viewer", "viewer", None).await;
+    let refused = s.client(&viewer).post(format!("{}/api/v1/apps/{app}/sync", s.base)).send().await.expect("send");
+    assert_eq!(refused.status().as_u16(), 403);
+}
+
+#[tokio::test]
+async fn sync_reads_the_head_at_once_when_the_periodic_reconcile_is_off() {
+    use slipway_tests::git::Entry;
+    use slipway_tests::{GitServer, eventually};
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let repo = unique("sync");
+    let url = git.url(&repo);
+    let app = s.create_app("sync", &url, SECRET, json!({})).await;
+    let sha = git.commit(&repo, "unannounced", &[Entry::File("README", b"hello\n")]);
+    assert!(deployments_of(&s, &app).await.is_empty(), "nothing announced the push");
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/sync"), &json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    let d = eventually(Duration::from_secs(30), "the sync to record the head", || async {
+        deployments_of(&s, &app).await.into_iter().next()
+    })
+    .await;
+    assert_eq!((d["sha"].as_str(), d["source"].as_str()), (Some(sha.as_str()), Some("reconcile")), "{d}");
+}

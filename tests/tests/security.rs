@@ -86,6 +86,8 @@ async fn every_route_answers_each_role_as_documented() {
         ("POST", format!("/api/v1/deployments/{other_id}/cancel"), Some(json!({})), "deployer", false),
         ("POST", format!("/api/v1/deployments/{id}/cancel"), Some(json!({})), "deployer", true),
         ("GET", "/api/v1/queue".into(), None, "viewer", true),
+        ("POST", format!("/api/v1/apps/{app}/sync"), Some(json!({})), "deployer", true),
+        ("POST", format!("/api/v1/apps/{other}/sync"), Some(json!({})), "deployer", false),
         ("GET", "/api/v1/runners".into(), None, "viewer", false),
         ("GET", "/metrics".into(), None, "viewer", false),
     ];

@@ -33,7 +33,7 @@ impl std::fmt::Debug for GitAuth {
 impl GitAuth {
     /// The credentials, if libgit2 asks for them on behalf of `url`: only an https URL of the
     /// configured host gets them (a redirect elsewhere, or plain http, gets an error instead).
-    fn offer(&self, url: &str) -> Result<Cred, git2::Error> {
+    pub fn offer(&self, url: &str) -> Result<Cred, git2::Error> {
         match outbound::target(url) {
             Ok(t) if t.scheme == "https" && t.host == self.host => {
                 Cred::userpass_plaintext(&self.username, &self.token)
