@@ -564,9 +564,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for d in &list {
                     let step = d.current_step.map(Step::as_str).unwrap_or("");
                     let sha: String = d.sha.chars().take(10).collect();
-                    let (id, state) = (d.id.to_string(), d.state.as_str());
+                    let skipped = d.cancel_reason.as_deref().and_then(|r| r.strip_prefix("skipped: "));
+                    let state = if skipped.is_some() { "skipped" } else { d.state.as_str() };
+                    let id = d.id.to_string();
+                    let note = skipped.map(|r| format!("  ({})", neutralised(r))).unwrap_or_default();
                     println!(
-                        "{id:<36} {:<16} {sha:<10} {state:<10} {:>7} {step:<8} {}",
+                        "{id:<36} {:<16} {sha:<10} {state:<10} {:>7} {step:<8} {}{note}",
                         d.app,
                         d.attempt,
                         d.created_at.to_rfc3339()

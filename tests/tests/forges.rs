@@ -318,6 +318,12 @@ async fn a_push_whose_head_commit_says_skip_is_recorded_as_skipped_and_deploys_n
     .await;
     assert_eq!((status, answer["status"].as_str()), (202, Some("skipped")), "{answer}");
     assert_eq!(deployments_of(&s, &app2).await[0]["state"], "cancelled");
+    let out = s.cli_command().args(["status", "--app", &app]).output().expect("slipway status --app");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(" skipped ") && l.contains("[skip ci]")),
+        "shown as skipped, with why: {text}"
+    );
     assert_eq!(deployments_of(&s, &app).await.len(), 2);
 }
 
