@@ -257,7 +257,7 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
     let mut s = Slipway::start(SlipwayOptions { health_timeout_seconds: 5, ..Default::default() }).await;
     let repo = unique("load");
     let url = git.url(&repo);
-    let app = s.create_app("load", &url, SECRET, json!({"edge": {"drain_seconds": 10}})).await;
+    let app = s.create_app("load", &url, SECRET, json!({"edge": {"drain_seconds": 30}})).await;
     let first = deploy(&s, &url, &commit(&git, &repo, &site("v0", true))).await;
     assert_eq!(first["state"], "completed", "{first}");
     let stable = first["url"].as_str().expect("url").to_string();
@@ -293,12 +293,23 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
         "edge load: {total} requests ({slow} slow) in {took:.1} s, {rate:.0}/s, {} failed, {retried} sent again after an idle connection was closed",
         failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(20)]
-    );
+    if !failures.is_empty() {
+        let mut switches = Vec::new();
+        for d in deployed.iter().chain([&rolled, &failed]) {
+            let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
+            switches.extend(lines.into_iter().map(|(_, l)| l).filter(|l| {
+                ["routed", "drain", "previous", "kept", "retiring", "stopped", "started the kept", "could not"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            }));
+        }
+        panic!(
+            "{} of {total} requests failed: {:?}\nswitches:\n{}",
+            failures.len(),
+            &failures[..failures.len().min(20)],
+            switches.join("\n")
+        );
+    }
     assert!(rate >= 200.0, "a steady load of at least 200 requests per second ({rate:.0}/s)");
     assert!(slow >= 100, "slow requests were in flight across switches ({slow})");
     // The rollback serves v9, the version before the last good one.
