@@ -277,8 +277,7 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
     assert_eq!(rolled["state"], "completed", "{rolled}");
     let failed = deploy(&s, &url, &commit(&git, &repo, &site("broken", false))).await;
     assert_eq!(failed["state"], "failed", "{failed}");
-    // Let the slow requests started just before the last switch finish.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Each worker finishes the request it has in flight (slow ones included), then stops.
     load.stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for w in workers {
@@ -403,7 +402,11 @@ async fn a_running_apps_output_and_status_come_through_slipway_with_secrets_mask
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&stable) && text.lines().any(|l| l.starts_with("yes") && l.contains("running")), "{text}");
 
-    // Refusals: bad input, unknown apps, other apps' tokens, the other target.
+    // Refusals: no token, bad input, unknown apps, other apps' tokens, the other target.
+    for path in ["logs", "status"] {
+        let anonymous = s.anonymous.get(format!("{}/api/v1/apps/{app}/{path}", s.base)).send().await.expect("send");
+        assert_eq!(anonymous.status(), 401, "{path} needs a token");
+    }
     let (status, _) = s.get(&format!("/api/v1/apps/{app}/logs?since=yesterday")).await;
     assert_eq!(status, 400);
     let (status, _) = s.get(&format!("/api/v1/apps/{app}/logs?tail=999999")).await;
