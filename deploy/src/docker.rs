@@ -81,6 +81,8 @@ pub struct DockerTarget {
 #[derive(Debug, Clone)]
 struct AppContainer {
     name: String,
+    app: Option<String>,
+    environment: Option<String>,
     deployment: Option<uuid::Uuid>,
     running: bool,
     host_port: Option<u16>,
@@ -162,8 +164,9 @@ impl DockerTarget {
                 let host_port = c.ports.iter().flatten().find_map(|p| p.public_port);
                 let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
                 let image = c.image.clone().unwrap_or_default();
+                let (app, environment) = (label(LABEL_APP), label(LABEL_ENV));
                 let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-                Some(AppContainer { name, deployment, running, host_port, hosts, image })
+                Some(AppContainer { name, app, environment, deployment, running, host_port, hosts, image })
             })
             .collect())
     }
@@ -431,14 +434,13 @@ impl DockerTarget {
         }
         edge.ensure_server().await?;
         let mut newest: HashMap<(String, String), AppContainer> = HashMap::new();
-        let containers = self.containers(vec![format!("{LABEL_INSTALLATION}={}", self.config.installation)]).await?;
-        let labelled = self.labelled_apps().await?;
-        for c in containers.into_iter().filter(|c| c.running && c.host_port.is_some()) {
-            let Some(key) = labelled.get(&c.name).cloned() else { continue };
-            match newest.get(&key) {
+        let labels = vec![format!("{LABEL_INSTALLATION}={}", self.config.installation), LABEL_APP.to_string()];
+        for c in self.containers(labels).await?.into_iter().filter(|c| c.running && c.host_port.is_some()) {
+            let (Some(app), Some(env)) = (c.app.clone(), c.environment.clone()) else { continue };
+            match newest.get(&(app.clone(), env.clone())) {
                 Some(best) if best.deployment >= c.deployment => {}
                 _ => {
-                    newest.insert(key, c);
+                    newest.insert((app, env), c);
                 }
             }
         }
@@ -447,28 +449,6 @@ impl DockerTarget {
             edge.route(app, env, &c.hosts, &dial, &[]).await?;
         }
         Ok(newest.len())
-    }
-
-    /// The (app, environment) of each of this installation's app containers, by name.
-    async fn labelled_apps(&self) -> Result<HashMap<String, (String, String)>, Error> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_INSTALLATION}={}", self.config.installation), LABEL_APP.to_string()],
-        )]);
-        let listed = self
-            .docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
-            .await
-            .map_err(|source| Error::Engine { action: "listing the app's containers", source })?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|c| {
-                let labels = c.labels?;
-                let (app, env) = (labels.get(LABEL_APP)?.clone(), labels.get(LABEL_ENV)?.clone());
-                let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-                Some((name, (app, env)))
-            })
-            .collect())
     }
 }
 
@@ -519,7 +499,8 @@ impl DeployTarget for DockerTarget {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// `err` and its sources, joined.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

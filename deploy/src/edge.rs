@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::docker::error_chain;
+
 /// Where the edge is and what it serves.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -245,17 +247,6 @@ impl Edge {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -191,16 +191,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
             }
             Created::New { id, superseded }
         }
-        None => {
-            let existing: Uuid =
-                sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
-                    .bind(app.id)
-                    .bind(sha)
-                    .bind(&app.environment)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            Created::Existing(existing)
-        }
+        None => Created::Existing(existing(&mut *tx, app, sha).await?),
     };
     tx.commit().await?;
     if let Created::New { .. } = created {
@@ -208,6 +199,16 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
             .increment(1);
     }
     Ok(created)
+}
+
+/// The deployment already recorded for (app, sha, environment).
+async fn existing(db: impl sqlx::PgExecutor<'_>, app: &App, sha: &str) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
+        .bind(app.id)
+        .bind(sha)
+        .bind(&app.environment)
+        .fetch_one(db)
+        .await
 }
 
 /// Records a push whose head commit asks not to be deployed (a skip marker): a deployment that
@@ -234,16 +235,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
     .await?;
     match inserted {
         Some(id) => Ok(Created::New { id, superseded: Vec::new() }),
-        None => {
-            let existing: Uuid =
-                sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
-                    .bind(app.id)
-                    .bind(sha)
-                    .bind(&app.environment)
-                    .fetch_one(pool)
-                    .await?;
-            Ok(Created::Existing(existing))
-        }
+        None => Ok(Created::Existing(existing(pool, app, sha).await?)),
     }
 }
 
