@@ -386,7 +386,9 @@ impl DockerTarget {
 impl DockerTarget {
     /// Routes the app to the healthy new container `name` at `dial` (holding the previous
     /// versions in the same change, so their request counts stay visible), then lets them finish
-    /// their in-flight requests (at most the drain timeout) before they stop.
+    /// their in-flight requests (at most the drain timeout) before they stop. An error is
+    /// returned only before the route changed; once the new version serves, nothing undoes that
+    /// (a previous version that cannot be retired now is retired by the next deploy).
     async fn switch(
         &self,
         edge: &Edge,
@@ -421,7 +423,10 @@ impl DockerTarget {
                 Err(err) => log(format!("could not watch the previous version's requests ({err}); stopping it")),
             }
         }
-        self.retire_others(release, name, log).await
+        if let Err(err) = self.retire_others(release, name, log).await {
+            log(format!("could not retire the previous version ({err}); the next deploy retires it"));
+        }
+        Ok(())
     }
 
     /// Rebuilds this installation's routes from its running app containers when the edge lost

@@ -49,8 +49,11 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: EdgeConfig) -> Self {
+        // A fresh connection per call: Caddy replaces its admin server when it loads a config,
+        // closing the idle connections a pool would keep (found under load: "connection reset").
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
@@ -233,18 +236,25 @@ impl Edge {
     }
 
     /// Waits until no request is in flight to any of `dials`, or `timeout`; returns what was
-    /// still in flight when it gave up (0: drained).
+    /// still in flight when it gave up (0: drained). A count that cannot be read is read again
+    /// until the timeout; only then is the error returned.
     pub async fn wait_drained(&self, dials: &[String], timeout: Duration) -> Result<u64, EdgeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let mut busy = 0;
+            let mut busy = Ok(0);
             for dial in dials {
-                busy += self.in_flight(dial).await?;
+                busy = match (busy, self.in_flight(dial).await) {
+                    (Ok(sum), Ok(n)) => Ok(sum + n),
+                    (Err(err), _) | (_, Err(err)) => Err(err),
+                };
             }
-            if busy == 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(busy);
+            let over = tokio::time::Instant::now() >= deadline;
+            match busy {
+                Ok(0) => return Ok(0),
+                Ok(n) if over => return Ok(n),
+                Err(err) if over => return Err(err),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
