@@ -20,7 +20,10 @@ impl PrivateBroker {
     /// (the part inside `[{rabbit, [...]}]`, empty for none).
     pub fn start(conf: &str, advanced_rabbit: &str) -> Self {
         let name = crate::unique("slipwaytest").replace('-', "");
-        let port = 20000 + (rand_u16() % 20000);
+        // Both ports below the ephemeral range (32768 and up here): while a test has the node
+        // stopped, an outgoing connection or a container's published port could otherwise take
+        // them, and the node could not start again.
+        let port = 20000 + (rand_u16() % 8000);
         let dir = tempfile::Builder::new().prefix("slipway-rabbit-").tempdir().expect("broker dir");
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
@@ -54,6 +57,7 @@ impl PrivateBroker {
     fn run(&self, verb: &str) {
         let out = Command::new(script())
             .args([verb, &self.name, &self.port.to_string(), &self.dir.path().display().to_string()])
+            .env("SLIPWAY_RABBIT_DIST_PORT", (self.port + 4000).to_string())
             .output()
             .expect("run scripts/rabbitmq-node");
         assert!(
