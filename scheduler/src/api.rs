@@ -1,8 +1,9 @@
 //! The HTTP surface: routes, the REST handlers for apps and deployments, and error mapping.
 
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use crate::apps::{self, AppError, NewApp};
 use crate::auth::{self, Caller};
 use crate::deployments::{self, Created, NewDeployment};
+use crate::forge::Forge;
 use crate::transition::{self, Applied, TransitionError};
 use crate::{Shared, logs, webhook};
 
@@ -131,9 +133,18 @@ pub fn router(shared: Shared) -> Router {
     // The webhook handler reads its body itself, within the limit, once it has its turn.
     let webhooks = Router::new()
         .route("/api/v1/webhooks/github", post(webhook::github))
-        .route("/api/v1/webhooks/gitlab", post(webhook::gitlab))
-        .route("/api/v1/webhooks/bitbucket", post(webhook::bitbucket))
-        .route("/api/v1/webhooks/gitea", post(webhook::gitea))
+        .route(
+            "/api/v1/webhooks/gitlab",
+            post(|State(s): State<Shared>, h: HeaderMap, b: Body| webhook::take(Forge::GitLab, s, h, b)),
+        )
+        .route(
+            "/api/v1/webhooks/bitbucket",
+            post(|State(s): State<Shared>, h: HeaderMap, b: Body| webhook::take(Forge::Bitbucket, s, h, b)),
+        )
+        .route(
+            "/api/v1/webhooks/gitea",
+            post(|State(s): State<Shared>, h: HeaderMap, b: Body| webhook::take(Forge::Gitea, s, h, b)),
+        )
         .layer(DefaultBodyLimit::disable());
     let authenticated = Router::new()
         .route("/api/v1/whoami", get(whoami))

@@ -113,41 +113,19 @@ pub async fn github(
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let forge = forge::detect(&headers);
+    take(forge, shared, headers, body).await
+}
+
+/// Reads, checks and answers one delivery of `forge`, and counts it: the handler of
+/// `POST /api/v1/webhooks/{gitlab,bitbucket,gitea}`, and of the GitHub URL once the forge is known.
+pub async fn take(
+    forge: Forge,
+    shared: Shared,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
     let answered = receive(shared, forge, headers, body).await;
     counted(forge.as_str(), &answered);
-    answered
-}
-
-/// `POST /api/v1/webhooks/gitlab`.
-pub async fn gitlab(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
-    let answered = receive(shared, Forge::GitLab, headers, body).await;
-    counted("gitlab", &answered);
-    answered
-}
-
-/// `POST /api/v1/webhooks/bitbucket`.
-pub async fn bitbucket(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
-    let answered = receive(shared, Forge::Bitbucket, headers, body).await;
-    counted("bitbucket", &answered);
-    answered
-}
-
-/// `POST /api/v1/webhooks/gitea` (Gitea and Forgejo).
-pub async fn gitea(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
-    let answered = receive(shared, Forge::Gitea, headers, body).await;
-    counted("gitea", &answered);
     answered
 }
 

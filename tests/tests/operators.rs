@@ -279,9 +279,14 @@ async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners
     assert_eq!(s.finished(&id, FINISH).await["state"], "completed");
 
     let root_name = format!("deploy {app}");
-    let spans = eventually(Duration::from_secs(30), "the root span to arrive", || async {
+    // The scheduler and the runner export on their own schedules: wait for the root span, the
+    // runner's job span and its six step spans.
+    let job_name = format!("job {app}");
+    let spans = eventually(Duration::from_secs(30), "the root, job and step spans to arrive", || async {
         let spans = receiver.spans();
-        spans.iter().any(|s| s.name == root_name).then_some(spans)
+        let job = spans.iter().find(|s| s.name == job_name)?;
+        let steps = spans.iter().filter(|s| s.parent_span_id == job.span_id).count();
+        (spans.iter().any(|s| s.name == root_name) && steps == 6).then_some(spans.clone())
     })
     .await;
     let root = spans.iter().find(|s| s.name == root_name).expect("root");
@@ -302,7 +307,7 @@ async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners
     assert_eq!(stored, format!("00-{}-{}-01", root.trace_id, root.span_id), "the ids chosen when it was recorded");
 
     let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
-    let job = trace.iter().find(|s| s.name == format!("job {app}")).expect("the runner's job span");
+    let job = trace.iter().find(|s| s.name == job_name).expect("the runner's job span, in the root's trace");
     assert_eq!(job.service, "slipway-runner");
     assert_eq!(job.parent_span_id, root.span_id, "the job span is a child of the root, across RabbitMQ");
     assert_eq!(
