@@ -260,6 +260,10 @@ struct CreateApp {
     /// The app's directory inside the repository, for monorepos.
     #[arg(long, default_value = ".")]
     app_root: String,
+    /// Deploy only pushes that change a file matching this glob, from the repository root
+    /// (`services/api/**`; `!**/*.md` excludes). Repeatable; default: every push.
+    #[arg(long = "watch-path", value_name = "GLOB")]
+    watch_paths: Vec<String>,
     /// Let the app's tests use the network (off by default).
     #[arg(long)]
     test_network: bool,
@@ -430,6 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hosts,
                 drain_seconds,
                 app_root,
+                watch_paths,
                 test_network,
                 kubernetes,
                 webhook_secret,
@@ -476,6 +481,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 edge: (!hosts.is_empty() || drain_seconds.is_some())
                     .then_some(slipway_proto::message::EdgeSettings { hosts, drain_seconds }),
                 app_root,
+                watch_paths,
                 test_network,
                 kubernetes,
             };
@@ -485,6 +491,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let target = app.target.as_str();
                 println!("registered {} ({} on {target}, branch {})", app.name, app.environment, app.branch);
+                if !app.watch_paths.is_empty() {
+                    println!("deploys pushes that change: {}", app.watch_paths.join(" "));
+                }
                 println!(
                     "webhook: POST {}/api/v1/webhooks/github (content type application/json, your secret)",
                     url()?

@@ -31,6 +31,9 @@ pub struct SlipwayToml {
     pub health_path: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Globs (from the repository root) of the files whose changes deploy the app; the
+    /// runner checks a push against them after the clone. The app's own watch paths win.
+    pub watch_paths: Option<Vec<String>>,
 }
 
 /// `test = "cmd"` or `test = false`.
@@ -51,6 +54,7 @@ struct Spans {
     version: Option<Spanned<toml::Value>>,
     env: Option<Spanned<toml::Value>>,
     test: Option<Spanned<toml::Value>>,
+    watch_paths: Option<Spanned<toml::Value>>,
 }
 
 const PROVIDERS: &[&str] =
@@ -103,6 +107,11 @@ impl SlipwayToml {
             if !ok {
                 return Err(at(&spans.env, format!("`env.{key}`: names must match [A-Za-z_][A-Za-z0-9_]*")));
             }
+        }
+        let watch = parsed.watch_paths.as_deref().unwrap_or_default();
+        if watch.len() > 64 || watch.iter().any(|p| p.is_empty() || p.len() > 512 || p.chars().any(char::is_control)) {
+            let message = "`watch_paths` is at most 64 globs of 1 to 512 characters without control characters";
+            return Err(at(&spans.watch_paths, message.into()));
         }
         if parsed.test == Some(TestSetting::Enabled(true)) {
             return Err(at(&spans.test, "`test` is a command, or false to skip the test step".into()));
@@ -201,6 +210,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_line() {
         assert!(err("\nprovider = \"cobol\"\n").starts_with("slipway.toml:2:"));
+        assert!(err("port = 80\nwatch_paths = [\"\"]\n").starts_with("slipway.toml:2:"));
+        assert!(err("watch_paths = \"api/**\"\n").contains("watch_paths"));
+        let ok = SlipwayToml::parse("watch_paths = [\"services/api/**\", \"!**/*.md\"]\n").expect("valid");
+        assert_eq!(ok.watch_paths, Some(vec!["services/api/**".to_string(), "!**/*.md".to_string()]));
         assert!(err("provider = \"cobol\"\n").contains("`provider` must be one of"));
         assert!(err("port = 0\n").contains("`port`"));
         assert!(err("health_path = \"healthz\"\n").contains("`health_path`"));

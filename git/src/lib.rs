@@ -4,6 +4,8 @@
 //! from `spawn_blocking`; setting its `stop` flag interrupts the fetch at the next progress
 //! callback, and [`set_network_timeouts`] bounds how long a silent server can hold it.
 
+pub mod watch;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -48,6 +48,9 @@ pub struct NewApp {
     pub edge: Option<EdgeSettings>,
     #[serde(default = "default_app_root")]
     pub app_root: String,
+    /// Globs (from the repository root) of the files whose changes deploy the app; empty: every push.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_paths: Vec<String>,
     #[serde(default)]
     pub test_network: bool,
     /// Settings of the `kubernetes` target (the keys of docs/kubernetes.md).
@@ -130,6 +133,8 @@ pub struct App {
     #[serde(default)]
     pub url: Option<String>,
     pub app_root: String,
+    #[serde(default)]
+    pub watch_paths: Vec<String>,
     pub test_network: bool,
     /// Kubernetes settings; the values of `secret_env` show as [`REDACTED`].
     pub kube_settings: Option<serde_json::Value>,

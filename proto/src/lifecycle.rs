@@ -213,9 +213,11 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
     let Phase::Running { step: current_step, cancel, last_failure } = &row.phase else {
         return match &env.body {
             // A late copy of the holder's last message: it was applied already.
-            Body::Completed { .. } | Body::Failed { .. } | Body::Abandoned { .. } | Body::Logs { .. } => {
-                Decision::Ignore { reply: None }
-            }
+            Body::Completed { .. }
+            | Body::Failed { .. }
+            | Body::Abandoned { .. }
+            | Body::Skipped { .. }
+            | Body::Logs { .. } => Decision::Ignore { reply: None },
             Body::Claimed | Body::Heartbeat | Body::Step { .. } | Body::Resolved { .. } | Body::Pushed { .. } => {
                 reject(env, Rejection::Finished(row.state()))
             }
@@ -254,6 +256,13 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             let retry = cancel.is_none() && retry_decision(*cause, row.attempt, policy.max_attempts);
             let delay = chrono::Duration::from_std(retry_delay(row.attempt)).unwrap_or(chrono::Duration::MAX);
             failed_or_retried(row, failure, retry.then(|| now + delay), cancel.clone(), None)
+        }
+        // Nothing was built or deployed; a cancel asked for meanwhile is what is recorded.
+        Body::Skipped { reason } => {
+            let request = cancel
+                .clone()
+                .unwrap_or_else(|| CancelRequest { by: "slipway".into(), reason: format!("skipped: {reason}") });
+            cancelled(row, request, *current_step, None)
         }
         Body::Abandoned { reason } => {
             if let Some(request) = cancel {

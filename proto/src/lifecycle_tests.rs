@@ -95,6 +95,7 @@ fn decision_table() {
     let failed = |cause| Body::Failed { step: Step::Push, cause, message: "boom".into(), rolled_back: false };
     let completed = Body::Completed { image: "i".into(), url: Some("http://x".into()) };
     let abandoned = Body::Abandoned { reason: "shutting down".into() };
+    let skipped = Body::Skipped { reason: "no changed file matches the watch paths (api/**)".into() };
     let step = Body::Step { step: Step::Test, status: StepStatus::Running, error: None };
     let superseded = Input::Superseded { by: OTHER, sha: "abc".into() };
     let rows: Vec<(&str, Row, T, &str)> = vec![
@@ -198,6 +199,31 @@ fn decision_table() {
             running(1, true),
             R(mine(1, abandoned)),
             "change cancelled/1/a",
+        ),
+        (
+            "a push that changed no watched file ends cancelled",
+            running(1, false),
+            R(mine(1, skipped.clone())),
+            "change cancelled/1/a",
+        ),
+        (
+            "a skip after a cancel request ends cancelled too",
+            running(1, true),
+            R(mine(1, skipped.clone())),
+            "change cancelled/1/a",
+        ),
+        ("a late copy of the skip changes nothing", finished(State::Cancelled), R(mine(1, skipped.clone())), "ignore"),
+        (
+            "a skip from another claim is refused",
+            running(1, false),
+            R(env("b", OTHER, 1, skipped.clone())),
+            "reject the attempt is held by another claim (runner a) +stop-claim",
+        ),
+        (
+            "a stale attempt's skip is refused",
+            running(2, false),
+            R(mine(1, skipped)),
+            "reject attempt 1 is stale; the current attempt is 2 +stop-claim",
         ),
         // lease
         ("an expired lease is retried", running(1, false), I(Input::LeaseExpired), "change queued/2 +stop-claim"),
@@ -328,4 +354,24 @@ fn a_cancel_that_came_too_late_stays_on_record() {
         panic!("expected a change");
     };
     assert!(matches!(next.phase, Phase::Failed { cancel: Some(_), .. }), "{next:?}");
+}
+
+#[test]
+fn a_skipped_push_is_cancelled_by_slipway_with_the_reason() {
+    let p = Policy { max_attempts: 3 };
+    let body = Body::Skipped { reason: "no changed file matches the watch paths (api/**); 2 files changed".into() };
+    let Decision::Change { next, note, .. } =
+        decide(&running(1, false), &Input::Runner(&mine(1, body.clone())), p, now())
+    else {
+        panic!("expected a change");
+    };
+    let Phase::Cancelled { cancel, .. } = &next.phase else { panic!("expected cancelled: {next:?}") };
+    assert_eq!(cancel.by, "slipway");
+    assert_eq!(cancel.reason, "skipped: no changed file matches the watch paths (api/**); 2 files changed");
+    assert!(note.message.as_deref().is_some_and(|m| m.contains("skipped: no changed file")), "{note:?}");
+    // A person's cancel asked for before the skip is what is recorded.
+    let Decision::Change { next, .. } = decide(&running(1, true), &Input::Runner(&mine(1, body)), p, now()) else {
+        panic!("expected a change");
+    };
+    assert!(matches!(next.phase, Phase::Cancelled { ref cancel, .. } if cancel.by == "ann"), "{next:?}");
 }

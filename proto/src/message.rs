@@ -64,6 +64,10 @@ pub struct JobApp {
     /// The app's directory inside the repository (`.` for the root).
     #[serde(default = "dot")]
     pub app_root: String,
+    /// Globs of the files whose changes deploy the app (empty: every push, unless the app's
+    /// `slipway.toml` sets `watch_paths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_paths: Vec<String>,
     /// Whether the test step may use the network.
     #[serde(default)]
     pub test_network: bool,
@@ -208,6 +212,22 @@ pub struct Job {
     /// A rollback to an earlier version (its kept container may simply be started again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollback: bool,
+    /// Set for a push whose changed files were not checked against the watch paths yet: the
+    /// runner checks them after the clone and reports [`Body::Skipped`] when none is watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchCheck>,
+}
+
+/// What the runner needs to tell whether a push changed a watched file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchCheck {
+    /// Every file the push changed, when the forge listed them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// The commit this app and environment last made live: without `paths`, the runner diffs
+    /// the new commit's tree against it (none: nothing was live, so the push deploys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Every message a runner sends carries the deployment and attempt it is about, so the
@@ -263,6 +283,9 @@ pub enum Body {
     /// The runner stopped the job before it finished: on the scheduler's request (a cancel) or
     /// while shutting down (a hand-back, dispatched again as the next attempt).
     Abandoned { reason: String },
+    /// The push changed no watched file (decided after the clone): nothing was built or
+    /// deployed, and the deployment ends cancelled by Slipway as `skipped: <reason>`.
+    Skipped { reason: String },
 }
 
 /// The AMQP `type` of a [`RunnerReport`] on the runner queue (job envelopes carry none).
@@ -444,6 +467,7 @@ mod tests {
             edge: None,
             git_credentials: Some(GitCredentials { username: "bot".into(), token: "ghp_gittoken".into() }),
             app_root: ".".into(),
+            watch_paths: Vec::new(),
             test_network: false,
             settings: Some(serde_json::json!({"secret_env": {"SESSION": "s3ss10n-value"}})),
         };

@@ -30,6 +30,8 @@ pub enum JobError {
     Checkout(#[from] CheckoutError),
     #[error("no build plan: {0}")]
     Plan(#[source] slipway_detect::DetectError),
+    #[error("slipway.toml: {0}")]
+    WatchPaths(String),
     #[error("generating the Dockerfile failed: {0}")]
     Dockerfile(#[source] slipway_detect::dockerfile::GenerateError),
     #[error(transparent)]
@@ -93,6 +95,7 @@ impl JobError {
                 DeployError::Engine { .. } | DeployError::Cluster(_) | DeployError::Edge(_) => Infrastructure,
             },
             JobError::Plan(_)
+            | JobError::WatchPaths(_)
             | JobError::Dockerfile(_)
             | JobError::BuildTimedOut(_)
             | JobError::TestsFailed(_)
@@ -128,6 +131,7 @@ mod tests {
             JobError::Checkout(CheckoutError::NotFound { sha: "a".into(), message: "no such commit".into() }),
             JobError::Image(ImageError::BuildFailed("exit 1".into())),
             JobError::TestsFailed(1),
+            JobError::WatchPaths("watch path `a/{b` is not a glob".into()),
             JobError::BuildTimedOut(Duration::from_secs(1)),
             JobError::Deploy(DeployError::Unhealthy { reason: "503".into(), last_output: vec![] }),
         ];

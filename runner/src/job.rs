@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::failure::{JobError, StepError};
 use crate::report::Reporter;
 use crate::suite::{self, Verdict};
-use crate::{context, image, leftovers};
+use crate::{context, image, leftovers, watch};
 
 /// Largest build context accepted.
 const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -41,11 +41,13 @@ pub struct Tools {
     pub registry_auth: Option<bollard::auth::DockerCredentials>,
 }
 
-/// What a completed attempt made live.
+/// How an attempt that ran to its end ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Done {
-    pub image: String,
-    pub url: Option<String>,
+pub enum Done {
+    /// What it made live.
+    Live { image: String, url: Option<String> },
+    /// The push changed no watched file: nothing was built or deployed.
+    Skipped { reason: String },
 }
 
 /// How long the registry may take to say whether the image is there already.
@@ -156,7 +158,15 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     } else {
         r.step(Step::Clone, StepStatus::Running, None);
         clone(job, &sha, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
+        let unwatched = watch::check(job, &sha, tools, cancel, dir, log(Step::Clone)).await;
+        let unwatched = unwatched.map_err(|e| e.at(Step::Clone))?;
         r.step(Step::Clone, StepStatus::Succeeded, None);
+        if let Some(reason) = unwatched {
+            for step in [Step::Build, Step::Test, Step::Push, Step::Deploy] {
+                r.step(step, StepStatus::Skipped, None);
+            }
+            return Ok(Done::Skipped { reason });
+        }
         build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
         let limit = tools.config.push_timeout();
@@ -214,12 +224,12 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         r.line(Some(Step::Deploy), &format!("live at {url}"));
     }
     r.step(Step::Deploy, StepStatus::Succeeded, None);
-    Ok(Done { image: image_name, url: live.url })
+    Ok(Done::Live { image: image_name, url: live.url })
 }
 
 /// The credentials for the job's repository: the app's own, else the runner's token when the
 /// repository's host is one it was configured for; only ever over https to that host.
-fn git_auth(job: &Job, tools: &Tools) -> Option<GitAuth> {
+pub(crate) fn git_auth(job: &Job, tools: &Tools) -> Option<GitAuth> {
     let target = slipway_proto::outbound::target(&job.app.repo_url).ok().filter(|t| t.scheme == "https")?;
     if let Some(creds) = &job.app.git_credentials {
         return Some(GitAuth { username: creds.username.clone(), token: creds.token.clone(), host: target.host });

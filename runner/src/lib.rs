@@ -15,6 +15,7 @@ pub mod mask;
 pub mod presence;
 pub mod report;
 pub mod suite;
+pub mod watch;
 pub mod worker;
 
 use std::sync::Arc;

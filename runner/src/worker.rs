@@ -183,7 +183,8 @@ impl Worker {
             };
             let r = &claim.reporter;
             let body = match result {
-                Ok(done) => Body::Completed { image: done.image, url: done.url },
+                Ok(job::Done::Live { image, url }) => Body::Completed { image, url },
+                Ok(job::Done::Skipped { reason }) => Body::Skipped { reason },
                 Err(StepError { error: JobError::Cancelled, .. }) => {
                     let reason = match self.claims.stop_reason(claim.id) {
                         Some(reason) => format!("stopped on the scheduler's request: {reason}"),
@@ -205,12 +206,15 @@ impl Worker {
             use slipway_telemetry::trace::Outcome;
             let (outcome, traced) = match &body {
                 Body::Completed { .. } => ("completed", Outcome::Success),
+                Body::Skipped { .. } => ("skipped", Outcome::Success),
                 Body::Failed { cause: slipway_proto::Cause::User, .. } => ("failed", Outcome::Failure),
                 Body::Failed { .. } => ("failed", Outcome::Error),
                 _ => ("abandoned", Outcome::Cancellation),
             };
             let message = match &body {
-                Body::Failed { message, .. } | Body::Abandoned { reason: message } => Some(message.as_str()),
+                Body::Failed { message, .. }
+                | Body::Abandoned { reason: message }
+                | Body::Skipped { reason: message } => Some(message.as_str()),
                 _ => None,
             };
             trace.end(traced, message);

@@ -269,6 +269,7 @@ async fn deploy_app(
         image_digest: None,
         created_by: Some(&caller.name),
         before_sha: None,
+        watch_check: None,
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -320,6 +321,7 @@ async fn rollback_app(
         image_digest: digest.as_deref(),
         created_by: Some(&caller.name),
         before_sha: None,
+        watch_check: None,
     };
     let created = deployments::create(&shared.pool, new, shared.policy()).await?;
     let (id, superseded) = match created {

@@ -26,6 +26,8 @@ pub struct App {
     /// The plain variables; the secret ones are in `sealed`, named in `secret_names`.
     pub env: sqlx::types::Json<BTreeMap<String, String>>,
     pub app_root: String,
+    /// Globs of the files whose changes deploy the app (empty: every push).
+    pub watch_paths: Vec<String>,
     pub test_network: bool,
     /// Kubernetes settings with the values of `secret_env` replaced by [`REDACTED`].
     pub kube_settings: Option<sqlx::types::Json<serde_json::Value>>,
@@ -86,6 +88,7 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     {
         return invalid("app_root must be a relative directory inside the repository, such as apps/web");
     }
+    slipway_git::watch::WatchPaths::new(&new.watch_paths).map_err(AppError::Invalid)?;
     if let Some(settings) = &new.kubernetes {
         let release = slipway_deploy::Release {
             app: new.name.clone(),
@@ -220,7 +223,7 @@ fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Opt
 }
 
 const APP_COLUMNS: &str =
-    "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, test_network,
+    "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, watch_paths, test_network,
     kube_settings, created_at, sealed, secret_names, git_username, limits, edge";
 
 /// The URL of an app's latest completed deployment, as a column of a query on `apps`.
@@ -244,8 +247,8 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     let kube_settings = new.kubernetes.as_ref().map(|s| replace_kube_secrets(s, |_| None));
     let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
-                           test_network, kube_settings, sealed, secret_names, git_username, limits, edge)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                           test_network, kube_settings, sealed, secret_names, git_username, limits, edge, watch_paths)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          ON CONFLICT (name) DO NOTHING
          RETURNING {APP_COLUMNS}"
     )))
@@ -267,6 +270,7 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     .bind(new.git_credentials.as_ref().map(|c| c.username.clone()))
     .bind(new.limits.as_ref().map(sqlx::types::Json))
     .bind(new.edge.as_ref().map(sqlx::types::Json))
+    .bind(&new.watch_paths)
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -372,6 +376,7 @@ impl App {
             edge: self.edge.as_ref().map(|e| e.0.clone()),
             url: self.url.clone(),
             app_root: self.app_root.clone(),
+            watch_paths: self.watch_paths.clone(),
             test_network: self.test_network,
             kube_settings: self.kube_settings.as_ref().map(|s| replace_kube_secrets(&s.0, |_| None)),
             created_at: self.created_at,
@@ -408,6 +413,7 @@ impl App {
             limits: self.limits.as_ref().map(|l| l.0),
             edge: self.edge.as_ref().map(|e| e.0.clone()),
             app_root: self.app_root.clone(),
+            watch_paths: self.watch_paths.clone(),
             test_network: self.test_network,
             settings,
         })
@@ -472,6 +478,9 @@ mod tests {
             (|a| a.webhook_secret = "short".into(), "webhook_secret"),
             (|a| a.app_root = "../other".into(), "app_root"),
             (|a| a.app_root = "/abs".into(), "app_root"),
+            (|a| a.watch_paths = vec!["services/{api".into()], "`services/{api` is not a glob"),
+            (|a| a.watch_paths = vec!["../up/**".into()], "inside the repository"),
+            (|a| a.watch_paths = (0..65).map(|i| format!("d{i}/**")).collect(), "at most 64"),
             (|a| a.kubernetes = Some(serde_json::json!({"memory_limit": "lots"})), "memory_limit"),
             (|a| a.kubernetes = Some(serde_json::json!({"host": "not a host"})), "host"),
             (

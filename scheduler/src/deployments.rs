@@ -144,18 +144,22 @@ pub struct NewDeployment<'a> {
     pub created_by: Option<&'a str>,
     /// The commit the branch pointed at before this push (a forge push that was not forced).
     pub before_sha: Option<&'a str>,
+    /// Set when the runner is to check the push against the watch paths (a forge push or a
+    /// reconcile not decided here); its `base` is filled in when the job is sent.
+    pub watch_check: Option<&'a slipway_proto::WatchCheck>,
 }
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// supersedes older deployments of the app that are still only queued.
 pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Result<Created, TransitionError> {
-    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by, before_sha } = new;
+    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by, before_sha, watch_check } =
+        new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
-                                  before_sha, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'queued')
+                                  before_sha, watch_check, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -169,6 +173,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     .bind(created_by)
     .bind(slipway_telemetry::trace::Root::new().traceparent())
     .bind(before_sha)
+    .bind(watch_check.map(sqlx::types::Json))
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -348,6 +353,9 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
     struct Row {
         trace_parent: Option<String>,
         source: String,
+        watch_check: Option<sqlx::types::Json<slipway_proto::WatchCheck>>,
+        before_sha: Option<String>,
+        live_sha: Option<String>,
         deployment_id: Uuid,
         attempt: i32,
         sha: String,
@@ -358,8 +366,13 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
     }
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
+                d.watch_check, d.before_sha,
+                CASE WHEN d.watch_check IS NOT NULL THEN
+                    (SELECT l.sha FROM deployments l WHERE l.app_id = d.app_id AND l.environment = d.environment
+                     AND l.state = 'completed' AND l.sha <> '' ORDER BY l.finished_at DESC LIMIT 1)
+                END AS live_sha,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
-                a.app_root, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge
+                a.app_root, a.watch_paths, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge
          FROM deployments d JOIN apps a ON a.id = d.app_id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
@@ -384,6 +397,7 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
                     image_digest: r.image_digest,
                     app,
                     rollback: r.source == "rollback",
+                    watch: r.watch_check.map(|check| watch_against_live(check.0, r.before_sha, r.live_sha)),
                 },
                 traceparent: r.trace_parent,
             }),
@@ -395,6 +409,18 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
     Ok(jobs)
 }
 
+/// The watch check as the runner gets it: the push's own list of changed files is what changed
+/// since the live commit only when the push came right after it; otherwise the runner diffs the
+/// new commit against the live one. Nothing live: no base, so the push deploys.
+fn watch_against_live(
+    check: slipway_proto::WatchCheck,
+    before_sha: Option<String>,
+    live_sha: Option<String>,
+) -> slipway_proto::WatchCheck {
+    let paths = check.paths.filter(|_| before_sha.is_some() && before_sha == live_sha);
+    slipway_proto::WatchCheck { paths, base: live_sha }
+}
+
 /// Marks the outbox row of (id, attempt) as published; false if it moved on meanwhile.
 pub async fn mark_published(pool: &PgPool, id: Uuid, attempt: u32) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE deployments SET published_at = now() WHERE id = $1 AND attempt = $2 AND state = 'queued' AND published_at IS NULL")
@@ -403,4 +429,25 @@ pub async fn mark_published(pool: &PgPool, id: Uuid, attempt: u32) -> Result<boo
         .execute(pool)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::WatchCheck;
+
+    #[test]
+    fn the_forges_list_counts_only_for_a_push_right_after_the_live_commit() {
+        let listed = WatchCheck { paths: Some(vec!["api/a.go".into()]), base: None };
+        let (a, b) = (Some("a".repeat(40)), Some("b".repeat(40)));
+        let check = |before: &Option<String>, live: &Option<String>| {
+            watch_against_live(listed.clone(), before.clone(), live.clone())
+        };
+        assert_eq!(check(&a, &a), WatchCheck { paths: listed.paths.clone(), base: a.clone() });
+        // Another commit is live (an earlier push was superseded or failed): diff through git.
+        assert_eq!(check(&a, &b), WatchCheck { paths: None, base: b.clone() });
+        // A forced push or a new branch names no parent; nothing live: the push deploys.
+        assert_eq!(check(&None, &b), WatchCheck { paths: None, base: b });
+        assert_eq!(check(&a, &None), WatchCheck { paths: None, base: None });
+    }
 }

@@ -49,7 +49,56 @@ pub struct Change {
     pub message: Option<String>,
     /// The commit the ref pointed at before, for a push that was not forced (a new branch: none).
     pub before: Option<String>,
+    /// Every file the push changed (from `before`), when the forge listed them all: its commits
+    /// are all there, each with its added, modified and removed files. `None` when it did not
+    /// (a new branch, a forced push, a truncated list, a forge that sends no file lists).
+    pub paths: Option<Vec<String>>,
 }
+
+/// Most changed files kept from a payload; a push that changed more is checked through git.
+pub const MAX_PATHS: usize = 10_000;
+
+/// The files a commit of a push payload lists (GitHub, Gitea, Forgejo, GitLab).
+#[derive(Debug, Default, Deserialize)]
+struct CommitFiles {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    message: Option<String>,
+    // Read loosely: a list of another shape makes the files unknown, never the push unreadable.
+    #[serde(default)]
+    added: Option<serde_json::Value>,
+    #[serde(default)]
+    modified: Option<serde_json::Value>,
+    #[serde(default)]
+    removed: Option<serde_json::Value>,
+}
+
+/// The strings of a file list; `None` when it is missing or not a list of strings.
+fn files(list: &Option<serde_json::Value>) -> Option<Vec<&str>> {
+    list.as_ref()?.as_array()?.iter().map(serde_json::Value::as_str).collect()
+}
+
+/// The files `commits` changed, when they are every commit of the push (`listed_all`) and
+/// each lists its files; deduplicated, at most [`MAX_PATHS`].
+fn changed_paths(before: &Option<String>, commits: &[CommitFiles], listed_all: bool) -> Option<Vec<String>> {
+    if before.is_none() || commits.is_empty() || !listed_all {
+        return None;
+    }
+    let mut paths = std::collections::BTreeSet::new();
+    for commit in commits {
+        for list in [&commit.added, &commit.modified, &commit.removed] {
+            paths.extend(files(list)?.into_iter().map(str::to_string));
+        }
+        if paths.len() > MAX_PATHS {
+            return None;
+        }
+    }
+    Some(paths.into_iter().collect())
+}
+
+/// GitHub lists at most this many commits in a push webhook (GitHub's documentation).
+const GITHUB_MAX_COMMITS: usize = 2048;
 
 /// A push's previous head, unless the push was forced or created the branch (the zero SHA).
 fn parent(before: Option<String>, forced: bool) -> Option<String> {
@@ -202,6 +251,11 @@ struct HubPush {
     #[serde(default)]
     head_commit: Option<HubCommit>,
     #[serde(default)]
+    commits: Vec<CommitFiles>,
+    /// Gitea and Forgejo: how many commits the push had (the list may be shorter).
+    #[serde(default)]
+    total_commits: Option<usize>,
+    #[serde(default)]
     repository: HubRepository,
 }
 
@@ -246,7 +300,12 @@ fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeErr
             (Some(git_ref), Some(after)) => {
                 let message = push.head_commit.and_then(|c| c.message);
                 let before = parent(push.before, push.forced);
-                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message, before }])
+                let listed_all = match push.total_commits {
+                    Some(total) => total == push.commits.len(),
+                    None => push.commits.len() < GITHUB_MAX_COMMITS,
+                };
+                let paths = changed_paths(&before, &push.commits, listed_all);
+                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message, before, paths }])
             }
             _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
         },
@@ -307,19 +366,14 @@ struct GitLabPush {
     #[serde(default)]
     checkout_sha: Option<String>,
     #[serde(default)]
-    commits: Vec<GitLabCommit>,
+    commits: Vec<CommitFiles>,
+    /// How many commits the push had; GitLab lists at most 20 of them.
+    #[serde(default)]
+    total_commits_count: Option<usize>,
     #[serde(default)]
     project: GitLabProject,
     #[serde(default)]
     repository: GitLabProject,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct GitLabCommit {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,9 +441,11 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                     let deleted = after.bytes().all(|b| b == b'0');
                     // `checkout_sha` is the commit the branch points at after the push (null on deletion).
                     let after = push.checkout_sha.filter(|_| !deleted).unwrap_or(after);
-                    let message = push.commits.into_iter().find(|c| c.id == after).and_then(|c| c.message);
                     let before = parent(push.before, false);
-                    Event::Push(vec![Change { git_ref, after, deleted, message, before }])
+                    let listed_all = push.total_commits_count == Some(push.commits.len());
+                    let paths = changed_paths(&before, &push.commits, listed_all);
+                    let message = push.commits.into_iter().find(|c| c.id == after).and_then(|c| c.message);
+                    Event::Push(vec![Change { git_ref, after, deleted, message, before, paths }])
                 }
                 _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
             }
@@ -495,6 +551,8 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                         after: new.target.hash,
                         deleted: false,
                         message: new.target.message,
+                        // Bitbucket's changes list no files: the runner diffs through git.
+                        paths: None,
                     }),
                     (None, Some(old)) => Some(Change {
                         git_ref: bitbucket_ref(&old),
@@ -502,6 +560,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                         deleted: true,
                         message: None,
                         before: None,
+                        paths: None,
                     }),
                     (None, None) => None,
                 })
@@ -684,7 +743,14 @@ mod tests {
         let Event::Push(changes) = d.event else { panic!("a push") };
         assert_eq!(
             changes[0],
-            Change { git_ref: "refs/tags/v1".into(), after: "aa".into(), deleted: false, message: None, before: None }
+            Change {
+                git_ref: "refs/tags/v1".into(),
+                after: "aa".into(),
+                deleted: false,
+                message: None,
+                before: None,
+                paths: None
+            }
         );
         assert_eq!(
             changes[1],
@@ -693,10 +759,61 @@ mod tests {
                 after: String::new(),
                 deleted: true,
                 message: None,
-                before: None
+                before: None,
+                paths: None
             }
         );
         assert_eq!(changes.len(), 2);
+    }
+
+    fn paths_of(forge: Forge, pairs: &[(&'static str, &str)], body: serde_json::Value) -> Option<Vec<String>> {
+        let d = read(forge, &headers(pairs), &serde_json::to_vec(&body).expect("json")).expect("reads");
+        let Event::Push(mut changes) = d.event else { panic!("a push") };
+        changes.remove(0).paths
+    }
+
+    #[test]
+    fn changed_files_come_from_the_payload_only_when_it_lists_every_commit() {
+        let github = [("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")];
+        let gitea = [("x-gitea-event", "push"), ("x-gitea-signature", "00")];
+        let gitlab = [("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "t")];
+        let (before, after) = ("1".repeat(40), "2".repeat(40));
+        let commit = |files: &[&str]| serde_json::json!({"id": after, "message": "m", "added": [files[0]], "modified": [files[1]], "removed": [files[2]]});
+        let hub = |forced: bool, before: &str, commits: Vec<serde_json::Value>, total: Option<usize>| {
+            let mut body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after,
+                "forced": forced, "commits": commits, "repository": {"clone_url": "https://x/y"}});
+            if let Some(total) = total {
+                body["total_commits"] = total.into();
+            }
+            body
+        };
+        let two = vec![commit(&["api/a.go", "api/b.go", "web/old.js"]), commit(&["api/a.go", "README.md", "x"])];
+        let all: Vec<String> =
+            ["README.md", "api/a.go", "api/b.go", "web/old.js", "x"].iter().map(|p| p.to_string()).collect();
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, two.clone(), None)), Some(all.clone()));
+        // A forced push, a new branch, no commits listed: unknown (the runner diffs through git).
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(true, &before, two.clone(), None)), None);
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &"0".repeat(40), two.clone(), None)), None);
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, Vec::new(), None)), None);
+        // A commit without its file lists (GitHub Actions' copy of the payload has none).
+        let bare = vec![serde_json::json!({"id": after, "message": "m"})];
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, bare, None)), None);
+        let odd = vec![serde_json::json!({"id": after, "added": [5], "modified": "x", "removed": null})];
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, odd, None)), None);
+        // Gitea and Forgejo say how many commits there were: a shorter list is truncated.
+        assert_eq!(paths_of(Forge::Gitea, &gitea, hub(false, &before, two.clone(), Some(2))), Some(all.clone()));
+        assert_eq!(paths_of(Forge::Gitea, &gitea, hub(false, &before, two.clone(), Some(7))), None);
+        // GitLab lists at most 20 commits of `total_commits_count`.
+        let lab = |total: usize| {
+            serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after, "checkout_sha": after,
+                "commits": two, "total_commits_count": total, "project": {"git_http_url": "https://x/y"}})
+        };
+        assert_eq!(paths_of(Forge::GitLab, &gitlab, lab(2)), Some(all));
+        assert_eq!(paths_of(Forge::GitLab, &gitlab, lab(25)), None);
+        // More files than kept: unknown, never a partial list.
+        let huge: Vec<String> = (0..=MAX_PATHS).map(|i| format!("f/{i}")).collect();
+        let big = vec![serde_json::json!({"id": after, "added": huge, "modified": [], "removed": []})];
+        assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, big, None)), None);
     }
 
     #[test]

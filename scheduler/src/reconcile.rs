@@ -141,6 +141,8 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         image_digest: None,
         created_by: None,
         before_sha: None,
+        // The runner diffs the head against the live commit.
+        watch_check: Some(&slipway_proto::WatchCheck::default()),
     };
     match deployments::create(&shared.pool, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {

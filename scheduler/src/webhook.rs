@@ -7,8 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
+use slipway_git::watch::WatchPaths;
 use slipway_proto::api::{WebhookAnswer, WebhookDeployment};
-use slipway_proto::{Notification, State as DeployState};
+use slipway_proto::{Notification, State as DeployState, WatchCheck};
 
 use crate::Shared;
 use crate::api::ApiError;
@@ -239,6 +240,7 @@ async fn receive(
         }
         let marker = change.message.as_deref().and_then(forge::skip_marker);
         for app in following {
+            let (unwatched, watch_check) = watch_decision(app, change.paths.as_deref());
             let new = NewDeployment {
                 app,
                 sha: &sha,
@@ -248,16 +250,19 @@ async fn receive(
                 image_digest: None,
                 created_by: None,
                 before_sha: change.before.as_deref(),
+                watch_check: watch_check.as_ref(),
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.
-            let older = match &marker {
-                Some(_) => None,
-                None => deployments::newer_descendant(&shared.pool, app, &sha).await?.map(|(id, newer, state)| {
-                    format!("{sha} is older than {newer}, already {state} (deployment {id}); not deployed over it")
-                }),
+            let older = match (&marker, &unwatched) {
+                (Some(_), _) | (_, Some(_)) => None,
+                (None, None) => {
+                    deployments::newer_descendant(&shared.pool, app, &sha).await?.map(|(id, newer, state)| {
+                        format!("{sha} is older than {newer}, already {state} (deployment {id}); not deployed over it")
+                    })
+                }
             };
-            let skip = marker.clone().or(older);
+            let skip = marker.clone().or(unwatched).or(older);
             let created = match &skip {
                 Some(reason) => deployments::record_skipped(&shared.pool, new, reason).await?,
                 None => deployments::create(&shared.pool, new, shared.policy()).await?,
@@ -296,6 +301,31 @@ async fn receive(
         (false, false) => ("duplicate", None),
     };
     Ok((status, Json(answer(word, last_sha, reason.as_deref(), out))))
+}
+
+/// What the app's watch paths make of a push that changed `paths` (when the forge listed them
+/// all): a reason to skip it (none of them watched), or the check the runner is to make after
+/// the clone (the list unknown here, or the app's `slipway.toml` may declare watch paths).
+fn watch_decision(app: &apps::App, paths: Option<&[String]>) -> (Option<String>, Option<WatchCheck>) {
+    let check = |paths: Option<&[String]>| Some(WatchCheck { paths: paths.map(<[String]>::to_vec), base: None });
+    if app.watch_paths.is_empty() {
+        return (None, check(paths));
+    }
+    let watched = match WatchPaths::new(&app.watch_paths) {
+        Ok(watched) => watched,
+        Err(err) => {
+            // Checked when the app was created; a stored list that no longer compiles deploys.
+            tracing::error!(app = %app.name, error = %err, "the app's watch paths do not compile; deploying every push");
+            return (None, None);
+        }
+    };
+    match paths {
+        Some(paths) => match watched.first_match(paths.iter().map(String::as_str)) {
+            Some(_) => (None, None),
+            None => (Some(watched.unmatched_reason(paths.len())), None),
+        },
+        None => (None, check(None)),
+    }
 }
 
 /// How long a webhook waits for its turn before a 503 (the forge redelivers).

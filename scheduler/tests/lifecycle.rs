@@ -29,6 +29,7 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         image_digest: None,
         created_by: Some("ci"),
         before_sha: None,
+        watch_check: None,
     }
 }
 

@@ -151,7 +151,10 @@ fn describe(process: Process) {
         Process::Runner => {
             describe_gauge!(JOBS_RUNNING, "Jobs this runner is working on.");
             describe_gauge!(JOB_SLOTS, "Jobs this runner can work on at once (SLIPWAY_CONCURRENCY).");
-            describe_counter!(JOBS_FINISHED, "Jobs this runner finished, by outcome (completed, failed, abandoned).");
+            describe_counter!(
+                JOBS_FINISHED,
+                "Jobs this runner finished, by outcome (completed, failed, abandoned, skipped)."
+            );
             describe_counter!(DOCKER_ERRORS, "Docker engine calls that failed, by operation.");
             describe_counter!(REGISTRY_ERRORS, "Registry calls that failed, by operation (push, digest, pull).");
             describe_histogram!(BUILD_CONTEXT, Unit::Bytes, "Size of each build context sent to the Docker engine.");

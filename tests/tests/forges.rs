@@ -465,3 +465,131 @@ async fn sync_reads_the_head_at_once_when_the_periodic_reconcile_is_off() {
     .await;
     assert_eq!((d["sha"].as_str(), d["source"].as_str()), (Some(sha.as_str()), Some("reconcile")), "{d}");
 }
+
+/// A GitHub push of `after` from `before` whose commits changed `files` (the payload lists them
+/// all), or a forced push (no usable list).
+fn hub_push_files(repo: &str, before: &str, after: &str, files: &[&str], forced: bool) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "before": before, "after": after, "forced": forced,
+        "head_commit": {"id": after, "message": "change"},
+        "commits": [{"id": after, "message": "change", "added": [], "modified": files, "removed": []}],
+        "repository": {"clone_url": repo},
+    }))
+    .expect("json")
+}
+
+/// The deployment of `app` at `sha`, once it has ended.
+async fn ended(s: &Slipway, app: &str, sha: &str) -> Value {
+    let found = slipway_tests::eventually(Duration::from_secs(30), "the push's deployment", || async {
+        deployments_of(s, app).await.into_iter().find(|d| d["sha"] == sha)
+    })
+    .await;
+    s.finished(found["id"].as_str().expect("id"), Duration::from_secs(180)).await
+}
+
+#[tokio::test]
+async fn watch_paths_deploy_exactly_the_apps_whose_files_changed() {
+    use slipway_tests::GitServer;
+    use slipway_tests::git::Entry;
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("mono");
+    let url = git.url(&repo);
+    // Two apps of one repository: `api` watches its directory by its settings (not Markdown),
+    // `web` by the watch paths of its slipway.toml.
+    let api = s
+        .create_app(
+            "api",
+            &url,
+            SECRET,
+            json!({"app_root": "services/api", "watch_paths": ["services/api/**", "!**/*.md"]}),
+        )
+        .await;
+    let web = s.create_app("web", &url, SECRET, json!({"app_root": "services/web"})).await;
+    let dockerfile =
+        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let commit = |message: &str, api_page: &str, web_page: &str, readme: &str| {
+        let (api_page, web_page) = (format!("<p>{api_page}</p>\n"), format!("<p>{web_page}</p>\n"));
+        git.commit(
+            &repo,
+            message,
+            &[
+                Entry::File("README.md", readme.as_bytes()),
+                Entry::File("services/api/Dockerfile", dockerfile.as_bytes()),
+                Entry::File("services/api/README.md", b"the api\n"),
+                Entry::File("services/api/www/index.html", api_page.as_bytes()),
+                Entry::File("services/api/www/healthz", b"ok\n"),
+                Entry::File("services/web/Dockerfile", dockerfile.as_bytes()),
+                Entry::File("services/web/slipway.toml", b"watch_paths = [\"services/web/**\"]\n"),
+                Entry::File("services/web/www/index.html", web_page.as_bytes()),
+                Entry::File("services/web/www/healthz", b"ok\n"),
+            ],
+        )
+    };
+    let zero = "0000000000000000000000000000000000000000";
+    let serves = |d: &Value, text: &str| {
+        let (url, text) = (d["url"].as_str().expect("url").to_string(), text.to_string());
+        let s = &s;
+        async move { s.app_body(&url, "/").await.is_some_and(|body| body.contains(&text)) }
+    };
+
+    // A new branch: the forge's list is not usable and nothing is live, so both deploy.
+    let c1 = commit("first", "api-1", "web-1", "v1");
+    let (status, answer) = hub(&s, hub_push_files(&url, zero, &c1, &[], false), "mono-1").await;
+    assert_eq!(status, 202, "{answer}");
+    let (api1, web1) = (ended(&s, &api, &c1).await, ended(&s, &web, &c1).await);
+    assert_eq!((api1["state"].as_str(), web1["state"].as_str()), (Some("completed"), Some("completed")), "{web1}");
+
+    // Only the api changed, and the payload lists the file: the api deploys; web's runner reads
+    // its slipway.toml, finds no watched file changed, builds nothing and serves on.
+    let c2 = commit("api only", "api-2", "web-1", "v1");
+    let (status, answer) =
+        hub(&s, hub_push_files(&url, &c1, &c2, &["services/api/www/index.html"], false), "mono-2").await;
+    assert_eq!(status, 202, "{answer}");
+    let api2 = ended(&s, &api, &c2).await;
+    assert_eq!(api2["state"], "completed", "{api2}");
+    assert!(serves(&api2, "api-2").await, "the api serves its new page");
+    let web2 = ended(&s, &web, &c2).await;
+    assert_eq!((web2["state"].as_str(), web2["cancel_by"].as_str()), (Some("cancelled"), Some("slipway")), "{web2}");
+    let reason = web2["cancel_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("skipped: no changed file matches the watch paths (services/web/**)"), "{web2}");
+    assert!(web2["runner_id"].is_string(), "decided by the runner after the clone: {web2}");
+    let steps: Vec<(String, String)> = web2["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|st| (st["step"].as_str().unwrap_or("").to_string(), st["status"].as_str().unwrap_or("").to_string()))
+        .collect();
+    for step in ["build", "test", "push", "deploy"] {
+        assert!(steps.contains(&(step.to_string(), "skipped".to_string())), "{step} shown as skipped: {steps:?}");
+    }
+    assert!(serves(&web1, "web-1").await, "web's first version still serves");
+
+    // A forced push lists nothing usable: each runner diffs the new commit against what its app
+    // has live. Since c2 the web page and the root README changed: web deploys, the api does not.
+    let c3 = commit("web and docs", "api-2", "web-3", "v3");
+    let (status, answer) = hub(&s, hub_push_files(&url, &c2, &c3, &[], true), "mono-3").await;
+    assert_eq!(status, 202, "{answer}");
+    let web3 = ended(&s, &web, &c3).await;
+    assert_eq!(web3["state"], "completed", "{web3}");
+    assert!(serves(&web3, "web-3").await, "web serves its new page");
+    let api3 = ended(&s, &api, &c3).await;
+    assert_eq!(api3["state"], "cancelled", "{api3}");
+    assert!(api3["cancel_reason"].as_str().unwrap_or_default().contains("2 files changed"), "{api3}");
+    assert!(serves(&api2, "api-2").await, "the api's version stays");
+    let log = s.log_lines(api3["id"].as_str().expect("id"), None).await;
+    let diffed = format!("differ from {c2}, the live commit");
+    assert!(log.iter().any(|(_, line)| line.contains(&diffed)), "{log:?}");
+
+    // Only Markdown changed, listed by the forge: the api's own exclusion skips it at once,
+    // without a job (no runner ever held it).
+    let c4 = commit("docs", "api-2", "web-3", "v4");
+    let (status, answer) = hub(&s, hub_push_files(&url, &c3, &c4, &["README.md"], false), "mono-4").await;
+    assert_eq!(status, 202, "{answer}");
+    let api4 = ended(&s, &api, &c4).await;
+    assert_eq!(api4["state"], "cancelled", "{api4}");
+    assert!(api4["runner_id"].is_null(), "decided from the payload: {api4}");
+    assert!(api4["cancel_reason"].as_str().unwrap_or_default().contains("1 file changed"), "{api4}");
+    let web4 = ended(&s, &web, &c4).await;
+    assert_eq!(web4["state"], "cancelled", "web's slipway.toml does not watch README.md: {web4}");
+}
