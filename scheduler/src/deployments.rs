@@ -348,7 +348,11 @@ pub struct Outgoing {
 /// Jobs waiting in the outbox: queued, not yet confirmed published, due, and the oldest of their
 /// app and environment, which must have no other deployment published or running: at most one
 /// deployment of an app and environment is out with runners at a time.
-pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<Outgoing>, sqlx::Error> {
+pub async fn outbox(
+    db: impl sqlx::PgExecutor<'_>,
+    keyring: &Keyring,
+    limit: i64,
+) -> Result<Vec<Outgoing>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         trace_parent: Option<String>,
@@ -378,10 +382,11 @@ pub async fn outbox(pool: &PgPool, keyring: &Keyring, limit: i64) -> Result<Vec<
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
                            AND r.id <> d.id AND (r.state = 'running'
                                 OR (r.state = 'queued' AND (r.published_at IS NOT NULL OR r.created_at < d.created_at))))
-         ORDER BY d.created_at LIMIT $1",
+         ORDER BY d.created_at LIMIT $1
+         FOR UPDATE OF d SKIP LOCKED",
     )
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
@@ -422,11 +427,11 @@ fn watch_against_live(
 }
 
 /// Marks the outbox row of (id, attempt) as published; false if it moved on meanwhile.
-pub async fn mark_published(pool: &PgPool, id: Uuid, attempt: u32) -> Result<bool, sqlx::Error> {
+pub async fn mark_published(db: impl sqlx::PgExecutor<'_>, id: Uuid, attempt: u32) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE deployments SET published_at = now() WHERE id = $1 AND attempt = $2 AND state = 'queued' AND published_at IS NULL")
         .bind(id)
         .bind(attempt as i32)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -84,14 +84,38 @@ impl Health {
     }
 }
 
-/// Runs until `cancel`, reconnecting when the broker goes away.
+/// Runs until `cancel`: consumes the runner queue while this replica leads (one consumer at a
+/// time, so messages are applied in the order runners sent them), reconnecting when the broker
+/// goes away, and stops consuming as soon as it no longer leads.
 pub async fn run(shared: Shared, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = shared.leader.acquired() => {}
+        }
+        let leading = cancel.child_token();
+        let consuming = consume_while(shared.clone(), leading.clone());
+        tokio::pin!(consuming);
+        tokio::select! {
+            _ = &mut consuming => {}
+            _ = shared.leader.lost() => {
+                tracing::info!("no longer the leader: handing the runner queue to the next one");
+                leading.cancel();
+                consuming.await;
+            }
+        }
+    }
+}
+
+async fn consume_while(shared: Shared, cancel: CancellationToken) {
     let url = shared.amqp_url.clone();
     let session = |conn: lapin::Connection| {
         let (shared, cancel) = (shared.clone(), cancel.clone());
         async move {
             let result = consume(&shared, &conn, &cancel).await;
             shared.inbox.disconnected();
+            // Unacknowledged messages go back to the queue at once, for the next leader.
+            let _ = conn.close(200, "no longer consuming".into()).await;
             result
         }
     };
@@ -269,7 +293,7 @@ async fn handle(shared: &Shared, envelope: &Envelope) -> Result<&'static str, Tr
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(deployment_id = %envelope.deployment_id, lines = lines.len(), ms, "log batch stored");
         metrics::counter!(slipway_telemetry::metrics::LOG_LINES_STORED).increment(lines.len() as u64);
-        let _ = shared.live.send(envelope.deployment_id);
+        shared.live.wake(envelope.deployment_id);
         return Ok("applied");
     }
     let applied =

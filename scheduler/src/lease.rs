@@ -24,6 +24,10 @@ pub async fn run(shared: Shared, lease: Duration, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        // Only the leader: it alone consumes the runner queue, so only it can have heard them.
+        if !shared.leader.is_leader() {
+            continue;
+        }
         if shared.inbox.heard_within(shared.runner_lost_after) {
             lost(&shared).await;
         }

@@ -1,6 +1,8 @@
 //! The Slipway scheduler: the only writer of PostgreSQL. It takes webhooks and API calls,
 //! records deployments (the outbox), relays them to RabbitMQ, applies what runners report,
-//! re-dispatches jobs whose runner went silent, and serves live logs.
+//! re-dispatches jobs whose runner went silent, and serves live logs. Any number of replicas
+//! can run against one database and broker: every one serves the API and relays the outbox;
+//! the [`leader`] alone consumes the runner queue, expires leases and reconciles.
 
 pub mod api;
 pub mod applogs;
@@ -12,7 +14,9 @@ pub mod deployments;
 pub mod fleet;
 pub mod forge;
 pub mod inbox;
+pub mod leader;
 pub mod lease;
+pub mod live;
 pub mod logs;
 pub mod observe;
 pub mod publisher;
@@ -28,7 +32,7 @@ use std::sync::Arc;
 use slipway_proto::outbound::{self, Guard, GuardError};
 use slipway_proto::{Control, Policy, State, Topology};
 use sqlx::PgPool;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,8 +47,10 @@ pub struct Shared {
     pub max_attempts: u32,
     /// Wakes the outbox relay after a commit that queued a job.
     pub relay_wake: Arc<Notify>,
-    /// Carries the id of a deployment that has new log lines or a new state.
-    pub live: broadcast::Sender<uuid::Uuid>,
+    /// Wakes the live-log followers of every replica about a deployment with new lines or a new state.
+    pub live: live::Live,
+    /// Whether this replica leads (consumes the runner queue, expires leases, reconciles).
+    pub leader: leader::Leadership,
     pub publisher: publisher::Publisher,
     /// Whether the inbox could have heard runners lately; the lease reaper waits for it.
     pub inbox: Arc<inbox::Health>,
@@ -109,7 +115,7 @@ impl Shared {
                     self.relay_wake.notify_one();
                 }
                 self.publisher.notify(note);
-                let _ = self.live.send(note.deployment_id);
+                self.live.wake(note.deployment_id);
                 observe::changed(self, note);
                 control
             }
@@ -150,6 +156,7 @@ pub async fn run(
     let topo = Topology::new(&config.queue_prefix);
     let (publisher, publisher_queue) = publisher::Publisher::new(topo.clone());
     let (sync, sync_requests) = reconcile::SyncRequests::channel();
+    let (live, live_tasks) = live::Live::new();
     slipway_git::set_network_timeouts(std::time::Duration::from_secs(10), std::time::Duration::from_secs(30))
         .context("setting git network timeouts")?;
     let shared = Shared {
@@ -158,7 +165,8 @@ pub async fn run(
         amqp_url: config.amqp_url.clone(),
         max_attempts: config.max_attempts,
         relay_wake: Arc::new(Notify::new()),
-        live: broadcast::channel(1024).0,
+        live,
+        leader: leader::Leadership::default(),
         publisher,
         inbox: Arc::new(inbox::Health::default()),
         shutdown: cancel.clone(),
@@ -173,6 +181,13 @@ pub async fn run(
         metrics,
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
+    tracker.spawn(leader::run(
+        shared.pool.clone(),
+        leader::lock_key(&config.queue_prefix),
+        shared.leader.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(live_tasks.run(shared.pool.clone(), cancel.clone()));
     tracker.spawn(relay::run(shared.clone(), cancel.clone()));
     tracker.spawn(inbox::run(shared.clone(), cancel.clone()));
     tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));

@@ -1,5 +1,5 @@
 //! Live logs: `GET /api/v1/deployments/{id}/logs` as Server-Sent Events. PostgreSQL is the
-//! source; the in-process broadcast only wakes followers. Event ids are `<attempt>.<seq>`, so a
+//! source; wake-ups ([`crate::live`], across replicas) only wake followers. Event ids are `<attempt>.<seq>`, so a
 //! client resumes with `Last-Event-ID` and gets exactly the lines after it.
 
 use std::convert::Infallible;
@@ -155,7 +155,7 @@ async fn wait_for(wake: &mut broadcast::Receiver<Uuid>, id: Uuid, tx: &mpsc::Sen
             _ = &mut deadline => return,
             _ = tx.closed() => return,
             got = wake.recv() => match got {
-                Ok(woke) if woke == id => return,
+                Ok(woke) if woke == id || woke.is_nil() => return,
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => return,
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -71,8 +71,13 @@ pub async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
+            // The schedule is the leader's; a replica that does not lead only answers `sync`.
             _ = timer => {
-                match apps::list(&shared.pool).await {
+                let listed = match shared.leader.is_leader() {
+                    true => apps::list(&shared.pool).await,
+                    false => Ok(Vec::new()),
+                };
+                match listed {
                     Ok(all) => {
                         for app in all {
                             if cancel.is_cancelled() {

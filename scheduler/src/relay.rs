@@ -1,6 +1,9 @@
 //! The outbox relay: publishes queued deployments to the jobs queue with publisher confirms
 //! and marks them published only once the broker confirmed. A broker outage delays jobs; it
-//! never drops one (the row stays unpublished until a confirm arrives).
+//! never drops one (the row stays unpublished until a confirm arrives). Every scheduler replica
+//! runs one: each takes a row with `FOR UPDATE SKIP LOCKED`, so replicas never publish the same
+//! row at once (a replica that dies after the confirm and before its commit leaves the row to be
+//! published again; the claim protocol turns that copy away).
 
 use std::time::Duration;
 
@@ -33,37 +36,23 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
     let channel = broker::confirm_channel(conn, &shared.topo).await?;
     shared.broker.up();
     loop {
-        let jobs = deployments::outbox(&shared.pool, &shared.keyring, BATCH).await?;
-        for deployments::Outgoing { job, traceparent } in &jobs {
-            let payload = serde_json::to_vec(job)?;
-            let mut properties =
-                broker::persistent_json().with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into());
-            if let Some(traceparent) = traceparent {
-                properties = broker::with_traceparent(properties, traceparent);
-            }
-            let started = std::time::Instant::now();
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    shared.topo.jobs_queue.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                    &payload,
-                    properties,
-                )
-                .await?
-                .await?;
-            match confirm {
-                Confirmation::Ack(None) => {
-                    metrics::histogram!(slipway_telemetry::metrics::OUTBOX_PUBLISH).record(started.elapsed());
-                    deployments::mark_published(&shared.pool, job.deployment_id, job.attempt).await?;
-                    tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
-                }
-                other => {
-                    anyhow::bail!("broker did not accept job {}: {other:?}", job.deployment_id)
-                }
-            }
+        // One job at a time, each in a transaction that holds its row: a relay on another
+        // replica skips it, and a claim for it waits only for this one publish.
+        let mut published = 0;
+        while published < BATCH {
+            let mut tx = shared.pool.begin().await?;
+            let Some(deployments::Outgoing { job, traceparent }) =
+                deployments::outbox(&mut *tx, &shared.keyring, 1).await?.into_iter().next()
+            else {
+                break;
+            };
+            publish(shared, &channel, &job, traceparent.as_deref()).await?;
+            deployments::mark_published(&mut *tx, job.deployment_id, job.attempt).await?;
+            tx.commit().await?;
+            tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
+            published += 1;
         }
-        if jobs.len() as i64 == BATCH {
+        if published == BATCH {
             continue;
         }
         tokio::select! {
@@ -76,3 +65,45 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
         }
     }
 }
+
+/// Publishes one job and waits for the broker's confirm (bounded, so a silent broker never
+/// holds the row's lock for long).
+async fn publish(
+    shared: &Shared,
+    channel: &lapin::Channel,
+    job: &slipway_proto::Job,
+    traceparent: Option<&str>,
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(job)?;
+    let mut properties =
+        broker::persistent_json().with_message_id(format!("{}:{}", job.deployment_id, job.attempt).into());
+    if let Some(traceparent) = traceparent {
+        properties = broker::with_traceparent(properties, traceparent);
+    }
+    let started = std::time::Instant::now();
+    let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        channel
+            .basic_publish(
+                "".into(),
+                shared.topo.jobs_queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &payload,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await;
+    match confirmed {
+        Ok(Ok(Confirmation::Ack(None))) => {
+            metrics::histogram!(slipway_telemetry::metrics::OUTBOX_PUBLISH).record(started.elapsed());
+            Ok(())
+        }
+        Ok(Ok(other)) => anyhow::bail!("broker did not accept job {}: {other:?}", job.deployment_id),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => anyhow::bail!("broker did not confirm job {} within {CONFIRM_TIMEOUT:?}", job.deployment_id),
+    }
+}
+
+/// How long the broker may take to confirm a publish.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);

@@ -101,8 +101,12 @@ pub struct Slipway {
     /// The admin API token the scheduler was started with.
     pub token: String,
     pub scheduler: Proc,
+    /// Further scheduler replicas ([`Slipway::add_scheduler`]).
+    pub more_schedulers: Vec<Proc>,
     pub runners: Vec<Proc>,
     pub database_url: String,
+    /// The database URL the schedulers use (through the proxy, when there is one).
+    scheduler_db: String,
     pub prefix: String,
     /// The proxy the scheduler reaches PostgreSQL through, with `database_proxy`.
     pub db_proxy: Option<Proxy>,
@@ -144,28 +148,7 @@ impl Slipway {
             }
         };
         let token = format!("slw_test_{}", uuid::Uuid::new_v4().simple());
-        let scheduler = spawn(
-            "scheduler",
-            "scheduler",
-            &bin("slipway-scheduler"),
-            &logs,
-            &[
-                ("SLIPWAY_ADMIN_TOKEN", token.clone()),
-                ("SLIPWAY_STATE_DIR", logs.path().join("state").display().to_string()),
-                ("SLIPWAY_ALLOW_PRIVATE_GIT", "127.0.0.1".into()),
-                ("SLIPWAY_LISTEN", format!("127.0.0.1:{port}")),
-                ("DATABASE_URL", scheduler_db),
-                ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
-                ("SLIPWAY_QUEUE_PREFIX", prefix.clone()),
-                ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
-                ("SLIPWAY_MAX_ATTEMPTS", options.max_attempts.to_string()),
-                // Tests push on purpose; the reconcile test turns it on with its own interval.
-                ("SLIPWAY_RECONCILE_SECONDS", "0".to_string()),
-            ]
-            .into_iter()
-            .chain(options.scheduler_env.iter().map(|(k, v)| (k.as_str(), v.clone())))
-            .collect::<Vec<_>>(),
-        );
+        let scheduler = spawn_scheduler("scheduler", &logs, &token, port, &scheduler_db, &prefix, &options);
         let mut me = Self {
             base,
             http: client_with_token(&token),
@@ -174,8 +157,10 @@ impl Slipway {
             scheduler,
             runners: Vec::new(),
             database_url,
+            scheduler_db,
             prefix,
             db_proxy,
+            more_schedulers: Vec::new(),
             edge: options.edge.then(crate::caddy::Caddy::start),
             options: options.clone(),
             logs,
@@ -192,6 +177,24 @@ impl Slipway {
         })
         .await;
         me
+    }
+
+    /// Starts another scheduler replica of this installation (same database, broker, queues and
+    /// state directory) and waits until it answers; returns its base URL.
+    pub async fn add_scheduler(&mut self) -> String {
+        let port = free_port();
+        let name = format!("scheduler-{}", self.more_schedulers.len() + 2);
+        let proc =
+            spawn_scheduler(&name, &self.logs, &self.token, port, &self.scheduler_db, &self.prefix, &self.options);
+        let base = format!("http://127.0.0.1:{port}");
+        let (http, health) = (self.http.clone(), format!("{base}/healthz"));
+        eventually(Duration::from_secs(30), "the second scheduler to answer", || {
+            let (http, health) = (http.clone(), health.clone());
+            async move { http.get(&health).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        self.more_schedulers.push(proc);
+        base
     }
 
     /// Starts one more runner; its id is `runner-<n>`.
@@ -310,7 +313,7 @@ impl Slipway {
     /// Everything the processes printed, for failure messages.
     pub fn dump(&self) -> String {
         let mut out = format!("--- scheduler\n{}", self.scheduler.output());
-        for r in &self.runners {
+        for r in self.more_schedulers.iter().chain(&self.runners) {
             out.push_str(&format!("--- {}\n{}", r.name, r.output()));
         }
         out
@@ -345,27 +348,42 @@ impl Slipway {
 
     /// Sends a GitHub webhook with the given headers and raw body.
     pub async fn webhook(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-        let mut req = self
-            .anonymous
-            .post(format!("{}/api/v1/webhooks/github", self.base))
-            .header("content-type", "application/json");
+        self.webhook_at(&self.base, headers, body).await.expect("scheduler reachable")
+    }
+
+    /// Sends a GitHub webhook to the scheduler at `base`; `None` when it does not answer.
+    pub async fn webhook_at(&self, base: &str, headers: &[(&str, String)], body: Vec<u8>) -> Option<(u16, Value)> {
+        let mut req =
+            self.anonymous.post(format!("{base}/api/v1/webhooks/github")).header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let resp = req.body(body).send().await.expect("scheduler reachable");
+        let resp = req.body(body).send().await.ok()?;
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        Some((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     /// Sends a correctly signed `push` of `sha` to `main` of `repo_url`.
     pub async fn push(&self, repo_url: &str, sha: &str, secret: &str, delivery: &str) -> (u16, Value) {
+        self.push_to(&self.base, repo_url, sha, secret, delivery).await.expect("scheduler reachable")
+    }
+
+    /// [`Slipway::push`] to the scheduler at `base`; `None` when it does not answer.
+    pub async fn push_to(
+        &self,
+        base: &str,
+        repo_url: &str,
+        sha: &str,
+        secret: &str,
+        delivery: &str,
+    ) -> Option<(u16, Value)> {
         let body = push_body(repo_url, "refs/heads/main", sha);
         let headers = [
             ("X-GitHub-Event", "push".to_string()),
             ("X-GitHub-Delivery", delivery.to_string()),
             ("X-Hub-Signature-256", sign(secret, &body)),
         ];
-        self.webhook(&headers, body).await
+        self.webhook_at(base, &headers, body).await
     }
 
     /// The deployment, with its steps.
@@ -405,21 +423,7 @@ impl Slipway {
 
     /// The events of the log stream as (event, id, line for `log` or data otherwise).
     pub async fn sse(&self, id: &str, follow: bool, last_event_id: Option<&str>) -> Vec<(String, String, String)> {
-        let mut req = self.http.get(format!("{}/api/v1/deployments/{id}/logs?follow={follow}", self.base));
-        if let Some(last) = last_event_id {
-            req = req.header("Last-Event-ID", last);
-        }
-        let text = req.send().await.expect("logs reachable").text().await.expect("logs body");
-        parse_sse(&text)
-            .into_iter()
-            .map(|(event, id, data)| match event.as_str() {
-                "log" => {
-                    let v: Value = serde_json::from_str(&data).expect("log event is JSON");
-                    (event, id, v["line"].as_str().unwrap_or_default().to_string())
-                }
-                _ => (event, id, data),
-            })
-            .collect()
+        sse_at(&self.http, &self.base, id, follow, last_event_id).await
     }
 
     /// How many deployments the app has.
@@ -442,6 +446,9 @@ impl Drop for Slipway {
     /// Removes what the test left: app containers, the database, the queues and exchanges.
     fn drop(&mut self) {
         self.scheduler.kill9();
+        for scheduler in &mut self.more_schedulers {
+            scheduler.kill9();
+        }
         for runner in &mut self.runners {
             runner.kill9();
         }
@@ -499,6 +506,61 @@ fn spawn(name: &str, log_name: &str, path: &PathBuf, logs: &tempfile::TempDir, e
 
 /// A GET of `path` on an app's `url`. A `*.localhost` host is sent to 127.0.0.1 with its name in
 /// the Host header (as browsers and curl do; the system resolver here does not know the names).
+/// Starts a scheduler of the installation `prefix` listening on `port`.
+fn spawn_scheduler(
+    name: &str,
+    logs: &tempfile::TempDir,
+    token: &str,
+    port: u16,
+    database_url: &str,
+    prefix: &str,
+    options: &SlipwayOptions,
+) -> Proc {
+    let env = [
+        ("SLIPWAY_ADMIN_TOKEN", token.to_string()),
+        ("SLIPWAY_STATE_DIR", logs.path().join("state").display().to_string()),
+        ("SLIPWAY_ALLOW_PRIVATE_GIT", "127.0.0.1".into()),
+        ("SLIPWAY_LISTEN", format!("127.0.0.1:{port}")),
+        ("DATABASE_URL", database_url.to_string()),
+        ("SLIPWAY_AMQP_URL", options.amqp_url.clone()),
+        ("SLIPWAY_QUEUE_PREFIX", prefix.to_string()),
+        ("SLIPWAY_LEASE_SECONDS", options.lease_seconds.to_string()),
+        ("SLIPWAY_MAX_ATTEMPTS", options.max_attempts.to_string()),
+        // Tests push on purpose; the reconcile test turns it on with its own interval.
+        ("SLIPWAY_RECONCILE_SECONDS", "0".to_string()),
+    ];
+    let env: Vec<(&str, String)> =
+        env.into_iter().chain(options.scheduler_env.iter().map(|(k, v)| (k.as_str(), v.clone()))).collect();
+    spawn(name, name, &bin("slipway-scheduler"), logs, &env)
+}
+
+/// The events of a deployment's log stream from the scheduler at `base`, as (event, id, line for
+/// `log` or data otherwise); with `follow`, until the deployment ends.
+pub async fn sse_at(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    follow: bool,
+    last_event_id: Option<&str>,
+) -> Vec<(String, String, String)> {
+    let mut req = http.get(format!("{base}/api/v1/deployments/{id}/logs?follow={follow}"));
+
+    if let Some(last) = last_event_id {
+        req = req.header("Last-Event-ID", last);
+    }
+    let text = req.send().await.expect("logs reachable").text().await.expect("logs body");
+    parse_sse(&text)
+        .into_iter()
+        .map(|(event, id, data)| match event.as_str() {
+            "log" => {
+                let v: Value = serde_json::from_str(&data).expect("log event is JSON");
+                (event, id, v["line"].as_str().unwrap_or_default().to_string())
+            }
+            _ => (event, id, data),
+        })
+        .collect()
+}
+
 pub fn app_request(client: &reqwest::Client, url: &str, path: &str) -> reqwest::RequestBuilder {
     let parsed = url.strip_prefix("http://").and_then(|rest| rest.split_once(':'));
     match parsed {

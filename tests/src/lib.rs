@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use git::GitServer;
-pub use harness::{Proc, Slipway, SlipwayOptions};
+pub use harness::{Proc, Slipway, SlipwayOptions, sse_at};
 pub use proxy::Proxy;
 pub use rabbit::PrivateBroker;
 

@@ -1,0 +1,134 @@
+//! Scale-out on the real services: two scheduler replicas on one PostgreSQL and one RabbitMQ,
+//! webhooks sent to both, logs followed on the one that did not take the webhook, and the
+//! leader killed with SIGKILL in the middle of the load.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, eventually, sse_at, unique};
+
+const SECRET: &str = "scaling-secret-0123456789";
+const LINES: usize = 150;
+
+/// A site whose build prints `LINES` numbered lines (its own, so no build cache skips them) and
+/// takes a moment, so jobs overlap the kill.
+fn commit(git: &GitServer, repo: &str, marker: &str) -> String {
+    let dockerfile = format!(
+        "FROM slipway/busybox:1\nRUN i=1; while [ $i -le {LINES} ]; do echo \"build-line-$i of {marker}\"; i=$((i+1)); done; sleep 1\n\
+         COPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    );
+    let index = format!("<p>{marker}</p>\n");
+    git.commit(
+        repo,
+        marker,
+        &[
+            Entry::File("Dockerfile", dockerfile.as_bytes()),
+            Entry::File("www/index.html", index.as_bytes()),
+            Entry::File("www/healthz", b"ok\n"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn with_two_schedulers_and_one_killed_every_acknowledged_webhook_deploys_once_and_every_line_arrives() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { runners: 2, ..Default::default() }).await;
+    let a = s.base.clone();
+    let b = s.add_scheduler().await;
+    // The first scheduler took the leadership (it started first); the second answers all the same.
+    eventually(Duration::from_secs(10), "the first scheduler to lead", || async {
+        s.scheduler.output().contains("now the leader").then_some(())
+    })
+    .await;
+
+    let mut apps = Vec::new();
+    for i in 0..8 {
+        let repo = unique(&format!("replica{i}"));
+        let url = git.url(&repo);
+        let sha = commit(&git, &repo, &format!("site-{i}"));
+        let name = s.create_app(&format!("replica{i}"), &url, SECRET, json!({})).await;
+        apps.push((name, url, sha));
+    }
+
+    // Webhooks alternate between the two; each deployment's log is followed on the other one
+    // (the second, for those sent after the first was killed).
+    let mut followers = Vec::new();
+    let mut acknowledged = BTreeMap::new();
+    let follow = |s: &Slipway, base: &str, id: String| {
+        let (http, base) = (s.http.clone(), base.to_string());
+        tokio::spawn(async move { (id.clone(), sse_at(&http, &base, &id, true, None).await) })
+    };
+    for (i, (name, url, sha)) in apps.iter().enumerate() {
+        let killed = i >= 4;
+        if i == 4 {
+            // Mid-load: wait until a job is running (runners talk to the leader), then kill it.
+            eventually(Duration::from_secs(60), "a job running", || async {
+                let (_, list) = s.get("/api/v1/deployments").await;
+                list.as_array()?.iter().any(|d| d["state"] == "running").then_some(())
+            })
+            .await;
+            s.scheduler.kill9();
+        }
+        let (to, other) = match (killed, i % 2) {
+            (false, 0) => (&a, &b),
+            (false, _) => (&b, &a),
+            (true, _) => (&b, &b),
+        };
+        let answered = s.push_to(to, url, sha, SECRET, &format!("delivery-{i}")).await;
+        let Some((status, answer)) = answered else { panic!("{to} did not answer webhook {i}") };
+        assert_eq!(status, 202, "{answer}");
+        let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+        acknowledged.insert(name.clone(), id.clone());
+        // Followers of the first half stay on the second scheduler too: it outlives the kill.
+        let on = if other == &a { &b } else { other };
+        followers.push(follow(&s, on, id));
+    }
+
+    // Every acknowledged webhook: one deployment, completed, in one attempt (no job was lost and
+    // redispatched while the leadership moved).
+    let http = s.http.clone();
+    for (name, id) in &acknowledged {
+        let d = eventually(Duration::from_secs(240), "the deployment to end", || async {
+            let d: Value = http.get(format!("{b}/api/v1/deployments/{id}")).send().await.ok()?.json().await.ok()?;
+            matches!(d["state"].as_str(), Some("completed" | "failed" | "cancelled")).then_some(d)
+        })
+        .await;
+        assert_eq!((d["state"].as_str(), d["attempt"].as_u64()), (Some("completed"), Some(1)), "{name}: {d}");
+        let list: Value = http
+            .get(format!("{b}/api/v1/deployments?app={name}"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{name} deployed once: {list}");
+    }
+
+    // Every line reached its follower, in order, with no gap or repeat, and the stream ended.
+    for follower in followers {
+        let (id, events) = tokio::time::timeout(Duration::from_secs(60), follower)
+            .await
+            .expect("the follower ended with its deployment")
+            .expect("follower task");
+        let stored = sse_at(&s.http, &b, &id, false, None).await;
+        let ids = |events: &[(String, String, String)]| -> Vec<String> {
+            events.iter().filter(|(e, _, _)| e == "log").map(|(_, id, _)| id.clone()).collect()
+        };
+        assert_eq!(ids(&events), ids(&stored), "{id}: the follower saw exactly what is stored");
+        let seqs: Vec<u64> = ids(&events).iter().filter_map(|i| i.split_once('.')?.1.parse().ok()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{id}: no gap or repeat: {seqs:?}");
+        let built: Vec<&String> =
+            events.iter().filter(|(e, _, l)| e == "log" && l.contains("build-line-")).map(|(_, _, l)| l).collect();
+        assert!(built.iter().any(|l| l.contains(&format!("build-line-{LINES} of"))), "{id}: the build's last line");
+        assert_eq!(
+            events.last().map(|(e, _, _)| e.as_str()),
+            Some("end"),
+            "{id}: the stream ended with the deployment"
+        );
+    }
+    // The second scheduler took over the leadership when the first was killed.
+    assert!(s.more_schedulers[0].output().contains("now the leader"), "{}", s.dump());
+}
