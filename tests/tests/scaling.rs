@@ -132,3 +132,55 @@ async fn with_two_schedulers_and_one_killed_every_acknowledged_webhook_deploys_o
     // The second scheduler took over the leadership when the first was killed.
     assert!(s.more_schedulers[0].output().contains("now the leader"), "{}", s.dump());
 }
+
+#[tokio::test]
+async fn a_runner_stopped_with_a_drain_shorter_than_its_job_hands_it_back_and_another_finishes_it_once() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        runners: 1,
+        runner_env: vec![("SLIPWAY_DRAIN_SECONDS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("handback");
+    let url = git.url(&repo);
+    let app = s.create_app("handback", &url, SECRET, json!({})).await;
+    let dockerfile = format!(
+        "FROM slipway/busybox:1\nRUN echo {} && sleep 8\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        unique("slow-layer")
+    );
+    let sha = git.commit(
+        &repo,
+        "slow build",
+        &[
+            Entry::File("Dockerfile", dockerfile.as_bytes()),
+            Entry::File("www/index.html", b"<p>handed back</p>\n"),
+            Entry::File("www/healthz", b"ok\n"),
+        ],
+    );
+    let (status, answer) = s.push(&url, &sha, SECRET, "handback-delivery").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    eventually(Duration::from_secs(60), "the build to start", || async {
+        (s.deployment(&id).await["current_step"] == "build").then_some(())
+    })
+    .await;
+    // A second runner joins (scale-out), then the first is told to stop (scale-in): its one-second
+    // drain is shorter than the build, so it hands the job back and exits cleanly.
+    s.add_runner();
+    assert!(s.runners[0].terminate(), "the stopped runner exits 0 once it handed its job back\n{}", s.dump());
+    let d = s.finished(&id, Duration::from_secs(180)).await;
+    assert_eq!((d["state"].as_str(), d["attempt"].as_u64()), (Some("completed"), Some(2)), "{d}");
+    assert_eq!(d["runner_id"], "runner-2", "finished by the other runner: {d}");
+    let first: Vec<&Value> = d["steps"].as_array().expect("steps").iter().filter(|st| st["attempt"] == 1).collect();
+    assert!(
+        first.iter().any(|st| st["step"] == "build" && st["status"] == "cancelled"),
+        "the first attempt's build was stopped: {first:?}"
+    );
+    assert!(s.runners[0].output().contains("handing back"), "{}", s.runners[0].output());
+    // Deployed once: one deployment, one container of the app.
+    assert_eq!(s.deployments_of(&app).await.len(), 1);
+    let containers =
+        slipway_tests::docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")]).expect("docker ps");
+    assert_eq!(containers.split_whitespace().count(), 1, "one container serves: {containers}");
+}
