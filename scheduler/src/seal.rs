@@ -132,6 +132,20 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes a new private file at `path` only if there is none (atomically: a complete file or
+/// nothing); false when one exists already.
+pub fn create_private(path: &Path, contents: &str) -> std::io::Result<bool> {
+    let tmp = with_suffix(path, &format!(".new{}", uuid::Uuid::new_v4().simple()));
+    write_private(&tmp, contents)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 impl Keyring {
     /// Loads the keys; with neither `SLIPWAY_SECRET_KEY` nor a key file, creates the key file.
     pub fn load(source: &KeySource) -> Result<Self, SealError> {
@@ -141,10 +155,20 @@ impl Keyring {
                 Ok(text) => Key::parse(&text, &source.file.display().to_string())?,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     let key = Key::generate()?;
-                    write_private(&source.file, &key.encoded())
+                    let created = create_private(&source.file, &key.encoded())
                         .map_err(|e| SealError::Key(format!("creating the key file {}: {e}", source.file.display())))?;
-                    tracing::info!(file = %source.file.display(), key_id = %key.id, "created a new secret key file");
-                    key
+                    match created {
+                        true => {
+                            tracing::info!(file = %source.file.display(), key_id = %key.id, "created a new secret key file");
+                            key
+                        }
+                        // Another scheduler starting at the same moment created it first: theirs it is.
+                        false => {
+                            let text = std::fs::read_to_string(&source.file)
+                                .map_err(|e| SealError::Key(format!("reading {}: {e}", source.file.display())))?;
+                            Key::parse(&text, &source.file.display().to_string())?
+                        }
+                    }
                 }
                 Err(err) => return Err(SealError::Key(format!("reading {}: {err}", source.file.display()))),
             },
@@ -342,6 +366,16 @@ mod tests {
         assert_eq!(mode, 0o600);
         let again = Keyring::load(&source).expect("read back");
         assert_eq!(first.current_id(), again.current_id());
+        // Schedulers starting at the same moment on a fresh directory agree on one key.
+        let fresh = tempfile::tempdir().expect("dir");
+        let shared = KeySource { key: None, file: fresh.path().join("secret.key"), previous: Vec::new() };
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let loads: Vec<_> = (0..8).map(|_| scope.spawn(|| Keyring::load(&shared).expect("load"))).collect();
+            loads.into_iter().map(|l| l.join().expect("thread").current_id().to_string()).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+        let left: Vec<_> = std::fs::read_dir(fresh.path()).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("secret.key")], "no temporary file left");
         let sealed = first.seal(b"x", "c").expect("seal");
         assert_eq!(again.open(&sealed, "c").expect("open"), b"x");
     }

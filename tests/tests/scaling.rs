@@ -184,3 +184,98 @@ async fn a_runner_stopped_with_a_drain_shorter_than_its_job_hands_it_back_and_an
         slipway_tests::docker(&["ps", "-q", "--filter", &format!("label=dev.slipway.app={app}")]).expect("docker ps");
     assert_eq!(containers.split_whitespace().count(), 1, "one container serves: {containers}");
 }
+
+/// Caddy run from the compose file's config (`ops/caddy/slipway.json`), its ports moved to free
+/// ones and its API upstreams pointed at this test's schedulers. Killed on drop.
+struct Balancer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    fn start(upstreams: &[u16]) -> Self {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/caddy/slipway.json"))
+            .expect("ops/caddy/slipway.json");
+        let mut config: Value = serde_json::from_str(&text).expect("the compose edge config is JSON");
+        let (admin, port) = (slipway_tests::free_port(), slipway_tests::free_port());
+        config["admin"]["listen"] = json!(format!("127.0.0.1:{admin}"));
+        let api = &mut config["apps"]["http"]["servers"]["slipway-api"];
+        assert_eq!(api["listen"], json!(["127.0.0.1:8080"]), "the API answers where the README says");
+        api["listen"] = json!([format!("127.0.0.1:{port}")]);
+        let dials = &mut api["routes"][0]["handle"][0]["upstreams"];
+        assert_eq!(dials.as_array().map(Vec::len), Some(4), "four replica ports, as docker-compose.yml maps");
+        for (i, dial) in dials.as_array_mut().expect("upstreams").iter_mut().enumerate() {
+            // Ports with nothing behind them stand for replicas not started.
+            let to = upstreams.get(i).copied().unwrap_or_else(slipway_tests::free_port);
+            dial["dial"] = json!(format!("127.0.0.1:{to}"));
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("caddy.json");
+        std::fs::write(&path, config.to_string()).expect("config");
+        let log = std::fs::File::create(dir.path().join("caddy.log")).expect("log");
+        let child = std::process::Command::new("caddy")
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdout(std::process::Stdio::from(log.try_clone().expect("log")))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("caddy");
+        Self { port, child, _dir: dir }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port_of(base: &str) -> u16 {
+    base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+}
+
+#[tokio::test]
+async fn the_compose_edge_balances_the_api_over_the_schedulers_and_skips_a_dead_one() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, edge: false, ..Default::default() }).await;
+    let b = s.add_scheduler().await;
+    let lb = Balancer::start(&[port_of(&s.base), port_of(&b)]);
+    let front = format!("http://127.0.0.1:{}", lb.port);
+    eventually(Duration::from_secs(20), "the balancer to answer", || async {
+        s.http.get(format!("{front}/healthz")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    // Webhooks through the balancer: each replica counts the ones it took; together, all of them.
+    let sent = 24;
+    for i in 0..sent {
+        let (status, answer) = s
+            .push_to(&front, "https://git.example.com/nobody/follows.git", &"a".repeat(40), SECRET, &format!("lb-{i}"))
+            .await
+            .expect("answers");
+        assert_eq!(status, 202, "{answer}");
+    }
+    let ignored = |base: String| {
+        let http = s.http.clone();
+        async move {
+            let text = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+            text.lines()
+                .find_map(|l| l.strip_prefix(r#"slipway_webhooks_total{forge="github",outcome="ignored"} "#))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    let (on_a, on_b) = (ignored(s.base.clone()).await, ignored(b.clone()).await);
+    assert_eq!(on_a + on_b, f64::from(sent), "every webhook reached one replica");
+    assert!(on_a > 0.0 && on_b > 0.0, "both replicas took webhooks: {on_a} and {on_b}");
+
+    // One replica dies: every request still gets its answer from the other.
+    s.scheduler.kill9();
+    for _ in 0..10 {
+        let answer = s.http.get(format!("{front}/api/v1/apps")).send().await.expect("the balancer answers");
+        assert_eq!(answer.status(), 200);
+    }
+}
