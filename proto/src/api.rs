@@ -347,6 +347,19 @@ pub struct WebhookDeployment {
     pub new: bool,
 }
 
+/// `GET /healthz`: whether this scheduler can do its work (200) or not (503), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    /// `ok` or `unreachable`.
+    pub database: String,
+    /// `ok`, `connecting` (just started) or `unreachable`.
+    pub broker: String,
+    /// Whether this replica leads (consumes the runner queue, expires leases, reconciles).
+    pub leader: bool,
+}
+
 /// The answer to a webhook: `queued`, `duplicate`, `ignored` (with the reason) or `pong`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookAnswer {

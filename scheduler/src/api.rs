@@ -166,11 +166,40 @@ pub fn router(shared: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), auth::authenticate));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .merge(webhooks)
         .with_state(shared)
+}
+
+/// How long the broker may be out of reach before this replica says it is not ready.
+const BROKER_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// Readiness: 200 while PostgreSQL answers within two seconds and the relay has (or had within
+/// [`BROKER_GRACE`]) a channel to RabbitMQ; 503 otherwise. Open, like the webhooks: load
+/// balancers and kubelets ask it without a token; it says nothing but ok or not, and whether
+/// this replica leads.
+async fn healthz(State(shared): State<Shared>) -> (StatusCode, Json<api::Health>) {
+    let query = sqlx::query("SELECT 1").execute(&shared.pool);
+    let database = match tokio::time::timeout(std::time::Duration::from_secs(2), query).await {
+        Ok(Ok(_)) => "ok",
+        _ => "unreachable",
+    };
+    let broker = match shared.broker.down_since() {
+        None => "ok",
+        Some(since) if chrono::Utc::now() - since < BROKER_GRACE => "connecting",
+        Some(_) => "unreachable",
+    };
+    let ready = database == "ok" && broker != "unreachable";
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let health = api::Health {
+        status: if ready { "ok" } else { "unavailable" }.to_string(),
+        database: database.to_string(),
+        broker: broker.to_string(),
+        leader: shared.leader.is_leader(),
+    };
+    (status, Json(health))
 }
 
 async fn whoami(caller: Caller) -> Json<api::Whoami> {

@@ -361,6 +361,14 @@ async fn a_broker_outage_longer_than_the_lease_does_not_expire_a_running_job() {
     // The fault under test: the outage lasts until the job's last heartbeat is older than one
     // and a half leases, so an unpaused reaper would have expired it.
     heartbeat_older_than(&s, &id, Duration::from_secs(15)).await;
+    // Meanwhile the scheduler says it is not ready: the broker is out of reach.
+    let health: serde_json::Value =
+        s.anonymous.get(format!("{}/healthz", s.base)).send().await.expect("healthz").json().await.expect("json");
+    assert_eq!(
+        (health["status"].as_str(), health["broker"].as_str()),
+        (Some("unavailable"), Some("unreachable")),
+        "{health}"
+    );
     broker.restart();
 
     let d = s.finished(&id, FINISH).await;
@@ -394,8 +402,18 @@ async fn the_api_answers_503_at_once_while_postgresql_is_unreachable() {
     assert_eq!(resp.status().as_u16(), 503);
     assert!(resp.headers().get("retry-after").is_some(), "says when to retry");
     assert!(started.elapsed() < Duration::from_secs(5), "fast, well inside GitHub's 10 s ({:?})", started.elapsed());
+    // Not ready: a load balancer or kubelet takes this replica out while it cannot reach the database.
+    let health = s.anonymous.get(format!("{}/healthz", s.base)).send().await.expect("healthz");
+    assert_eq!(health.status().as_u16(), 503);
+    let health: serde_json::Value = health.json().await.expect("json");
+    assert_eq!((health["database"].as_str(), health["broker"].as_str()), (Some("unreachable"), Some("ok")), "{health}");
 
     s.db_proxy.as_ref().expect("proxy").restore();
+    eventually(Duration::from_secs(30), "the scheduler to be ready again", || async {
+        let health = s.anonymous.get(format!("{}/healthz", s.base)).send().await.ok()?;
+        health.status().is_success().then_some(())
+    })
+    .await;
     let (status, answer) = eventually(Duration::from_secs(30), "the scheduler to reach PostgreSQL again", || async {
         let (status, answer) = s.push(&url, &sha, SECRET, "db-down-delivery").await;
         (status != 503).then_some((status, answer))
