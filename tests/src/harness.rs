@@ -279,6 +279,11 @@ impl Slipway {
         let _ = conn.close(200, "bye".into()).await;
     }
 
+    /// The broker the installation uses.
+    pub fn amqp_url(&self) -> &str {
+        &self.options.amqp_url
+    }
+
     /// The work directory of runner `id` (where its job workspaces are made).
     pub fn work_dir(&self, id: &str) -> PathBuf {
         self.logs.path().join(format!("{id}-work"))

@@ -1,0 +1,238 @@
+//! Benchmark: how Slipway scales out.
+//!
+//! 1. Throughput against runner slots: the same batch of jobs (builds whose work is mostly
+//!    waiting, a `RUN sleep`, so that two cores are not the limit) with 1, 2, 4 and 8 runners of
+//!    one slot each. Prints jobs per minute and the efficiency, throughput / (N x the one-slot
+//!    throughput), measured in the same run (target: at least 0.95 at 8).
+//! 2. One scheduler against the traffic of 50 runners, no builds: 50 runners' claims, heartbeats
+//!    and log batches sent straight to the runner queue at rising rates, every line followed live
+//!    over SSE. Prints the scheduler's CPU and the line latency (runner timestamp to the
+//!    follower) at each rate, and checks that no line is lost: where one scheduler stops being
+//!    enough is where the latency climbs.
+//!
+//! Run with `scripts/bench` (it starts the services and builds the binaries in release mode).
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::BasicPublishOptions;
+use serde_json::{Value, json};
+use slipway_proto::{Body, Envelope, LogLine, Topology};
+use slipway_tests::git::Entry;
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
+use uuid::Uuid;
+
+const SECRET: &str = "bench-secret-0123456789";
+/// Jobs per batch, the same for every number of slots.
+const JOBS: usize = 16;
+/// What each build waits.
+const SLEEP_SECONDS: u32 = 10;
+const RUNNERS: usize = 50;
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(((sorted.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs the batch with `slots` one-slot runners; jobs per second.
+async fn throughput(git: &GitServer, slots: usize) -> f64 {
+    let mut s = Slipway::start(SlipwayOptions { runners: slots, edge: false, ..Default::default() }).await;
+    let mut pushes = Vec::new();
+    for i in 0..JOBS {
+        let repo = unique(&format!("scale{i}"));
+        let url = git.url(&repo);
+        let dockerfile = format!(
+            "FROM slipway/busybox:1\nRUN echo {} && sleep {SLEEP_SECONDS}\nCOPY www /www\n\
+             CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            unique("job")
+        );
+        let sha = git.commit(
+            &repo,
+            "job",
+            &[Entry::File("Dockerfile", dockerfile.as_bytes()), Entry::File("www/healthz", b"ok\n")],
+        );
+        s.create_app(&format!("scale{i}"), &url, SECRET, json!({})).await;
+        pushes.push((url, sha));
+    }
+    let mut ids = Vec::new();
+    for (i, (url, sha)) in pushes.iter().enumerate() {
+        let (status, answer) = s.push(url, sha, SECRET, &format!("scale-{i}")).await;
+        assert_eq!(status, 202, "{answer}");
+        ids.push(answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        let d = s.finished(id, Duration::from_secs(900)).await;
+        assert_eq!(d["state"], "completed", "{d}");
+    }
+    let span = slipway_tests::harness::psql_value(
+        &s.database_url,
+        "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8 FROM deployments",
+    );
+    JOBS as f64 / span.parse::<f64>().expect("seconds")
+}
+
+/// The scheduler's CPU seconds so far (user + system, from /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).expect("stat");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// Follows a deployment's log until `want` lines arrived; each line's latency in seconds.
+async fn follow(http: reqwest::Client, base: String, id: String, want: usize) -> Vec<f64> {
+    let resp = http.get(format!("{base}/api/v1/deployments/{id}/logs")).send().await.expect("follow");
+    let mut stream = resp.bytes_stream();
+    let (mut buf, mut latencies) = (String::new(), Vec::with_capacity(want));
+    while latencies.len() < want {
+        let Some(Ok(chunk)) = stream.next().await else { break };
+        let now = chrono::Utc::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+            if !event.contains("event: log") && !event.contains("event:log") {
+                continue;
+            }
+            let line: Value = serde_json::from_str(data.trim()).expect("log event");
+            let ts: chrono::DateTime<chrono::Utc> = serde_json::from_value(line["ts"].clone()).expect("ts");
+            latencies.push((now - ts).num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
+    }
+    latencies
+}
+
+/// 50 runners' traffic at `lines_per_second` each for `seconds`: (CPU cores used by the
+/// scheduler, latencies of every line, lines sent).
+async fn traffic(lines_per_second: usize, seconds: u64) -> (f64, Vec<f64>, usize) {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, edge: false, ..Default::default() }).await;
+    let topo = Topology::new(&s.prefix);
+    let mut held = Vec::new();
+    for i in 0..RUNNERS {
+        let app = s.create_app(&format!("sim{i}"), &format!("git://127.0.0.1:1/sim{i}.git"), SECRET, json!({})).await;
+        let (status, answer) =
+            s.post(&format!("/api/v1/apps/{app}/deployments"), &json!({"sha": format!("{:040x}", i + 1)})).await;
+        assert_eq!(status, 202, "{answer}");
+        let id: Uuid = answer["deployment_id"].as_str().and_then(|i| i.parse().ok()).expect("id");
+        held.push((id, format!("sim-runner-{i}"), Uuid::new_v4()));
+    }
+    let conn = lapin::Connection::connect(&s.amqp_url(), lapin::ConnectionProperties::default()).await.expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    channel.confirm_select(Default::default()).await.expect("confirms");
+    slipway_broker::declare(&channel, &topo).await.expect("declare");
+    let send = |env: Envelope| {
+        let channel = channel.clone();
+        let queue = topo.runner_queue.clone();
+        async move {
+            let payload = serde_json::to_vec(&env).expect("json");
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    slipway_broker::persistent_json(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+    };
+    let envelope = |(id, runner, claim): &(Uuid, String, Uuid), body: Body| Envelope {
+        deployment_id: *id,
+        attempt: 1,
+        runner_id: runner.clone(),
+        claim: *claim,
+        body,
+    };
+    for h in &held {
+        send(envelope(h, Body::Claimed)).await;
+    }
+    slipway_tests::eventually(Duration::from_secs(60), "every simulated job to be running", || async {
+        let n = slipway_tests::harness::psql_value(
+            &s.database_url,
+            "SELECT count(*) FROM deployments WHERE state = 'running'",
+        );
+        (n == RUNNERS.to_string()).then_some(())
+    })
+    .await;
+
+    // Batches of a quarter second, a heartbeat every two seconds per runner.
+    let ticks = seconds * 4;
+    let per_batch = (lines_per_second / 4).max(1);
+    let want = per_batch * ticks as usize;
+    let followers: Vec<_> = held
+        .iter()
+        .map(|(id, _, _)| tokio::spawn(follow(s.http.clone(), s.base.clone(), id.to_string(), want)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = s.scheduler.pid();
+    let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
+    let mut seq = 0u64;
+    let mut next = tokio::time::Instant::now();
+    for tick in 0..ticks {
+        let mut sending = Vec::new();
+        for h in &held {
+            let now = chrono::Utc::now();
+            let lines = (0..per_batch)
+                .map(|k| LogLine {
+                    seq: seq + k as u64 + 1,
+                    step: None,
+                    line: format!("line {} of {}", seq + k as u64 + 1, h.1),
+                    ts: now,
+                    more: false,
+                })
+                .collect();
+            sending.push(send(envelope(h, Body::Logs { lines })));
+            if tick % 8 == 0 {
+                sending.push(send(envelope(h, Body::Heartbeat)));
+            }
+        }
+        futures_util::future::join_all(sending).await;
+        seq += per_batch as u64;
+        next += Duration::from_millis(250);
+        tokio::time::sleep_until(next).await;
+    }
+    let mut latencies = Vec::new();
+    for follower in followers {
+        let got =
+            tokio::time::timeout(Duration::from_secs(120), follower).await.expect("every line arrives").expect("task");
+        assert_eq!(got.len(), want, "no line lost");
+        latencies.extend(got);
+    }
+    let cores = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    (cores, latencies, want * RUNNERS)
+}
+
+#[tokio::main]
+async fn main() {
+    let git = GitServer::start();
+    let mut single = 0.0;
+    println!("throughput: {JOBS} jobs of `sleep {SLEEP_SECONDS}` builds per run");
+    for slots in [1, 2, 4, 8] {
+        let per_second = throughput(&git, slots).await;
+        if slots == 1 {
+            single = per_second;
+        }
+        let efficiency = per_second / (slots as f64 * single);
+        println!(
+            "scaling: {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.2} (against {slots} x the 1-slot run)",
+            per_second * 60.0
+        );
+    }
+    println!("one scheduler, {RUNNERS} simulated runners (claims, a heartbeat every 2 s, log batches every 250 ms):");
+    for rate in [20, 200, 1000] {
+        let (cores, latencies, lines) = traffic(rate, 20).await;
+        println!(
+            "scheduler load: {rate} lines/s per runner ({} lines/s in all): scheduler CPU {:.2} cores, line latency p50 {:.0} ms, p99 {:.0} ms, {lines} lines, 0 lost",
+            rate * RUNNERS,
+            cores,
+            quantile(&latencies, 0.5) * 1000.0,
+            quantile(&latencies, 0.99) * 1000.0
+        );
+    }
+}
