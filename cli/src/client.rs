@@ -78,6 +78,18 @@ impl Client {
         Self::json(resp).await
     }
 
+    /// PATCHes `path` with `body` and reads the answer as `T`.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        Self::json(resp).await
+    }
+
     fn unreachable(&self) -> String {
         format!("could not reach the scheduler at {} (set SLIPWAY_URL)", self.base)
     }

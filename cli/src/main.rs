@@ -66,10 +66,24 @@ enum Command {
     },
     /// Read the app's branch head now and deploy it if no deployment has it (a missed webhook).
     Sync { app: String },
+    /// An app's releases (image + configuration), newest first, with who made each and why; or,
+    /// with --diff, what changed between two of them (secret values only as "changed").
+    Releases {
+        app: String,
+        /// Two releases (`3` or `v3`) to compare, older first.
+        #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+        diff: Option<Vec<String>>,
+    },
+    /// Set or remove an app's environment variables; the live image is deployed with them as a
+    /// new release, without a clone or a build.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
     /// Redeploy an earlier successful revision without rebuilding it.
     Rollback {
         app: String,
-        /// A deployment id or commit SHA (default: the deployment before the current one).
+        /// A release (`v3`), deployment id or commit SHA (default: the release before the current one).
         #[arg(long)]
         to: Option<String>,
         /// Follow the rollback's logs until it ends.
@@ -171,6 +185,53 @@ enum AppsCommand {
     Create(Box<CreateApp>),
     /// List apps.
     List,
+    /// Change an app's settings; a setting it is deployed with (port, health path, limits,
+    /// hosts, drain) deploys the live image with it as a new release.
+    Update(Box<UpdateApp>),
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Set variables, `KEY=VALUE` (secret when the name looks secret; --secret/--plain mark them).
+    Set {
+        app: String,
+        #[arg(value_name = "KEY=VALUE")]
+        vars: Vec<String>,
+        #[arg(long = "secret", value_name = "KEY=VALUE")]
+        secret: Vec<String>,
+        #[arg(long = "plain", value_name = "KEY=VALUE")]
+        plain: Vec<String>,
+    },
+    /// Remove variables.
+    Unset {
+        app: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `slipway apps update` arguments: only the settings given change.
+#[derive(Debug, clap::Args)]
+struct UpdateApp {
+    name: String,
+    #[arg(long)]
+    port: Option<u32>,
+    #[arg(long)]
+    health_path: Option<String>,
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    #[arg(long)]
+    millicpus: Option<u32>,
+    #[arg(long)]
+    pids: Option<u32>,
+    /// The hosts the app answers at on the edge besides <app>.<domain> (replaces the list).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    #[arg(long)]
+    drain_seconds: Option<u32>,
+    /// The watch paths (replaces the list); `--watch-path ''` alone clears it.
+    #[arg(long = "watch-path", value_name = "GLOB")]
+    watch_paths: Vec<String>,
 }
 
 /// `slipway manifests` arguments: a YAML config file, flags, or both (flags win).
@@ -273,6 +334,44 @@ struct CreateApp {
     /// Secret the forge signs webhooks with.
     #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: String,
+}
+
+/// Variables given as `KEY=VALUE`: bare, marked secret or marked plain.
+fn env_values(
+    bare: Vec<String>,
+    secret: Vec<String>,
+    plain: Vec<String>,
+) -> anyhow::Result<std::collections::BTreeMap<String, api::EnvValue>> {
+    let mut vars = std::collections::BTreeMap::new();
+    for (flag, pairs, marking) in
+        [("--env", bare, None), ("--secret", secret, Some(true)), ("--plain", plain, Some(false))]
+    {
+        for pair in pairs {
+            let (k, v) = pair.split_once('=').with_context(|| format!("{flag} `{pair}` must be KEY=VALUE"))?;
+            let value = match marking {
+                None => api::EnvValue::Bare(v.to_string()),
+                Some(secret) => api::EnvValue::Marked { value: v.to_string(), secret },
+            };
+            if vars.insert(k.to_string(), value).is_some() {
+                bail!("`{k}` is given twice");
+            }
+        }
+    }
+    Ok(vars)
+}
+
+/// Says what a configuration change did.
+fn config_answered(answer: &api::ConfigAnswer, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(answer)?);
+        return Ok(());
+    }
+    match (answer.deployment_id, answer.release) {
+        (Some(id), Some(v)) => println!("release v{v} of {} is deploying (deployment {id})", answer.app.name),
+        (Some(id), None) => println!("{} is deploying the change (deployment {id})", answer.app.name),
+        _ => println!("saved; {} has nothing live, so its next deployment takes it", answer.app.name),
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -439,21 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kubernetes,
                 webhook_secret,
             } = *args;
-            let mut vars = std::collections::BTreeMap::new();
-            for (flag, pairs, marking) in
-                [("--env", env, None), ("--secret", secret, Some(true)), ("--plain", plain, Some(false))]
-            {
-                for pair in pairs {
-                    let (k, v) = pair.split_once('=').with_context(|| format!("{flag} `{pair}` must be KEY=VALUE"))?;
-                    let value = match marking {
-                        None => api::EnvValue::Bare(v.to_string()),
-                        Some(secret) => api::EnvValue::Marked { value: v.to_string(), secret },
-                    };
-                    if vars.insert(k.to_string(), value).is_some() {
-                        bail!("`{k}` is given twice");
-                    }
-                }
-            }
+            let vars = env_values(env, secret, plain)?;
             let git_credentials =
                 git_token.map(|token| slipway_proto::message::GitCredentials { username: git_username, token });
             let kubernetes = match kubernetes {
@@ -585,6 +670,88 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Releases { app, diff: None } => {
+            let list: Vec<api::Release> = online()?.get(&format!("/api/v1/apps/{app}/releases")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<6} {:<10} {:<10} {:<12} {:<16} {:<20} REASON",
+                    "", "STATE", "SHA", "SOURCE", "BY", "CREATED"
+                );
+                for r in &list {
+                    let version = format!("v{}{}", r.version, if r.live { "*" } else { "" });
+                    let sha: String = r.sha.chars().take(10).collect();
+                    println!(
+                        "{version:<6} {:<10} {sha:<10} {:<12} {:<16} {:<20} {}",
+                        r.state.as_str(),
+                        r.source,
+                        neutralised(r.created_by.as_deref().unwrap_or("(push)")),
+                        r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        neutralised(&r.reason)
+                    );
+                }
+                println!("* serving now");
+            }
+        }
+        Command::Releases { app, diff: Some(pair) } => {
+            let (from, to) = (&pair[0], &pair[1]);
+            let diff: api::ReleaseDiff =
+                online()?.get(&format!("/api/v1/apps/{app}/releases/{from}/diff/{to}")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                println!("v{} -> v{}", diff.from, diff.to);
+                if let Some((a, b)) = &diff.image {
+                    println!("  image: {} -> {}", a.as_deref().unwrap_or("(none)"), b.as_deref().unwrap_or("(none)"));
+                }
+                if diff.changes.is_empty() && diff.image.is_none() {
+                    println!("  (no change)");
+                }
+                for c in &diff.changes {
+                    let show = |v: &Option<String>| neutralised(v.as_deref().unwrap_or("(unset)")).into_owned();
+                    match (c.secret, &c.from, &c.to) {
+                        (true, Some(_), Some(_)) => println!("  {}: changed (secret)", c.key),
+                        (true, None, _) => println!("  {}: added (secret)", c.key),
+                        (true, _, None) => println!("  {}: removed (secret)", c.key),
+                        _ => println!("  {}: {} -> {}", c.key, show(&c.from), show(&c.to)),
+                    }
+                }
+            }
+        }
+        Command::Env { command: EnvCommand::Set { app, vars, secret, plain } } => {
+            let set = env_values(vars, secret, plain)?;
+            if set.is_empty() {
+                bail!("give KEY=VALUE pairs to set");
+            }
+            let body = api::EnvChange { set, unset: Vec::new() };
+            let answer: api::ConfigAnswer = online()?.patch(&format!("/api/v1/apps/{app}/env"), &body).await?;
+            config_answered(&answer, cli.json)?;
+        }
+        Command::Env { command: EnvCommand::Unset { app, names } } => {
+            let body = api::EnvChange { set: Default::default(), unset: names };
+            let answer: api::ConfigAnswer = online()?.patch(&format!("/api/v1/apps/{app}/env"), &body).await?;
+            config_answered(&answer, cli.json)?;
+        }
+        Command::Apps { command: AppsCommand::Update(args) } => {
+            let UpdateApp { name, port, health_path, memory_mb, millicpus, pids, hosts, drain_seconds, watch_paths } =
+                *args;
+            let limits = (memory_mb.is_some() || millicpus.is_some() || pids.is_some())
+                .then_some(slipway_proto::message::Limits { memory_mb, millicpus, pids });
+            let edge = (!hosts.is_empty() || drain_seconds.is_some())
+                .then_some(slipway_proto::message::EdgeSettings { hosts, drain_seconds });
+            let watch_paths = match watch_paths.as_slice() {
+                [] => None,
+                [only] if only.is_empty() => Some(Vec::new()),
+                _ => Some(watch_paths),
+            };
+            let body = api::AppUpdate { port, health_path, limits, edge, watch_paths };
+            if body == api::AppUpdate::default() {
+                bail!("give at least one setting to change (see `slipway apps update --help`)");
+            }
+            let answer: api::ConfigAnswer = online()?.patch(&format!("/api/v1/apps/{name}"), &body).await?;
+            config_answered(&answer, cli.json)?;
         }
         Command::Sync { app } => {
             let answer: Value = online()?.post(&format!("/api/v1/apps/{app}/sync"), &serde_json::json!({})).await?;

@@ -29,6 +29,8 @@ pub const LABEL_INSTALLATION: &str = "dev.slipway.installation";
 pub const LABEL_HOSTS: &str = "dev.slipway.hosts";
 /// The names (never the values) of the app's secret variables, so its output can be masked.
 pub const LABEL_SECRETS: &str = "dev.slipway.secrets";
+/// [`Release::fingerprint`] of the container's version: image and settings.
+pub const LABEL_FINGERPRINT: &str = "dev.slipway.fingerprint";
 
 /// Capabilities an app keeps of Docker's default set: enough to start as root and drop to a
 /// user, or bind a low port; not raw sockets, device nodes, chroot or file capabilities.
@@ -88,6 +90,7 @@ struct AppContainer {
     host_port: Option<u16>,
     hosts: Vec<String>,
     image: String,
+    fingerprint: Option<String>,
 }
 
 impl DockerTarget {
@@ -165,8 +168,9 @@ impl DockerTarget {
                 let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
                 let image = c.image.clone().unwrap_or_default();
                 let (app, environment) = (label(LABEL_APP), label(LABEL_ENV));
+                let fingerprint = label(LABEL_FINGERPRINT);
                 let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-                Some(AppContainer { name, app, environment, deployment, running, host_port, hosts, image })
+                Some(AppContainer { name, app, environment, deployment, running, host_port, hosts, image, fingerprint })
             })
             .collect())
     }
@@ -192,6 +196,7 @@ impl DockerTarget {
             (LABEL_ATTEMPT.to_string(), release.attempt.to_string()),
             (LABEL_HOSTS.to_string(), release.hosts.join(",")),
             (LABEL_SECRETS.to_string(), release.secrets.join(",")),
+            (LABEL_FINGERPRINT.to_string(), release.fingerprint()),
         ]);
         let limits = release.limits.unwrap_or(self.config.limits);
         let body = ContainerCreateBody {
@@ -361,11 +366,15 @@ impl DockerTarget {
         Ok(())
     }
 
-    /// For a rollback: the app's stopped container of exactly `release.image`, started again.
-    /// Returns its name and published port, or `None` when there is none (or it will not start).
+    /// For a rollback: the app's stopped container of exactly this version (image and settings,
+    /// [`Release::fingerprint`]), started again. Returns its name and published port, or `None`
+    /// when there is none (or it will not start).
     async fn restart_kept(&self, release: &Release, log: LogFn<'_>) -> Option<(String, u16)> {
         let containers = self.app_containers(release).await.ok()?;
-        let kept = containers.into_iter().find(|c| !c.running && c.image == release.image)?;
+        let fingerprint = release.fingerprint();
+        let kept = containers.into_iter().find(|c| {
+            !c.running && c.image == release.image && c.fingerprint.as_deref() == Some(fingerprint.as_str())
+        })?;
         if let Err(err) = self.docker.start_container(&kept.name, None).await {
             log(format!("could not start the kept container {} ({err}); starting a new one", kept.name));
             return None;

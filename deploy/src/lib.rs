@@ -45,6 +45,19 @@ pub struct Release {
     pub settings: Option<serde_json::Value>,
 }
 
+impl Release {
+    /// What makes two containers of the app the same version: the image and every setting the
+    /// container is created with (environment, port, health path, limits, hosts). A release
+    /// that changed only its configuration has the image of the one before and another
+    /// fingerprint, so a rollback never starts a kept container with the wrong settings.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let limits = self.limits.map(|l| (l.memory_bytes, l.nano_cpus, l.pids));
+        let parts = serde_json::json!([self.image, self.port, self.health_path, self.env, limits, self.hosts]);
+        hex::encode(Sha256::digest(parts.to_string().as_bytes()))
+    }
+}
+
 /// Where the release answers once it is live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {

@@ -175,6 +175,92 @@ pub struct RollbackAnswer {
     pub rollback_of: Uuid,
 }
 
+/// One release of an app (`GET /api/v1/apps/{name}/releases`): what a deployment deploys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// 1, 2, ... per app.
+    pub version: u32,
+    pub deployment_id: Uuid,
+    /// The state of the deployment that deploys it.
+    pub state: State,
+    /// `github`, `manual`, `rollback`, `config`, ...
+    pub source: String,
+    pub sha: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// Why it was made: the push, the deploy, the rollback or the configuration change.
+    pub reason: String,
+    /// The token that asked for it; none for a push.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Whether it is the one serving now.
+    pub live: bool,
+}
+
+/// `GET /api/v1/apps/{name}/releases/{a}/diff/{b}`: what changed from release `a` to `b`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseDiff {
+    pub from: u32,
+    pub to: u32,
+    /// The image of each, when they differ.
+    #[serde(default)]
+    pub image: Option<(Option<String>, Option<String>)>,
+    pub changes: Vec<ReleaseChange>,
+}
+
+/// One setting or variable that differs between two releases; a secret's values show as
+/// [`REDACTED`] (it changed, was added or was removed), never themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseChange {
+    /// `port`, `health_path`, `limits`, `edge`, `kubernetes`, `env.<NAME>`, `kubernetes.secret_env.<NAME>`.
+    pub key: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// `PATCH /api/v1/apps/{name}/env`: variables to set (a bare string is secret when its name
+/// looks secret; `{"value", "secret"}` marks it) and names to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, EnvValue>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// `PATCH /api/v1/apps/{name}`: the settings to change; the others stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_paths: Option<Vec<String>>,
+}
+
+/// The answer to a configuration change: the app as it is now, and the deployment of the new
+/// release (none when nothing is live yet: the next deployment takes the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigAnswer {
+    pub app: App,
+    #[serde(default)]
+    pub deployment_id: Option<Uuid>,
+    #[serde(default)]
+    pub release: Option<u32>,
+}
+
 /// `POST /api/v1/deployments/{id}/cancel`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

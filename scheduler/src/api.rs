@@ -17,7 +17,7 @@ use crate::auth::{self, Caller};
 use crate::deployments::{self, Created, NewDeployment};
 use crate::forge::Forge;
 use crate::transition::{self, Applied, TransitionError};
-use crate::{Shared, logs, webhook};
+use crate::{Shared, logs, releases, webhook};
 
 /// An error answered to an HTTP client; 5xx bodies are generic and the detail is logged.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete(revoke_token))
         .route("/api/v1/apps", get(list_apps).post(create_app))
-        .route("/api/v1/apps/{name}", get(get_app))
+        .route("/api/v1/apps/{name}", get(get_app).patch(update_app))
+        .route("/api/v1/apps/{name}/env", axum::routing::patch(change_env))
+        .route("/api/v1/apps/{name}/releases", get(list_releases))
+        .route("/api/v1/apps/{name}/releases/{from}/diff/{to}", get(diff_releases))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
         .route("/api/v1/apps/{name}/rollback", post(rollback_app))
         .route("/api/v1/apps/{name}/sync", post(sync_app))
@@ -269,6 +272,133 @@ async fn get_app(
     Ok(Json(app_for(&shared, &caller, &name, Role::Viewer).await?.view()))
 }
 
+/// `PATCH /api/v1/apps/{name}/env`: sets and removes variables, then deploys the live image
+/// with them as a new release (deployer).
+async fn change_env(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<api::EnvChange>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::ConfigAnswer>), ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
+    let Json(change) = body?;
+    let app = apps::update_env(&shared.pool, &shared.keyring, &app, &change).await?;
+    let mut said = Vec::new();
+    if !change.set.is_empty() {
+        said.push(format!("env set {}", change.set.keys().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    if !change.unset.is_empty() {
+        said.push(format!("env unset {}", change.unset.join(", ")));
+    }
+    tracing::info!(app = %app.name, by = %caller.name, change = %said.join("; "), "app environment changed");
+    config_release(&shared, &app, &caller, &said.join("; ")).await
+}
+
+/// `PATCH /api/v1/apps/{name}`: changes settings; a setting the app is deployed with (port,
+/// health path, limits, edge) deploys the live image with it as a new release (deployer).
+async fn update_app(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<api::AppUpdate>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::ConfigAnswer>), ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
+    let Json(update) = body?;
+    let (app, deployed_with_changed) = apps::update_settings(&shared.pool, &app, &update).await?;
+    let fields =
+        serde_json::to_value(&update).ok().and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()));
+    let reason = format!("settings changed: {}", fields.unwrap_or_default().join(", "));
+    tracing::info!(app = %app.name, by = %caller.name, reason = %reason, "app settings changed");
+    if !deployed_with_changed {
+        return Ok((StatusCode::OK, Json(api::ConfigAnswer { app: app.view(), deployment_id: None, release: None })));
+    }
+    config_release(&shared, &app, &caller, &reason).await
+}
+
+/// Deploys the live image with the app's configuration now, as a new release (`source =
+/// config`, no clone or build); nothing live yet: the next deployment takes the configuration.
+async fn config_release(
+    shared: &Shared,
+    app: &apps::App,
+    caller: &Caller,
+    reason: &str,
+) -> Result<(StatusCode, Json<api::ConfigAnswer>), ApiError> {
+    let live = deployments::completed(&shared.pool, &app.name, 1).await?.into_iter().next();
+    let Some(live) = live else {
+        return Ok((StatusCode::OK, Json(api::ConfigAnswer { app: app.view(), deployment_id: None, release: None })));
+    };
+    let digest = deployments::image_digest(&shared.pool, live.id).await?;
+    let new = NewDeployment {
+        app,
+        sha: &live.sha,
+        git_ref: &live.git_ref,
+        source: "config",
+        delivery_id: None,
+        image_digest: digest.as_deref(),
+        created_by: Some(&caller.name),
+        before_sha: None,
+        watch_check: None,
+        copy_release_of: None,
+        reason: Some(reason),
+    };
+    let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
+        Created::New { id, superseded } => {
+            webhook::announce_queued(shared, id, &app.name, &live.sha, &superseded);
+            id
+        }
+        Created::Existing(id) => id,
+    };
+    let release = releases::version_of(&shared.pool, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(api::ConfigAnswer { app: app.view(), deployment_id: Some(id), release })))
+}
+
+/// `GET /api/v1/apps/{name}/releases`: the app's releases, newest first (viewer).
+async fn list_releases(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<api::Release>>, ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Viewer).await?;
+    Ok(Json(releases::list(&shared.pool, &app, 500).await?))
+}
+
+/// `GET /api/v1/apps/{name}/releases/{from}/diff/{to}`: what changed between two releases
+/// (`3` or `v3`); secret values never, only that they changed (viewer).
+async fn diff_releases(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path((name, from, to)): Path<(String, String, String)>,
+) -> Result<Json<api::ReleaseDiff>, ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Viewer).await?;
+    let version = |raw: &str| {
+        raw.strip_prefix('v').unwrap_or(raw).parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`{}` is not a release version such as v3",
+                raw.chars().take(20).collect::<String>()
+            ))
+        })
+    };
+    let (a, b) = (version(&from)?, version(&to)?);
+    let load = |v: u32| {
+        let (shared, app) = (shared.clone(), app.clone());
+        async move {
+            let found = releases::get(&shared.pool, &app, v).await?;
+            let (deployment, stored) =
+                found.ok_or_else(|| ApiError::NotFound(format!("{} has no release v{v}", app.name)))?;
+            let secrets = stored.secrets(&shared.keyring, app.id).map_err(|e| ApiError::Corrupt(e.to_string()))?;
+            let image: Option<String> =
+                sqlx::query_scalar("SELECT coalesce(image_digest, image) FROM deployments WHERE id = $1")
+                    .bind(deployment)
+                    .fetch_one(&shared.pool)
+                    .await?;
+            Ok::<_, ApiError>((stored.config.0, secrets, image))
+        }
+    };
+    let ((ca, sa, ia), (cb, sb, ib)) = (load(a).await?, load(b).await?);
+    let image = (ia != ib).then_some((ia, ib));
+    Ok(Json(api::ReleaseDiff { from: a, to: b, image, changes: releases::diff(&ca, &sa, &cb, &sb) }))
+}
+
 async fn deploy_app(
     State(shared): State<Shared>,
     caller: Caller,
@@ -299,8 +429,10 @@ async fn deploy_app(
         created_by: Some(&caller.name),
         before_sha: None,
         watch_check: None,
+        copy_release_of: None,
+        reason: None,
     };
-    let created = deployments::create(&shared.pool, new, shared.policy()).await?;
+    let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
         Created::New { id, superseded } => {
             webhook::announce_queued(&shared, id, &app.name, &sha, &superseded);
@@ -327,7 +459,13 @@ async fn rollback_app(
             .get(1)
             .ok_or_else(|| ApiError::Unprocessable("no earlier successful deployment to roll back to".into()))?,
         Some(to) => {
-            let by_id = Uuid::parse_str(to).ok();
+            // `v3` (or `3`) names a release of the app.
+            let version = to.strip_prefix('v').unwrap_or(to).parse::<u32>().ok().filter(|_| to.len() <= 10);
+            let by_version = match version {
+                Some(v) => releases::get(&shared.pool, &app, v).await?.map(|(id, _)| id),
+                None => None,
+            };
+            let by_id = Uuid::parse_str(to).ok().or(by_version);
             let sha_prefix = to.len() >= 7 && to.len() <= 64 && to.bytes().all(|b| b.is_ascii_hexdigit());
             history
                 .iter()
@@ -341,6 +479,12 @@ async fn rollback_app(
         }
     };
     let digest = deployments::image_digest(&shared.pool, target.id).await?;
+    let version = releases::version_of(&shared.pool, target.id).await?;
+    let short: String = target.sha.chars().take(12).collect();
+    let rollback_reason = match version {
+        Some(v) => format!("rollback to release v{v} ({short})"),
+        None => format!("rollback to {short}"),
+    };
     let new = NewDeployment {
         app: &app,
         sha: &target.sha,
@@ -351,8 +495,11 @@ async fn rollback_app(
         created_by: Some(&caller.name),
         before_sha: None,
         watch_check: None,
+        // The image and the configuration it ran with, together.
+        copy_release_of: Some(target.id),
+        reason: Some(&rollback_reason),
     };
-    let created = deployments::create(&shared.pool, new, shared.policy()).await?;
+    let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (id, superseded) = match created {
         Created::New { id, superseded } => (id, superseded),
         Created::Existing(id) => (id, Vec::new()),

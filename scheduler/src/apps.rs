@@ -117,23 +117,14 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     if new.webhook_secret.len() < 16 || new.webhook_secret.len() > 1024 {
         return invalid("webhook_secret must be 16 to 1024 characters");
     }
+    validate_env(&new.env)?;
     let min = slipway_proto::message::MIN_SECRET_LEN;
-    let short = new.env.iter().find(|(k, v)| v.is_secret(k) && v.value().chars().count() < min);
-    if let Some((key, _)) = short {
-        return Err(AppError::Invalid(format!(
-            "`{key}` is secret, so its value is masked in every log: it must be at least {min} characters \
-             (or mark it plain: {{\"value\": ..., \"secret\": false}})"
-        )));
-    }
     for (key, value) in kube_secret_env(new.kubernetes.as_ref()) {
         if value.chars().count() < min {
             return Err(AppError::Invalid(format!(
                 "kubernetes secret_env `{key}` must be at least {min} characters, so it can be masked in every log"
             )));
         }
-    }
-    if let Some((key, _)) = new.env.iter().find(|(_, v)| v.value().contains('\0')) {
-        return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
     }
     if let Some(edge) = &new.edge {
         edge.validate().map_err(AppError::Invalid)?;
@@ -155,17 +146,138 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
             return invalid("git_credentials are only sent over https: the repo_url must be an https:// URL");
         }
     }
-    for key in new.env.keys() {
+    Ok(())
+}
+
+/// Checks a whole environment: names, the length of secret values (they are masked in every
+/// log), no NUL byte.
+fn validate_env(env: &BTreeMap<String, slipway_proto::api::EnvValue>) -> Result<(), AppError> {
+    for key in env.keys() {
         let ok = !key.is_empty()
+            && key.len() <= 256
             && !key.starts_with(|c: char| c.is_ascii_digit())
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             return Err(AppError::Invalid(format!(
-                "environment variable name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"
+                "environment variable name `{}` must match [A-Za-z_][A-Za-z0-9_]*",
+                key.chars().take(80).collect::<String>()
             )));
         }
     }
+    let min = slipway_proto::message::MIN_SECRET_LEN;
+    if let Some((key, _)) = env.iter().find(|(k, v)| v.is_secret(k) && v.value().chars().count() < min) {
+        return Err(AppError::Invalid(format!(
+            "`{key}` is secret, so its value is masked in every log: it must be at least {min} characters \
+             (or mark it plain: {{\"value\": ..., \"secret\": false}})"
+        )));
+    }
+    if let Some((key, _)) = env.iter().find(|(_, v)| v.value().contains('\0')) {
+        return Err(AppError::Invalid(format!("environment variable `{key}` must not contain a NUL byte")));
+    }
+    if env.len() > 500 || env.values().map(|v| v.value().len()).sum::<usize>() > 256 * 1024 {
+        return Err(AppError::Invalid("at most 500 variables and 256 KiB of values".into()));
+    }
     Ok(())
+}
+
+/// Sets and removes variables of `app` (secret values sealed again); the app as it is now.
+/// Names to remove that the app does not have are an error, as is a change that changes nothing.
+pub async fn update_env(
+    pool: &PgPool,
+    keyring: &Keyring,
+    app: &App,
+    change: &slipway_proto::api::EnvChange,
+) -> Result<App, AppError> {
+    use slipway_proto::api::EnvValue;
+    if change.set.is_empty() && change.unset.is_empty() {
+        return Err(AppError::Invalid("nothing to change: give variables to set or names to unset".into()));
+    }
+    let mut secrets = app.secrets(keyring)?;
+    let mut env: BTreeMap<String, EnvValue> = app
+        .env
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), EnvValue::Marked { value: v.clone(), secret: false }))
+        .chain(secrets.env.iter().map(|(k, v)| (k.clone(), EnvValue::Marked { value: v.clone(), secret: true })))
+        .collect();
+    for name in &change.unset {
+        if env.remove(name).is_none() {
+            return Err(AppError::Invalid(format!(
+                "`{}` is not a variable of {}",
+                name.chars().take(80).collect::<String>(),
+                app.name
+            )));
+        }
+    }
+    for (name, value) in &change.set {
+        env.insert(name.clone(), value.clone());
+    }
+    validate_env(&env)?;
+    let (secret, plain): (BTreeMap<_, _>, BTreeMap<_, _>) = env.iter().partition(|(k, v)| v.is_secret(k));
+    secrets.env = secret.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect();
+    let plain: BTreeMap<String, String> = plain.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect();
+    let sealed = keyring.seal_json(&secrets, &app_context(app.id))?;
+    let names: Vec<String> = secrets.env.keys().cloned().collect();
+    sqlx::query("UPDATE apps SET env = $2, sealed = $3, secret_names = $4 WHERE id = $1")
+        .bind(app.id)
+        .bind(sqlx::types::Json(&plain))
+        .bind(sealed)
+        .bind(&names)
+        .execute(pool)
+        .await
+        .map_err(AppError::Db)?;
+    get(pool, &app.name).await.map_err(AppError::Db)?.ok_or_else(|| AppError::Invalid("the app was deleted".into()))
+}
+
+/// Changes the settings `update` names (the others stay); the app as it is now, and whether a
+/// setting the app is deployed with changed (and so a new release is due).
+pub async fn update_settings(
+    pool: &PgPool,
+    app: &App,
+    update: &slipway_proto::api::AppUpdate,
+) -> Result<(App, bool), AppError> {
+    let port = update.port.unwrap_or(u32::try_from(app.port).unwrap_or(8080));
+    if !(1..=65535).contains(&port) {
+        return Err(AppError::Invalid("port must be between 1 and 65535".into()));
+    }
+    let health_path = update.health_path.clone().unwrap_or_else(|| app.health_path.clone());
+    if !health_path.starts_with('/')
+        || health_path.len() > 1024
+        || health_path.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err(AppError::Invalid("health_path must be an absolute URL path such as /healthz".into()));
+    }
+    if let Some(limits) = &update.limits {
+        limits.validate().map_err(AppError::Invalid)?;
+    }
+    if let Some(edge) = &update.edge {
+        edge.validate().map_err(AppError::Invalid)?;
+    }
+    if let Some(watch) = &update.watch_paths {
+        slipway_git::watch::WatchPaths::new(watch).map_err(AppError::Invalid)?;
+    }
+    let limits = update.limits.or(app.limits.as_ref().map(|l| l.0));
+    let edge = update.edge.clone().or(app.edge.as_ref().map(|e| e.0.clone()));
+    let watch_paths = update.watch_paths.clone().unwrap_or_else(|| app.watch_paths.clone());
+    let deployed_with_changed = port != u32::try_from(app.port).unwrap_or(0)
+        || health_path != app.health_path
+        || limits != app.limits.as_ref().map(|l| l.0)
+        || edge != app.edge.as_ref().map(|e| e.0.clone());
+    sqlx::query("UPDATE apps SET port = $2, health_path = $3, limits = $4, edge = $5, watch_paths = $6 WHERE id = $1")
+        .bind(app.id)
+        .bind(port as i32)
+        .bind(&health_path)
+        .bind(limits.as_ref().map(sqlx::types::Json))
+        .bind(edge.as_ref().map(sqlx::types::Json))
+        .bind(&watch_paths)
+        .execute(pool)
+        .await
+        .map_err(AppError::Db)?;
+    let now = get(pool, &app.name)
+        .await
+        .map_err(AppError::Db)?
+        .ok_or_else(|| AppError::Invalid("the app was deleted".into()))?;
+    Ok((now, deployed_with_changed))
 }
 
 /// Whether `name` is a branch name git accepts (`git check-ref-format --branch`), short form.
@@ -391,27 +503,36 @@ impl App {
         }
     }
 
-    /// What a runner needs of this app, its secrets opened.
-    pub fn job_app(&self, keyring: &Keyring) -> Result<JobApp, SealError> {
+    /// What a runner needs of this app to deploy `release` (its configuration and secrets), or,
+    /// for a deployment recorded before releases were, the app's configuration now. The
+    /// repository credentials are always the app's current ones.
+    pub fn job_app(&self, keyring: &Keyring, release: Option<&crate::releases::Stored>) -> Result<JobApp, SealError> {
         let secrets = self.secrets(keyring)?;
-        let mut env = self.env.0.clone();
-        env.extend(secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let settings = self
+        let (config, release_secrets) = match release {
+            Some(stored) => (stored.config.0.clone(), stored.secrets(keyring, self.id)?),
+            None => {
+                let (config, secrets) = crate::releases::current(self, keyring)?;
+                (config, secrets)
+            }
+        };
+        let mut env = config.env.clone();
+        env.extend(release_secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let settings = config
             .kube_settings
             .as_ref()
-            .map(|s| replace_kube_secrets(&s.0, |k| secrets.kube_secret_env.get(k).cloned()));
+            .map(|s| replace_kube_secrets(s, |k| release_secrets.kube_secret_env.get(k).cloned()));
         Ok(JobApp {
             name: self.name.clone(),
             repo_url: self.repo_url.clone(),
             environment: self.environment.clone(),
             target: self.target(),
-            port: u16::try_from(self.port).unwrap_or(8080),
-            health_path: self.health_path.clone(),
+            port: config.port,
+            health_path: config.health_path.clone(),
             env,
-            secrets: secrets.env.keys().cloned().collect(),
+            secrets: release_secrets.env.keys().cloned().collect(),
             git_credentials: secrets.git,
-            limits: self.limits.as_ref().map(|l| l.0),
-            edge: self.edge.as_ref().map(|e| e.0.clone()),
+            limits: config.limits,
+            edge: config.edge.clone(),
             app_root: self.app_root.clone(),
             watch_paths: self.watch_paths.clone(),
             test_network: self.test_network,

@@ -147,20 +147,60 @@ pub struct NewDeployment<'a> {
     /// Set when the runner is to check the push against the watch paths (a forge push or a
     /// reconcile not decided here); its `base` is filled in when the job is sent.
     pub watch_check: Option<&'a slipway_proto::WatchCheck>,
+    /// The deployment whose release this one deploys again (a rollback); otherwise the release
+    /// records the app's configuration now.
+    pub copy_release_of: Option<Uuid>,
+    /// Why, for the release; by default said from the source and the commit.
+    pub reason: Option<&'a str>,
+}
+
+impl NewDeployment<'_> {
+    /// Why this deployment's release was made, in words.
+    fn reason(&self) -> String {
+        if let Some(reason) = self.reason {
+            return reason.to_string();
+        }
+        let short: String = self.sha.chars().take(12).collect();
+        let branch = self.git_ref.strip_prefix("refs/heads/").unwrap_or(self.git_ref);
+        match self.source {
+            "manual" if short.is_empty() => format!("deploy of the head of {branch}"),
+            "manual" => format!("deploy of {short}"),
+            "rollback" => format!("rollback to {short}"),
+            "reconcile" => format!("head of {branch} at {short} (no webhook came)"),
+            forge => format!("push of {short} to {branch} ({forge})"),
+        }
+    }
 }
 
 /// Records a deployment of `sha` unless one exists for (app, sha, environment); a new one
 /// supersedes older deployments of the app that are still only queued.
-pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Result<Created, TransitionError> {
-    let NewDeployment { app, sha, git_ref, source, delivery_id, image_digest, created_by, before_sha, watch_check } =
-        new;
+pub async fn create(
+    pool: &PgPool,
+    keyring: &Keyring,
+    new: NewDeployment<'_>,
+    policy: Policy,
+) -> Result<Created, TransitionError> {
+    let reason = new.reason();
+    let NewDeployment {
+        app,
+        sha,
+        git_ref,
+        source,
+        delivery_id,
+        image_digest,
+        created_by,
+        before_sha,
+        watch_check,
+        copy_release_of,
+        ..
+    } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
                                   before_sha, watch_check, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued')
-         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config') AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(id)
     .bind(app.id)
@@ -178,6 +218,7 @@ pub async fn create(pool: &PgPool, new: NewDeployment<'_>, policy: Policy) -> Re
     .await?;
     let created = match inserted {
         Some(id) => {
+            crate::releases::record(&mut tx, keyring, app, id, copy_release_of, &reason, created_by).await?;
             let older: Vec<Uuid> = sqlx::query_scalar(
                 "SELECT id FROM deployments WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $3",
             )
@@ -225,7 +266,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state, cancel_by, cancel_reason,
                                   published_at, finished_at, before_sha)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now(), $9)
-         ON CONFLICT (app_id, sha, environment) WHERE source <> 'rollback' AND sha <> '' DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config') AND sha <> '' DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
     .bind(app.id)
@@ -360,6 +401,8 @@ pub async fn outbox(
         watch_check: Option<sqlx::types::Json<slipway_proto::WatchCheck>>,
         before_sha: Option<String>,
         live_sha: Option<String>,
+        release_config: Option<sqlx::types::Json<crate::releases::Config>>,
+        release_sealed: Option<String>,
         deployment_id: Uuid,
         attempt: i32,
         sha: String,
@@ -376,8 +419,9 @@ pub async fn outbox(
                      AND l.state = 'completed' AND l.sha <> '' ORDER BY l.finished_at DESC LIMIT 1)
                 END AS live_sha,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
-                a.app_root, a.watch_paths, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge
-         FROM deployments d JOIN apps a ON a.id = d.app_id
+                a.app_root, a.watch_paths, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge,
+                r.config AS release_config, r.sealed AS release_sealed
+         FROM deployments d JOIN apps a ON a.id = d.app_id LEFT JOIN releases r ON r.deployment_id = d.id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
                            AND r.id <> d.id AND (r.state = 'running'
@@ -392,7 +436,11 @@ pub async fn outbox(
     for r in rows {
         // An app whose secrets cannot be opened (the key is not configured) stays queued: its
         // job is not sent without them, and the operator is told why.
-        match r.app.job_app(keyring) {
+        let release = match (r.release_config, r.release_sealed) {
+            (Some(config), Some(sealed)) => Some(crate::releases::Stored { config, sealed }),
+            _ => None,
+        };
+        match r.app.job_app(keyring, release.as_ref()) {
             Ok(app) => jobs.push(Outgoing {
                 job: Job {
                     deployment_id: r.deployment_id,

@@ -23,6 +23,7 @@ pub mod publisher;
 pub mod queue;
 pub mod reconcile;
 pub mod relay;
+pub mod releases;
 pub mod seal;
 pub mod transition;
 pub mod webhook;
@@ -229,7 +230,7 @@ pub async fn rotate_key(config: &Config, to: Option<&std::path::Path>) -> anyhow
     let keyring = seal::Keyring::load(&config.key_source())?;
     apps::seal_legacy(&pool, &keyring).await?;
     let (count, id) = seal::rotate(&pool, &config.key_source(), to).await?;
-    println!("re-encrypted the secrets of {count} apps with key {id}");
+    println!("re-encrypted {count} sealed values (apps and releases) with key {id}");
     if let Some(to) = to {
         println!("the new key is in {}; set it as SLIPWAY_SECRET_KEY before starting the schedulers", to.display());
     }

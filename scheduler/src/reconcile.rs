@@ -148,8 +148,10 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         before_sha: None,
         // The runner diffs the head against the live commit.
         watch_check: Some(&slipway_proto::WatchCheck::default()),
+        copy_release_of: None,
+        reason: None,
     };
-    match deployments::create(&shared.pool, new, shared.policy()).await {
+    match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {
             tracing::warn!(app = %app.name, sha = %head, deployment_id = %id, "the branch head had no deployment (a webhook was missed); deploying it");
             webhook::announce_queued(shared, id, &app.name, &head, &superseded);

@@ -300,12 +300,26 @@ pub async fn rotate(pool: &PgPool, source: &KeySource, to: Option<&Path>) -> any
         let resealed = seal_with(&new, &plain, &context)?;
         sqlx::query("UPDATE apps SET sealed = $2 WHERE id = $1").bind(id).bind(resealed).execute(&mut *tx).await?;
     }
+    // Every release keeps the secrets it was made with, sealed in its app's release context.
+    let releases: Vec<(Uuid, Uuid, String)> =
+        sqlx::query_as("SELECT deployment_id, app_id, sealed FROM releases FOR UPDATE").fetch_all(&mut *tx).await?;
+    for (deployment, app, sealed) in &releases {
+        let context = crate::releases::context(*app);
+        let plain =
+            ring.open(sealed, &context).with_context(|| format!("opening the release of deployment {deployment}"))?;
+        let resealed = seal_with(&new, &plain, &context)?;
+        sqlx::query("UPDATE releases SET sealed = $2 WHERE deployment_id = $1")
+            .bind(deployment)
+            .bind(resealed)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     if to.is_none() && source.key.is_none() {
         std::fs::rename(&source.file, source.previous_file()).context("keeping the old key as .previous")?;
         std::fs::rename(source.next_file(), &source.file).context("installing the new key file")?;
     }
-    Ok((rows.len(), new.id.clone()))
+    Ok((rows.len() + releases.len(), new.id.clone()))
 }
 
 #[cfg(test)]

@@ -36,6 +36,18 @@ pub enum TransitionError {
     Contended(Uuid),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    /// The release of a new deployment could not be sealed (the key does not open the app's secrets).
+    #[error("{0}")]
+    Sealed(String),
+}
+
+impl From<crate::releases::ReleaseError> for TransitionError {
+    fn from(err: crate::releases::ReleaseError) -> Self {
+        match err {
+            crate::releases::ReleaseError::Db(db) => TransitionError::Db(db),
+            other => TransitionError::Sealed(other.to_string()),
+        }
+    }
 }
 
 impl TransitionError {
@@ -45,7 +57,7 @@ impl TransitionError {
         match self {
             TransitionError::Db(err) => crate::db::is_unavailable(err),
             TransitionError::Contended(_) => true,
-            TransitionError::Unknown(_) | TransitionError::Corrupt { .. } => false,
+            TransitionError::Unknown(_) | TransitionError::Corrupt { .. } | TransitionError::Sealed(_) => false,
         }
     }
 }

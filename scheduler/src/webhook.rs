@@ -251,6 +251,8 @@ async fn receive(
                 created_by: None,
                 before_sha: change.before.as_deref(),
                 watch_check: watch_check.as_ref(),
+                copy_release_of: None,
+                reason: None,
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.
@@ -265,7 +267,7 @@ async fn receive(
             let skip = marker.clone().or(unwatched).or(older);
             let created = match &skip {
                 Some(reason) => deployments::record_skipped(&shared.pool, new, reason).await?,
-                None => deployments::create(&shared.pool, new, shared.policy()).await?,
+                None => deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?,
             };
             let (id, new) = match created {
                 Created::New { id, .. } if skip.is_some() => {

@@ -30,12 +30,14 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         created_by: Some("ci"),
         before_sha: None,
         watch_check: None,
+        copy_release_of: None,
+        reason: None,
     }
 }
 
 async fn queued(pool: &PgPool, app: &App, sha: char) -> Uuid {
     let sha: String = std::iter::repeat_n(sha, 40).collect();
-    match deployments::create(pool, manual(app, &sha), POLICY).await.expect("created") {
+    match deployments::create(pool, &Keyring::from_key([9; 32]), manual(app, &sha), POLICY).await.expect("created") {
         Created::New { id, .. } => id,
         Created::Existing(id) => panic!("{id} existed"),
     }
@@ -171,7 +173,8 @@ async fn a_newer_deployment_supersedes_queued_ones_through_the_lifecycle(pool: P
     let app = app(&pool).await;
     let old = queued(&pool, &app, 'e').await;
     let sha: String = std::iter::repeat_n('f', 40).collect();
-    let created = deployments::create(&pool, manual(&app, &sha), POLICY).await.expect("new");
+    let created =
+        deployments::create(&pool, &Keyring::from_key([9; 32]), manual(&app, &sha), POLICY).await.expect("new");
     let Created::New { id, superseded } = created else { panic!("expected new") };
     assert_eq!(superseded.len(), 1);
     let (state, _, _, by) = state(&pool, old).await;

@@ -127,8 +127,13 @@ async fn two_relays_never_take_the_same_outbox_row(pool: PgPool) {
             created_by: None,
             before_sha: None,
             watch_check: None,
+            copy_release_of: None,
+            reason: None,
         };
-        match deployments::create(&pool, new, slipway_proto::Policy { max_attempts: 3 }).await.expect("created") {
+        match deployments::create(&pool, &keyring, new, slipway_proto::Policy { max_attempts: 3 })
+            .await
+            .expect("created")
+        {
             deployments::Created::New { id, .. } => ids.push(id),
             other => panic!("{other:?}"),
         }

@@ -69,6 +69,19 @@ async fn throughput(git: &GitServer, slots: usize) -> f64 {
         &s.database_url,
         "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8 FROM deployments",
     );
+    // Where the time of a job goes at this concurrency: the median of each step, and of the wait
+    // from the push to a runner's claim.
+    let medians = slipway_tests::harness::psql_value(
+        &s.database_url,
+        "SELECT string_agg(step || ' ' || round(ms) || ' ms', ', ' ORDER BY first) FROM (
+             SELECT step, min(started_at) AS first,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000) AS ms
+             FROM deployment_steps WHERE status = 'succeeded' GROUP BY step
+             UNION ALL
+             SELECT 'wait', min(created_at), percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at) * 1000)
+             FROM deployments) s",
+    );
+    println!("  {slots} slot(s), median per job: {medians}");
     JOBS as f64 / span.parse::<f64>().expect("seconds")
 }
 
@@ -118,7 +131,7 @@ async fn traffic(lines_per_second: usize, seconds: u64) -> (f64, Vec<f64>, usize
         let id: Uuid = answer["deployment_id"].as_str().and_then(|i| i.parse().ok()).expect("id");
         held.push((id, format!("sim-runner-{i}"), Uuid::new_v4()));
     }
-    let conn = lapin::Connection::connect(&s.amqp_url(), lapin::ConnectionProperties::default()).await.expect("amqp");
+    let conn = lapin::Connection::connect(s.amqp_url(), lapin::ConnectionProperties::default()).await.expect("amqp");
     let channel = conn.create_channel().await.expect("channel");
     channel.confirm_select(Default::default()).await.expect("confirms");
     slipway_broker::declare(&channel, &topo).await.expect("declare");

@@ -344,6 +344,14 @@ impl Slipway {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// PATCHes JSON, returning status and body.
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp =
+            self.http.patch(format!("{}{path}", self.base)).json(body).send().await.expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// GETs JSON.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await.expect("scheduler reachable");
