@@ -119,7 +119,9 @@ impl DockerTarget {
 
     /// The app's own network (created on first use), named after the installation, app and
     /// environment; its containers are reachable from the host only through their published port.
-    async fn network(&self, release: &Release) -> Result<String, Error> {
+    /// The app's own network (created when missing): its containers, and the one-off
+    /// containers of its release command, are on it.
+    pub async fn network(&self, release: &Release) -> Result<String, Error> {
         use bollard::models::NetworkCreateRequest;
         let name = format!("slipway-{}-{}-{}", self.config.installation, release.app, release.environment);
         if self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok() {

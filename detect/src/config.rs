@@ -34,6 +34,26 @@ pub struct SlipwayToml {
     /// Globs (from the repository root) of the files whose changes deploy the app; the
     /// runner checks a push against them after the clone. The app's own watch paths win.
     pub watch_paths: Option<Vec<String>>,
+    /// The release command: `"bin/migrate"` (a shell command) or `["bin/migrate", "--yes"]`.
+    pub release: Option<ReleaseSetting>,
+}
+
+/// `release = "command"` or `release = ["program", "arg", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ReleaseSetting {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+impl ReleaseSetting {
+    /// The argv to run.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            ReleaseSetting::Shell(command) => crate::providers::shell(command),
+            ReleaseSetting::Exec(argv) => argv.clone(),
+        }
+    }
 }
 
 /// `test = "cmd"` or `test = false`.
@@ -55,6 +75,7 @@ struct Spans {
     env: Option<Spanned<toml::Value>>,
     test: Option<Spanned<toml::Value>>,
     watch_paths: Option<Spanned<toml::Value>>,
+    release: Option<Spanned<toml::Value>>,
 }
 
 const PROVIDERS: &[&str] =
@@ -113,6 +134,21 @@ impl SlipwayToml {
             let message = "`watch_paths` is at most 64 globs of 1 to 512 characters without control characters";
             return Err(at(&spans.watch_paths, message.into()));
         }
+        let usable = match &parsed.release {
+            None => true,
+            Some(ReleaseSetting::Shell(command)) => !command.trim().is_empty() && !command.contains('\0'),
+            Some(ReleaseSetting::Exec(argv)) => {
+                argv.first().is_some_and(|p| !p.trim().is_empty())
+                    && argv.len() <= 256
+                    && !argv.iter().any(|a| a.contains('\0'))
+            }
+        };
+        if !usable {
+            return Err(at(
+                &spans.release,
+                "`release` is a command, or an array of a program and its arguments".into(),
+            ));
+        }
         if parsed.test == Some(TestSetting::Enabled(true)) {
             return Err(at(&spans.test, "`test` is a command, or false to skip the test step".into()));
         }
@@ -144,6 +180,9 @@ impl SlipwayToml {
         }
         if let Some(port) = self.port {
             plan.port = Fact::new(port, &[FILE]);
+        }
+        if let Some(release) = &self.release {
+            plan.release = Some(Fact::new(release.argv(), &[FILE]));
         }
         if let Some(v) = self.health_path {
             plan.health_path = from(v);
@@ -193,6 +232,20 @@ mod tests {
         assert_eq!(c.port, Some(3000));
         assert_eq!(c.test, Some(TestSetting::Enabled(false)));
         assert_eq!(c.env.get("NODE_ENV").map(String::as_str), Some("production"));
+    }
+
+    #[test]
+    fn the_release_command_is_a_shell_command_or_an_argv() {
+        let shell = SlipwayToml::parse("release = \"bin/migrate --yes\"\n").expect("valid");
+        assert_eq!(shell.release.expect("release").argv(), ["/bin/sh", "-c", "bin/migrate --yes"]);
+        let exec = SlipwayToml::parse("release = [\"bin/migrate\", \"--yes\"]\n").expect("valid");
+        assert_eq!(exec.release.expect("release").argv(), ["bin/migrate", "--yes"]);
+        for bad in ["release = []\n", "release = [\"\"]\n", "port = 1\nrelease = \"\"\n"] {
+            let e = err(bad);
+            assert!(e.contains("`release` is a command"), "{bad}: {e}");
+        }
+        assert!(err("port = 1\nrelease = \"\"\n").starts_with("slipway.toml:2:"));
+        assert!(err("release = 5\n").contains("release"));
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub struct Plan {
     /// Base image of the final stage when `slipway.toml` sets one.
     pub base_image: Option<Fact<String>>,
     pub env: BTreeMap<String, String>,
+    /// The release command (migrations): run once per deployment in a one-off container of the
+    /// new image before any traffic moves; an argv (a shell command is `/bin/sh -c <command>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<Fact<Vec<String>>>,
 }
 
 /// Why no plan could be made.

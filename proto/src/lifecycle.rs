@@ -218,9 +218,12 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             | Body::Abandoned { .. }
             | Body::Skipped { .. }
             | Body::Logs { .. } => Decision::Ignore { reply: None },
-            Body::Claimed | Body::Heartbeat | Body::Step { .. } | Body::Resolved { .. } | Body::Pushed { .. } => {
-                reject(env, Rejection::Finished(row.state()))
-            }
+            Body::Claimed
+            | Body::Heartbeat
+            | Body::Step { .. }
+            | Body::Resolved { .. }
+            | Body::Pushed { .. }
+            | Body::ReleaseCommand { .. } => reject(env, Rejection::Finished(row.state())),
         };
     };
     match &env.body {
@@ -242,6 +245,13 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
         Body::Pushed { digest } => {
             let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
             let note = next.note(*current_step, None, Some(format!("pushed {digest}")));
+            Decision::Change { next, note, control: None }
+        }
+        // Recorded beside the row, so a later attempt knows it ran.
+        Body::ReleaseCommand { state, exit_code } => {
+            let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
+            let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+            let note = next.note(*current_step, None, Some(format!("release command {}{code}", state.as_str())));
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {

@@ -216,6 +216,39 @@ pub struct Job {
     /// runner checks them after the clone and reports [`Body::Skipped`] when none is watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchCheck>,
+    /// What an earlier attempt recorded of the release command (it never runs twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_command: Option<ReleaseRecord>,
+}
+
+/// Where a deployment's release command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// It was started; how it ended is not (yet) known.
+    Started,
+    Succeeded,
+    Failed,
+}
+
+impl ReleaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Started => "started",
+            ReleaseState::Succeeded => "succeeded",
+            ReleaseState::Failed => "failed",
+        }
+    }
+}
+
+/// What is recorded of a deployment's release command: it runs at most once per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The attempt that ran it.
+    pub attempt: u32,
+    pub state: ReleaseState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 /// What the runner needs to tell whether a push changed a watched file.
@@ -286,6 +319,13 @@ pub enum Body {
     /// The push changed no watched file (decided after the clone): nothing was built or
     /// deployed, and the deployment ends cancelled by Slipway as `skipped: <reason>`.
     Skipped { reason: String },
+    /// The release command of the attempt: about to start (sent, and confirmed by the broker,
+    /// before it runs), or how it ended. Recorded once per deployment, so it never runs twice.
+    ReleaseCommand {
+        state: ReleaseState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i64>,
+    },
 }
 
 /// The AMQP `type` of a [`RunnerReport`] on the runner queue (job envelopes carry none).

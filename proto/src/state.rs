@@ -28,6 +28,9 @@ pub enum Step {
     /// The app's own tests, run in the built image before anything is pushed.
     Test,
     Push,
+    /// The app's release command (migrations), in a one-off container of the new image, before
+    /// any traffic moves.
+    Release,
     Deploy,
     Cleanup,
 }
@@ -85,7 +88,8 @@ impl State {
 
 impl Step {
     /// Every step in pipeline order.
-    pub const ALL: [Step; 6] = [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Deploy, Step::Cleanup];
+    pub const ALL: [Step; 7] =
+        [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Release, Step::Deploy, Step::Cleanup];
 
     /// The column value stored in PostgreSQL.
     pub fn as_str(self) -> &'static str {
@@ -94,6 +98,7 @@ impl Step {
             Step::Build => "build",
             Step::Test => "test",
             Step::Push => "push",
+            Step::Release => "release",
             Step::Deploy => "deploy",
             Step::Cleanup => "cleanup",
         }

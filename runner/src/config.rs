@@ -110,6 +110,9 @@ pub struct Config {
     /// Seconds the test step may take.
     #[arg(long, env = "SLIPWAY_TEST_TIMEOUT_SECONDS", default_value_t = 1800)]
     pub test_timeout_seconds: u64,
+    /// How long a release command (migrations) may run before the deployment fails.
+    #[arg(long, env = "SLIPWAY_RELEASE_TIMEOUT_SECONDS", default_value_t = 1800)]
+    pub release_timeout_seconds: u64,
 
     /// Memory limit of the test container, in MiB.
     #[arg(long, env = "SLIPWAY_TEST_MEMORY_MB", default_value_t = 2048)]
@@ -244,6 +247,9 @@ impl Config {
         }
         if self.test_memory_mb < 16 || !(0.1..=64.0).contains(&self.test_cpus) || self.test_timeout_seconds == 0 {
             return Err("SLIPWAY_TEST_MEMORY_MB must be at least 16, SLIPWAY_TEST_CPUS between 0.1 and 64, SLIPWAY_TEST_TIMEOUT_SECONDS above 0".into());
+        }
+        if !(1..=86_400).contains(&self.release_timeout_seconds) {
+            return Err("SLIPWAY_RELEASE_TIMEOUT_SECONDS must be between 1 and 86400".into());
         }
         self.metrics()?;
         self.edge()?;

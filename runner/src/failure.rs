@@ -32,6 +32,18 @@ pub enum JobError {
     Plan(#[source] slipway_detect::DetectError),
     #[error("slipway.toml: {0}")]
     WatchPaths(String),
+    #[error("the release command failed (exit code {0}); nothing was switched, the previous release serves")]
+    ReleaseFailed(i64),
+    #[error("the release command took longer than {0:?}; nothing was switched")]
+    ReleaseTimedOut(Duration),
+    #[error(
+        "the release command started in attempt {0} and how it ended is unknown (its runner stopped); it never runs twice for one deployment: check what it did, then deploy again"
+    )]
+    ReleaseUnknown(u32),
+    #[error("running the release command failed: {0}")]
+    ReleaseRun(#[source] bollard::errors::Error),
+    #[error("release commands run on the docker target; on Kubernetes they are not supported yet")]
+    ReleaseOnKubernetes,
     #[error("generating the Dockerfile failed: {0}")]
     Dockerfile(#[source] slipway_detect::dockerfile::GenerateError),
     #[error(transparent)]
@@ -96,12 +108,17 @@ impl JobError {
             },
             JobError::Plan(_)
             | JobError::WatchPaths(_)
+            | JobError::ReleaseFailed(_)
+            | JobError::ReleaseTimedOut(_)
+            | JobError::ReleaseUnknown(_)
+            | JobError::ReleaseOnKubernetes
             | JobError::Dockerfile(_)
             | JobError::BuildTimedOut(_)
             | JobError::TestsFailed(_)
             | JobError::TestsTimedOut(_) => User,
             JobError::Cancelled
             | JobError::TestRun(_)
+            | JobError::ReleaseRun(_)
             | JobError::NoCluster
             | JobError::NotConfirmed
             | JobError::PushTimedOut(_)

@@ -186,6 +186,17 @@ pub async fn push(
     Ok(digest)
 }
 
+/// The image label that carries the app's release command (a JSON array, the argv).
+pub const RELEASE_LABEL: &str = "dev.slipway.release";
+
+/// The release command the image was built with (its [`RELEASE_LABEL`]), if any. An image the
+/// engine cannot inspect has none here: the deploy step finds it missing soon enough.
+pub async fn release_command(docker: &Docker, image: &str) -> Option<Vec<String>> {
+    let inspected = docker.inspect_image(image).await.ok()?;
+    let label = inspected.config?.labels?.get(RELEASE_LABEL).cloned()?;
+    serde_json::from_str::<Vec<String>>(&label).ok().filter(|argv| !argv.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

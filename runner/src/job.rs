@@ -192,10 +192,6 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         r.step(Step::Push, StepStatus::Succeeded, None);
     }
 
-    // Fenced: only the attempt the scheduler still grants may change what serves. Once it
-    // starts, the deploy step is never cut off half-way, so it is not cancellable.
-    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(|e| e.at(Step::Deploy))?;
-    r.step(Step::Deploy, StepStatus::Running, None);
     let release = Release {
         app: job.app.name.clone(),
         environment: job.app.environment.clone(),
@@ -213,6 +209,11 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         rollback: job.rollback,
         settings: job.app.settings.clone(),
     };
+    release_command(job, tools, claim, &release).await?;
+    // Fenced: only the attempt the scheduler still grants may change what serves. Once it
+    // starts, the deploy step is never cut off half-way, so it is not cancellable.
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(|e| e.at(Step::Deploy))?;
+    r.step(Step::Deploy, StepStatus::Running, None);
     let deploy_log = log(Step::Deploy);
     let deployed = match (job.app.target, &tools.kube) {
         (TargetKind::Docker, _) => tools.target.deploy(&release, &deploy_log).await.map_err(JobError::from),
@@ -225,6 +226,83 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     }
     r.step(Step::Deploy, StepStatus::Succeeded, None);
     Ok(Done::Live { image: image_name, url: live.url })
+}
+
+/// The release step: the image's release command (migrations), once per deployment, in a
+/// one-off container of the new image with the app's environment, network and limits, before
+/// any traffic moves. It is fenced like the deploy step (the scheduler confirms the grant
+/// first), recorded before it starts and when it ends (an attempt after one that started it
+/// never runs it again), and not cut off by a cancel once started. Rollbacks do not run it.
+async fn release_command(job: &Job, tools: &Tools, claim: &Claim, release: &Release) -> Result<(), StepError> {
+    use slipway_proto::{Body, ReleaseState};
+    let r = &claim.reporter;
+    let at = |e: JobError| e.at(Step::Release);
+    let argv = image::release_command(&tools.docker, &release.image).await;
+    let Some(argv) = argv.filter(|_| !job.rollback) else {
+        let why = if job.rollback { "a rollback does not run the release command" } else { "no release command" };
+        r.line(Some(Step::Release), why);
+        r.step(Step::Release, StepStatus::Skipped, None);
+        return Ok(());
+    };
+    match job.release_command {
+        Some(record) if record.state == ReleaseState::Succeeded => {
+            r.line(
+                Some(Step::Release),
+                &format!("the release command ran in attempt {} and succeeded; not run again", record.attempt),
+            );
+            r.step(Step::Release, StepStatus::Skipped, None);
+            return Ok(());
+        }
+        Some(record) if record.state == ReleaseState::Failed => {
+            return Err(at(JobError::ReleaseFailed(record.exit_code.unwrap_or(-1))));
+        }
+        Some(record) => return Err(at(JobError::ReleaseUnknown(record.attempt))),
+        None => {}
+    }
+    if job.app.target == TargetKind::Kubernetes {
+        return Err(at(JobError::ReleaseOnKubernetes));
+    }
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
+    r.step(Step::Release, StepStatus::Running, None);
+    r.line(Some(Step::Release), &format!("running the release command {argv:?}"));
+    r.send_confirmed(Body::ReleaseCommand { state: ReleaseState::Started, exit_code: None }).await;
+    let network = tools.target.network(release).await.map_err(|e| at(JobError::from(e)))?;
+    let limits = release.limits.unwrap_or(tools.config.app_limits());
+    let timeout = Duration::from_secs(tools.config.release_timeout_seconds);
+    let one = suite::OneOff {
+        image: &release.image,
+        cmd: argv,
+        env: release.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        limits: suite::Limits {
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+            timeout,
+        },
+        network,
+        labels: leftovers::labels(&tools.config, job),
+    };
+    let log = {
+        let r = r.clone();
+        move |line: String| r.line(Some(Step::Release), &line)
+    };
+    // Not cancellable once started: a migration cut off half-way is worse than one that ends.
+    let never = CancellationToken::new();
+    let verdict = suite::run_once(&tools.docker, one, &log, &never).await.map_err(|e| at(JobError::ReleaseRun(e)))?;
+    let (state, exit_code) = match verdict {
+        Verdict::Passed => (ReleaseState::Succeeded, Some(0)),
+        Verdict::Failed { exit_code } => (ReleaseState::Failed, Some(exit_code)),
+        Verdict::TimedOut | Verdict::Cancelled => (ReleaseState::Failed, None),
+    };
+    r.send_confirmed(Body::ReleaseCommand { state, exit_code }).await;
+    match verdict {
+        Verdict::Passed => {
+            r.step(Step::Release, StepStatus::Succeeded, None);
+            Ok(())
+        }
+        Verdict::Failed { exit_code } => Err(at(JobError::ReleaseFailed(exit_code))),
+        Verdict::TimedOut | Verdict::Cancelled => Err(at(JobError::ReleaseTimedOut(timeout))),
+    }
 }
 
 /// The credentials for the job's repository: the app's own, else the runner's token when the
@@ -334,8 +412,14 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
     metrics::histogram!(slipway_telemetry::metrics::BUILD_CONTEXT).record(tar.len() as f64);
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
-    let no_labels = HashMap::new();
-    build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &no_labels).await.map_err(at_build)?;
+    // The release command travels with the image, so a deployment that does not build it (a
+    // configuration change, a retry) runs the command of exactly this image.
+    let release = plan.release.as_ref().map(|r| serde_json::to_string(&r.value).unwrap_or_default());
+    if let Some(release) = &plan.release {
+        r.line(Some(Step::Build), &format!("plan: release command {:?} ({})", release.value, release.from.join(", ")));
+    }
+    let labels: HashMap<&str, &str> = release.iter().map(|argv| (image::RELEASE_LABEL, argv.as_str())).collect();
+    build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &labels).await.map_err(at_build)?;
     r.step(Step::Build, StepStatus::Succeeded, None);
 
     let Some(test) = &plan.test else {

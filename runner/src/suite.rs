@@ -1,6 +1,7 @@
-//! The test step: the app's own test command in a container of the built image (or its build
-//! stage), with CPU, memory, process and time limits, no Docker socket, no runner credentials,
-//! no mounts, and no network unless the app allows it.
+//! One-off containers: the test step (the app's own test command in a container of the built
+//! image or its build stage, with CPU, memory, process and time limits, no Docker socket, no
+//! runner credentials, no mounts, and no network unless the app allows it) and the release
+//! command (in a container of the new image with the app's environment, network and limits).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,9 +37,22 @@ pub enum Verdict {
     Cancelled,
 }
 
-/// Runs `command` with `/bin/sh -c` in `image`, streaming its output to `log`. The container
-/// carries `labels` (the runner's identity and the deployment) and is removed however the run
-/// ends, `cancel` included.
+/// A one-off container of an image: the test step's, or the release command's.
+#[derive(Debug, Clone)]
+pub struct OneOff<'a> {
+    pub image: &'a str,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub limits: Limits,
+    /// `none` (no network), `bridge`, or the app's own network.
+    pub network: String,
+    /// The runner's identity and the deployment, so leftovers are found and removed.
+    pub labels: HashMap<String, String>,
+}
+
+/// Runs `command` with `/bin/sh -c` in `image` as the test step, streaming its output to `log`.
+/// The container carries `labels` (the runner's identity and the deployment) and is removed
+/// however the run ends, `cancel` included.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     docker: &Docker,
@@ -53,14 +67,28 @@ pub async fn run(
 ) -> Result<Verdict, bollard::errors::Error> {
     let mut vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     vars.push("CI=true".into());
+    let network = if network { "bridge" } else { "none" }.to_string();
+    let cmd = vec!["/bin/sh".into(), "-c".into(), command.to_string()];
+    run_once(docker, OneOff { image, cmd, env: vars, limits, network, labels }, log, cancel).await
+}
+
+/// Runs a one-off container to its end, streaming its output to `log`, and removes it however
+/// the run ends, `cancel` included.
+pub async fn run_once(
+    docker: &Docker,
+    one: OneOff<'_>,
+    log: LogFn<'_>,
+    cancel: &CancellationToken,
+) -> Result<Verdict, bollard::errors::Error> {
+    let OneOff { image, cmd, env, limits, network, labels } = one;
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
-        cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.to_string()]),
-        env: Some(vars),
-        network_disabled: Some(!network),
+        cmd: Some(cmd),
+        env: Some(env),
+        network_disabled: Some(network == "none"),
         labels: Some(labels),
         host_config: Some(HostConfig {
-            network_mode: Some(if network { "bridge" } else { "none" }.into()),
+            network_mode: Some(network),
             memory: Some(limits.memory_bytes),
             memory_swap: Some(limits.memory_bytes),
             nano_cpus: Some(limits.nano_cpus),
@@ -82,7 +110,7 @@ pub async fn run(
     let removed =
         docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
     if let Err(err) = removed {
-        tracing::warn!(error = %err, container = %id, "could not remove the test container; the next start of this runner removes it");
+        tracing::warn!(error = %err, container = %id, "could not remove a one-off container; the next start of this runner removes it");
     }
     result
 }

@@ -401,6 +401,7 @@ pub async fn outbox(
         watch_check: Option<sqlx::types::Json<slipway_proto::WatchCheck>>,
         before_sha: Option<String>,
         live_sha: Option<String>,
+        release_command: Option<sqlx::types::Json<slipway_proto::ReleaseRecord>>,
         release_config: Option<sqlx::types::Json<crate::releases::Config>>,
         release_sealed: Option<String>,
         deployment_id: Uuid,
@@ -413,7 +414,7 @@ pub async fn outbox(
     }
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
-                d.watch_check, d.before_sha,
+                d.watch_check, d.before_sha, d.release_command,
                 CASE WHEN d.watch_check IS NOT NULL THEN
                     (SELECT l.sha FROM deployments l WHERE l.app_id = d.app_id AND l.environment = d.environment
                      AND l.state = 'completed' AND l.sha <> '' ORDER BY l.finished_at DESC LIMIT 1)
@@ -451,6 +452,7 @@ pub async fn outbox(
                     app,
                     rollback: r.source == "rollback",
                     watch: r.watch_check.map(|check| watch_against_live(check.0, r.before_sha, r.live_sha)),
+                    release_command: r.release_command.map(|record| record.0),
                 },
                 traceparent: r.trace_parent,
             }),

@@ -348,6 +348,23 @@ async fn record_beside(
                     .await?;
                 return Ok(());
             }
+            // `started` only where nothing is recorded; its end only over this attempt's start.
+            Body::ReleaseCommand { state, exit_code } => {
+                let record =
+                    slipway_proto::ReleaseRecord { attempt: before.attempt, state: *state, exit_code: *exit_code };
+                sqlx::query(
+                    "UPDATE deployments SET release_command = $3 WHERE id = $1 AND CASE
+                         WHEN $4 THEN release_command IS NULL
+                         ELSE release_command->>'state' = 'started' AND (release_command->>'attempt')::int = $2 END",
+                )
+                .bind(before.id)
+                .bind(before.attempt as i32)
+                .bind(sqlx::types::Json(record))
+                .bind(*state == slipway_proto::ReleaseState::Started)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
             Body::Step { step, status, error } => {
                 let running = *status == StepStatus::Running;
                 sqlx::query(

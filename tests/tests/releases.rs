@@ -192,3 +192,110 @@ async fn configuration_changes_are_checked_and_need_a_deployer() {
     let anonymous = s.anonymous.patch(format!("{}/api/v1/apps/{app}", s.base)).json(&json!({"port": 80})).send().await;
     assert_eq!(anonymous.expect("send").status().as_u16(), 401);
 }
+
+/// A site whose `slipway.toml` declares `release`, and whose start waits `start_delay` seconds
+/// before it answers (so a deploy step can be caught in the middle).
+fn with_release(git: &GitServer, repo: &str, marker: &str, release: &str, start_delay: u32) -> String {
+    let dockerfile = format!(
+        "FROM slipway/busybox:1\nCOPY www /www\n\
+         CMD [\"sh\", \"-c\", \"sleep {start_delay}; echo \\\"greeting=$GREETING\\\" > /www/greeting.txt && exec httpd -f -p 8080 -h /www\"]\n"
+    );
+    let toml = format!("release = {release}\n");
+    let index = format!("<p>{marker}</p>\n");
+    git.commit(
+        repo,
+        marker,
+        &[
+            Entry::File("Dockerfile", dockerfile.as_bytes()),
+            Entry::File("slipway.toml", toml.as_bytes()),
+            Entry::File("www/index.html", index.as_bytes()),
+            Entry::File("www/healthz", b"ok\n"),
+        ],
+    )
+}
+
+fn step_of(d: &Value, attempt: u64, step: &str) -> Option<Value> {
+    d["steps"].as_array()?.iter().find(|s| s["attempt"] == attempt && s["step"] == step).cloned()
+}
+
+async fn log_text(s: &Slipway, id: &str) -> String {
+    s.log_lines(id, None).await.into_iter().map(|(_, line)| line).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn the_release_command_runs_once_before_traffic_moves_and_a_failing_one_switches_nothing() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions { lease_seconds: 6, heartbeat_seconds: 1, ..Default::default() }).await;
+    let repo = unique("migrate");
+    let url = git.url(&repo);
+    let app = s.create_app("migrate", &url, SECRET, json!({"env": {"GREETING": "one"}})).await;
+    let release = r#"["sh", "-c", "echo migrating for $GREETING; test \"$FAIL\" != yes"]"#;
+
+    // It runs after the push and before the deploy step, with the app's environment.
+    let sha = with_release(&git, &repo, "v1", release, 0);
+    let (status, answer) = s.push(&url, &sha, SECRET, "migrate-1").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    let ran = step_of(&d, 1, "release").expect("a release step");
+    let deploy = step_of(&d, 1, "deploy").expect("a deploy step");
+    assert_eq!(ran["status"], "succeeded", "{d}");
+    assert!(ran["finished_at"].as_str() <= deploy["started_at"].as_str(), "release before any traffic moved: {d}");
+    assert!(log_text(&s, &id).await.contains("migrating for one"), "its output is in the log");
+    let live = d["url"].as_str().expect("url").to_string();
+
+    // A configuration change runs it too (the command travels with the image); a failure is the
+    // user's, and nothing is switched.
+    let out =
+        s.cli_command().args(["--json", "env", "set", &app, "FAIL=yes", "GREETING=two"]).output().expect("env set");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let failed = s.finished(answer["deployment_id"].as_str().expect("id"), FINISH).await;
+    assert_eq!(
+        (failed["state"].as_str(), failed["error_step"].as_str(), failed["error_cause"].as_str()),
+        (Some("failed"), Some("release"), Some("user")),
+        "{failed}"
+    );
+    assert!(failed["error_message"].as_str().unwrap_or_default().contains("exit code 1"), "{failed}");
+    assert!(step_of(&failed, 1, "deploy").is_none_or(|st| st["status"] != "succeeded"), "{failed}");
+    assert_eq!(greeting(&s, &live).await, "greeting=one", "the previous release keeps serving");
+    let out = s.cli_command().args(["env", "unset", &app, "FAIL"]).output().expect("env unset");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The runner dies after the command succeeded, in the middle of the deploy step: the next
+    // attempt does not run it again.
+    let sha = with_release(&git, &repo, "v2", r#""echo migration-two-ran""#, 8);
+    let (_, answer) = s.push(&url, &sha, SECRET, "migrate-2").await;
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    slipway_tests::eventually(FINISH, "the deploy step to start", || async {
+        let d = s.deployment(&id).await;
+        step_of(&d, 1, "deploy").filter(|st| st["status"] == "running").map(|_| ())
+    })
+    .await;
+    s.restart_runner(0);
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!((d["state"].as_str(), d["attempt"].as_u64()), (Some("completed"), Some(2)), "{d}");
+    assert_eq!(step_of(&d, 2, "release").map(|st| st["status"].clone()), Some(json!("skipped")), "{d}");
+    let log = log_text(&s, &id).await;
+    let ran = log.lines().filter(|l| l.trim() == "migration-two-ran").count();
+    assert_eq!(ran, 1, "its output once: it ran once across both attempts:\n{log}");
+    assert!(log.contains("ran in attempt 1 and succeeded; not run again"), "{log}");
+
+    // The runner dies while the command runs: how it ended is unknown, so it is never run again
+    // and the deployment fails saying so.
+    let sha = with_release(&git, &repo, "v3", r#""echo migration-three-started; sleep 30""#, 0);
+    let (_, answer) = s.push(&url, &sha, SECRET, "migrate-3").await;
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    slipway_tests::eventually(FINISH, "the release command to start", || async {
+        log_text(&s, &id).await.lines().any(|l| l.trim() == "migration-three-started").then_some(())
+    })
+    .await;
+    s.restart_runner(0);
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!((d["state"].as_str(), d["error_step"].as_str()), (Some("failed"), Some("release")), "{d}");
+    assert!(d["error_message"].as_str().unwrap_or_default().contains("never runs twice"), "{d}");
+    let log = log_text(&s, &id).await;
+    assert_eq!(log.lines().filter(|l| l.trim() == "migration-three-started").count(), 1, "{log}");
+    assert_eq!(greeting(&s, &live).await, "greeting=two", "v2 still serves");
+}

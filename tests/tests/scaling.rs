@@ -47,7 +47,7 @@ async fn with_two_schedulers_and_one_killed_every_acknowledged_webhook_deploys_o
     for i in 0..8 {
         let repo = unique(&format!("replica{i}"));
         let url = git.url(&repo);
-        let sha = commit(&git, &repo, &format!("site-{i}"));
+        let sha = commit(&git, &repo, &unique(&format!("site-{i}")));
         let name = s.create_app(&format!("replica{i}"), &url, SECRET, json!({})).await;
         apps.push((name, url, sha));
     }

@@ -128,10 +128,16 @@ pub(crate) fn plan(provider: Provider, app_root: &str) -> Plan {
         artifact: None,
         base_image: None,
         env: Default::default(),
+        release: None,
     }
 }
 
 /// A `Procfile` `web:` line sets the start command.
+/// A shell command as an argv.
+pub(crate) fn shell(command: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), command.into()]
+}
+
 pub(crate) fn apply_procfile(tree: &Tree, plan: &mut Plan) -> Result<(), DetectError> {
     let Some(text) = tree.read("Procfile")? else {
         return Ok(());
@@ -148,6 +154,19 @@ pub(crate) fn apply_procfile(tree: &Tree, plan: &mut Plan) -> Result<(), DetectE
                 });
             }
             plan.start = Some(Fact::new(cmd.to_string(), &["Procfile"]));
+        }
+        // Heroku's release phase: migrations and the like, once per deployment.
+        if let Some(cmd) = line.trim().strip_prefix("release:") {
+            let cmd = cmd.trim();
+            if cmd.is_empty() {
+                return Err(DetectError::Parse {
+                    file: "Procfile".into(),
+                    line: i + 1,
+                    column: 9,
+                    message: "the `release:` line has no command".into(),
+                });
+            }
+            plan.release = Some(Fact::new(shell(cmd), &["Procfile"]));
         }
     }
     Ok(())
