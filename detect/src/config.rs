@@ -36,9 +36,13 @@ pub struct SlipwayToml {
     pub watch_paths: Option<Vec<String>>,
     /// The release command: `"bin/migrate"` (a shell command) or `["bin/migrate", "--yes"]`.
     pub release: Option<ReleaseSetting>,
+    /// A hook run before the deploy step (a failure stops the deployment), like `release`.
+    pub pre_deploy: Option<ReleaseSetting>,
+    /// A hook run once the new version serves (a failure is reported, nothing is undone).
+    pub post_deploy: Option<ReleaseSetting>,
 }
 
-/// `release = "command"` or `release = ["program", "arg", ...]`.
+/// `release = "command"` or `release = ["program", "arg", ...]` (and the hooks alike).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum ReleaseSetting {
@@ -47,6 +51,18 @@ pub enum ReleaseSetting {
 }
 
 impl ReleaseSetting {
+    /// Whether it names something to run: a command, or a program first, without NUL bytes.
+    fn usable(&self) -> bool {
+        match self {
+            ReleaseSetting::Shell(command) => !command.trim().is_empty() && !command.contains('\0'),
+            ReleaseSetting::Exec(argv) => {
+                argv.first().is_some_and(|p| !p.trim().is_empty())
+                    && argv.len() <= 256
+                    && !argv.iter().any(|a| a.contains('\0'))
+            }
+        }
+    }
+
     /// The argv to run.
     pub fn argv(&self) -> Vec<String> {
         match self {
@@ -76,6 +92,8 @@ struct Spans {
     test: Option<Spanned<toml::Value>>,
     watch_paths: Option<Spanned<toml::Value>>,
     release: Option<Spanned<toml::Value>>,
+    pre_deploy: Option<Spanned<toml::Value>>,
+    post_deploy: Option<Spanned<toml::Value>>,
 }
 
 const PROVIDERS: &[&str] =
@@ -134,20 +152,14 @@ impl SlipwayToml {
             let message = "`watch_paths` is at most 64 globs of 1 to 512 characters without control characters";
             return Err(at(&spans.watch_paths, message.into()));
         }
-        let usable = match &parsed.release {
-            None => true,
-            Some(ReleaseSetting::Shell(command)) => !command.trim().is_empty() && !command.contains('\0'),
-            Some(ReleaseSetting::Exec(argv)) => {
-                argv.first().is_some_and(|p| !p.trim().is_empty())
-                    && argv.len() <= 256
-                    && !argv.iter().any(|a| a.contains('\0'))
+        for (key, setting, span) in [
+            ("release", &parsed.release, &spans.release),
+            ("pre_deploy", &parsed.pre_deploy, &spans.pre_deploy),
+            ("post_deploy", &parsed.post_deploy, &spans.post_deploy),
+        ] {
+            if !setting.as_ref().is_none_or(ReleaseSetting::usable) {
+                return Err(at(span, format!("`{key}` is a command, or an array of a program and its arguments")));
             }
-        };
-        if !usable {
-            return Err(at(
-                &spans.release,
-                "`release` is a command, or an array of a program and its arguments".into(),
-            ));
         }
         if parsed.test == Some(TestSetting::Enabled(true)) {
             return Err(at(&spans.test, "`test` is a command, or false to skip the test step".into()));
@@ -183,6 +195,12 @@ impl SlipwayToml {
         }
         if let Some(release) = &self.release {
             plan.release = Some(Fact::new(release.argv(), &[FILE]));
+        }
+        if let Some(hook) = &self.pre_deploy {
+            plan.pre_deploy = Some(Fact::new(hook.argv(), &[FILE]));
+        }
+        if let Some(hook) = &self.post_deploy {
+            plan.post_deploy = Some(Fact::new(hook.argv(), &[FILE]));
         }
         if let Some(v) = self.health_path {
             plan.health_path = from(v);
@@ -246,6 +264,11 @@ mod tests {
         }
         assert!(err("port = 1\nrelease = \"\"\n").starts_with("slipway.toml:2:"));
         assert!(err("release = 5\n").contains("release"));
+        let hooks = SlipwayToml::parse("pre_deploy = \"bin/check\"\npost_deploy = [\"bin/purge\", \"--all\"]\n")
+            .expect("valid");
+        assert_eq!(hooks.post_deploy.expect("hook").argv(), ["bin/purge", "--all"]);
+        assert!(err("pre_deploy = []\n").contains("`pre_deploy` is a command"));
+        assert!(err("post_deploy = \" \"\n").contains("`post_deploy` is a command"));
     }
 
     #[test]

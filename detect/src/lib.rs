@@ -104,6 +104,13 @@ pub struct Plan {
     /// new image before any traffic moves; an argv (a shell command is `/bin/sh -c <command>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<Fact<Vec<String>>>,
+    /// Deploy hooks (`slipway.toml`), run like the release command in one-off containers of the
+    /// new image: before the deploy step (a failure stops the deployment) and once the new
+    /// version serves (a failure is reported, the switch stays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_deploy: Option<Fact<Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_deploy: Option<Fact<Vec<String>>>,
 }
 
 /// Why no plan could be made.

@@ -31,7 +31,11 @@ pub enum Step {
     /// The app's release command (migrations), in a one-off container of the new image, before
     /// any traffic moves.
     Release,
+    /// The `pre_deploy` hook: a failure stops the deployment before anything is switched.
+    PreDeploy,
     Deploy,
+    /// The `post_deploy` hook, once the new version serves: a failure is reported, the switch stays.
+    PostDeploy,
     Cleanup,
 }
 
@@ -88,8 +92,17 @@ impl State {
 
 impl Step {
     /// Every step in pipeline order.
-    pub const ALL: [Step; 7] =
-        [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Release, Step::Deploy, Step::Cleanup];
+    pub const ALL: [Step; 9] = [
+        Step::Clone,
+        Step::Build,
+        Step::Test,
+        Step::Push,
+        Step::Release,
+        Step::PreDeploy,
+        Step::Deploy,
+        Step::PostDeploy,
+        Step::Cleanup,
+    ];
 
     /// The column value stored in PostgreSQL.
     pub fn as_str(self) -> &'static str {
@@ -99,7 +112,9 @@ impl Step {
             Step::Test => "test",
             Step::Push => "push",
             Step::Release => "release",
+            Step::PreDeploy => "pre_deploy",
             Step::Deploy => "deploy",
+            Step::PostDeploy => "post_deploy",
             Step::Cleanup => "cleanup",
         }
     }

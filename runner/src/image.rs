@@ -186,15 +186,28 @@ pub async fn push(
     Ok(digest)
 }
 
-/// The image label that carries the app's release command (a JSON array, the argv).
+/// The image labels that carry the app's release command and deploy hooks (JSON arrays, argv).
 pub const RELEASE_LABEL: &str = "dev.slipway.release";
+pub const PRE_DEPLOY_LABEL: &str = "dev.slipway.pre_deploy";
+pub const POST_DEPLOY_LABEL: &str = "dev.slipway.post_deploy";
 
-/// The release command the image was built with (its [`RELEASE_LABEL`]), if any. An image the
-/// engine cannot inspect has none here: the deploy step finds it missing soon enough.
-pub async fn release_command(docker: &Docker, image: &str) -> Option<Vec<String>> {
-    let inspected = docker.inspect_image(image).await.ok()?;
-    let label = inspected.config?.labels?.get(RELEASE_LABEL).cloned()?;
-    serde_json::from_str::<Vec<String>>(&label).ok().filter(|argv| !argv.is_empty())
+/// The commands an image was built with ([`RELEASE_LABEL`] and the hooks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commands {
+    pub release: Option<Vec<String>>,
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
+}
+
+/// The commands recorded in `image`'s labels. An image the engine cannot inspect has none here:
+/// the deploy step finds it missing soon enough.
+pub async fn commands(docker: &Docker, image: &str) -> Commands {
+    let labels =
+        docker.inspect_image(image).await.ok().and_then(|i| i.config).and_then(|c| c.labels).unwrap_or_default();
+    let argv = |key: &str| {
+        labels.get(key).and_then(|l| serde_json::from_str::<Vec<String>>(l).ok()).filter(|argv| !argv.is_empty())
+    };
+    Commands { release: argv(RELEASE_LABEL), pre_deploy: argv(PRE_DEPLOY_LABEL), post_deploy: argv(POST_DEPLOY_LABEL) }
 }
 
 #[cfg(test)]

@@ -209,7 +209,9 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         rollback: job.rollback,
         settings: job.app.settings.clone(),
     };
-    release_command(job, tools, claim, &release).await?;
+    let commands = image::commands(&tools.docker, &release.image).await;
+    release_command(job, tools, claim, &release, commands.release.as_deref()).await?;
+    pre_deploy(tools, claim, job, &release, commands.pre_deploy.as_deref()).await?;
     // Fenced: only the attempt the scheduler still grants may change what serves. Once it
     // starts, the deploy step is never cut off half-way, so it is not cancellable.
     claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(|e| e.at(Step::Deploy))?;
@@ -225,6 +227,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         r.line(Some(Step::Deploy), &format!("live at {url}"));
     }
     r.step(Step::Deploy, StepStatus::Succeeded, None);
+    post_deploy(tools, claim, job, &release, commands.post_deploy.as_deref()).await;
     Ok(Done::Live { image: image_name, url: live.url })
 }
 
@@ -233,11 +236,16 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
 /// any traffic moves. It is fenced like the deploy step (the scheduler confirms the grant
 /// first), recorded before it starts and when it ends (an attempt after one that started it
 /// never runs it again), and not cut off by a cancel once started. Rollbacks do not run it.
-async fn release_command(job: &Job, tools: &Tools, claim: &Claim, release: &Release) -> Result<(), StepError> {
+async fn release_command(
+    job: &Job,
+    tools: &Tools,
+    claim: &Claim,
+    release: &Release,
+    argv: Option<&[String]>,
+) -> Result<(), StepError> {
     use slipway_proto::{Body, ReleaseState};
     let r = &claim.reporter;
     let at = |e: JobError| e.at(Step::Release);
-    let argv = image::release_command(&tools.docker, &release.image).await;
     let Some(argv) = argv.filter(|_| !job.rollback) else {
         let why = if job.rollback { "a rollback does not run the release command" } else { "no release command" };
         r.line(Some(Step::Release), why);
@@ -246,10 +254,8 @@ async fn release_command(job: &Job, tools: &Tools, claim: &Claim, release: &Rele
     };
     match job.release_command {
         Some(record) if record.state == ReleaseState::Succeeded => {
-            r.line(
-                Some(Step::Release),
-                &format!("the release command ran in attempt {} and succeeded; not run again", record.attempt),
-            );
+            let said = format!("the release command ran in attempt {} and succeeded; not run again", record.attempt);
+            r.line(Some(Step::Release), &said);
             r.step(Step::Release, StepStatus::Skipped, None);
             return Ok(());
         }
@@ -264,14 +270,97 @@ async fn release_command(job: &Job, tools: &Tools, claim: &Claim, release: &Rele
     }
     claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
     r.step(Step::Release, StepStatus::Running, None);
-    r.line(Some(Step::Release), &format!("running the release command {argv:?}"));
     r.send_confirmed(Body::ReleaseCommand { state: ReleaseState::Started, exit_code: None }).await;
-    let network = tools.target.network(release).await.map_err(|e| at(JobError::from(e)))?;
+    let verdict = one_off(job, tools, claim, release, Step::Release, argv).await;
+    let (state, exit_code) = match &verdict {
+        Ok(Verdict::Passed) => (ReleaseState::Succeeded, Some(0)),
+        Ok(Verdict::Failed { exit_code }) => (ReleaseState::Failed, Some(*exit_code)),
+        _ => (ReleaseState::Failed, None),
+    };
+    r.send_confirmed(Body::ReleaseCommand { state, exit_code }).await;
+    match verdict.map_err(at)? {
+        Verdict::Passed => {
+            r.step(Step::Release, StepStatus::Succeeded, None);
+            Ok(())
+        }
+        Verdict::Failed { exit_code } => Err(at(JobError::ReleaseFailed(exit_code))),
+        Verdict::TimedOut | Verdict::Cancelled => {
+            Err(at(JobError::ReleaseTimedOut(Duration::from_secs(tools.config.release_timeout_seconds))))
+        }
+    }
+}
+
+/// The `pre_deploy` hook: before the deploy step, fenced; a failure stops the deployment.
+async fn pre_deploy(
+    tools: &Tools,
+    claim: &Claim,
+    job: &Job,
+    release: &Release,
+    argv: Option<&[String]>,
+) -> Result<(), StepError> {
+    let r = &claim.reporter;
+    let at = |e: JobError| e.at(Step::PreDeploy);
+    let Some(argv) = argv else {
+        return Ok(());
+    };
+    if job.app.target == TargetKind::Kubernetes {
+        return Err(at(JobError::ReleaseOnKubernetes));
+    }
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
+    r.step(Step::PreDeploy, StepStatus::Running, None);
+    match one_off(job, tools, claim, release, Step::PreDeploy, argv).await.map_err(at)? {
+        Verdict::Passed => {
+            r.step(Step::PreDeploy, StepStatus::Succeeded, None);
+            Ok(())
+        }
+        Verdict::Failed { exit_code } => Err(at(JobError::PreDeployFailed(exit_code))),
+        Verdict::TimedOut | Verdict::Cancelled => Err(at(JobError::PreDeployFailed(-1))),
+    }
+}
+
+/// The `post_deploy` hook, once the new version serves: a failure is reported on the
+/// deployment (its step fails) and nothing is undone.
+async fn post_deploy(tools: &Tools, claim: &Claim, job: &Job, release: &Release, argv: Option<&[String]>) {
+    let r = &claim.reporter;
+    let Some(argv) = argv else {
+        return;
+    };
+    r.step(Step::PostDeploy, StepStatus::Running, None);
+    let failed = match one_off(job, tools, claim, release, Step::PostDeploy, argv).await {
+        Ok(Verdict::Passed) => None,
+        Ok(Verdict::Failed { exit_code }) => Some(format!("exit code {exit_code}")),
+        Ok(Verdict::TimedOut | Verdict::Cancelled) => Some("it did not finish in time".to_string()),
+        Err(err) => Some(r.mask(&err.to_string())),
+    };
+    match failed {
+        None => r.step(Step::PostDeploy, StepStatus::Succeeded, None),
+        Some(why) => {
+            let said = format!("the post_deploy hook failed ({why}); the new version stays live");
+            r.line(Some(Step::PostDeploy), &said);
+            r.step(Step::PostDeploy, StepStatus::Failed, Some(said));
+        }
+    }
+}
+
+/// Runs `argv` in a one-off container of the release's image with the app's environment (its
+/// secrets masked in the output), network and limits, logging to `step`. Not cancellable: a
+/// migration or hook cut off half-way is worse than one that ends.
+async fn one_off(
+    job: &Job,
+    tools: &Tools,
+    claim: &Claim,
+    release: &Release,
+    step: Step,
+    argv: &[String],
+) -> Result<Verdict, JobError> {
+    let r = claim.reporter.clone();
+    r.line(Some(step), &format!("running {argv:?}"));
+    let network = tools.target.network(release).await?;
     let limits = release.limits.unwrap_or(tools.config.app_limits());
     let timeout = Duration::from_secs(tools.config.release_timeout_seconds);
     let one = suite::OneOff {
         image: &release.image,
-        cmd: argv,
+        cmd: argv.to_vec(),
         env: release.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         limits: suite::Limits {
             memory_bytes: limits.memory_bytes,
@@ -282,27 +371,8 @@ async fn release_command(job: &Job, tools: &Tools, claim: &Claim, release: &Rele
         network,
         labels: leftovers::labels(&tools.config, job),
     };
-    let log = {
-        let r = r.clone();
-        move |line: String| r.line(Some(Step::Release), &line)
-    };
-    // Not cancellable once started: a migration cut off half-way is worse than one that ends.
-    let never = CancellationToken::new();
-    let verdict = suite::run_once(&tools.docker, one, &log, &never).await.map_err(|e| at(JobError::ReleaseRun(e)))?;
-    let (state, exit_code) = match verdict {
-        Verdict::Passed => (ReleaseState::Succeeded, Some(0)),
-        Verdict::Failed { exit_code } => (ReleaseState::Failed, Some(exit_code)),
-        Verdict::TimedOut | Verdict::Cancelled => (ReleaseState::Failed, None),
-    };
-    r.send_confirmed(Body::ReleaseCommand { state, exit_code }).await;
-    match verdict {
-        Verdict::Passed => {
-            r.step(Step::Release, StepStatus::Succeeded, None);
-            Ok(())
-        }
-        Verdict::Failed { exit_code } => Err(at(JobError::ReleaseFailed(exit_code))),
-        Verdict::TimedOut | Verdict::Cancelled => Err(at(JobError::ReleaseTimedOut(timeout))),
-    }
+    let log = move |line: String| r.line(Some(step), &line);
+    suite::run_once(&tools.docker, one, &log, &CancellationToken::new()).await.map_err(JobError::ReleaseRun)
 }
 
 /// The credentials for the job's repository: the app's own, else the runner's token when the
@@ -414,11 +484,19 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
     // The release command travels with the image, so a deployment that does not build it (a
     // configuration change, a retry) runs the command of exactly this image.
-    let release = plan.release.as_ref().map(|r| serde_json::to_string(&r.value).unwrap_or_default());
-    if let Some(release) = &plan.release {
-        r.line(Some(Step::Build), &format!("plan: release command {:?} ({})", release.value, release.from.join(", ")));
-    }
-    let labels: HashMap<&str, &str> = release.iter().map(|argv| (image::RELEASE_LABEL, argv.as_str())).collect();
+    let commands: Vec<(&str, String)> = [
+        (image::RELEASE_LABEL, "release command", &plan.release),
+        (image::PRE_DEPLOY_LABEL, "pre_deploy hook", &plan.pre_deploy),
+        (image::POST_DEPLOY_LABEL, "post_deploy hook", &plan.post_deploy),
+    ]
+    .into_iter()
+    .filter_map(|(label, what, fact)| {
+        let fact = fact.as_ref()?;
+        r.line(Some(Step::Build), &format!("plan: {what} {:?} ({})", fact.value, fact.from.join(", ")));
+        Some((label, serde_json::to_string(&fact.value).unwrap_or_default()))
+    })
+    .collect();
+    let labels: HashMap<&str, &str> = commands.iter().map(|(label, argv)| (*label, argv.as_str())).collect();
     build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &labels).await.map_err(at_build)?;
     r.step(Step::Build, StepStatus::Succeeded, None);
 

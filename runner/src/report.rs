@@ -263,7 +263,7 @@ impl Reporter {
         let task_type = match step {
             Step::Build | Step::Push => Some("build"),
             Step::Test => Some("test"),
-            Step::Release | Step::Deploy => Some("deploy"),
+            Step::Release | Step::PreDeploy | Step::Deploy | Step::PostDeploy => Some("deploy"),
             Step::Clone | Step::Cleanup => None,
         };
         match status {

@@ -299,3 +299,58 @@ async fn the_release_command_runs_once_before_traffic_moves_and_a_failing_one_sw
     assert_eq!(log.lines().filter(|l| l.trim() == "migration-three-started").count(), 1, "{log}");
     assert_eq!(greeting(&s, &live).await, "greeting=two", "v2 still serves");
 }
+
+#[tokio::test]
+async fn a_failing_pre_deploy_hook_stops_the_deployment_and_a_failing_post_deploy_hook_is_reported_only() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("hooks");
+    let url = git.url(&repo);
+    s.create_app("hooks", &url, SECRET, json!({"env": {"GREETING": "hooked"}})).await;
+    let commit = |marker: &str, pre: &str, post: &str| {
+        let toml = format!("pre_deploy = {pre}\npost_deploy = {post}\n");
+        let dockerfile = "FROM slipway/busybox:1\nCOPY www /www\n\
+            CMD [\"sh\", \"-c\", \"echo \\\"greeting=$GREETING\\\" > /www/greeting.txt && exec httpd -f -p 8080 -h /www\"]\n";
+        let index = format!("<p>{marker}</p>\n");
+        git.commit(
+            &repo,
+            marker,
+            &[
+                Entry::File("Dockerfile", dockerfile.as_bytes()),
+                Entry::File("slipway.toml", toml.as_bytes()),
+                Entry::File("www/index.html", index.as_bytes()),
+                Entry::File("www/healthz", b"ok\n"),
+            ],
+        )
+    };
+    // pre_deploy passes (with the app's environment), post_deploy fails after the switch: the
+    // deployment completes, the hook's step says it failed.
+    let sha = commit("v1", r#""echo pre-deploy sees $GREETING""#, r#"["sh", "-c", "echo purging; exit 3"]"#);
+    let (_, answer) = s.push(&url, &sha, SECRET, "hooks-1").await;
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    assert_eq!(step_of(&d, 1, "pre_deploy").map(|st| st["status"].clone()), Some(json!("succeeded")), "{d}");
+    let post = step_of(&d, 1, "post_deploy").expect("post_deploy step");
+    assert_eq!(post["status"], "failed", "{d}");
+    assert!(post["error"].as_str().unwrap_or_default().contains("exit code 3"), "{post}");
+    assert!(
+        post["started_at"].as_str()
+            >= step_of(&d, 1, "deploy").and_then(|st| st["finished_at"].as_str().map(str::to_string)).as_deref()
+    );
+    let log = log_text(&s, &id).await;
+    assert!(log.contains("pre-deploy sees hooked") && log.contains("purging"), "{log}");
+    let live = d["url"].as_str().expect("url").to_string();
+    assert_eq!(greeting(&s, &live).await, "greeting=hooked");
+
+    // pre_deploy fails: nothing is switched, the user's error.
+    let sha = commit("v2", r#""exit 4""#, r#""true""#);
+    let (_, answer) = s.push(&url, &sha, SECRET, "hooks-2").await;
+    let d = s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), FINISH).await;
+    assert_eq!(
+        (d["state"].as_str(), d["error_step"].as_str(), d["error_cause"].as_str()),
+        (Some("failed"), Some("pre_deploy"), Some("user")),
+        "{d}"
+    );
+    assert!(s.app_body(&live, "/").await.unwrap_or_default().contains("v1"), "v1 keeps serving");
+}

@@ -129,6 +129,8 @@ pub(crate) fn plan(provider: Provider, app_root: &str) -> Plan {
         base_image: None,
         env: Default::default(),
         release: None,
+        pre_deploy: None,
+        post_deploy: None,
     }
 }
 
