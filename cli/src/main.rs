@@ -74,6 +74,21 @@ enum Command {
         #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
         diff: Option<Vec<String>>,
     },
+    /// Deploy a release of an app (default: the one serving) to another app of the same
+    /// repository — staging to production — by its image digest: no clone, no build, the other
+    /// app's own configuration.
+    Promote {
+        app: String,
+        /// The app to deploy it to.
+        #[arg(long)]
+        to: String,
+        /// The release to promote (`v3`; default: the one serving).
+        #[arg(long)]
+        release: Option<String>,
+        /// Follow the promotion's logs until it ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Set or remove an app's environment variables; the live image is deployed with them as a
     /// new release, without a clone or a build.
     Env {
@@ -718,6 +733,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         _ => println!("  {}: {} -> {}", c.key, show(&c.from), show(&c.to)),
                     }
                 }
+            }
+        }
+        Command::Promote { app, to, release, follow } => {
+            let body = api::PromoteRequest { to, release };
+            let out: api::PromoteAnswer = online()?.post(&format!("/api/v1/apps/{app}/promote"), &body).await?;
+            if cli.json && !follow {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let short: String = out.sha.chars().take(12).collect();
+                let release = out.release.map(|v| format!(" as release v{v}")).unwrap_or_default();
+                println!(
+                    "promoting {} v{} ({short}, {}) to {}{release} (deployment {})",
+                    out.from_app, out.from_release, out.digest, out.app, out.deployment_id
+                );
+            }
+            if follow {
+                return follow_logs(&online()?, &out.deployment_id.to_string()).await;
             }
         }
         Command::Env { command: EnvCommand::Set { app, vars, secret, plain } } => {

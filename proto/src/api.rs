@@ -198,6 +198,34 @@ pub struct Release {
     pub created_at: DateTime<Utc>,
     /// Whether it is the one serving now.
     pub live: bool,
+    /// The apps and releases it was promoted to (`production v4`).
+    #[serde(default)]
+    pub promoted_to: Vec<String>,
+}
+
+/// `POST /api/v1/apps/{name}/promote`: deploy a release of this app to another app of the same
+/// repository (another environment) by its image digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The app to deploy it to.
+    pub to: String,
+    /// The release (`v3`); default: the one serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+}
+
+/// The answer to a promotion: the target app's new deployment and release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteAnswer {
+    pub deployment_id: Uuid,
+    pub app: String,
+    #[serde(default)]
+    pub release: Option<u32>,
+    pub from_app: String,
+    pub from_release: u32,
+    pub sha: String,
+    pub digest: String,
 }
 
 /// `GET /api/v1/apps/{name}/releases/{a}/diff/{b}`: what changed from release `a` to `b`.

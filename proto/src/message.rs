@@ -219,6 +219,21 @@ pub struct Job {
     /// What an earlier attempt recorded of the release command (it never runs twice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_command: Option<ReleaseRecord>,
+    /// A promotion: the image of another app's release, taken by its digest and pushed under
+    /// this app's name (no clone, no build, no test).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+/// Where a promoted image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The app whose release it is (its image is `<registry>/<app>:<sha>`).
+    pub app: String,
+    pub deployment_id: Uuid,
+    pub version: u32,
+    /// The digest Slipway pushed for it: exactly this image is deployed.
+    pub digest: String,
 }
 
 /// Where a deployment's release command is.

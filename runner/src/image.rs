@@ -186,6 +186,15 @@ pub async fn push(
     Ok(digest)
 }
 
+/// Tags the local image `source` (a name, or `name@digest`) as `to`.
+pub async fn tag(docker: &Docker, source: &str, to: &Reference) -> Result<(), ImageError> {
+    let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(&format!("{}/{}", to.registry(), to.repository()))
+        .tag(to.tag().unwrap_or("latest"))
+        .build();
+    docker.tag_image(source, Some(options)).await.map_err(|source| ImageError::Engine { action: "tagging", source })
+}
+
 /// The image labels that carry the app's release command and deploy hooks (JSON arrays, argv).
 pub const RELEASE_LABEL: &str = "dev.slipway.release";
 pub const PRE_DEPLOY_LABEL: &str = "dev.slipway.pre_deploy";

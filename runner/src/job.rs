@@ -155,6 +155,8 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
             .and_then(|pulled| pulled.map_err(|_| JobError::PushTimedOut(tools.config.push_timeout())))
             .and_then(|pulled| pulled.map_err(JobError::from))
             .map_err(|e| e.at(Step::Deploy))?;
+    } else if let Some(promotion) = &job.promotion {
+        promote(tools, claim, promotion, &sha, &reference).await?;
     } else {
         r.step(Step::Clone, StepStatus::Running, None);
         clone(job, &sha, tools, cancel, dir, log(Step::Clone)).await.map_err(|e| e.at(Step::Clone))?;
@@ -229,6 +231,65 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     r.step(Step::Deploy, StepStatus::Succeeded, None);
     post_deploy(tools, claim, job, &release, commands.post_deploy.as_deref()).await;
     Ok(Done::Live { image: image_name, url: live.url })
+}
+
+/// A promotion: the image of another app's release, by its digest, tagged and pushed under this
+/// app's name; nothing is cloned, built or tested again (it was, for that release).
+async fn promote(
+    tools: &Tools,
+    claim: &Claim,
+    promotion: &slipway_proto::Promotion,
+    sha: &str,
+    to: &oci_spec::distribution::Reference,
+) -> Result<(), StepError> {
+    let r = &claim.reporter;
+    let at = |e: JobError| e.at(Step::Push);
+    for step in [Step::Clone, Step::Build, Step::Test] {
+        let said = format!(
+            "promoted from {} release v{} ({}): not built again",
+            promotion.app, promotion.version, promotion.digest
+        );
+        r.line(Some(step), &said);
+        r.step(step, StepStatus::Skipped, None);
+    }
+    r.step(Step::Push, StepStatus::Running, None);
+    let from = image::reference(&tools.config.registry, &promotion.app, sha).map_err(|e| at(JobError::from(e)))?;
+    let log = {
+        let r = r.clone();
+        move |line: String| r.line(Some(Step::Push), &line)
+    };
+    let auth = tools.registry_auth.as_ref();
+    let limit = tools.config.push_timeout();
+    let moving = async {
+        image::ensure_local(&tools.docker, &from, &promotion.digest, auth, &log).await?;
+        let pinned = format!("{}/{}@{}", from.registry(), from.repository(), promotion.digest);
+        image::tag(&tools.docker, &pinned, to).await?;
+        image::push(&tools.docker, to, auth, &log).await
+    };
+    let pushed = cancellable(&claim.cancel, tokio::time::timeout(limit, moving))
+        .await
+        .and_then(|done| done.map_err(|_| JobError::PushTimedOut(limit)))
+        .and_then(|done| done.map_err(JobError::from))
+        .map_err(at)?;
+    let digest = match pushed {
+        Some(digest) => Some(digest),
+        None => image::registry_digest(&tools.docker, &to.whole(), auth).await,
+    };
+    match &digest {
+        Some(d) if d == &promotion.digest => {
+            r.line(Some(Step::Push), &format!("pushed {} {d}: the same image", to.whole()))
+        }
+        Some(d) => r.line(
+            Some(Step::Push),
+            &format!("pushed {} {d} (the registry gave it another digest than {})", to.whole(), promotion.digest),
+        ),
+        None => r.line(Some(Step::Push), &format!("pushed {}", to.whole())),
+    }
+    if let Some(digest) = digest {
+        r.send_confirmed(slipway_proto::Body::Pushed { digest }).await;
+    }
+    r.step(Step::Push, StepStatus::Succeeded, None);
+    Ok(())
 }
 
 /// The release step: the image's release command (migrations), once per deployment, in a

@@ -157,6 +157,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/apps/{name}/releases/{from}/diff/{to}", get(diff_releases))
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
         .route("/api/v1/apps/{name}/rollback", post(rollback_app))
+        .route("/api/v1/apps/{name}/promote", post(promote_app))
         .route("/api/v1/apps/{name}/sync", post(sync_app))
         .route("/api/v1/apps/{name}/logs", get(crate::applogs::stream))
         .route("/api/v1/apps/{name}/status", get(crate::applogs::status))
@@ -340,6 +341,7 @@ async fn config_release(
         watch_check: None,
         copy_release_of: None,
         reason: Some(reason),
+        promoted_from: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -350,6 +352,99 @@ async fn config_release(
     };
     let release = releases::version_of(&shared.pool, id).await?;
     Ok((StatusCode::ACCEPTED, Json(api::ConfigAnswer { app: app.view(), deployment_id: Some(id), release })))
+}
+
+/// `POST /api/v1/apps/{name}/promote`: deploys a completed release of this app (default: the
+/// one serving) to another app of the same repository, by its image digest, with the other
+/// app's configuration (viewer of this app, deployer of the other).
+async fn promote_app(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<api::PromoteRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::PromoteAnswer>), ApiError> {
+    let from = app_for(&shared, &caller, &name, Role::Viewer).await?;
+    let Json(req) = body?;
+    let to = app_for(&shared, &caller, &req.to, Role::Deployer).await?;
+    if to.id == from.id {
+        return Err(ApiError::Unprocessable("an app is promoted to another app (another environment)".into()));
+    }
+    if apps::normalize_repo_url(&to.repo_url) != apps::normalize_repo_url(&from.repo_url) {
+        return Err(ApiError::Unprocessable(format!(
+            "{} follows another repository than {}: only a build of the same repository can be promoted",
+            to.name, from.name
+        )));
+    }
+    let deployment_id = match req.release.as_deref() {
+        Some(raw) => {
+            let version = raw.strip_prefix('v').unwrap_or(raw).parse::<u32>().ok().ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`{}` is not a release such as v3",
+                    raw.chars().take(20).collect::<String>()
+                ))
+            })?;
+            let found = releases::get(&shared.pool, &from, version).await?;
+            found
+                .map(|(id, _)| id)
+                .ok_or_else(|| ApiError::NotFound(format!("{} has no release v{version}", from.name)))?
+        }
+        None => deployments::completed(&shared.pool, &from.name, 1)
+            .await?
+            .into_iter()
+            .next()
+            .map(|d| d.id)
+            .ok_or_else(|| ApiError::Unprocessable(format!("{} has nothing live to promote", from.name)))?,
+    };
+    let source = deployments::get(&shared.pool, deployment_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such release".into()))?
+        .deployment;
+    let digest = deployments::image_digest(&shared.pool, deployment_id).await?;
+    let (Some(digest), true) = (digest, source.state == DeployState::Completed) else {
+        return Err(ApiError::Unprocessable(format!(
+            "only a release that went live (completed, its image pushed) can be promoted; this one is {}",
+            source.state.as_str()
+        )));
+    };
+    let version = releases::version_of(&shared.pool, deployment_id).await?.unwrap_or(0);
+    let promotion = slipway_proto::Promotion { app: from.name.clone(), deployment_id, version, digest: digest.clone() };
+    let short: String = source.sha.chars().take(12).collect();
+    let reason = format!("promotion of {} v{version} ({short})", from.name);
+    let new = NewDeployment {
+        app: &to,
+        sha: &source.sha,
+        git_ref: &source.git_ref,
+        source: "promotion",
+        delivery_id: None,
+        image_digest: None,
+        created_by: Some(&caller.name),
+        before_sha: None,
+        watch_check: None,
+        copy_release_of: None,
+        reason: Some(&reason),
+        promoted_from: Some(&promotion),
+    };
+    let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
+        Created::New { id, superseded } => {
+            webhook::announce_queued(&shared, id, &to.name, &source.sha, &superseded);
+            id
+        }
+        Created::Existing(id) => id,
+    };
+    tracing::info!(from = %from.name, to = %to.name, version, by = %caller.name, deployment_id = %id, "release promoted");
+    let release = releases::version_of(&shared.pool, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::PromoteAnswer {
+            deployment_id: id,
+            app: to.name.clone(),
+            release,
+            from_app: from.name,
+            from_release: version,
+            sha: source.sha,
+            digest,
+        }),
+    ))
 }
 
 /// `GET /api/v1/apps/{name}/releases`: the app's releases, newest first (viewer).
@@ -431,6 +526,7 @@ async fn deploy_app(
         watch_check: None,
         copy_release_of: None,
         reason: None,
+        promoted_from: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -498,6 +594,7 @@ async fn rollback_app(
         // The image and the configuration it ran with, together.
         copy_release_of: Some(target.id),
         reason: Some(&rollback_reason),
+        promoted_from: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (id, superseded) = match created {

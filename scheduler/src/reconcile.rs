@@ -150,6 +150,7 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         watch_check: Some(&slipway_proto::WatchCheck::default()),
         copy_release_of: None,
         reason: None,
+        promoted_from: None,
     };
     match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {

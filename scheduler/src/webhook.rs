@@ -253,6 +253,7 @@ async fn receive(
                 watch_check: watch_check.as_ref(),
                 copy_release_of: None,
                 reason: None,
+                promoted_from: None,
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.

@@ -32,6 +32,7 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         watch_check: None,
         copy_release_of: None,
         reason: None,
+        promoted_from: None,
     }
 }
 

@@ -354,3 +354,80 @@ async fn a_failing_pre_deploy_hook_stops_the_deployment_and_a_failing_post_deplo
     );
     assert!(s.app_body(&live, "/").await.unwrap_or_default().contains("v1"), "v1 keeps serving");
 }
+
+#[tokio::test]
+async fn a_release_is_promoted_to_another_environment_by_its_digest_with_that_environments_configuration() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions::default()).await;
+    let repo = unique("promote");
+    let url = git.url(&repo);
+    let staging = s
+        .create_app("staging", &url, SECRET, json!({"environment": "staging", "env": {"GREETING": "from-staging"}}))
+        .await;
+    // Production follows another branch: pushes to main never deploy it; promotions do.
+    let production = s
+        .create_app("production", &url, SECRET, json!({"branch": "release", "env": {"GREETING": "from-production"}}))
+        .await;
+    let sha = commit(&git, &repo, "promoted");
+    let (_, answer) = s.push(&url, &sha, SECRET, "promote-1").await;
+    assert_eq!(answer["deployments"].as_array().map(Vec::len), Some(1), "only staging follows main: {answer}");
+    let built = s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), FINISH).await;
+    assert_eq!(built["state"], "completed", "{built}");
+
+    let promoted = cli(&s, &["promote", &staging, "--to", &production]);
+    assert_eq!((promoted["from_release"].as_u64(), promoted["release"].as_u64()), (Some(1), Some(1)), "{promoted}");
+    let d = s.finished(promoted["deployment_id"].as_str().expect("id"), FINISH).await;
+    assert_eq!(
+        (d["state"].as_str(), d["source"].as_str(), d["sha"].as_str()),
+        (Some("completed"), Some("promotion"), Some(sha.as_str())),
+        "{d}"
+    );
+    for step in ["clone", "build", "test"] {
+        assert_eq!(step_of(&d, 1, step).map(|st| st["status"].clone()), Some(json!("skipped")), "{step}: {d}");
+    }
+    // Exactly the image staging runs, with production's configuration.
+    let digest = |id: &str| {
+        slipway_tests::harness::psql_value(
+            &s.database_url,
+            &format!("SELECT image_digest FROM deployments WHERE id = '{id}'"),
+        )
+    };
+    assert_eq!(digest(d["id"].as_str().expect("id")), digest(built["id"].as_str().expect("id")), "the same digest");
+    assert_eq!(promoted["digest"].as_str(), Some(digest(built["id"].as_str().expect("id")).as_str()));
+    assert_eq!(greeting(&s, d["url"].as_str().expect("url")).await, "greeting=from-production");
+    assert_eq!(greeting(&s, built["url"].as_str().expect("url")).await, "greeting=from-staging");
+
+    // Recorded on both sides.
+    let theirs = cli(&s, &["releases", &production]);
+    assert_eq!(
+        theirs[0]["reason"].as_str(),
+        Some(format!("promotion of {staging} v1 ({})", &sha[..12]).as_str()),
+        "{theirs}"
+    );
+    let ours = cli(&s, &["releases", &staging]);
+    assert_eq!(ours[0]["promoted_to"], json!([format!("{production} v1")]), "{ours}");
+
+    // Refused: to itself, to an app of another repository, a release that never went live, a
+    // viewer of the target.
+    let other = s.create_app("elsewhere", &git.url(&unique("other")), SECRET, json!({})).await;
+    for (body, status, needle) in [
+        (json!({"to": staging}), 422, "another app"),
+        (json!({"to": other}), 422, "another repository"),
+        (json!({"to": production, "release": "v9"}), 404, "no release v9"),
+        (json!({"to": production, "release": "nine"}), 400, "not a release"),
+        (json!({"to": "no-such-app"}), 404, "no app"),
+    ] {
+        let (got, answer) = s.post(&format!("/api/v1/apps/{staging}/promote"), &body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer.to_string().contains(needle), "{body}: {answer}");
+    }
+    let viewer = s.create_token("promote-viewer", "viewer", None).await;
+    let refused = s
+        .client(&viewer)
+        .post(format!("{}/api/v1/apps/{staging}/promote", s.base))
+        .json(&json!({"to": production}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status().as_u16(), 403);
+}
