@@ -458,21 +458,11 @@ async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String,
     let auth = git_auth(job, tools);
     let guard = tools.guard.clone();
     let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let mut resolving = tokio::task::spawn_blocking(move || {
+    let sha = interruptible("resolve", &claim.cancel, move |stop| {
         checkout::guard(&url, &guard)?;
-        checkout::resolve_ref(&url, &git_ref, auth.as_ref(), &flag)
-    });
-    let joined = tokio::select! {
-        joined = &mut resolving => joined,
-        _ = claim.cancel.cancelled() => {
-            stop.store(true, Ordering::Relaxed);
-            let _ = (&mut resolving).await;
-            return Err(JobError::Cancelled);
-        }
-    };
-    let sha = joined.map_err(|source| JobError::Task { what: "resolve", source })??;
+        checkout::resolve_ref(&url, &git_ref, auth.as_ref(), stop)
+    })
+    .await?;
     r.line(Some(Step::Clone), &format!("{} is at {sha}", job.git_ref));
     r.send_confirmed(slipway_proto::Body::Resolved { sha: sha.clone() }).await;
     Ok(sha)
@@ -491,21 +481,32 @@ async fn clone(
     let auth = git_auth(job, tools);
     let guard = tools.guard.clone();
     let (url, sha, git_ref, dest) = (job.app.repo_url.clone(), sha.to_string(), job.git_ref.clone(), dir.to_path_buf());
+    interruptible("clone", cancel, move |stop| {
+        checkout::guard(&url, &guard)?;
+        checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &log, stop)
+    })
+    .await
+}
+
+/// Runs a blocking git operation on the blocking pool. On cancel it is interrupted through its
+/// stop flag (checked by the transfer callbacks), and this returns only once it has stopped.
+pub(crate) async fn interruptible<T: Send + 'static>(
+    what: &'static str,
+    cancel: &CancellationToken,
+    operation: impl FnOnce(&AtomicBool) -> Result<T, checkout::CheckoutError> + Send + 'static,
+) -> Result<T, JobError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let mut cloning = tokio::task::spawn_blocking(move || {
-        checkout::guard(&url, &guard)?;
-        checkout::shallow_checkout(&url, &sha, &git_ref, &dest, auth.as_ref(), &log, &flag)
-    });
+    let mut running = tokio::task::spawn_blocking(move || operation(&flag));
     let joined = tokio::select! {
-        joined = &mut cloning => joined,
+        joined = &mut running => joined,
         _ = cancel.cancelled() => {
             stop.store(true, Ordering::Relaxed);
-            let _ = (&mut cloning).await;
+            let _ = (&mut running).await;
             return Err(JobError::Cancelled);
         }
     };
-    joined.map_err(|source| JobError::Task { what: "clone", source })?.map_err(JobError::from)
+    joined.map_err(|source| JobError::Task { what, source })?.map_err(JobError::from)
 }
 
 /// Plans, builds and tests the image.

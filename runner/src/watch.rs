@@ -3,8 +3,6 @@
 //! `slipway.toml`): which files changed, and whether any of them is watched.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use slipway_detect::{SlipwayToml, Tree};
 use slipway_git::watch::{WatchPaths, changed_between};
@@ -14,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkout;
 use crate::context;
 use crate::failure::JobError;
-use crate::job::{Tools, git_auth};
+use crate::job::{Tools, git_auth, interruptible};
 
 /// Why the push is not deployed (none of its changed files is watched), or `None` to go on. A
 /// push whose changes cannot be told (nothing live yet, the live commit cannot be fetched) is
@@ -92,19 +90,9 @@ async fn diff(
     let auth = git_auth(job, tools);
     let guard = tools.guard.clone();
     let (url, base, sha, dir) = (job.app.repo_url.clone(), base.to_string(), sha.to_string(), dir.to_path_buf());
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let mut diffing = tokio::task::spawn_blocking(move || {
+    interruptible("diff", cancel, move |stop| {
         checkout::guard(&url, &guard)?;
-        changed_between(&dir, &url, &base, &sha, auth.as_ref(), &flag)
-    });
-    let joined = tokio::select! {
-        joined = &mut diffing => joined,
-        _ = cancel.cancelled() => {
-            stop.store(true, Ordering::Relaxed);
-            let _ = (&mut diffing).await;
-            return Err(JobError::Cancelled);
-        }
-    };
-    joined.map_err(|source| JobError::Task { what: "diff", source })?.map_err(JobError::from)
+        changed_between(&dir, &url, &base, &sha, auth.as_ref(), stop)
+    })
+    .await
 }
