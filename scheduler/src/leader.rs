@@ -7,7 +7,8 @@
 //! The lock goes with its session: when the leader exits or is killed, PostgreSQL ends the
 //! session as the socket closes and another replica takes the lock at its next try (every
 //! [`TRY_EVERY`]). A leader whose connection fails (or stops answering within [`CHECK_TIMEOUT`])
-//! steps down at once, before another replica can have taken over. A host that vanishes without
+//! steps down at once; a connection that stops answering without closing keeps its session (and
+//! the lock) until PostgreSQL ends it, so no other replica can lead meanwhile. A host that vanishes without
 //! closing its sockets holds the lock until PostgreSQL's TCP keepalives end its session (see
 //! docs/scaling.md).
 
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often a replica that is not the leader tries to become it, and the leader checks it still is.
 pub const TRY_EVERY: Duration = Duration::from_secs(1);
-/// How long the leader's check may take before it steps down.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the leader's check may take before it steps down: long enough that a database
+/// slowed by load does not make the leadership flap (a closed connection is noticed at once).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether this replica leads, and a way to wait for a change.
 #[derive(Debug, Clone)]

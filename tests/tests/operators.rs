@@ -47,12 +47,26 @@ async fn waits_because(s: &Slipway, id: &str, kind: &str) -> Value {
 /// The runner `id` once it is in `state`. A runner leaving waits for its cancelled build to stop,
 /// which a 2-core machine running the whole suite can stretch well past a minute.
 async fn runner_is(s: &Slipway, id: &str, state: &str) -> Value {
-    eventually(Duration::from_secs(180), &format!("{id} to be {state}"), || async move {
-        let (status, runners) = s.get("/api/v1/runners").await;
-        assert_eq!(status, 200, "{runners}");
-        runners.as_array()?.iter().find(|r| r["id"] == id && r["state"] == state).cloned()
+    let waited = tokio::time::timeout(Duration::from_secs(180), async {
+        loop {
+            let (status, runners) = s.get("/api/v1/runners").await;
+            assert_eq!(status, 200, "{runners}");
+            let found =
+                runners.as_array().and_then(|r| r.iter().find(|r| r["id"] == id && r["state"] == state).cloned());
+            if let Some(found) = found {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     })
-    .await
+    .await;
+    match waited {
+        Ok(found) => found,
+        Err(_) => {
+            let (_, runners) = s.get("/api/v1/runners").await;
+            panic!("{id} was not {state} within 180 s: {runners}\n{}", s.dump())
+        }
+    }
 }
 
 fn sigterm(pid: u32) {
@@ -280,13 +294,13 @@ async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners
 
     let root_name = format!("deploy {app}");
     // The scheduler and the runner export on their own schedules: wait for the root span, the
-    // runner's job span and its six step spans.
+    // runner's job span and its seven step spans (the release step, with no release command, skipped).
     let job_name = format!("job {app}");
     let spans = eventually(Duration::from_secs(30), "the root, job and step spans to arrive", || async {
         let spans = receiver.spans();
         let job = spans.iter().find(|s| s.name == job_name)?;
         let steps = spans.iter().filter(|s| s.parent_span_id == job.span_id).count();
-        (spans.iter().any(|s| s.name == root_name) && steps == 6).then_some(spans.clone())
+        (spans.iter().any(|s| s.name == root_name) && steps == 7).then_some(spans.clone())
     })
     .await;
     let root = spans.iter().find(|s| s.name == root_name).expect("root");
@@ -321,9 +335,9 @@ async fn one_trace_per_deployment_links_the_schedulers_root_span_and_the_runners
     let mut steps: Vec<&str> =
         trace.iter().filter(|s| s.parent_span_id == job.span_id).map(|s| s.name.as_str()).collect();
     steps.sort();
-    assert_eq!(steps, ["build", "cleanup", "clone", "deploy", "push", "test"], "{trace:#?}");
+    assert_eq!(steps, ["build", "cleanup", "clone", "deploy", "push", "release", "test"], "{trace:#?}");
     for step in trace.iter().filter(|s| s.parent_span_id == job.span_id) {
-        let want = if step.name == "test" { "skip" } else { "success" };
+        let want = if matches!(step.name.as_str(), "test" | "release") { "skip" } else { "success" };
         assert_eq!(step.attr("cicd.pipeline.task.run.result"), Some(want), "{step:?}");
         assert_eq!(step.attr("cicd.pipeline.run.id"), Some(id.as_str()));
     }
