@@ -100,8 +100,10 @@ pub async fn record(
     reason: &str,
     created_by: Option<&str>,
 ) -> Result<i32, ReleaseError> {
-    // Versions are per app: one writer at a time.
-    sqlx::query("SELECT id FROM apps WHERE id = $1 FOR UPDATE").bind(app.id).execute(&mut *tx).await?;
+    // Versions are per app: one writer at a time. NO KEY UPDATE, not UPDATE: the deployment
+    // just inserted holds a KEY SHARE lock on the app row (its foreign key), and two writers
+    // each holding that and asking for UPDATE would deadlock.
+    sqlx::query("SELECT id FROM apps WHERE id = $1 FOR NO KEY UPDATE").bind(app.id).execute(&mut *tx).await?;
     let copied: Option<Stored> = match copy_of {
         Some(from) => {
             sqlx::query_as("SELECT config, sealed FROM releases WHERE deployment_id = $1")

@@ -218,3 +218,24 @@ async fn the_outbox_gives_one_deployment_per_app_until_it_is_finished(pool: PgPo
         "the next one goes once the first ended"
     );
 }
+
+#[sqlx::test]
+async fn concurrent_deployments_of_one_app_get_one_release_each_without_a_deadlock(pool: PgPool) {
+    let app = app(&pool).await;
+    let creating: Vec<_> = (0..12u8)
+        .map(|i| {
+            let (pool, app) = (pool.clone(), app.clone());
+            tokio::spawn(async move {
+                let sha = format!("{:040x}", u64::from(i) + 1);
+                deployments::create(&pool, &Keyring::from_key([9; 32]), manual(&app, &sha), POLICY).await
+            })
+        })
+        .collect();
+    for created in creating {
+        let created = created.await.expect("task");
+        assert!(matches!(created, Ok(Created::New { .. })), "{created:?}");
+    }
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM releases ORDER BY version").fetch_all(&pool).await.expect("versions");
+    assert_eq!(versions, (1..=12).collect::<Vec<i32>>(), "one release each, numbered without gaps or repeats");
+}
