@@ -156,8 +156,8 @@ pub async fn list(pool: &sqlx::PgPool, app: &App, limit: i64) -> Result<Vec<api:
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT r.version, r.deployment_id, d.state, d.source, d.sha, d.image, d.image_digest, r.reason,
                 r.created_by, r.created_at,
-                d.id = (SELECT l.id FROM deployments l WHERE l.app_id = r.app_id AND l.environment = d.environment
-                        AND l.state = 'completed' ORDER BY l.finished_at DESC LIMIT 1) AS live,
+                coalesce(d.id = (SELECT l.id FROM deployments l WHERE l.app_id = r.app_id AND l.environment = d.environment
+                        AND l.state = 'completed' ORDER BY l.finished_at DESC LIMIT 1), false) AS live,
                 array(SELECT a.name || ' v' || pr.version FROM deployments p JOIN apps a ON a.id = p.app_id
                       JOIN releases pr ON pr.deployment_id = p.id
                       WHERE p.promoted_from->>'deployment_id' = r.deployment_id::text ORDER BY pr.created_at) AS promoted_to

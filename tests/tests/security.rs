@@ -20,6 +20,7 @@ async fn send(client: &reqwest::Client, method: &str, url: &str, body: Option<Va
     let mut req = match method {
         "GET" => client.get(url),
         "POST" => client.post(url),
+        "PATCH" => client.patch(url),
         "DELETE" => client.delete(url),
         other => panic!("method {other}"),
     };
@@ -88,6 +89,15 @@ async fn every_route_answers_each_role_as_documented() {
         ("GET", "/api/v1/queue".into(), None, "viewer", true),
         ("POST", format!("/api/v1/apps/{app}/sync"), Some(json!({})), "deployer", true),
         ("POST", format!("/api/v1/apps/{other}/sync"), Some(json!({})), "deployer", false),
+        ("GET", format!("/api/v1/apps/{app}/releases"), None, "viewer", true),
+        ("GET", format!("/api/v1/apps/{other}/releases"), None, "viewer", false),
+        ("GET", format!("/api/v1/apps/{app}/releases/v1/diff/v2"), None, "viewer", true),
+        ("PATCH", format!("/api/v1/apps/{app}/env"), Some(json!({"set": {"ROLE_TEST": "x"}})), "deployer", true),
+        ("PATCH", format!("/api/v1/apps/{other}/env"), Some(json!({"set": {"ROLE_TEST": "x"}})), "deployer", false),
+        ("PATCH", format!("/api/v1/apps/{app}"), Some(json!({"watch_paths": []})), "deployer", true),
+        ("PATCH", format!("/api/v1/apps/{other}"), Some(json!({"watch_paths": []})), "deployer", false),
+        // Promoting needs the deployer role on the target: a token scoped to `app` may not.
+        ("POST", format!("/api/v1/apps/{app}/promote"), Some(json!({"to": other})), "deployer", false),
         ("GET", "/api/v1/runners".into(), None, "viewer", false),
         ("GET", "/metrics".into(), None, "viewer", false),
     ];
