@@ -40,17 +40,16 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
         // replica skips it, and a claim for it waits only for this one publish.
         let mut published = 0;
         while published < BATCH {
-            let mut tx = shared.pool.begin().await?;
-            let Some(deployments::Outgoing { job, traceparent }) =
-                deployments::outbox(&mut *tx, &shared.keyring, 1).await?.into_iter().next()
-            else {
-                break;
-            };
-            publish(shared, &channel, &job, traceparent.as_deref()).await?;
-            deployments::mark_published(&mut *tx, job.deployment_id, job.attempt).await?;
-            tx.commit().await?;
-            tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
-            published += 1;
+            match relay_one(shared, &channel).await {
+                Ok(true) => published += 1,
+                Ok(false) => break,
+                // PostgreSQL is out of reach: the broker channel stays, and the rows wait.
+                Err(Failed::Database(err)) => {
+                    tracing::warn!(error = %err, "the outbox cannot be read; trying again shortly");
+                    break;
+                }
+                Err(Failed::Broker(err)) => return Err(err),
+            }
         }
         if published == BATCH {
             continue;
@@ -64,6 +63,30 @@ async fn relay(shared: &Shared, conn: &lapin::Connection, cancel: &CancellationT
             anyhow::bail!("connection to rabbitmq lost");
         }
     }
+}
+
+/// Why relaying a job stopped: the database (the broker channel is fine, try again later) or
+/// the broker (reconnect; the relay's broker health says so).
+enum Failed {
+    Database(sqlx::Error),
+    Broker(anyhow::Error),
+}
+
+/// Publishes the next due job, in a transaction that holds its row until the broker confirmed
+/// and the row is marked; false when none is due.
+async fn relay_one(shared: &Shared, channel: &lapin::Channel) -> Result<bool, Failed> {
+    let mut tx = shared.pool.begin().await.map_err(Failed::Database)?;
+    let next = deployments::outbox(&mut *tx, &shared.keyring, 1).await.map_err(Failed::Database)?;
+    let Some(deployments::Outgoing { job, traceparent }) = next.into_iter().next() else {
+        return Ok(false);
+    };
+    publish(shared, channel, &job, traceparent.as_deref()).await.map_err(Failed::Broker)?;
+    // Published but not marked (the database went away): published again later, and the claim
+    // protocol turns the second copy away.
+    deployments::mark_published(&mut *tx, job.deployment_id, job.attempt).await.map_err(Failed::Database)?;
+    tx.commit().await.map_err(Failed::Database)?;
+    tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
+    Ok(true)
 }
 
 /// Publishes one job and waits for the broker's confirm (bounded, so a silent broker never

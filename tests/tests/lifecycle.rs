@@ -411,6 +411,15 @@ async fn the_api_answers_503_at_once_while_postgresql_is_unreachable() {
         (Some("unavailable"), Some("unreachable")),
         "{health}"
     );
+    // The relay keeps its broker channel through a database outage: once it has met the outage,
+    // the broker is still not blamed.
+    eventually(Duration::from_secs(10), "the relay to meet the outage", || async {
+        s.scheduler.output().contains("the outbox cannot be read").then_some(())
+    })
+    .await;
+    let health: serde_json::Value =
+        s.anonymous.get(format!("{}/healthz", s.base)).send().await.expect("healthz").json().await.expect("json");
+    assert_eq!((health["database"].as_str(), health["broker"].as_str()), (Some("unreachable"), Some("ok")), "{health}");
 
     s.db_proxy.as_ref().expect("proxy").restore();
     eventually(Duration::from_secs(30), "the scheduler to be ready again", || async {
