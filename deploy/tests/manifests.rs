@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use slipway_deploy::kubernetes::{KubeSpec, Revision, StrategyKind, render};
+use slipway_deploy::kubernetes::manifest::{app_selector, one_off_job};
+use slipway_deploy::kubernetes::{Hook, KubeSpec, Revision, StrategyKind, render};
 
 fn revision() -> Revision {
     Revision {
@@ -53,6 +54,40 @@ fn manifests_match_their_reviewed_snapshots() {
     }
 }
 
+fn migrate() -> Vec<String> {
+    ["sh", "-c", "bin/migrate up"].map(String::from).to_vec()
+}
+
+#[test]
+fn a_release_command_job_runs_once_with_the_releases_variables_and_is_never_behind_the_service() {
+    let (_, spec, _) = cases().remove(1);
+    let job = one_off_job(&spec, &revision(), 2, Hook::Release, &migrate(), 1800).expect("renders");
+    let mut yaml = String::new();
+    for object in job.objects() {
+        yaml.push_str(&format!("---\n{}", serde_saphyr::to_string(&object).expect("yaml")));
+    }
+    insta::assert_snapshot!("full-release-job", yaml);
+    let object = serde_json::to_value(&job.job).expect("json");
+    assert_eq!(job.name(), "shop-release-01a2003e-2");
+    assert_eq!(object["spec"]["backoffLimit"], 0, "a migration is never retried by Kubernetes");
+    assert_eq!(object["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert_eq!(object["spec"]["template"]["spec"]["containers"][0]["args"], serde_json::json!(migrate()));
+    let labels = &object["spec"]["template"]["metadata"]["labels"];
+    let selected = app_selector(&spec).iter().all(|(k, v)| labels[k].as_str() == Some(v.as_str()));
+    assert!(!selected, "the Service must not send traffic to a release pod: {labels}");
+    let secret = serde_json::to_value(job.secret.as_ref().expect("a Secret for the secret variables")).expect("json");
+    assert_eq!(secret["stringData"]["DATABASE_URL"], "postgres://u:p@db/shop");
+    let inline = object["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!inline.contains("postgres://"), "secret values never go inline: {inline}");
+
+    let empty = one_off_job(&spec, &revision(), 1, Hook::PreDeploy, &[], 60);
+    assert!(empty.is_err(), "an empty command is refused");
+    let minimal = KubeSpec { name: "web".into(), ..Default::default() };
+    let job = one_off_job(&minimal, &revision(), 1, Hook::PostDeploy, &migrate(), 60).expect("renders");
+    assert!(job.secret.is_none(), "no secret variables, no Secret");
+    assert_eq!(job.name(), "web-post-01a2003e-1");
+}
+
 #[test]
 fn every_manifest_is_valid_against_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -63,8 +98,15 @@ fn every_manifest_is_valid_against_the_kubernetes_schemas() {
             std::fs::write(&path, serde_saphyr::to_string(&object).expect("yaml")).expect("write");
             files.push(path);
         }
+        // The release command's Job (and its Secret, when the app has secret variables).
+        let job = one_off_job(&spec, &revision(), 1, Hook::Release, &migrate(), 1800).expect("job renders");
+        for (i, object) in job.objects().into_iter().enumerate() {
+            let path = dir.path().join(format!("{name}-job-{i}.yaml"));
+            std::fs::write(&path, serde_saphyr::to_string(&object).expect("yaml")).expect("write");
+            files.push(path);
+        }
     }
-    assert!(files.len() >= 30, "{} objects", files.len());
+    assert!(files.len() >= 35, "{} objects", files.len());
     let out = Command::new("kubernetes-validate")
         .args(["--strict", "--kubernetes-version", "1.33.0", "--no-warn"])
         .args(&files)

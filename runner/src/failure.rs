@@ -42,8 +42,6 @@ pub enum JobError {
     ReleaseUnknown(u32),
     #[error("running the release command failed: {0}")]
     ReleaseRun(#[source] bollard::errors::Error),
-    #[error("release commands and deploy hooks run on the docker target; on Kubernetes they are not supported yet")]
-    ReleaseOnKubernetes,
     #[error("the pre_deploy hook failed (exit code {0}); nothing was switched")]
     PreDeployFailed(i64),
     #[error("generating the Dockerfile failed: {0}")]
@@ -113,7 +111,6 @@ impl JobError {
             | JobError::ReleaseFailed(_)
             | JobError::ReleaseTimedOut(_)
             | JobError::ReleaseUnknown(_)
-            | JobError::ReleaseOnKubernetes
             | JobError::PreDeployFailed(_)
             | JobError::Dockerfile(_)
             | JobError::BuildTimedOut(_)

@@ -326,9 +326,6 @@ async fn release_command(
         Some(record) => return Err(at(JobError::ReleaseUnknown(record.attempt))),
         None => {}
     }
-    if job.app.target == TargetKind::Kubernetes {
-        return Err(at(JobError::ReleaseOnKubernetes));
-    }
     claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
     r.step(Step::Release, StepStatus::Running, None);
     r.send_confirmed(Body::ReleaseCommand { state: ReleaseState::Started, exit_code: None }).await;
@@ -364,9 +361,6 @@ async fn pre_deploy(
     let Some(argv) = argv else {
         return Ok(());
     };
-    if job.app.target == TargetKind::Kubernetes {
-        return Err(at(JobError::ReleaseOnKubernetes));
-    }
     claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
     r.step(Step::PreDeploy, StepStatus::Running, None);
     match one_off(job, tools, claim, release, Step::PreDeploy, argv).await.map_err(at)? {
@@ -404,8 +398,9 @@ async fn post_deploy(tools: &Tools, claim: &Claim, job: &Job, release: &Release,
 }
 
 /// Runs `argv` in a one-off container of the release's image with the app's environment (its
-/// secrets masked in the output), network and limits, logging to `step`. Not cancellable: a
-/// migration or hook cut off half-way is worse than one that ends.
+/// secrets masked in the output), network and limits, logging to `step` — on Kubernetes as a Job
+/// in the app's namespace. Not cancellable: a migration or hook cut off half-way is worse than
+/// one that ends.
 async fn one_off(
     job: &Job,
     tools: &Tools,
@@ -416,6 +411,28 @@ async fn one_off(
 ) -> Result<Verdict, JobError> {
     let r = claim.reporter.clone();
     r.line(Some(step), &format!("running {argv:?}"));
+    if job.app.target == TargetKind::Kubernetes {
+        let kube = tools.kube.as_ref().ok_or(JobError::NoCluster)?;
+        let hook = match step {
+            Step::PreDeploy => slipway_deploy::kubernetes::Hook::PreDeploy,
+            Step::PostDeploy => slipway_deploy::kubernetes::Hook::PostDeploy,
+            _ => slipway_deploy::kubernetes::Hook::Release,
+        };
+        let timeout = Duration::from_secs(tools.config.release_timeout_seconds);
+        let log = {
+            let r = r.clone();
+            move |line: String| r.line(Some(step), &line)
+        };
+        use slipway_deploy::kubernetes::JobOutcome;
+        return Ok(match kube.run_once(release, hook, argv, timeout, &log).await? {
+            JobOutcome::Succeeded => Verdict::Passed,
+            JobOutcome::Failed { exit_code, reason } => {
+                r.line(Some(step), &format!("the Job failed: {reason}"));
+                Verdict::Failed { exit_code: exit_code.map_or(-1, i64::from) }
+            }
+            JobOutcome::TimedOut => Verdict::TimedOut,
+        });
+    }
     let network = tools.target.network(release).await?;
     let limits = release.limits.unwrap_or(tools.config.app_limits());
     let timeout = Duration::from_secs(tools.config.release_timeout_seconds);

@@ -1,9 +1,13 @@
 //! A Kubernetes API-server double for the `kubernetes` target's tests: a real HTTP server that
 //! kube's client talks to over the wire, holding objects in memory. It implements what the target
 //! uses — server-side apply PATCH (field manager required), JSON merge PATCH, GET, LIST by label
-//! selector, watch (`?watch=true`, with field and label selectors), DELETE — and a scripted controller that advances Deployment status and pods by the
-//! image's name: `...crash...` pods crash-loop, `...stall...` exceeds the progress deadline,
-//! `...flaky...` becomes ready then restarts, anything else is ready after `ready_after`.
+//! selector, watch (`?watch=true`, with field and label selectors), DELETE, pod logs — and a
+//! scripted controller that advances Deployment status and pods by the image's name:
+//! `...crash...` pods crash-loop, `...stall...` exceeds the progress deadline, `...flaky...`
+//! becomes ready then restarts, anything else is ready after `ready_after`. Jobs get one pod that
+//! "runs" the container's `sh -c` script: `echo X` writes X to the pod's log (with `$NAME`
+//! expanded from the container's `env` and the Secrets and ConfigMaps of its `envFrom`, which must
+//! exist), `exit N` ends it with code N; the Job then turns Complete or Failed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,8 @@ pub struct Inner {
     pub reject_kinds: Vec<String>,
     /// Every request as "METHOD path?query", for assertions.
     pub requests: Vec<String>,
+    /// (namespace, pod) → what the pod wrote, for `pods/{name}/log`.
+    pub pod_logs: BTreeMap<(String, String), String>,
     /// Tells watchers that objects of (plural, namespace) changed.
     changes: Option<tokio::sync::broadcast::Sender<(String, String)>>,
 }
@@ -102,6 +108,8 @@ struct Target {
     namespace: String,
     name: Option<String>,
     group_version: String,
+    /// A subresource such as `log`.
+    sub: Option<String>,
 }
 
 fn parse(path: &str) -> Option<Target> {
@@ -117,15 +125,24 @@ fn parse(path: &str) -> Option<Target> {
             namespace: String::new(),
             name: Some(name.to_string()),
             group_version,
+            sub: None,
         }),
         ["namespaces", ns, plural] => {
-            Some(Target { plural: plural.to_string(), namespace: ns.to_string(), name: None, group_version })
+            Some(Target { plural: plural.to_string(), namespace: ns.to_string(), name: None, group_version, sub: None })
         }
         ["namespaces", ns, plural, name] => Some(Target {
             plural: plural.to_string(),
             namespace: ns.to_string(),
             name: Some(name.to_string()),
             group_version,
+            sub: None,
+        }),
+        ["namespaces", ns, plural, name, sub] => Some(Target {
+            plural: plural.to_string(),
+            namespace: ns.to_string(),
+            name: Some(name.to_string()),
+            group_version,
+            sub: Some(sub.to_string()),
         }),
         _ => None,
     }
@@ -144,6 +161,7 @@ fn kind_of(plural: &str) -> &'static str {
         "resourcequotas" => "ResourceQuota",
         "limitranges" => "LimitRange",
         "pods" => "Pod",
+        "jobs" => "Job",
         "events" => "Event",
         _ => "Unknown",
     }
@@ -164,6 +182,17 @@ async fn handle(
 ) -> Response {
     ctx.state.lock().unwrap_or_else(|e| e.into_inner()).requests.push(format!("{method} {uri}"));
     let Some(t) = parse(uri.path()) else { return status(404, "NotFound", format!("no route {}", uri.path())) };
+    if let Some(sub) = &t.sub {
+        let name = t.name.clone().unwrap_or_default();
+        if method != Method::GET || t.plural != "pods" || sub != "log" {
+            return status(404, "NotFound", format!("the double has no {method} {}/{sub}", t.plural));
+        }
+        let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+        return match st.pod_logs.get(&(t.namespace.clone(), name.clone())) {
+            Some(text) => ([("content-type", "text/plain")], text.clone()).into_response(),
+            None => status(404, "NotFound", format!("pods \"{name}\" not found")),
+        };
+    }
     match (method, &t.name) {
         (Method::GET, Some(name)) => {
             let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +225,12 @@ async fn handle(
             let removed = st.objects.remove(&(t.plural.clone(), t.namespace.clone(), name.clone()));
             if t.plural == "deployments" {
                 remove_pods(&mut st, &t.namespace, name, None);
+                st.changed("pods", &t.namespace);
+            }
+            if t.plural == "jobs" {
+                st.objects.retain(|(p, n, _), o| {
+                    !(p == "pods" && *n == t.namespace && o["metadata"]["labels"]["job-name"] == name.as_str())
+                });
                 st.changed("pods", &t.namespace);
             }
             st.changed(&t.plural, &t.namespace);
@@ -347,6 +382,9 @@ fn patch(
     if t.plural == "deployments" && changed {
         tokio::spawn(controller(ctx.clone(), t.namespace.clone(), name.to_string(), generation));
     }
+    if t.plural == "jobs" && existing.is_none() {
+        tokio::spawn(job_controller(ctx.clone(), t.namespace.clone(), name.to_string()));
+    }
     (if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED }, axum::Json(object)).into_response()
 }
 
@@ -476,4 +514,97 @@ fn advance(ctx: &Ctx, ns: &str, name: &str, generation: i64) -> bool {
     st.changed("deployments", &ns);
     st.changed("pods", &ns);
     behaviour == "flaky"
+}
+
+/// The Job controller: one pod that runs the container's script (see the module's doc), then the
+/// Job's condition.
+async fn job_controller(ctx: Ctx, ns: String, name: String) {
+    tokio::time::sleep(ctx.ready_after).await;
+    let mut st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(job) = st.objects.get(&("jobs".to_string(), ns.clone(), name.clone())).cloned() else { return };
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    let mut missing = Vec::new();
+    for source in container["envFrom"].as_array().into_iter().flatten() {
+        let (plural, from, field) = match (&source["secretRef"]["name"], &source["configMapRef"]["name"]) {
+            (Value::String(n), _) => ("secrets", n.clone(), "stringData"),
+            (_, Value::String(n)) => ("configmaps", n.clone(), "data"),
+            _ => continue,
+        };
+        match st.objects.get(&(plural.to_string(), ns.clone(), from.clone())) {
+            Some(o) => {
+                for (k, v) in o[field].as_object().into_iter().flatten() {
+                    env.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+                }
+            }
+            None => missing.push(format!("{plural}/{from}")),
+        }
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let value = var["value"].as_str().unwrap_or_default().to_string();
+        env.insert(var["name"].as_str().unwrap_or_default().to_string(), value);
+    }
+    let argv: Vec<String> = container["args"]
+        .as_array()
+        .or(container["command"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let script = match argv.as_slice() {
+        [sh, c, script, ..] if sh.ends_with("sh") && c == "-c" => script.clone(),
+        _ => argv.join(" "),
+    };
+    let (log, exit_code) = if missing.is_empty() { run_script(&script, &env) } else { (String::new(), 128) };
+    let pod_name = format!("{name}-x7k2p");
+    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+    labels["job-name"] = json!(name);
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": ns, "labels": labels},
+        "status": {"phase": phase, "containerStatuses": [{"name": "run", "image": container["image"], "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" }}}}]}
+    });
+    st.objects.insert(("pods".into(), ns.clone(), pod_name.clone()), pod);
+    st.pod_logs.insert((ns.clone(), pod_name), log);
+    let condition = if exit_code == 0 {
+        json!({"type": "Complete", "status": "True"})
+    } else if missing.is_empty() {
+        json!({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"})
+    } else {
+        json!({"type": "Failed", "status": "True", "reason": "CreateContainerConfigError", "message": format!("{} not found", missing.join(", "))})
+    };
+    let counts = if exit_code == 0 { json!({"succeeded": 1}) } else { json!({"failed": 1}) };
+    let rv = (st.resource_version + 1).to_string();
+    if let Some(j) = st.objects.get_mut(&("jobs".to_string(), ns.clone(), name.clone())) {
+        let mut status = counts;
+        status["conditions"] = json!([condition]);
+        j["status"] = status;
+        j["metadata"]["resourceVersion"] = json!(rv);
+    }
+    st.changed("pods", &ns);
+    st.changed("jobs", &ns);
+}
+
+/// Runs the double's shell: `echo X` (with `$NAME` expanded from `env`), `exit N`, separated by
+/// `;` or `&&`. Returns the output and the exit code.
+fn run_script(script: &str, env: &BTreeMap<String, String>) -> (String, i64) {
+    let mut out = String::new();
+    for command in script.split([';', '&']).map(str::trim).filter(|c| !c.is_empty()) {
+        if let Some(text) = command.strip_prefix("echo ") {
+            let mut line = text.trim_matches(|c| c == '"' || c == '\'').to_string();
+            let mut names: Vec<&String> = env.keys().collect();
+            names.sort_by_key(|k| std::cmp::Reverse(k.len())); // `$AB` before `$A`
+            for k in names {
+                line = line.replace(&format!("${k}"), &env[k]);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        } else if let Some(code) = command.strip_prefix("exit ") {
+            return (out, code.trim().parse().unwrap_or(1));
+        }
+    }
+    (out, 0)
 }

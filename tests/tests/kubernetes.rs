@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use slipway_deploy::kubernetes::Cluster;
+use slipway_deploy::kubernetes::{Cluster, Hook, JobOutcome};
 use slipway_deploy::{DeployTarget, Error, KubeTarget, Release};
 use slipway_tests::apiserver::ApiServer;
 
@@ -325,4 +325,63 @@ async fn invalid_settings_are_refused_before_anything_is_applied() {
         }
     }
     assert!(f.get("Namespace", "").await.is_none(), "nothing was applied");
+}
+
+#[tokio::test]
+async fn a_release_command_runs_as_a_job_with_the_releases_configuration_and_its_exit_code() {
+    let f = Fixture::new().await;
+    let Some(server) = &f.server else {
+        eprintln!("skipped on a real cluster: the double runs the Job's script");
+        return;
+    };
+    let mut release = f.release(&image("v1"), json!({}));
+    release.env.insert("GREETING".into(), "hello".into());
+    release.env.insert("TOKEN".into(), "s3cret-token".into());
+    release.secrets = vec!["TOKEN".into()];
+    let argv = |script: &str| ["sh", "-c", script].map(String::from).to_vec();
+    let log = |line: String| f.lines.lock().expect("lines").push(line);
+    let timeout = Duration::from_secs(30);
+
+    let outcome = f
+        .target
+        .run_once(&release, Hook::Release, &argv("echo migrating for $GREETING with $TOKEN; exit 0"), timeout, &log)
+        .await
+        .expect("the Job runs");
+    assert_eq!(outcome, JobOutcome::Succeeded, "{}", f.log());
+    assert!(f.log().contains("migrating for hello with s3cret-token"), "the pod's output is logged: {}", f.log());
+    let name = format!("{}-release-{}-1", f.app, &release.deployment_id.simple().to_string()[..8]);
+    let job = server.get("jobs", &f.ns, &name).expect("the Job is kept for inspection");
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert!(!job.to_string().contains("s3cret-token"), "no secret value in the Job itself: {job}");
+    assert!(server.get("secrets", &f.ns, &name).is_none(), "the Job's Secret is deleted once it ends");
+    assert!(f.get("Deployment", "").await.is_none(), "a release command runs before anything is deployed");
+    assert!(f.get("Namespace", "").await.is_some(), "in the app's namespace, made first");
+
+    // A failing command: its exit code, its output.
+    let mut failing = release.clone();
+    failing.deployment_id = uuid::Uuid::new_v4();
+    let outcome = f
+        .target
+        .run_once(&failing, Hook::Release, &argv("echo half-migrated; exit 3"), timeout, &log)
+        .await
+        .expect("the Job runs");
+    assert!(matches!(outcome, JobOutcome::Failed { exit_code: Some(3), .. }), "{outcome:?}");
+    assert!(f.log().contains("half-migrated"), "{}", f.log());
+
+    // A retry of the same attempt replaces the Job an earlier run left.
+    let outcome = f
+        .target
+        .run_once(&failing, Hook::Release, &argv("echo second run; exit 0"), timeout, &log)
+        .await
+        .expect("the Job runs");
+    assert_eq!(outcome, JobOutcome::Succeeded, "{}", f.log());
+    assert!(f.log().contains("replacing Job"), "{}", f.log());
+
+    // The deploy that follows puts the secret variable in the app's Secret, never its ConfigMap.
+    f.target.deploy(&release, &log).await.expect("healthy rollout");
+    let config = f.get("ConfigMap", "-config").await.expect("config");
+    assert_eq!(config["data"]["GREETING"], "hello");
+    assert!(config["data"]["TOKEN"].is_null(), "a secret in a ConfigMap: {config}");
+    let secret = f.get("Secret", "-secrets").await.expect("the app's Secret");
+    assert_eq!(secret["stringData"]["TOKEN"], "s3cret-token");
 }

@@ -11,19 +11,25 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "kube-pipeline-secret-0123456789";
 
-#[tokio::test]
-async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_rollback_reapplies_the_old_image() {
-    let api = ApiServer::start(Duration::from_millis(200)).await;
-    let dir = tempfile::tempdir().expect("kubeconfig dir");
-    let kubeconfig = dir.path().join("config");
+/// A kubeconfig naming the double, in `dir`.
+fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("config");
     std::fs::write(
-        &kubeconfig,
+        &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: slipway\ncurrent-context: double\nusers:\n- name: slipway\n  user: {{}}\n",
             api.url
         ),
     )
     .expect("write kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_rollback_reapplies_the_old_image() {
+    let api = ApiServer::start(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().expect("kubeconfig dir");
+    let kubeconfig = kubeconfig(&api, dir.path());
     let git = GitServer::start();
     let mut s = Slipway::start(SlipwayOptions {
         runner_env: vec![
@@ -97,4 +103,88 @@ async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_
     let build =
         d["steps"].as_array().expect("steps").iter().find(|st| st["step"] == "build").cloned().expect("build step");
     assert_eq!(build["status"], "skipped", "nothing was rebuilt");
+}
+
+fn step_of(d: &serde_json::Value, step: &str) -> Option<serde_json::Value> {
+    d["steps"].as_array()?.iter().rev().find(|s| s["step"] == step).cloned()
+}
+
+#[tokio::test]
+async fn release_command_and_hooks_run_as_jobs_before_the_deployment_and_a_failing_one_applies_nothing() {
+    let api = ApiServer::start(Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().expect("kubeconfig dir");
+    let kubeconfig = kubeconfig(&api, dir.path());
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        runner_env: vec![
+            ("SLIPWAY_KUBERNETES".into(), "true".into()),
+            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+            ("SLIPWAY_ROLLOUT_TIMEOUT_SECONDS".into(), "20".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("kmigrate");
+    let url = git.url(&repo);
+    let token = "db-token-9f8e7d6c5b4a";
+    let settings =
+        json!({"target": "kubernetes", "env": {"GREETING": "hi", "DB_TOKEN": {"value": token, "secret": true}}});
+    let app = s.create_app("kmigrate", &url, SECRET, settings).await;
+    let ns = format!("app-{app}");
+    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let push = |marker: &str, release: &str| {
+        let toml = format!(
+            "release = [\"sh\", \"-c\", \"{release}\"]\n\
+             pre_deploy = [\"sh\", \"-c\", \"echo pre for {marker}\"]\n\
+             post_deploy = [\"sh\", \"-c\", \"echo post for {marker}\"]\n"
+        );
+        git.commit(
+            &repo,
+            marker,
+            &[Entry::File("Dockerfile", dockerfile), Entry::File("slipway.toml", toml.as_bytes())],
+        )
+    };
+
+    let sha = push("v1", "echo migrating for $GREETING with $DB_TOKEN; exit 0");
+    let (status, answer) = s.push(&url, &sha, SECRET, &unique("delivery")).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    for step in ["release", "pre_deploy", "deploy", "post_deploy"] {
+        let status = step_of(&d, step).map(|st| st["status"].clone());
+        assert_eq!(status, Some(json!("succeeded")), "{step}: {d}");
+    }
+    let log = s.log_lines(&id, None).await.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+    assert!(log.contains("migrating for hi with "), "the Job's output streams into the log: {log}");
+    assert!(!log.contains(token), "a secret in the Job's output is masked: {log}");
+    assert!(log.contains("pre for v1") && log.contains("post for v1"), "{log}");
+    // Order on the wire: the release Job and pre_deploy Job before the Deployment, post_deploy after.
+    let requests = api.lock().requests.clone();
+    let first = |needle: &str| requests.iter().position(|r| r.starts_with("PATCH") && r.contains(needle));
+    let (release, pre, deployment, post) = (
+        first(&format!("/jobs/{app}-release-")),
+        first(&format!("/jobs/{app}-pre-")),
+        first(&format!("/deployments/{app}")),
+        first(&format!("/jobs/{app}-post-")),
+    );
+    assert!(release.is_some() && pre.is_some() && deployment.is_some() && post.is_some(), "{requests:#?}");
+    assert!(release < pre && pre < deployment && deployment < post, "{requests:#?}");
+    let image_v1 = d["image"].as_str().expect("image").to_string();
+
+    // A failing release command: nothing is applied, the previous image keeps serving.
+    let sha = push("v2", "echo half way; exit 3");
+    let (_, answer) = s.push(&url, &sha, SECRET, &unique("delivery")).await;
+    let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "failed", "{d}");
+    let failed = (d["error_step"].as_str(), d["error_cause"].as_str());
+    assert_eq!(failed, (Some("release"), Some("user")), "{d}");
+    assert!(d["error_message"].as_str().unwrap_or_default().contains('3'), "names the exit code: {d}");
+    let deployment = api.get("deployments", &ns, &app).expect("deployment");
+    let serving = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().map(str::to_string);
+    assert_eq!(serving, Some(image_v1), "the failed release applied nothing");
+    let log = s.log_lines(&id, None).await.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+    assert!(log.contains("half way"), "{log}");
+    assert!(step_of(&d, "pre_deploy").is_none_or(|st| st["status"] != "succeeded"), "pre_deploy never ran: {d}");
 }

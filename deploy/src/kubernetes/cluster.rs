@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -66,6 +67,7 @@ fn resource(kind: &str) -> Option<ApiResource> {
         "HorizontalPodAutoscaler" => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
         "NetworkPolicy" => ApiResource::erase::<NetworkPolicy>(&()),
         "Pod" => ApiResource::erase::<Pod>(&()),
+        "Job" => ApiResource::erase::<Job>(&()),
         _ => return None,
     })
 }
@@ -124,7 +126,7 @@ impl Cluster {
 
     /// Deletes the object; a missing object is not an error.
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), ClusterError> {
-        match self.api(kind, namespace).delete(name, &DeleteParams::default()).await {
+        match self.api(kind, namespace).delete(name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(source) => Err(ClusterError { action: "deleting", kind: kind.into(), name: name.into(), source }),

@@ -9,6 +9,7 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
     ResourceMetricSource,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction,
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -312,12 +313,7 @@ fn deployment(
         readiness_probe: Some(probe(3, 5)),
         liveness_probe: Some(probe(3, 10)),
         startup_probe: Some(probe(30, 2)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(container_security()),
         ..Default::default()
     };
     let strategy = match spec.strategy {
@@ -355,14 +351,7 @@ fn deployment(
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(10001),
-                        run_as_group: Some(10001),
-                        fs_group: Some(10001),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),
                     ..Default::default()
                 }),
@@ -371,6 +360,156 @@ fn deployment(
         }),
         ..Default::default()
     })
+}
+
+/// The app container's security context: no privilege escalation, no capabilities, not root.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The app pod's security context (a fixed non-root user, the runtime's seccomp profile).
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(10001),
+        run_as_group: Some(10001),
+        fs_group: Some(10001),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Which one-off command of a release a Job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Release,
+    PreDeploy,
+    PostDeploy,
+}
+
+impl Hook {
+    /// The hook's name in object names and the `slipway.dev/hook` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Release => "release",
+            Hook::PreDeploy => "pre",
+            Hook::PostDeploy => "post",
+        }
+    }
+}
+
+/// The label naming the hook a Job runs.
+pub const LABEL_HOOK: &str = "slipway.dev/hook";
+
+/// A one-off command of a release as a Job, with the Secret holding the release's secret
+/// variables for it.
+#[derive(Debug, Clone)]
+pub struct OneOffJob {
+    pub job: Job,
+    pub secret: Option<Secret>,
+}
+
+/// The Job that runs `argv` once in the release's image: the app's container settings (image,
+/// limits, security context) with the release's own variables — plain ones inline, secret ones
+/// from a Secret of the Job's own — so a release command sees the configuration it is released
+/// with, not what the app's ConfigMap held before. No retries (`backoffLimit: 0`,
+/// `restartPolicy: Never`: a migration runs at most once), a deadline, and labels that do not
+/// match the app's Service, so no traffic ever reaches it. Named by deployment and attempt.
+pub fn one_off_job(
+    spec: &KubeSpec,
+    revision: &Revision,
+    attempt: u32,
+    hook: Hook,
+    argv: &[String],
+    deadline_seconds: i64,
+) -> Result<OneOffJob, SpecError> {
+    spec.validate()?;
+    if argv.is_empty() {
+        return Err(SpecError { field: "command", message: "the command is empty".into() });
+    }
+    let short: String = revision.deployment_id.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    let name = format!("{}-{}-{}-{attempt}", spec.name, hook.name(), short.to_ascii_lowercase());
+    let mut labels = BTreeMap::from([
+        (LABEL_APP.to_string(), spec.name.clone()),
+        (LABEL_HOOK.to_string(), hook.name().to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "slipway".to_string()),
+        ("slipway.dev/deployment".to_string(), revision.deployment_id.clone()),
+    ]);
+    labels.insert("slipway.dev/commit".into(), revision.sha.clone());
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(spec.namespace()),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
+    let mut env = vec![EnvVar { name: "PORT".into(), value: Some(spec.port.to_string()), ..Default::default() }];
+    env.extend(spec.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() }));
+    let secret = (!spec.secret_env.is_empty()).then(|| Secret {
+        metadata: meta.clone(),
+        string_data: Some(spec.secret_env.clone()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    });
+    let env_from = secret.as_ref().map(|_| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: name.clone(), ..Default::default() }),
+            ..Default::default()
+        }]
+    });
+    let container = Container {
+        name: "run".into(),
+        image: Some(revision.image.clone()),
+        args: Some(argv.to_vec()),
+        env: Some(env),
+        env_from,
+        resources: Some(ResourceRequirements {
+            requests: Some(resources(&spec.cpu_request, &spec.memory_request)),
+            limits: Some(resources(&spec.cpu_limit, &spec.memory_limit)),
+            ..Default::default()
+        }),
+        security_context: Some(container_security()),
+        ..Default::default()
+    };
+    let job = Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(deadline_seconds),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(OneOffJob { job, secret })
+}
+
+impl OneOffJob {
+    /// The Job's name.
+    pub fn name(&self) -> String {
+        self.job.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// The Secret (if any) then the Job, as JSON values in apply order.
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        let secret = self.secret.as_ref().and_then(|s| serde_json::to_value(s).ok());
+        secret.into_iter().chain(serde_json::to_value(&self.job).ok()).collect()
+    }
 }
 
 impl Manifests {

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod manifest;
+pub mod oneoff;
 pub mod rollout;
 pub mod spec;
 pub mod strategy;
@@ -10,7 +11,8 @@ pub mod strategy;
 use std::time::Duration;
 
 pub use cluster::Cluster;
-pub use manifest::{Manifests, Revision, render};
+pub use manifest::{Hook, Manifests, Revision, render};
+pub use oneoff::JobOutcome;
 pub use spec::{KubeSpec, SpecError, StrategyKind};
 
 use crate::{DeployTarget, Error, Live, LogFn, Release};
@@ -39,20 +41,53 @@ impl KubeTarget {
         spec.environment = release.environment.clone();
         spec.port = u32::from(release.port);
         spec.health_path = release.health_path.clone();
-        spec.env.extend(release.env.clone());
+        // The release's secret variables go to the app's Secret, never its ConfigMap.
+        for (key, value) in &release.env {
+            let to = if release.secrets.contains(key) { &mut spec.secret_env } else { &mut spec.env };
+            to.insert(key.clone(), value.clone());
+        }
         spec.validate().map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(spec)
+    }
+
+    /// Runs a one-off command of the release (its release command or a hook) as a Job in the
+    /// app's namespace, with the release's image and configuration; see [`oneoff`].
+    pub async fn run_once(
+        &self,
+        release: &Release,
+        hook: Hook,
+        argv: &[String],
+        timeout: Duration,
+        log: LogFn<'_>,
+    ) -> Result<JobOutcome, Error> {
+        let spec = Self::spec(release)?;
+        let revision = Self::revision(release);
+        let one = oneoff::OneOff {
+            cluster: &self.cluster,
+            spec: &spec,
+            revision: &revision,
+            attempt: release.attempt,
+            hook,
+            argv,
+            timeout,
+            log,
+        };
+        one.run().await
+    }
+
+    fn revision(release: &Release) -> Revision {
+        Revision {
+            deployment_id: release.deployment_id.to_string(),
+            sha: release.sha.clone(),
+            image: release.image.clone(),
+        }
     }
 }
 
 impl DeployTarget for KubeTarget {
     async fn deploy(&self, release: &Release, log: LogFn<'_>) -> Result<Live, Error> {
         let spec = Self::spec(release)?;
-        let revision = Revision {
-            deployment_id: release.deployment_id.to_string(),
-            sha: release.sha.clone(),
-            image: release.image.clone(),
-        };
+        let revision = Self::revision(release);
         let rollout = strategy::Rollout {
             cluster: &self.cluster,
             spec: &spec,
