@@ -95,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         command: EnvCommand,
     },
+    /// An app's database snapshots (taken before release commands), and restoring one.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Redeploy an earlier successful revision without rebuilding it.
     Rollback {
         app: String,
@@ -222,6 +227,25 @@ enum EnvCommand {
         app: String,
         #[arg(required = true)]
         names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// The app's snapshots, newest first.
+    Snapshots { app: String },
+    /// Restore a snapshot (its name, id, or `v3` for the one taken before release 3) into the
+    /// app's database with `pg_restore --clean --if-exists`, then deploy the live release again.
+    /// Asks for the app's name first unless --yes.
+    Restore {
+        app: String,
+        snapshot: String,
+        /// Do not ask: the database is replaced by the snapshot's content.
+        #[arg(long)]
+        yes: bool,
+        /// Follow the restore's logs until it ends.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -735,6 +759,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Db { command: DbCommand::Snapshots { app } } => {
+            let list: Vec<api::Snapshot> = online()?.get(&format!("/api/v1/apps/{app}/snapshots")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<48} {:<8} {:>12} {:<20} STATUS", "SNAPSHOT", "RELEASE", "BYTES", "TAKEN");
+                for snap in &list {
+                    let release = snap.release.map(|v| format!("v{v}")).unwrap_or_default();
+                    let status = match snap.pruned_at {
+                        Some(at) => format!("removed by retention {}", at.format("%Y-%m-%d %H:%M:%S")),
+                        None => "kept".into(),
+                    };
+                    println!(
+                        "{:<48} {release:<8} {:>12} {:<20} {status}",
+                        neutralised(&snap.name),
+                        snap.bytes,
+                        snap.created_at.format("%Y-%m-%d %H:%M:%S")
+                    );
+                }
+            }
+        }
+        Command::Db { command: DbCommand::Restore { app, snapshot, yes, follow } } => {
+            if !yes {
+                confirm_restore(&app, &snapshot)?;
+            }
+            let body = api::RestoreRequest { confirm: app.clone() };
+            let path = format!("/api/v1/apps/{app}/snapshots/{}/restore", path_segment(&snapshot));
+            let out: api::RestoreAnswer = online()?.post(&path, &body).await?;
+            if cli.json && !follow {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let short: String = out.sha.chars().take(12).collect();
+                println!(
+                    "restoring {} into {app}'s database, then deploying {short} again (deployment {})",
+                    neutralised(&out.snapshot),
+                    out.deployment_id
+                );
+            }
+            if follow {
+                return follow_logs(&online()?, &out.deployment_id.to_string()).await;
+            }
+        }
         Command::Promote { app, to, release, follow } => {
             let body = api::PromoteRequest { to, release };
             let out: api::PromoteAnswer = online()?.post(&format!("/api/v1/apps/{app}/promote"), &body).await?;
@@ -1151,6 +1217,30 @@ fn print_deployment(detail: &api::DeploymentDetail) {
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Asks on the terminal for the app's name before a restore; no terminal, no restore.
+fn confirm_restore(app: &str, snapshot: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("a restore replaces {app}'s database; confirm on a terminal, or pass --yes");
+    }
+    print!(
+        "This replaces the database of {app} with snapshot {}.\nType the app's name to continue: ",
+        neutralised(snapshot)
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().take(256).read_line(&mut answer)?;
+    if answer.trim() != app {
+        bail!("not confirmed; nothing was restored");
+    }
+    Ok(())
+}
+
+/// `s` as one URL path segment.
+fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub struct SlipwayToml {
     pub pre_deploy: Option<ReleaseSetting>,
     /// A hook run once the new version serves (a failure is reported, nothing is undone).
     pub post_deploy: Option<ReleaseSetting>,
+    /// The variable holding the app's PostgreSQL URL, snapshotted before the release command
+    /// (default `DATABASE_URL`); `""` turns snapshots off.
+    pub snapshot_database: Option<String>,
 }
 
 /// `release = "command"` or `release = ["program", "arg", ...]` (and the hooks alike).
@@ -94,6 +97,7 @@ struct Spans {
     release: Option<Spanned<toml::Value>>,
     pre_deploy: Option<Spanned<toml::Value>>,
     post_deploy: Option<Spanned<toml::Value>>,
+    snapshot_database: Option<Spanned<toml::Value>>,
 }
 
 const PROVIDERS: &[&str] =
@@ -140,10 +144,7 @@ impl SlipwayToml {
             }
         }
         for key in parsed.env.keys() {
-            let ok = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
+            if !is_variable_name(key) {
                 return Err(at(&spans.env, format!("`env.{key}`: names must match [A-Za-z_][A-Za-z0-9_]*")));
             }
         }
@@ -160,6 +161,12 @@ impl SlipwayToml {
             if !setting.as_ref().is_none_or(ReleaseSetting::usable) {
                 return Err(at(span, format!("`{key}` is a command, or an array of a program and its arguments")));
             }
+        }
+        if let Some(name) = &parsed.snapshot_database
+            && !(name.is_empty() || is_variable_name(name))
+        {
+            let message = "`snapshot_database` names a variable ([A-Za-z_][A-Za-z0-9_]*), or is \"\" for no snapshots";
+            return Err(at(&spans.snapshot_database, message.into()));
         }
         if parsed.test == Some(TestSetting::Enabled(true)) {
             return Err(at(&spans.test, "`test` is a command, or false to skip the test step".into()));
@@ -205,8 +212,19 @@ impl SlipwayToml {
         if let Some(v) = self.health_path {
             plan.health_path = from(v);
         }
+        if let Some(v) = self.snapshot_database {
+            plan.snapshot_database = from(v);
+        }
         plan.env.extend(self.env);
     }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 255 characters.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A TOML error as file:line:column and the parser's message, led by the key when the error
@@ -268,6 +286,13 @@ mod tests {
             .expect("valid");
         assert_eq!(hooks.post_deploy.expect("hook").argv(), ["bin/purge", "--all"]);
         assert!(err("pre_deploy = []\n").contains("`pre_deploy` is a command"));
+        let named = SlipwayToml::parse("snapshot_database = \"PRIMARY_DB\"\n").expect("a variable name");
+        assert_eq!(named.snapshot_database.as_deref(), Some("PRIMARY_DB"));
+        assert!(SlipwayToml::parse("snapshot_database = \"\"\n").is_ok(), "\"\" turns snapshots off");
+        for bad in ["snapshot_database = \"1DB\"\n", "snapshot_database = \"A B\"\n", "snapshot_database = \"$(id)\"\n"]
+        {
+            assert!(err(bad).contains("`snapshot_database` names a variable"), "{bad}");
+        }
         assert!(err("post_deploy = \" \"\n").contains("`post_deploy` is a command"));
     }
 

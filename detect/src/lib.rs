@@ -111,6 +111,9 @@ pub struct Plan {
     pub pre_deploy: Option<Fact<Vec<String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_deploy: Option<Fact<Vec<String>>>,
+    /// The variable naming the PostgreSQL database snapshotted before the release command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_database: Option<Fact<String>>,
 }
 
 /// Why no plan could be made.

@@ -203,6 +203,43 @@ pub struct Release {
     pub promoted_to: Vec<String>,
 }
 
+/// A database snapshot of an app (`GET /api/v1/apps/{name}/snapshots`), taken by a runner with
+/// `pg_dump -Fc` before a deployment's release command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: Uuid,
+    /// The file's name in the runners' snapshot directory (under `<app>/`).
+    pub name: String,
+    pub bytes: u64,
+    /// The deployment whose release command it was taken before, and that deployment's release.
+    pub deployment_id: Uuid,
+    #[serde(default)]
+    pub release: Option<u32>,
+    #[serde(default)]
+    pub runner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Set when the runners' retention removed the file: it can no longer be restored.
+    #[serde(default)]
+    pub pruned_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/v1/apps/{name}/snapshots/{snapshot}/restore`: `confirm` must be the app's name
+/// (a restore replaces the app's database).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub confirm: String,
+}
+
+/// The answer to `POST /api/v1/apps/{name}/snapshots/{snapshot}/restore`: the deployment that
+/// restores it and then deploys the live release again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAnswer {
+    pub deployment_id: Uuid,
+    pub snapshot: String,
+    pub sha: String,
+}
+
 /// `POST /api/v1/apps/{name}/promote`: deploy a release of this app to another app of the same
 /// repository (another environment) by its image digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ pub mod text;
 
 pub use lifecycle::{CancelRequest, Decision, Failure, Holder, Input, Phase, Policy, Rejection, Row, decide};
 pub use message::{
-    Body, Control, Envelope, Job, JobApp, LogLine, Notification, Promotion, ReleaseRecord, ReleaseState, TargetKind,
-    WatchCheck,
+    Body, Control, Envelope, Job, JobApp, LogLine, Notification, Promotion, ReleaseRecord, ReleaseState,
+    RestoreSnapshot, TargetKind, WatchCheck,
 };
 pub use name::{NameError, validate_dns_label};
 pub use state::{Cause, State, Step, StepStatus, retry_delay};

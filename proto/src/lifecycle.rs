@@ -223,7 +223,8 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             | Body::Step { .. }
             | Body::Resolved { .. }
             | Body::Pushed { .. }
-            | Body::ReleaseCommand { .. } => reject(env, Rejection::Finished(row.state())),
+            | Body::ReleaseCommand { .. }
+            | Body::Snapshot { .. } => reject(env, Rejection::Finished(row.state())),
         };
     };
     match &env.body {
@@ -252,6 +253,12 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
             let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
             let note = next.note(*current_step, None, Some(format!("release command {}{code}", state.as_str())));
+            Decision::Change { next, note, control: None }
+        }
+        // Recorded beside the row (the snapshot list), announced like a step.
+        Body::Snapshot { name, bytes, .. } => {
+            let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
+            let note = next.note(*current_step, None, Some(format!("database snapshot {name} taken ({bytes} bytes)")));
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {

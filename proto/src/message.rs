@@ -223,6 +223,18 @@ pub struct Job {
     /// this app's name (no clone, no build, no test).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
+    /// A restore: this database snapshot is restored into the app's database (in the release
+    /// step, instead of the release command), then the release is deployed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSnapshot>,
+}
+
+/// A database snapshot to restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSnapshot {
+    pub id: Uuid,
+    /// The file's name in the runners' snapshot directory (`<app>/<name>`).
+    pub name: String,
 }
 
 /// Where a promoted image comes from.
@@ -340,6 +352,15 @@ pub enum Body {
         state: ReleaseState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i64>,
+    },
+    /// A database snapshot taken before the release command: its file in the runner's snapshot
+    /// directory (`<app>/<name>`), its size, and the older files of the app that retention
+    /// removed.
+    Snapshot {
+        name: String,
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pruned: Vec<String>,
     },
 }
 

@@ -113,6 +113,16 @@ pub struct Config {
     /// How long a release command (migrations) may run before the deployment fails.
     #[arg(long, env = "SLIPWAY_RELEASE_TIMEOUT_SECONDS", default_value_t = 1800)]
     pub release_timeout_seconds: u64,
+    /// Where database snapshots are kept (`<dir>/<app>/<name>.dump`). Runners that may restore
+    /// each other's snapshots must share it (one machine, or a shared volume).
+    #[arg(long, env = "SLIPWAY_SNAPSHOT_DIR", default_value = "/var/lib/slipway/snapshots")]
+    pub snapshot_dir: std::path::PathBuf,
+    /// How many snapshots of each app are kept; older ones are removed after a new one.
+    #[arg(long, env = "SLIPWAY_SNAPSHOT_KEEP", default_value_t = 5)]
+    pub snapshot_keep: usize,
+    /// The image with `pg_dump` and `pg_restore` (PostgreSQL client tools).
+    #[arg(long, env = "SLIPWAY_SNAPSHOT_IMAGE", default_value = "slipway/pg-client:bookworm")]
+    pub snapshot_image: String,
 
     /// Memory limit of the test container, in MiB.
     #[arg(long, env = "SLIPWAY_TEST_MEMORY_MB", default_value_t = 2048)]
@@ -250,6 +260,11 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.release_timeout_seconds) {
             return Err("SLIPWAY_RELEASE_TIMEOUT_SECONDS must be between 1 and 86400".into());
+        }
+        if !(1..=1000).contains(&self.snapshot_keep) || !self.snapshot_dir.is_absolute() {
+            return Err(
+                "SLIPWAY_SNAPSHOT_KEEP must be between 1 and 1000 and SLIPWAY_SNAPSHOT_DIR an absolute path".into()
+            );
         }
         self.metrics()?;
         self.edge()?;

@@ -42,6 +42,14 @@ pub enum JobError {
     ReleaseUnknown(u32),
     #[error("running the release command failed: {0}")]
     ReleaseRun(#[source] bollard::errors::Error),
+    #[error("the database snapshot before the release command failed: {0}; the release command did not run")]
+    SnapshotFailed(String),
+    #[error("{0}")]
+    SnapshotMissing(String),
+    #[error("restoring the database snapshot failed (exit code {0}); the database is as it was before the restore")]
+    RestoreFailed(i64),
+    #[error("taking or restoring a database snapshot failed: {0}")]
+    SnapshotIo(#[source] std::io::Error),
     #[error("the pre_deploy hook failed (exit code {0}); nothing was switched")]
     PreDeployFailed(i64),
     #[error("generating the Dockerfile failed: {0}")]
@@ -112,6 +120,8 @@ impl JobError {
             | JobError::ReleaseTimedOut(_)
             | JobError::ReleaseUnknown(_)
             | JobError::PreDeployFailed(_)
+            | JobError::SnapshotFailed(_)
+            | JobError::RestoreFailed(_)
             | JobError::Dockerfile(_)
             | JobError::BuildTimedOut(_)
             | JobError::TestsFailed(_)
@@ -119,6 +129,8 @@ impl JobError {
             JobError::Cancelled
             | JobError::TestRun(_)
             | JobError::ReleaseRun(_)
+            | JobError::SnapshotMissing(_)
+            | JobError::SnapshotIo(_)
             | JobError::NoCluster
             | JobError::NotConfirmed
             | JobError::PushTimedOut(_)

@@ -199,6 +199,9 @@ pub async fn tag(docker: &Docker, source: &str, to: &Reference) -> Result<(), Im
 pub const RELEASE_LABEL: &str = "dev.slipway.release";
 pub const PRE_DEPLOY_LABEL: &str = "dev.slipway.pre_deploy";
 pub const POST_DEPLOY_LABEL: &str = "dev.slipway.post_deploy";
+/// The image label naming the variable with the app's PostgreSQL URL (a JSON string; `""`: no
+/// snapshots), from `slipway.toml`'s `snapshot_database`.
+pub const SNAPSHOT_DATABASE_LABEL: &str = "dev.slipway.snapshot_database";
 
 /// The commands an image was built with ([`RELEASE_LABEL`] and the hooks).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,6 +209,9 @@ pub struct Commands {
     pub release: Option<Vec<String>>,
     pub pre_deploy: Option<Vec<String>>,
     pub post_deploy: Option<Vec<String>>,
+    /// The variable with the database to snapshot before the release command, when the image
+    /// names one (`Some("")`: none).
+    pub snapshot_database: Option<String>,
 }
 
 /// The commands recorded in `image`'s labels. An image the engine cannot inspect has none here:
@@ -216,7 +222,12 @@ pub async fn commands(docker: &Docker, image: &str) -> Commands {
     let argv = |key: &str| {
         labels.get(key).and_then(|l| serde_json::from_str::<Vec<String>>(l).ok()).filter(|argv| !argv.is_empty())
     };
-    Commands { release: argv(RELEASE_LABEL), pre_deploy: argv(PRE_DEPLOY_LABEL), post_deploy: argv(POST_DEPLOY_LABEL) }
+    Commands {
+        release: argv(RELEASE_LABEL),
+        pre_deploy: argv(PRE_DEPLOY_LABEL),
+        post_deploy: argv(POST_DEPLOY_LABEL),
+        snapshot_database: labels.get(SNAPSHOT_DATABASE_LABEL).and_then(|l| serde_json::from_str::<String>(l).ok()),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::failure::{JobError, StepError};
 use crate::report::Reporter;
 use crate::suite::{self, Verdict};
-use crate::{context, image, leftovers, watch};
+use crate::{context, image, leftovers, snapshot, watch};
 
 /// Largest build context accepted.
 const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -212,7 +212,7 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         settings: job.app.settings.clone(),
     };
     let commands = image::commands(&tools.docker, &release.image).await;
-    release_command(job, tools, claim, &release, commands.release.as_deref()).await?;
+    release_command(job, tools, claim, &release, &commands).await?;
     pre_deploy(tools, claim, job, &release, commands.pre_deploy.as_deref()).await?;
     // Fenced: only the attempt the scheduler still grants may change what serves. Once it
     // starts, the deploy step is never cut off half-way, so it is not cancellable.
@@ -302,12 +302,16 @@ async fn release_command(
     tools: &Tools,
     claim: &Claim,
     release: &Release,
-    argv: Option<&[String]>,
+    commands: &image::Commands,
 ) -> Result<(), StepError> {
     use slipway_proto::{Body, ReleaseState};
     let r = &claim.reporter;
     let at = |e: JobError| e.at(Step::Release);
-    let Some(argv) = argv.filter(|_| !job.rollback) else {
+    let named = commands.snapshot_database.as_deref();
+    if let Some(restore) = &job.restore {
+        return restore_snapshot(job, tools, claim, release, restore, named).await.map_err(at);
+    }
+    let Some(argv) = commands.release.as_deref().filter(|_| !job.rollback) else {
         let why = if job.rollback { "a rollback does not run the release command" } else { "no release command" };
         r.line(Some(Step::Release), why);
         r.step(Step::Release, StepStatus::Skipped, None);
@@ -328,6 +332,7 @@ async fn release_command(
     }
     claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(at)?;
     r.step(Step::Release, StepStatus::Running, None);
+    take_snapshot(job, tools, claim, release, named).await.map_err(at)?;
     r.send_confirmed(Body::ReleaseCommand { state: ReleaseState::Started, exit_code: None }).await;
     let verdict = one_off(job, tools, claim, release, Step::Release, argv).await;
     let (state, exit_code) = match &verdict {
@@ -346,6 +351,139 @@ async fn release_command(
             Err(at(JobError::ReleaseTimedOut(Duration::from_secs(tools.config.release_timeout_seconds))))
         }
     }
+}
+
+/// The database snapshot before the release command, when the app has a PostgreSQL database
+/// (docker target): `pg_dump -Fc` into the runner's snapshot directory, then retention, then
+/// the record (confirmed) so it is listed and can be restored.
+async fn take_snapshot(
+    job: &Job,
+    tools: &Tools,
+    claim: &Claim,
+    release: &Release,
+    named: Option<&str>,
+) -> Result<(), JobError> {
+    let r = &claim.reporter;
+    let say = |line: &str| r.line(Some(snapshot::STEP), line);
+    let Some((variable, url)) = snapshot::database_url(release, named)? else {
+        if named != Some("") {
+            say(
+                "no database snapshot: the app has no PostgreSQL DATABASE_URL (slipway.toml's snapshot_database names another variable)",
+            );
+        }
+        return Ok(());
+    };
+    if job.app.target == TargetKind::Kubernetes {
+        say(
+            "no database snapshot: on the Kubernetes target the runner's snapshot directory is not reachable from the cluster",
+        );
+        return Ok(());
+    }
+    let dir = snapshot::app_dir(&tools.config.snapshot_dir, &release.app);
+    create_private_dir(&dir).map_err(JobError::SnapshotIo)?;
+    let name = snapshot::file_name(release, chrono::Utc::now());
+    say(&format!("database snapshot of {variable} before the release command: pg_dump -Fc to {name}"));
+    let verdict = snapshot_run(job, tools, release, &dir, false, &url)
+        .await?
+        .script(&snapshot::dump_script(), &name, &|line: String| say(&line))
+        .await?;
+    match verdict {
+        Verdict::Passed => {}
+        Verdict::Failed { exit_code } => {
+            return Err(JobError::SnapshotFailed(format!("pg_dump exited with {exit_code}")));
+        }
+        Verdict::TimedOut | Verdict::Cancelled => {
+            return Err(JobError::SnapshotFailed("pg_dump did not finish in time".into()));
+        }
+    }
+    let bytes = std::fs::metadata(dir.join(&name)).map_err(JobError::SnapshotIo)?.len();
+    let keep = tools.config.snapshot_keep;
+    let pruned = snapshot::prune(&dir, keep).map_err(JobError::SnapshotIo)?;
+    say(&format!("snapshot {name} taken: {bytes} bytes ({} older removed; {keep} kept per app)", pruned.len()));
+    r.send_confirmed(slipway_proto::Body::Snapshot { name, bytes, pruned }).await;
+    Ok(())
+}
+
+/// A restore, in the release step of a `restore` deployment: the snapshot back into the app's
+/// database in one transaction; the live release is deployed again after it.
+async fn restore_snapshot(
+    job: &Job,
+    tools: &Tools,
+    claim: &Claim,
+    release: &Release,
+    restore: &slipway_proto::RestoreSnapshot,
+    named: Option<&str>,
+) -> Result<(), JobError> {
+    let r = &claim.reporter;
+    let say = |line: &str| r.line(Some(snapshot::STEP), line);
+    r.step(Step::Release, StepStatus::Running, None);
+    let Some((variable, url)) = snapshot::database_url(release, named)? else {
+        return Err(JobError::SnapshotFailed("the app has no PostgreSQL database to restore into".into()));
+    };
+    if job.app.target == TargetKind::Kubernetes {
+        return Err(JobError::SnapshotFailed("snapshots are taken and restored on the docker target only".into()));
+    }
+    let dir = snapshot::app_dir(&tools.config.snapshot_dir, &release.app);
+    let single = Path::new(&restore.name).file_name().is_some_and(|n| n == restore.name.as_str());
+    if !single || !dir.join(&restore.name).is_file() {
+        return Err(JobError::SnapshotMissing(format!(
+            "snapshot {} is not in this runner's snapshot directory {}: runners that restore each other's snapshots must share SLIPWAY_SNAPSHOT_DIR",
+            restore.name,
+            dir.display()
+        )));
+    }
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await?;
+    say(&format!(
+        "restoring {} into the database of {variable}: pg_restore --clean --if-exists, in one transaction",
+        restore.name
+    ));
+    let verdict = snapshot_run(job, tools, release, &dir, true, &url)
+        .await?
+        .script(&snapshot::restore_script(), &restore.name, &|line: String| say(&line))
+        .await?;
+    match verdict {
+        Verdict::Passed => {
+            say(&format!("restored {}; deploying the live release again", restore.name));
+            r.step(Step::Release, StepStatus::Succeeded, None);
+            Ok(())
+        }
+        Verdict::Failed { exit_code } => Err(JobError::RestoreFailed(exit_code)),
+        Verdict::TimedOut | Verdict::Cancelled => Err(JobError::RestoreFailed(-1)),
+    }
+}
+
+/// A run of the PostgreSQL client image on the app's network, with the app's limits and the
+/// release timeout, mounting the app's snapshot directory.
+async fn snapshot_run<'a>(
+    job: &Job,
+    tools: &'a Tools,
+    release: &Release,
+    dir: &'a Path,
+    read_only: bool,
+    url: &'a str,
+) -> Result<snapshot::Run<'a>, JobError> {
+    let limits = release.limits.unwrap_or(tools.config.app_limits());
+    Ok(snapshot::Run {
+        docker: &tools.docker,
+        image: &tools.config.snapshot_image,
+        network: tools.target.network(release).await?,
+        dir,
+        read_only,
+        url,
+        limits: suite::Limits {
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+            timeout: Duration::from_secs(tools.config.release_timeout_seconds),
+        },
+        labels: leftovers::labels(&tools.config, job),
+    })
+}
+
+/// Creates `dir` (and its parents) readable by its owner only: snapshots hold the app's data.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// The `pre_deploy` hook: before the deploy step, fenced; a failure stops the deployment.
@@ -448,6 +586,7 @@ async fn one_off(
         },
         network,
         labels: leftovers::labels(&tools.config, job),
+        binds: Vec::new(),
     };
     let log = move |line: String| r.line(Some(step), &line);
     suite::run_once(&tools.docker, one, &log, &CancellationToken::new()).await.map_err(JobError::ReleaseRun)
@@ -574,6 +713,11 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
         r.line(Some(Step::Build), &format!("plan: {what} {:?} ({})", fact.value, fact.from.join(", ")));
         Some((label, serde_json::to_string(&fact.value).unwrap_or_default()))
     })
+    .chain(
+        plan.snapshot_database
+            .as_ref()
+            .map(|fact| (image::SNAPSHOT_DATABASE_LABEL, serde_json::to_string(&fact.value).unwrap_or_default())),
+    )
     .collect();
     let labels: HashMap<&str, &str> = commands.iter().map(|(label, argv)| (*label, argv.as_str())).collect();
     build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &labels).await.map_err(at_build)?;

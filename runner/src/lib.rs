@@ -14,6 +14,7 @@ pub mod leftovers;
 pub mod mask;
 pub mod presence;
 pub mod report;
+pub mod snapshot;
 pub mod suite;
 pub mod watch;
 pub mod worker;

@@ -48,6 +48,8 @@ pub struct OneOff<'a> {
     pub network: String,
     /// The runner's identity and the deployment, so leftovers are found and removed.
     pub labels: HashMap<String, String>,
+    /// Host paths mounted into the container (`host:container[:ro]`).
+    pub binds: Vec<String>,
 }
 
 /// Runs `command` with `/bin/sh -c` in `image` as the test step, streaming its output to `log`.
@@ -69,7 +71,7 @@ pub async fn run(
     vars.push("CI=true".into());
     let network = if network { "bridge" } else { "none" }.to_string();
     let cmd = vec!["/bin/sh".into(), "-c".into(), command.to_string()];
-    run_once(docker, OneOff { image, cmd, env: vars, limits, network, labels }, log, cancel).await
+    run_once(docker, OneOff { image, cmd, env: vars, limits, network, labels, binds: Vec::new() }, log, cancel).await
 }
 
 /// Runs a one-off container to its end, streaming its output to `log`, and removes it however
@@ -80,7 +82,7 @@ pub async fn run_once(
     log: LogFn<'_>,
     cancel: &CancellationToken,
 ) -> Result<Verdict, bollard::errors::Error> {
-    let OneOff { image, cmd, env, limits, network, labels } = one;
+    let OneOff { image, cmd, env, limits, network, labels, binds } = one;
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd),
@@ -89,6 +91,7 @@ pub async fn run_once(
         labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some(network),
+            binds: (!binds.is_empty()).then_some(binds),
             memory: Some(limits.memory_bytes),
             memory_swap: Some(limits.memory_bytes),
             nano_cpus: Some(limits.nano_cpus),

@@ -17,7 +17,7 @@ use crate::auth::{self, Caller};
 use crate::deployments::{self, Created, NewDeployment};
 use crate::forge::Forge;
 use crate::transition::{self, Applied, TransitionError};
-use crate::{Shared, logs, releases, webhook};
+use crate::{Shared, logs, releases, snapshots, webhook};
 
 /// An error answered to an HTTP client; 5xx bodies are generic and the detail is logged.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,11 @@ impl From<AppError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::BadRequest(rejection.body_text())
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(rejection.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(rejection.body_text()),
+            _ => ApiError::BadRequest(rejection.body_text()),
+        }
     }
 }
 
@@ -158,6 +162,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/apps/{name}/deployments", post(deploy_app))
         .route("/api/v1/apps/{name}/rollback", post(rollback_app))
         .route("/api/v1/apps/{name}/promote", post(promote_app))
+        .route("/api/v1/apps/{name}/snapshots", get(list_snapshots))
+        .route("/api/v1/apps/{name}/snapshots/{snapshot}/restore", post(restore_snapshot))
         .route("/api/v1/apps/{name}/sync", post(sync_app))
         .route("/api/v1/apps/{name}/logs", get(crate::applogs::stream))
         .route("/api/v1/apps/{name}/status", get(crate::applogs::status))
@@ -342,6 +348,7 @@ async fn config_release(
         copy_release_of: None,
         reason: Some(reason),
         promoted_from: None,
+        restore_of: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -423,6 +430,7 @@ async fn promote_app(
         copy_release_of: None,
         reason: Some(&reason),
         promoted_from: Some(&promotion),
+        restore_of: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -445,6 +453,77 @@ async fn promote_app(
             digest,
         }),
     ))
+}
+
+/// `GET /api/v1/apps/{name}/snapshots`: the app's database snapshots, newest first (viewer).
+async fn list_snapshots(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<api::Snapshot>>, ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Viewer).await?;
+    Ok(Json(snapshots::list(&shared.pool, &app, 500).await?))
+}
+
+/// `POST /api/v1/apps/{name}/snapshots/{snapshot}/restore` (deployer): a deployment that
+/// restores the snapshot into the app's database (`pg_restore --clean --if-exists`, in its
+/// release step) and then deploys the live release again, so the app reconnects to what was
+/// restored. The body must confirm with the app's name.
+async fn restore_snapshot(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path((name, which)): Path<(String, String)>,
+    body: Result<Json<api::RestoreRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::RestoreAnswer>), ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
+    let Json(req) = body?;
+    if req.confirm != app.name {
+        return Err(ApiError::Unprocessable(format!(
+            "a restore replaces the database of {}: confirm with the app's name",
+            app.name
+        )));
+    }
+    let short = |s: &str| s.chars().take(80).collect::<String>();
+    let snapshot = snapshots::find(&shared.pool, &app, &which)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{} has no snapshot `{}`", app.name, short(&which))))?;
+    if let Some(when) = snapshot.pruned_at {
+        return Err(ApiError::Unprocessable(format!(
+            "snapshot {} was removed by retention at {when}; it cannot be restored",
+            snapshot.name
+        )));
+    }
+    let live = deployments::completed(&shared.pool, &app.name, 1).await?.into_iter().next().ok_or_else(|| {
+        ApiError::Unprocessable(format!("{} has nothing live: a restore deploys the live release again", app.name))
+    })?;
+    let digest = deployments::image_digest(&shared.pool, live.id).await?;
+    let restore = slipway_proto::RestoreSnapshot { id: snapshot.id, name: snapshot.name.clone() };
+    let reason = format!("restore of database snapshot {}", snapshot.name);
+    let new = NewDeployment {
+        app: &app,
+        sha: &live.sha,
+        git_ref: &live.git_ref,
+        source: "restore",
+        delivery_id: None,
+        image_digest: digest.as_deref(),
+        created_by: Some(&caller.name),
+        before_sha: None,
+        watch_check: None,
+        // The live release, image and configuration, deployed again once the data is back.
+        copy_release_of: Some(live.id),
+        reason: Some(&reason),
+        promoted_from: None,
+        restore_of: Some(&restore),
+    };
+    let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
+        Created::New { id, superseded } => {
+            webhook::announce_queued(&shared, id, &app.name, &live.sha, &superseded);
+            id
+        }
+        Created::Existing(id) => id,
+    };
+    tracing::warn!(app = %app.name, snapshot = %snapshot.name, by = %caller.name, deployment_id = %id, "database restore requested");
+    Ok((StatusCode::ACCEPTED, Json(api::RestoreAnswer { deployment_id: id, snapshot: snapshot.name, sha: live.sha })))
 }
 
 /// `GET /api/v1/apps/{name}/releases`: the app's releases, newest first (viewer).
@@ -527,6 +606,7 @@ async fn deploy_app(
         copy_release_of: None,
         reason: None,
         promoted_from: None,
+        restore_of: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -595,6 +675,7 @@ async fn rollback_app(
         copy_release_of: Some(target.id),
         reason: Some(&rollback_reason),
         promoted_from: None,
+        restore_of: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (id, superseded) = match created {

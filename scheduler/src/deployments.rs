@@ -154,6 +154,8 @@ pub struct NewDeployment<'a> {
     pub reason: Option<&'a str>,
     /// For a promotion: the release whose image it deploys.
     pub promoted_from: Option<&'a slipway_proto::Promotion>,
+    /// For a restore: the database snapshot restored before the live release is deployed again.
+    pub restore_of: Option<&'a slipway_proto::RestoreSnapshot>,
 }
 
 impl NewDeployment<'_> {
@@ -169,6 +171,7 @@ impl NewDeployment<'_> {
             "manual" => format!("deploy of {short}"),
             "rollback" => format!("rollback to {short}"),
             "promotion" => format!("promotion of {short}"),
+            "restore" => format!("restore of a database snapshot, then {short} again"),
             "reconcile" => format!("head of {branch} at {short} (no webhook came)"),
             forge => format!("push of {short} to {branch} ({forge})"),
         }
@@ -196,15 +199,16 @@ pub async fn create(
         watch_check,
         copy_release_of,
         promoted_from,
+        restore_of,
         ..
     } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
-                                  before_sha, watch_check, promoted_from, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued')
-         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion') AND sha <> ''
+                                  before_sha, watch_check, promoted_from, restore_of, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued')
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore') AND sha <> ''
          DO NOTHING RETURNING id",
     )
     .bind(id)
@@ -220,6 +224,7 @@ pub async fn create(
     .bind(before_sha)
     .bind(watch_check.map(sqlx::types::Json))
     .bind(promoted_from.map(sqlx::types::Json))
+    .bind(restore_of.map(sqlx::types::Json))
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {
@@ -272,7 +277,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state, cancel_by, cancel_reason,
                                   published_at, finished_at, before_sha)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now(), $9)
-         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion') AND sha <> ''
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore') AND sha <> ''
          DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
@@ -410,6 +415,7 @@ pub async fn outbox(
         live_sha: Option<String>,
         release_command: Option<sqlx::types::Json<slipway_proto::ReleaseRecord>>,
         promoted_from: Option<sqlx::types::Json<slipway_proto::Promotion>>,
+        restore_of: Option<sqlx::types::Json<slipway_proto::RestoreSnapshot>>,
         release_config: Option<sqlx::types::Json<crate::releases::Config>>,
         release_sealed: Option<String>,
         deployment_id: Uuid,
@@ -422,7 +428,7 @@ pub async fn outbox(
     }
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
-                d.watch_check, d.before_sha, d.release_command, d.promoted_from,
+                d.watch_check, d.before_sha, d.release_command, d.promoted_from, d.restore_of,
                 CASE WHEN d.watch_check IS NOT NULL THEN
                     (SELECT l.sha FROM deployments l WHERE l.app_id = d.app_id AND l.environment = d.environment
                      AND l.state = 'completed' AND l.sha <> '' ORDER BY l.finished_at DESC LIMIT 1)
@@ -458,10 +464,11 @@ pub async fn outbox(
                     git_ref: r.git_ref,
                     image_digest: r.image_digest,
                     app,
-                    rollback: r.source == "rollback",
+                    rollback: r.source == "rollback" || r.source == "restore",
                     watch: r.watch_check.map(|check| watch_against_live(check.0, r.before_sha, r.live_sha)),
                     release_command: r.release_command.map(|record| record.0),
                     promotion: r.promoted_from.map(|p| p.0),
+                    restore: r.restore_of.map(|p| p.0),
                 },
                 traceparent: r.trace_parent,
             }),

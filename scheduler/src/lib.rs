@@ -25,6 +25,7 @@ pub mod reconcile;
 pub mod relay;
 pub mod releases;
 pub mod seal;
+pub mod snapshots;
 pub mod transition;
 pub mod webhook;
 

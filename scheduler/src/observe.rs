@@ -160,6 +160,9 @@ pub fn source_label(source: &str) -> &'static str {
         "gitea" => "gitea",
         "manual" => "manual",
         "rollback" => "rollback",
+        "config" => "config",
+        "promotion" => "promotion",
+        "restore" => "restore",
         _ => "other",
     }
 }

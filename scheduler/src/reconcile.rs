@@ -151,6 +151,7 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         copy_release_of: None,
         reason: None,
         promoted_from: None,
+        restore_of: None,
     };
     match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {

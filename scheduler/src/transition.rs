@@ -365,6 +365,21 @@ async fn record_beside(
                 .await?;
                 return Ok(());
             }
+            // A name the runner made (`<app>-<time>-<deployment>.dump`); refused if it is not one.
+            Body::Snapshot { name, bytes, pruned } if crate::snapshots::is_name(name) => {
+                let runner = before.holder.as_ref().map(|h| h.runner_id.clone());
+                crate::snapshots::record(
+                    &mut *conn,
+                    before.id,
+                    before.attempt,
+                    name,
+                    *bytes,
+                    runner.as_deref(),
+                    pruned,
+                )
+                .await?;
+                return Ok(());
+            }
             Body::Step { step, status, error } => {
                 let running = *status == StepStatus::Running;
                 sqlx::query(

@@ -254,6 +254,7 @@ async fn receive(
                 copy_release_of: None,
                 reason: None,
                 promoted_from: None,
+                restore_of: None,
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.

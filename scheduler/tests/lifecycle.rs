@@ -33,6 +33,7 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         copy_release_of: None,
         reason: None,
         promoted_from: None,
+        restore_of: None,
     }
 }
 

@@ -130,6 +130,7 @@ async fn two_relays_never_take_the_same_outbox_row(pool: PgPool) {
             copy_release_of: None,
             reason: None,
             promoted_from: None,
+            restore_of: None,
         };
         match deployments::create(&pool, &keyring, new, slipway_proto::Policy { max_attempts: 3 })
             .await

@@ -227,6 +227,8 @@ impl Slipway {
             ("SLIPWAY_HEALTH_TIMEOUT_SECONDS", self.options.health_timeout_seconds.to_string()),
             ("SLIPWAY_WORK_DIR", work.display().to_string()),
             ("SLIPWAY_DRAIN_SECONDS", "60".into()),
+            // Shared by the installation's runners, as on one machine.
+            ("SLIPWAY_SNAPSHOT_DIR", self.logs.path().join("snapshots").display().to_string()),
         ];
         match &self.edge {
             Some(caddy) => {
@@ -295,6 +297,11 @@ impl Slipway {
     }
 
     /// The CLI, pointed at this scheduler with the admin token, reading no config file.
+    /// Where the installation's runners keep database snapshots.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.logs.path().join("snapshots")
+    }
+
     pub fn cli_command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(self.cli());
         cmd.env("SLIPWAY_URL", &self.base)

@@ -196,3 +196,60 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
         .expect("reachable");
     assert_eq!(resp.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn snapshot_routes_refuse_hostile_input_with_clear_errors() {
+    let mut s = scheduler_only().await;
+    let app = s.create_app("snaps", "https://git.example.com/acme/snaps.git", SECRET, json!({})).await;
+    let (status, list) = s.get(&format!("/api/v1/apps/{app}/snapshots")).await;
+    assert_eq!((status, list), (200, json!([])));
+    let restore = |which: &str| format!("{}/api/v1/apps/{app}/snapshots/{which}/restore", s.base);
+    let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
+        (restore("v1"), "application/json", b"{\"confirm\": ".to_vec(), 400, "JSON"),
+        (restore("v1"), "application/json", b"{\"confirm\": 7}".to_vec(), 400, "confirm"),
+        (
+            restore("v1"),
+            "application/json",
+            format!("{{\"confirm\": \"{app}\", \"force\": true}}").into_bytes(),
+            400,
+            "force",
+        ),
+        (restore("v1"), "text/plain", b"confirm".to_vec(), 415, "Content-Type"),
+        (
+            restore("v1"),
+            "application/json",
+            format!("{{\"confirm\": \"{}\"}}", "x".repeat(3_000_000)).into_bytes(),
+            413,
+            "",
+        ),
+        (restore("v1"), "application/json", b"{\"confirm\": \"\\u0000\"}".to_vec(), 422, "confirm with the app's name"),
+        (
+            restore("..%2F..%2Fetc%2Fpasswd"),
+            "application/json",
+            format!("{{\"confirm\": \"{app}\"}}").into_bytes(),
+            404,
+            "no snapshot",
+        ),
+        (
+            restore(&"v".repeat(5000)),
+            "application/json",
+            format!("{{\"confirm\": \"{app}\"}}").into_bytes(),
+            404,
+            "no snapshot",
+        ),
+        (
+            restore("v99999999999999999999"),
+            "application/json",
+            format!("{{\"confirm\": \"{app}\"}}").into_bytes(),
+            404,
+            "no snapshot",
+        ),
+    ];
+    for (url, content_type, body, want, needle) in cases {
+        let resp = s.http.post(&url).header("content-type", content_type).body(body).send().await.expect("reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, want, "{}: {text}", &url[..url.len().min(120)]);
+        assert!(text.contains(needle), "{text} should mention {needle}");
+    }
+}

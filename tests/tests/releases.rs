@@ -431,3 +431,152 @@ async fn a_release_is_promoted_to_another_environment_by_its_digest_with_that_en
         .expect("send");
     assert_eq!(refused.status().as_u16(), 403);
 }
+
+/// The app's own PostgreSQL server (`slipway/postgres`), reachable as `db` on the app's network;
+/// removed with its network when dropped.
+struct AppDatabase {
+    container: String,
+    network: String,
+}
+
+impl AppDatabase {
+    fn start(s: &Slipway, app: &str, password: &str) -> Self {
+        let network = format!("slipway-{}-{app}-production", s.prefix);
+        let container = unique("appdb");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("docker").args(args).output().expect("docker");
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let label = format!("dev.slipway.installation={}", s.prefix);
+        run(&["network", "create", "--label", &label, &network]);
+        let password = format!("POSTGRES_PASSWORD={password}");
+        let image = "slipway/postgres:bookworm";
+        run(&["run", "-d", "--name", &container, "--network", &network, "--network-alias", "db", "-e", &password]
+            .into_iter()
+            .chain(["-e", "POSTGRES_DB=shop", image])
+            .collect::<Vec<_>>());
+        Self { container, network }
+    }
+
+    /// Runs SQL as the superuser; its output, or `None` while the server does not answer.
+    fn sql(&self, sql: &str) -> Option<String> {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &self.container, "psql", "-h", "/tmp", "-U", "postgres", "-d", "shop", "-v"])
+            .args(["ON_ERROR_STOP=1", "-Atc", sql])
+            .output()
+            .expect("docker exec");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for AppDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.container]).output();
+        let _ = std::process::Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_is_taken_before_each_release_command_and_a_failed_migration_is_restored_from_it() {
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        runner_env: vec![("SLIPWAY_SNAPSHOT_KEEP".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let repo = unique("dbsnap");
+    let url = git.url(&repo);
+    let password = "pg-app-password-5f4e3d2c1b";
+    let database_url = format!("postgresql://postgres:{password}@db:5432/shop");
+    let env = json!({"env": {"DATABASE_URL": {"value": database_url, "secret": true}}});
+    let app = s.create_app("dbsnap", &url, SECRET, env).await;
+    let db = AppDatabase::start(&s, &app, password);
+    slipway_tests::eventually(Duration::from_secs(60), "the app's PostgreSQL", || {
+        let ready = db.sql("SELECT 1");
+        async move { ready }
+    })
+    .await;
+    db.sql("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)").expect("create the table");
+    db.sql("INSERT INTO items VALUES (1, 'anchor'), (2, 'keel')").expect("seed");
+
+    // The image has psql (the client image) and a static busybox for its web server.
+    let push = |marker: &str, release: &str| {
+        let dockerfile = "FROM slipway/pg-client:bookworm\nCOPY --from=slipway/busybox:1 /bin/busybox /bin/busybox\n\
+             COPY www /www\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+        let toml = format!("release = [\"sh\", \"-c\", {release:?}]\n");
+        let index = format!("<p>{marker}</p>\n");
+        git.commit(
+            &repo,
+            marker,
+            &[
+                Entry::File("Dockerfile", dockerfile.as_bytes()),
+                Entry::File("slipway.toml", toml.as_bytes()),
+                Entry::File("www/index.html", index.as_bytes()),
+                Entry::File("www/healthz", b"ok\n"),
+            ],
+        )
+    };
+    let deploy = async |s: &Slipway, sha: &str, delivery: &str| {
+        let (status, answer) = s.push(&url, sha, SECRET, delivery).await;
+        assert_eq!(status, 202, "{answer}");
+        let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+        (s.finished(&id, FINISH).await, id)
+    };
+
+    // v1: a migration that adds a column; a snapshot is taken before it.
+    let v1 = push(
+        "v1",
+        "psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -c 'ALTER TABLE items ADD COLUMN IF NOT EXISTS price int'",
+    );
+    let (d, id) = deploy(&s, &v1, "dbsnap-1").await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let log = log_text(&s, &id).await;
+    assert!(log.contains("database snapshot of DATABASE_URL before the release command"), "{log}");
+    assert!(!log.contains(password), "the database URL is masked: {log}");
+
+    // v2: a migration that drops a column (its data with it) and then fails.
+    let v2 = push("v2", "psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -c 'ALTER TABLE items DROP COLUMN name' && exit 4");
+    let (d, _) = deploy(&s, &v2, "dbsnap-2").await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!((d["error_step"].as_str(), d["error_cause"].as_str()), (Some("release"), Some("user")), "{d}");
+    assert_eq!(db.sql("SELECT name FROM items ORDER BY id"), None, "the failed migration dropped the column");
+
+    // Both snapshots are listed; with a retention of one, v1's file is gone.
+    let list = cli(&s, &["db", "snapshots", &app]);
+    let list = list.as_array().expect("snapshots").clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!((list[0]["release"].as_u64(), list[0]["pruned_at"].is_null()), (Some(2), true), "{list:?}");
+    assert_eq!((list[1]["release"].as_u64(), list[1]["pruned_at"].is_null()), (Some(1), false), "{list:?}");
+    assert!(list[0]["bytes"].as_u64().unwrap_or_default() > 0, "{list:?}");
+    let files: Vec<String> = std::fs::read_dir(s.snapshot_dir().join(&app))
+        .expect("the app's snapshot directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, vec![list[0]["name"].as_str().expect("name").to_string()], "retention keeps one file");
+
+    // A restore needs a confirmation; a removed snapshot cannot be restored.
+    let out =
+        s.cli_command().args(["db", "restore", &app, "v2"]).stdin(std::process::Stdio::null()).output().expect("cli");
+    assert!(!out.status.success(), "no terminal, no --yes: refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, answer) =
+        s.post(&format!("/api/v1/apps/{app}/snapshots/v2/restore"), &json!({"confirm": "someone-else"})).await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/snapshots/v1/restore"), &json!({"confirm": app})).await;
+    assert_eq!(status, 422, "a pruned snapshot: {answer}");
+    assert!(answer.to_string().contains("removed by retention"), "{answer}");
+    let (status, _) = s.post(&format!("/api/v1/apps/{app}/snapshots/v9/restore"), &json!({"confirm": app})).await;
+    assert_eq!(status, 404);
+
+    // The restore brings the column and its data back, and deploys the live release (v1) again.
+    let answer = cli(&s, &["db", "restore", &app, "v2", "--yes"]);
+    let id = answer["deployment_id"].as_str().expect("id").to_string();
+    let d = s.finished(&id, FINISH).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    assert_eq!(d["sha"].as_str(), Some(v1.as_str()), "the live release again: {d}");
+    assert_eq!(db.sql("SELECT name FROM items ORDER BY id").as_deref(), Some("anchor\nkeel"), "the data is back");
+    let log = log_text(&s, &id).await;
+    assert!(log.contains("restoring ") && log.contains("in one transaction"), "{log}");
+    assert_eq!(step_of(&d, 1, "build").map(|st| st["status"].clone()), Some(json!("skipped")), "nothing rebuilt: {d}");
+    drop(db);
+}

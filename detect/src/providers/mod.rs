@@ -131,6 +131,7 @@ pub(crate) fn plan(provider: Provider, app_root: &str) -> Plan {
         release: None,
         pre_deploy: None,
         post_deploy: None,
+        snapshot_database: None,
     }
 }
 
