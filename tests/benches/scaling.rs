@@ -3,7 +3,11 @@
 //! 1. Throughput against runner slots: the same batch of jobs (builds whose work is mostly
 //!    waiting, a `RUN sleep`, so that two cores are not the limit) with 1, 2, 4 and 8 runners of
 //!    one slot each. Prints jobs per minute and the efficiency, throughput / (N x the one-slot
-//!    throughput), measured in the same run (target: at least 0.95 at 8).
+//!    throughput), measured in the same run (target: at least 0.95 at 8), and where the CPU went
+//!    (the machine's busy cores, the Docker engine's and Slipway's CPU per job). Twice: builds
+//!    that wait 60 s (8 jobs), where two cores are not the limit, and builds that wait 10 s
+//!    (16 jobs, 1 and 8 slots), where the engine's work per job is. `SLIPWAY_BENCH_SCALE`
+//!    replaces both with one `jobs:sleep:slots,slots,...` (e.g. `16:10:1,2,4,8`).
 //! 2. One scheduler against the traffic of 50 runners, no builds: 50 runners' claims, heartbeats
 //!    and log batches sent straight to the runner queue at rising rates, every line followed live
 //!    over SSE. Prints the scheduler's CPU and the line latency (runner timestamp to the
@@ -23,11 +27,67 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 use uuid::Uuid;
 
 const SECRET: &str = "bench-secret-0123456789";
-/// Jobs per batch, the same for every number of slots.
-const JOBS: usize = 16;
-/// What each build waits.
-const SLEEP_SECONDS: u32 = 10;
 const RUNNERS: usize = 50;
+
+/// One throughput series: jobs per batch (the same for every number of slots), what each build
+/// waits, and the slot counts (the first one is the baseline).
+struct Series {
+    jobs: usize,
+    sleep_seconds: u32,
+    slots: Vec<usize>,
+}
+
+fn series() -> Vec<Series> {
+    let parse = |text: &str| -> Option<Series> {
+        let mut parts = text.split(':');
+        let jobs = parts.next()?.trim().parse().ok().filter(|j| (1..=200).contains(j))?;
+        let sleep_seconds = parts.next()?.trim().parse().ok().filter(|s| (1..=600).contains(s))?;
+        let slots: Vec<usize> = parts.next()?.split(',').map(|n| n.trim().parse().ok()).collect::<Option<_>>()?;
+        (!slots.is_empty() && slots.iter().all(|n| (1..=32).contains(n))).then_some(Series {
+            jobs,
+            sleep_seconds,
+            slots,
+        })
+    };
+    match std::env::var("SLIPWAY_BENCH_SCALE") {
+        Ok(text) => vec![parse(&text).expect("SLIPWAY_BENCH_SCALE is jobs:sleep:slots,slots (e.g. 16:10:1,2,4,8)")],
+        Err(_) => vec![
+            Series { jobs: 8, sleep_seconds: 60, slots: vec![1, 2, 4, 8] },
+            Series { jobs: 16, sleep_seconds: 10, slots: vec![1, 8] },
+        ],
+    }
+}
+
+/// CPU seconds used so far: the whole machine's busy time, the Docker engine's (dockerd and
+/// containerd), and the given processes'.
+struct Cpu {
+    machine: f64,
+    engine: f64,
+    slipway: f64,
+}
+
+fn cpu_now(slipway: &[u32]) -> Cpu {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let busy: f64 = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4) // idle, iowait
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    let mut engine = 0.0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if matches!(comm.trim(), "dockerd" | "containerd") {
+            engine += cpu_seconds(pid);
+        }
+    }
+    Cpu { machine: busy / 100.0, engine, slipway: slipway.iter().map(|pid| cpu_seconds(*pid)).sum() }
+}
 
 fn quantile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();
@@ -36,14 +96,15 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 /// Runs the batch with `slots` one-slot runners; jobs per second.
-async fn throughput(git: &GitServer, slots: usize) -> f64 {
+async fn throughput(git: &GitServer, series: &Series, slots: usize) -> f64 {
+    let (jobs, sleep_seconds) = (series.jobs, series.sleep_seconds);
     let mut s = Slipway::start(SlipwayOptions { runners: slots, edge: false, ..Default::default() }).await;
     let mut pushes = Vec::new();
-    for i in 0..JOBS {
+    for i in 0..jobs {
         let repo = unique(&format!("scale{i}"));
         let url = git.url(&repo);
         let dockerfile = format!(
-            "FROM slipway/busybox:1\nRUN echo {} && sleep {SLEEP_SECONDS}\nCOPY www /www\n\
+            "FROM slipway/busybox:1\nRUN echo {} && sleep {sleep_seconds}\nCOPY www /www\n\
              CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
             unique("job")
         );
@@ -55,6 +116,8 @@ async fn throughput(git: &GitServer, slots: usize) -> f64 {
         s.create_app(&format!("scale{i}"), &url, SECRET, json!({})).await;
         pushes.push((url, sha));
     }
+    let pids: Vec<u32> = std::iter::once(s.scheduler.pid()).chain(s.runners.iter().map(|r| r.pid())).collect();
+    let (before, started) = (cpu_now(&pids), Instant::now());
     let mut ids = Vec::new();
     for (i, (url, sha)) in pushes.iter().enumerate() {
         let (status, answer) = s.push(url, sha, SECRET, &format!("scale-{i}")).await;
@@ -65,6 +128,7 @@ async fn throughput(git: &GitServer, slots: usize) -> f64 {
         let d = s.finished(id, Duration::from_secs(900)).await;
         assert_eq!(d["state"], "completed", "{d}");
     }
+    let (after, wall) = (cpu_now(&pids), started.elapsed().as_secs_f64());
     let span = slipway_tests::harness::psql_value(
         &s.database_url,
         "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8 FROM deployments",
@@ -82,7 +146,14 @@ async fn throughput(git: &GitServer, slots: usize) -> f64 {
              FROM deployments) s",
     );
     println!("  {slots} slot(s), median per job: {medians}");
-    JOBS as f64 / span.parse::<f64>().expect("seconds")
+    println!(
+        "  {slots} slot(s), CPU: machine busy {:.2} of {} cores on average; per job: Docker engine {:.2} s, Slipway (scheduler and runners) {:.2} s",
+        (after.machine - before.machine) / wall,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        (after.engine - before.engine) / jobs as f64,
+        (after.slipway - before.slipway) / jobs as f64,
+    );
+    jobs as f64 / span.parse::<f64>().expect("seconds")
 }
 
 /// The scheduler's CPU seconds so far (user + system, from /proc).
@@ -225,18 +296,21 @@ async fn traffic(lines_per_second: usize, seconds: u64) -> (f64, Vec<f64>, usize
 #[tokio::main]
 async fn main() {
     let git = GitServer::start();
-    let mut single = 0.0;
-    println!("throughput: {JOBS} jobs of `sleep {SLEEP_SECONDS}` builds per run");
-    for slots in [1, 2, 4, 8] {
-        let per_second = throughput(&git, slots).await;
-        if slots == 1 {
-            single = per_second;
+    for series in series() {
+        let (jobs, sleep) = (series.jobs, series.sleep_seconds);
+        println!("throughput: {jobs} jobs of `sleep {sleep}` builds per run");
+        let (mut base, mut base_slots) = (0.0, 1);
+        for (i, &slots) in series.slots.iter().enumerate() {
+            let per_second = throughput(&git, &series, slots).await;
+            if i == 0 {
+                (base, base_slots) = (per_second / slots as f64, slots);
+            }
+            let efficiency = per_second / (slots as f64 * base);
+            println!(
+                "scaling: sleep {sleep} s, {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.2} (against {slots} x the {base_slots}-slot run per slot)",
+                per_second * 60.0
+            );
         }
-        let efficiency = per_second / (slots as f64 * single);
-        println!(
-            "scaling: {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.2} (against {slots} x the 1-slot run)",
-            per_second * 60.0
-        );
     }
     println!("one scheduler, {RUNNERS} simulated runners (claims, a heartbeat every 2 s, log batches every 250 ms):");
     for rate in [20, 200, 1000] {
