@@ -95,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         command: EnvCommand,
     },
+    /// Where deployment events are sent (signed webhooks, Slack), and what was sent.
+    Notifications {
+        #[command(subcommand)]
+        command: NotificationsCommand,
+    },
     /// An app's database snapshots (taken before release commands), and restoring one.
     Db {
         #[command(subcommand)]
@@ -227,6 +232,42 @@ enum EnvCommand {
         app: String,
         #[arg(required = true)]
         names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotificationsCommand {
+    /// Add a target: a webhook (signed, Standard Webhooks) or a Slack incoming webhook, for one
+    /// app (--app) or every app. A URL of `-` is read from standard input (a Slack URL is a
+    /// secret; keep it out of the shell's history).
+    Add {
+        name: String,
+        #[arg(long, conflicts_with = "slack", required_unless_present = "slack")]
+        webhook: Option<String>,
+        #[arg(long)]
+        slack: Option<String>,
+        #[arg(long)]
+        app: Option<String>,
+        /// Events to send (comma-separated; default every one): deploy.queued, deploy.started,
+        /// deploy.completed, deploy.failed, deploy.cancelled, deploy.rolled_back.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// A webhook's signing secret (`whsec_...`); one is made and shown once when none is given.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// The targets (URLs shown as scheme, host and port only).
+    List,
+    /// Remove a target and its deliveries.
+    Remove { name: String },
+    /// Send a test event to a target.
+    Test { name: String },
+    /// What was sent, newest first, with the receivers' answers.
+    Deliveries {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
@@ -756,6 +797,95 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         (true, _, None) => println!("  {}: removed (secret)", c.key),
                         _ => println!("  {}: {} -> {}", c.key, show(&c.from), show(&c.to)),
                     }
+                }
+            }
+        }
+        Command::Notifications { command: NotificationsCommand::Add { name, webhook, slack, app, events, secret } } => {
+            let (kind, url) = match (webhook, slack) {
+                (Some(url), _) => ("webhook", url),
+                (None, Some(url)) => ("slack", url),
+                (None, None) => bail!("give --webhook URL or --slack URL"),
+            };
+            let url = if url == "-" {
+                let mut read = String::new();
+                std::io::Read::take(std::io::stdin(), 4096).read_to_string(&mut read).context("reading the URL")?;
+                read.trim().to_string()
+            } else {
+                url
+            };
+            let new = api::NewNotificationTarget { name, kind: kind.into(), url, secret, app, events };
+            let created: api::NotificationTargetCreated = online()?.post("/api/v1/notifications/targets", &new).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("added notification target `{}`", created.name);
+                if let Some(secret) = &created.secret {
+                    eprintln!("its signing secret, shown only this once (verify webhook-signature with it):");
+                    println!("{secret}");
+                }
+            }
+        }
+        Command::Notifications { command: NotificationsCommand::List } => {
+            let targets: Vec<api::NotificationTarget> = online()?.get("/api/v1/notifications/targets").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&targets)?);
+            } else {
+                println!("{:<24} {:<8} {:<16} {:<36} EVENTS", "NAME", "KIND", "APP", "URL");
+                for t in &targets {
+                    println!(
+                        "{:<24} {:<8} {:<16} {:<36} {}",
+                        t.name,
+                        t.kind,
+                        t.app.as_deref().unwrap_or("(every app)"),
+                        neutralised(&t.url),
+                        t.events.join(",")
+                    );
+                }
+            }
+        }
+        Command::Notifications { command: NotificationsCommand::Remove { name } } => {
+            let _: serde_json::Value =
+                online()?.delete(&format!("/api/v1/notifications/targets/{}", path_segment(&name))).await?;
+            println!("removed notification target `{name}`");
+        }
+        Command::Notifications { command: NotificationsCommand::Test { name } } => {
+            let path = format!("/api/v1/notifications/targets/{}/test", path_segment(&name));
+            let sent: api::NotificationTest = online()?.post(&path, &serde_json::json!({})).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&sent)?);
+            } else {
+                println!(
+                    "test event queued for `{name}` (delivery {}); see `slipway notifications deliveries`",
+                    sent.delivery_id
+                );
+            }
+        }
+        Command::Notifications { command: NotificationsCommand::Deliveries { target, limit } } => {
+            let mut path = format!("/api/v1/notifications/deliveries?limit={limit}");
+            if let Some(t) = &target {
+                path.push_str(&format!("&target={}", path_segment(t)));
+            }
+            let list: Vec<api::Delivery> = online()?.get(&path).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<20} {:<20} {:<20} {:<10} {:>8} {:>6} ANSWER",
+                    "CREATED", "TARGET", "EVENT", "STATE", "ATTEMPTS", "STATUS"
+                );
+                for d in &list {
+                    let answer = d.last_error.as_deref().or(d.last_response.as_deref()).unwrap_or("");
+                    let answer: String = answer.chars().take(60).collect();
+                    println!(
+                        "{:<20} {:<20} {:<20} {:<10} {:>8} {:>6} {}",
+                        d.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        d.target,
+                        d.event,
+                        d.state,
+                        d.attempts,
+                        d.last_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        neutralised(&answer)
+                    );
                 }
             }
         }

@@ -240,6 +240,80 @@ pub struct RestoreAnswer {
     pub sha: String,
 }
 
+/// `POST /api/v1/notifications/targets`: where deployment events go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNotificationTarget {
+    /// A DNS label, unique.
+    pub name: String,
+    /// `webhook` (signed as Standard Webhooks) or `slack` (an incoming-webhook URL).
+    pub kind: String,
+    pub url: String,
+    /// The signing secret of a webhook (`whsec_<base64>`); one is made when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Only this app's events; every app's when unset (an admin's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The events wanted (`deploy.failed`, ...); every one when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// The answer to creating a target: its signing secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationTargetCreated {
+    pub name: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A notification target as listed: its URL only as scheme, host and port (a Slack URL is a
+/// secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationTarget {
+    pub name: String,
+    #[serde(default)]
+    pub app: Option<String>,
+    pub kind: String,
+    pub url: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One notification sent (or being sent) to a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Also its `webhook-id`.
+    pub id: Uuid,
+    pub target: String,
+    #[serde(default)]
+    pub deployment_id: Option<Uuid>,
+    pub event: String,
+    /// `pending`, `delivered` or `failed` (out of attempts).
+    pub state: String,
+    pub attempts: u32,
+    pub next_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The start of the receiver's last answer.
+    #[serde(default)]
+    pub last_response: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to `POST /api/v1/notifications/targets/{name}/test`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationTest {
+    pub delivery_id: Uuid,
+}
+
 /// `POST /api/v1/apps/{name}/promote`: deploy a release of this app to another app of the same
 /// repository (another environment) by its image digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use crate::auth::{self, Caller};
 use crate::deployments::{self, Created, NewDeployment};
 use crate::forge::Forge;
 use crate::transition::{self, Applied, TransitionError};
-use crate::{Shared, logs, releases, snapshots, webhook};
+use crate::{Shared, logs, notify, releases, snapshots, webhook};
 
 /// An error answered to an HTTP client; 5xx bodies are generic and the detail is logged.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +171,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/deployments/{id}/logs", get(logs::stream))
         .route("/api/v1/deployments/{id}/cancel", post(cancel_deployment))
+        .route("/api/v1/notifications/targets", get(list_targets).post(create_target))
+        .route("/api/v1/notifications/targets/{name}", delete(delete_target))
+        .route("/api/v1/notifications/targets/{name}/test", post(test_target))
+        .route("/api/v1/notifications/deliveries", get(list_deliveries))
         .route("/api/v1/queue", get(queue))
         .route("/api/v1/runners", get(runners))
         .route("/metrics", get(metrics))
@@ -453,6 +457,123 @@ async fn promote_app(
             digest,
         }),
     ))
+}
+
+impl From<notify::TargetError> for ApiError {
+    fn from(err: notify::TargetError) -> Self {
+        match err {
+            notify::TargetError::Invalid(_) => ApiError::Unprocessable(err.to_string()),
+            notify::TargetError::Exists(_) => ApiError::Conflict(err.to_string()),
+            notify::TargetError::Seal(seal) => ApiError::Corrupt(seal.to_string()),
+            notify::TargetError::Db(db) => ApiError::Db(db),
+        }
+    }
+}
+
+/// A target by name, with the role `role` checked on what it covers: its app (a deployer acts
+/// on their app's targets), or every app (an admin's).
+async fn target_for(
+    shared: &Shared,
+    caller: &Caller,
+    name: &str,
+    role: Role,
+) -> Result<(Uuid, Option<Uuid>), ApiError> {
+    let not_found =
+        || ApiError::NotFound(format!("no notification target `{}`", name.chars().take(80).collect::<String>()));
+    let (id, app_id) = notify::find(&shared.pool, name).await?.ok_or_else(not_found)?;
+    match app_id {
+        Some(app_id) => {
+            let app = apps::get_by_id(&shared.pool, app_id).await?.ok_or_else(not_found)?;
+            if !caller.sees(&app.name) {
+                return Err(not_found());
+            }
+            caller.require(role, Some(&app.name))?;
+        }
+        None => caller.require(Role::Admin, None)?,
+    }
+    Ok((id, app_id))
+}
+
+/// `POST /api/v1/notifications/targets`: a target for one app (deployer of that app) or for
+/// every app (admin). The answer shows a webhook's signing secret this once.
+async fn create_target(
+    State(shared): State<Shared>,
+    caller: Caller,
+    body: Result<Json<api::NewNotificationTarget>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::NotificationTargetCreated>), ApiError> {
+    let Json(new) = body?;
+    let app_id = match &new.app {
+        Some(name) => Some(app_for(&shared, &caller, name, Role::Deployer).await?.id),
+        None => {
+            caller.require(Role::Admin, None)?;
+            None
+        }
+    };
+    let created = notify::create(&shared.pool, &shared.keyring, &new, app_id, &caller.name).await?;
+    tracing::info!(target = %new.name, kind = %new.kind, app = new.app.as_deref().unwrap_or("*"), by = %caller.name, "notification target created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /api/v1/notifications/targets` (viewer): a scoped token sees its app's and the global ones.
+async fn list_targets(
+    State(shared): State<Shared>,
+    caller: Caller,
+) -> Result<Json<Vec<api::NotificationTarget>>, ApiError> {
+    let scope = match &caller.app {
+        Some(name) => Some(apps::get(&shared.pool, name).await?.map(|a| a.id).unwrap_or_else(Uuid::nil)),
+        None => None,
+    };
+    Ok(Json(notify::list(&shared.pool, scope).await?))
+}
+
+/// `DELETE /api/v1/notifications/targets/{name}`.
+async fn delete_target(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (id, _) = target_for(&shared, &caller, &name, Role::Deployer).await?;
+    notify::delete(&shared.pool, id).await?;
+    tracing::info!(target = %name, by = %caller.name, "notification target deleted");
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
+/// `POST /api/v1/notifications/targets/{name}/test`: sends a test event to the target.
+async fn test_target(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<api::NotificationTest>), ApiError> {
+    let (id, _) = target_for(&shared, &caller, &name, Role::Deployer).await?;
+    let delivery_id = notify::enqueue_test(&shared.pool, id, &name, &caller.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(api::NotificationTest { delivery_id })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    target: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/notifications/deliveries[?target=NAME]` (viewer): newest first, with the
+/// receivers' answers.
+async fn list_deliveries(
+    State(shared): State<Shared>,
+    caller: Caller,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<api::Delivery>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let target = match &query.target {
+        Some(name) => Some(target_for(&shared, &caller, name, Role::Viewer).await?.0),
+        None => None,
+    };
+    let scope = match &caller.app {
+        Some(name) => Some(apps::get(&shared.pool, name).await?.map(|a| a.id).unwrap_or_else(Uuid::nil)),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(notify::deliveries(&shared.pool, target, scope, limit).await?))
 }
 
 /// `GET /api/v1/apps/{name}/snapshots`: the app's database snapshots, newest first (viewer).

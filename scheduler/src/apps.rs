@@ -448,6 +448,14 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<App>, sqlx::Error> 
         .await
 }
 
+/// One app by id.
+pub async fn get_by_id(pool: &PgPool, id: Uuid) -> Result<Option<App>, sqlx::Error> {
+    sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!("SELECT {APP_COLUMNS}, {APP_URL} FROM apps WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// Apps following `repo_url` (normalized), for webhook verification.
 pub async fn following_repo(pool: &PgPool, repo_urls: &[String]) -> Result<Vec<App>, sqlx::Error> {
     let normalized: Vec<String> = repo_urls.iter().map(|u| normalize_repo_url(u)).collect();

@@ -89,6 +89,16 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_ALLOW_PRIVATE_GIT", default_value = "")]
     pub allow_private_git: String,
 
+    /// Like SLIPWAY_ALLOW_PRIVATE_GIT, for notification targets: the hosts, addresses and CIDRs
+    /// notifications may be sent to although they are not public; by default none.
+    #[arg(long, env = "SLIPWAY_ALLOW_PRIVATE_NOTIFY", default_value = "")]
+    pub allow_private_notify: String,
+
+    /// The scheduler's address as users reach it (links in notifications); by default
+    /// `http://` and SLIPWAY_LISTEN.
+    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -108,6 +118,14 @@ pub enum Command {
 }
 
 impl Config {
+    /// Where users reach the scheduler, without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
     /// Checks what clap cannot; the message names the variable.
     pub fn validate(&self) -> Result<(), String> {
         if self.lease_seconds < 2 {
@@ -128,6 +146,12 @@ impl Config {
             return Err("SLIPWAY_WEBHOOK_CONCURRENCY must be between 1 and 256".into());
         }
         slipway_proto::outbound::Guard::parse(&self.allow_private_git)?;
+        slipway_proto::outbound::Guard::parse(&self.allow_private_notify)?;
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err("SLIPWAY_PUBLIC_URL must be an http(s) URL".into());
+        }
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err("DATABASE_URL must be a postgres:// URL".into());
         }

@@ -230,6 +230,7 @@ pub async fn create(
     let created = match inserted {
         Some(id) => {
             crate::releases::record(&mut tx, keyring, app, id, copy_release_of, &reason, created_by).await?;
+            crate::notify::enqueue(&mut tx, id, &["deploy.queued"]).await?;
             let older: Vec<Uuid> = sqlx::query_scalar(
                 "SELECT id FROM deployments WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $3",
             )

@@ -614,9 +614,7 @@ fn hmac_matches(secret: &[u8], body: &[u8], hex_sig: &str) -> bool {
 /// Standard Webhooks: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` (space-separated,
 /// any may match), keyed by the base64 after `whsec_`, the timestamp within the tolerance.
 fn standard_webhook_matches(signed: &Signed, secret: &str, body: &[u8], now: i64) -> bool {
-    let Some(key) =
-        secret.strip_prefix("whsec_").and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-    else {
+    let Some(key) = standard_webhook_key(secret) else {
         return false;
     };
     let Ok(timestamp) = signed.timestamp.parse::<i64>() else { return false };
@@ -635,6 +633,20 @@ fn standard_webhook_matches(signed: &Signed, secret: &str, body: &[u8], now: i64
     })
 }
 
+/// The key of a Standard Webhooks secret: the base64 after `whsec_`.
+pub fn standard_webhook_key(secret: &str) -> Option<Vec<u8>> {
+    secret.strip_prefix("whsec_").and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+}
+
+/// A Standard Webhooks signature: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
+pub fn standard_webhook_signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,10 +660,7 @@ mod tests {
     }
 
     fn standard_signature(key: &[u8], id: &str, ts: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
-        mac.update(format!("{id}.{ts}.").as_bytes());
-        mac.update(body);
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+        standard_webhook_signature(key, id, ts, body)
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod leader;
 pub mod lease;
 pub mod live;
 pub mod logs;
+pub mod notify;
 pub mod observe;
 pub mod publisher;
 pub mod queue;
@@ -76,6 +77,10 @@ pub struct Shared {
     pub sync: reconcile::SyncRequests,
     /// Renders `/metrics`; `None` with `SLIPWAY_METRICS=false`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Where notification targets may be (the outbound guard of notifications).
+    pub notify_guard: Arc<Guard>,
+    /// The scheduler's address as users reach it, for links.
+    pub public_url: String,
 }
 
 impl Shared {
@@ -147,6 +152,7 @@ pub async fn run(
     use anyhow::Context;
     let keyring = seal::Keyring::load(&config.key_source()).context("loading the secret key")?;
     let guard = Guard::parse(&config.allow_private_git).map_err(anyhow::Error::msg)?;
+    let notify_guard = Guard::parse(&config.allow_private_notify).map_err(anyhow::Error::msg)?;
     let pool = db::connect(&config.database_url, &cancel).await.context("connecting to PostgreSQL (DATABASE_URL)")?;
     sqlx::migrate!("./migrations").run(&pool).await.context("applying migrations")?;
     auth::bootstrap(&pool, config.admin_token.as_deref().filter(|t| !t.is_empty()), &config.admin_token_file()).await?;
@@ -181,6 +187,8 @@ pub async fn run(
         runner_lost_after: config.runner_lost_after(),
         sync,
         metrics,
+        notify_guard: Arc::new(notify_guard),
+        public_url: config.public_url(),
     };
     tracker.spawn(publisher::run_publisher(config.amqp_url.clone(), topo, publisher_queue, cancel.clone()));
     tracker.spawn(leader::run(
@@ -194,6 +202,7 @@ pub async fn run(
     tracker.spawn(inbox::run(shared.clone(), cancel.clone()));
     tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));
     tracker.spawn(reconcile::run(shared.clone(), config.reconcile_every(), sync_requests, cancel.clone()));
+    tracker.spawn(notify::run(shared.clone(), cancel.clone()));
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

@@ -314,12 +314,25 @@ pub async fn rotate(pool: &PgPool, source: &KeySource, to: Option<&Path>) -> any
             .execute(&mut *tx)
             .await?;
     }
+    // Notification targets' URLs and signing secrets.
+    let targets: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, sealed FROM notification_targets FOR UPDATE").fetch_all(&mut *tx).await?;
+    for (id, sealed) in &targets {
+        let context = crate::notify::context(*id);
+        let plain = ring.open(sealed, &context).with_context(|| format!("opening notification target {id}"))?;
+        let resealed = seal_with(&new, &plain, &context)?;
+        sqlx::query("UPDATE notification_targets SET sealed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(resealed)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     if to.is_none() && source.key.is_none() {
         std::fs::rename(&source.file, source.previous_file()).context("keeping the old key as .previous")?;
         std::fs::rename(source.next_file(), &source.file).context("installing the new key file")?;
     }
-    Ok((rows.len() + releases.len(), new.id.clone()))
+    Ok((rows.len() + releases.len() + targets.len(), new.id.clone()))
 }
 
 #[cfg(test)]

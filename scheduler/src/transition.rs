@@ -139,6 +139,9 @@ async fn execute(
                 return Ok(Tried::Lost);
             }
             record_beside(conn, row, &next, input).await?;
+            let rolled_back = matches!(&next.phase, Phase::Failed { failure, .. } if failure.rolled_back);
+            let events = crate::notify::events_of(row.state(), next.state(), rolled_back);
+            crate::notify::enqueue(conn, row.id, &events).await?;
             Applied::Changed { note, control }
         }
         Decision::Touch { reply } => {

@@ -108,6 +108,22 @@ async fn every_route_answers_each_role_as_documented() {
             "deployer",
             false,
         ),
+        ("GET", "/api/v1/notifications/targets".into(), None, "viewer", true),
+        ("GET", "/api/v1/notifications/deliveries".into(), None, "viewer", true),
+        (
+            "POST",
+            "/api/v1/notifications/targets".into(),
+            Some(json!({"name": "n", "kind": "slack", "url": "https://hooks.example.com/x", "app": app})),
+            "deployer",
+            true,
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/targets".into(),
+            Some(json!({"name": "n", "kind": "slack", "url": "https://hooks.example.com/x"})),
+            "admin",
+            false,
+        ),
         ("GET", "/api/v1/runners".into(), None, "viewer", false),
         ("GET", "/metrics".into(), None, "viewer", false),
     ];
