@@ -116,6 +116,13 @@ async fn throughput(git: &GitServer, series: &Series, slots: usize) -> f64 {
         s.create_app(&format!("scale{i}"), &url, SECRET, json!({})).await;
         pushes.push((url, sha));
     }
+    // The fleet is up before the batch: every runner reported itself idle.
+    slipway_tests::eventually(Duration::from_secs(120), "every runner idle", || async {
+        let (_, runners) = s.get("/api/v1/runners").await;
+        let idle = runners.as_array()?.iter().filter(|r| r["state"] == "idle").count();
+        (idle == slots).then_some(())
+    })
+    .await;
     let pids: Vec<u32> = std::iter::once(s.scheduler.pid()).chain(s.runners.iter().map(|r| r.pid())).collect();
     let (before, started) = (cpu_now(&pids), Instant::now());
     let mut ids = Vec::new();
@@ -143,6 +150,14 @@ async fn throughput(git: &GitServer, series: &Series, slots: usize) -> f64 {
              FROM deployment_steps WHERE status = 'succeeded' GROUP BY step
              UNION ALL
              SELECT 'wait', min(created_at), percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at) * 1000)
+             FROM deployments
+             UNION ALL
+             SELECT 'wait.publish', min(created_at) + interval '1 microsecond',
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at) * 1000)
+             FROM deployments
+             UNION ALL
+             SELECT 'wait.claim', min(created_at) + interval '2 microseconds',
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - published_at) * 1000)
              FROM deployments) s",
     );
     println!("  {slots} slot(s), median per job: {medians}");
