@@ -414,6 +414,18 @@ struct CreateApp {
     /// Secret the forge signs webhooks with.
     #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: String,
+    /// Report each deployment as a commit status at this forge: github, gitlab, bitbucket or
+    /// gitea (Forgejo too); with a token that may set statuses in SLIPWAY_STATUS_TOKEN.
+    #[arg(long, requires = "status_token")]
+    status_forge: Option<String>,
+    /// The forge's API root (default for github.com, gitlab.com and bitbucket.org).
+    #[arg(long, requires = "status_forge")]
+    status_api_url: Option<String>,
+    /// `owner/repo` at the forge (default: from --repo).
+    #[arg(long, requires = "status_forge")]
+    status_repo: Option<String>,
+    #[arg(long, env = "SLIPWAY_STATUS_TOKEN", hide_env_values = true, hide = true)]
+    status_token: Option<String>,
 }
 
 /// Variables given as `KEY=VALUE`: bare, marked secret or marked plain.
@@ -617,6 +629,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 test_network,
                 kubernetes,
                 webhook_secret,
+                status_forge,
+                status_api_url,
+                status_repo,
+                status_token,
             } = *args;
             let vars = env_values(env, secret, plain)?;
             let git_credentials =
@@ -649,6 +665,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 watch_paths,
                 test_network,
                 kubernetes,
+                commit_status: status_forge.map(|forge| api::CommitStatus {
+                    forge,
+                    api_url: status_api_url,
+                    repo: status_repo,
+                    token: status_token,
+                }),
             };
             let app: api::App = online()?.post("/api/v1/apps", &new).await?;
             if cli.json {

@@ -56,6 +56,28 @@ pub struct NewApp {
     /// Settings of the `kubernetes` target (the keys of docs/kubernetes.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<serde_json::Value>,
+    /// Report each deployment's state on its commit at the forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_status: Option<CommitStatus>,
+}
+
+/// Where an app's deployments are reported as commit statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitStatus {
+    /// `github`, `gitlab`, `bitbucket` or `gitea` (Forgejo too).
+    pub forge: String,
+    /// The forge's API root; by default from the repository's host for github.com, gitlab.com
+    /// and bitbucket.org (a self-hosted forge needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// `owner/repo` (GitLab: the project's path; Bitbucket: `workspace/repo`); by default from
+    /// the repository URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// A token that may set statuses; stored encrypted, never shown. Absent in what the API shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// One environment value of a new app, as sent.
@@ -138,6 +160,9 @@ pub struct App {
     pub test_network: bool,
     /// Kubernetes settings; the values of `secret_env` show as [`REDACTED`].
     pub kube_settings: Option<serde_json::Value>,
+    /// Where commit statuses go (without the token).
+    #[serde(default)]
+    pub commit_status: Option<CommitStatus>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -353,6 +353,7 @@ async fn config_release(
         reason: Some(reason),
         promoted_from: None,
         restore_of: None,
+        pushed_by: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -435,6 +436,7 @@ async fn promote_app(
         reason: Some(&reason),
         promoted_from: Some(&promotion),
         restore_of: None,
+        pushed_by: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -635,6 +637,7 @@ async fn restore_snapshot(
         reason: Some(&reason),
         promoted_from: None,
         restore_of: Some(&restore),
+        pushed_by: None,
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -728,6 +731,7 @@ async fn deploy_app(
         reason: None,
         promoted_from: None,
         restore_of: None,
+        pushed_by: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
@@ -797,6 +801,7 @@ async fn rollback_app(
         reason: Some(&rollback_reason),
         promoted_from: None,
         restore_of: None,
+        pushed_by: None,
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (id, superseded) = match created {

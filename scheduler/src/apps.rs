@@ -40,6 +40,9 @@ pub struct App {
     /// Where the app's latest completed deployment answers (its stable address on the edge).
     #[sqlx(default)]
     pub url: Option<String>,
+    /// Where its deployments are reported as commit statuses (the token is sealed).
+    #[sqlx(default)]
+    pub commit_status: Option<sqlx::types::Json<crate::status::Settings>>,
 }
 
 /// Why an app was refused.
@@ -89,6 +92,9 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
         return invalid("app_root must be a relative directory inside the repository, such as apps/web");
     }
     slipway_git::watch::WatchPaths::new(&new.watch_paths).map_err(AppError::Invalid)?;
+    if let Some(asked) = &new.commit_status {
+        crate::status::resolve(asked, &new.repo_url).map_err(AppError::Invalid)?;
+    }
     if let Some(settings) = &new.kubernetes {
         let release = slipway_deploy::Release {
             app: new.name.clone(),
@@ -336,7 +342,7 @@ fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Opt
 
 const APP_COLUMNS: &str =
     "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, watch_paths, test_network,
-    kube_settings, created_at, sealed, secret_names, git_username, limits, edge";
+    kube_settings, created_at, sealed, secret_names, git_username, limits, edge, commit_status";
 
 /// The URL of an app's latest completed deployment, as a column of a query on `apps`.
 const APP_URL: &str = "(SELECT d.url FROM deployments d WHERE d.app_id = apps.id AND d.state = 'completed'
@@ -352,15 +358,21 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
         env: secret.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect(),
         kube_secret_env: kube_secret_env(new.kubernetes.as_ref()).into_iter().collect(),
         git: new.git_credentials.clone(),
+        status_token: new.commit_status.as_ref().and_then(|c| c.token.clone()),
     };
     let sealed = keyring.seal_json(&secrets, &app_context(id))?;
+    let commit_status = match &new.commit_status {
+        Some(asked) => Some(crate::status::resolve(asked, &new.repo_url).map_err(AppError::Invalid)?),
+        None => None,
+    };
     let plain: BTreeMap<String, String> = plain.iter().map(|(k, v)| (k.to_string(), v.value().to_string())).collect();
     let secret_names: Vec<String> = secrets.env.keys().cloned().collect();
     let kube_settings = new.kubernetes.as_ref().map(|s| replace_kube_secrets(s, |_| None));
     let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
-                           test_network, kube_settings, sealed, secret_names, git_username, limits, edge, watch_paths)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                           test_network, kube_settings, sealed, secret_names, git_username, limits, edge, watch_paths,
+                           commit_status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
          ON CONFLICT (name) DO NOTHING
          RETURNING {APP_COLUMNS}"
     )))
@@ -383,6 +395,7 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     .bind(new.limits.as_ref().map(sqlx::types::Json))
     .bind(new.edge.as_ref().map(sqlx::types::Json))
     .bind(&new.watch_paths)
+    .bind(commit_status.as_ref().map(sqlx::types::Json))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -415,6 +428,7 @@ pub async fn seal_legacy(pool: &PgPool, keyring: &Keyring) -> Result<usize, AppE
             env: secret,
             kube_secret_env: kube_secret_env(settings).into_iter().collect(),
             git: None,
+            status_token: None,
         };
         let sealed = keyring.seal_json(&secrets, &app_context(row.id))?;
         sqlx::query(
@@ -499,6 +513,12 @@ impl App {
             watch_paths: self.watch_paths.clone(),
             test_network: self.test_network,
             kube_settings: self.kube_settings.as_ref().map(|s| replace_kube_secrets(&s.0, |_| None)),
+            commit_status: self.commit_status.as_ref().map(|c| slipway_proto::api::CommitStatus {
+                forge: c.forge.clone(),
+                api_url: Some(c.api_url.clone()),
+                repo: Some(c.repo.clone()),
+                token: None,
+            }),
             created_at: self.created_at,
         }
     }

@@ -156,6 +156,8 @@ pub struct NewDeployment<'a> {
     pub promoted_from: Option<&'a slipway_proto::Promotion>,
     /// For a restore: the database snapshot restored before the live release is deployed again.
     pub restore_of: Option<&'a slipway_proto::RestoreSnapshot>,
+    /// Who pushed, as the forge names them (a forge push).
+    pub pushed_by: Option<&'a str>,
 }
 
 impl NewDeployment<'_> {
@@ -200,14 +202,15 @@ pub async fn create(
         copy_release_of,
         promoted_from,
         restore_of,
+        pushed_by,
         ..
     } = new;
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
-                                  before_sha, watch_check, promoted_from, restore_of, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued')
+                                  before_sha, watch_check, promoted_from, restore_of, pushed_by, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'queued')
          ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore') AND sha <> ''
          DO NOTHING RETURNING id",
     )
@@ -225,6 +228,7 @@ pub async fn create(
     .bind(watch_check.map(sqlx::types::Json))
     .bind(promoted_from.map(sqlx::types::Json))
     .bind(restore_of.map(sqlx::types::Json))
+    .bind(pushed_by)
     .fetch_optional(&mut *tx)
     .await?;
     let created = match inserted {

@@ -53,6 +53,28 @@ pub struct Change {
     /// are all there, each with its added, modified and removed files. `None` when it did not
     /// (a new branch, a forced push, a truncated list, a forge that sends no file lists).
     pub paths: Option<Vec<String>>,
+    /// Who pushed, as the forge names them (at most 100 characters, no control characters).
+    pub pusher: Option<String>,
+}
+
+/// A forge's name for a person, kept readable and short; empty is none.
+fn person(names: &[&Option<String>]) -> Option<String> {
+    names.iter().find_map(|n| {
+        let clean: String = n.as_deref()?.chars().filter(|c| !c.is_control()).take(100).collect();
+        let clean = clean.trim().to_string();
+        (!clean.is_empty()).then_some(clean)
+    })
+}
+
+/// `{"login": ..., "username": ..., "name": ...}` as GitHub, Gitea and Forgejo send people.
+#[derive(Debug, Default, Deserialize)]
+struct HubPerson {
+    #[serde(default)]
+    login: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// Most changed files kept from a payload; a push that changed more is checked through git.
@@ -257,6 +279,10 @@ struct HubPush {
     total_commits: Option<usize>,
     #[serde(default)]
     repository: HubRepository,
+    #[serde(default)]
+    sender: HubPerson,
+    #[serde(default)]
+    pusher: HubPerson,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,7 +331,9 @@ fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeErr
                     None => push.commits.len() < GITHUB_MAX_COMMITS,
                 };
                 let paths = changed_paths(&before, &push.commits, listed_all);
-                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message, before, paths }])
+                let (sender, pusher) = (&push.sender, &push.pusher);
+                let pusher = person(&[&sender.login, &pusher.login, &pusher.username, &pusher.name]);
+                Event::Push(vec![Change { git_ref, after, deleted: push.deleted, message, before, paths, pusher }])
             }
             _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
         },
@@ -374,6 +402,10 @@ struct GitLabPush {
     project: GitLabProject,
     #[serde(default)]
     repository: GitLabProject,
+    #[serde(default)]
+    user_username: Option<String>,
+    #[serde(default)]
+    user_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,7 +477,8 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                     let listed_all = push.total_commits_count == Some(push.commits.len());
                     let paths = changed_paths(&before, &push.commits, listed_all);
                     let message = push.commits.into_iter().find(|c| c.id == after).and_then(|c| c.message);
-                    Event::Push(vec![Change { git_ref, after, deleted, message, before, paths }])
+                    let pusher = person(&[&push.user_username, &push.user_name]);
+                    Event::Push(vec![Change { git_ref, after, deleted, message, before, paths, pusher }])
                 }
                 _ => Event::Malformed("push payload is malformed: it needs `ref` and `after`".into()),
             }
@@ -469,6 +502,16 @@ struct BitbucketPayload {
     push: Option<BitbucketPush>,
     #[serde(default)]
     repository: BitbucketRepository,
+    #[serde(default)]
+    actor: BitbucketActor,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketActor {
+    #[serde(default)]
+    nickname: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -538,6 +581,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
     let payload: BitbucketPayload = json(body)?;
     let mut urls: Vec<String> = payload.repository.links.html.and_then(|l| l.href).into_iter().collect();
     urls.extend(payload.repository.full_name.map(|n| format!("https://bitbucket.org/{n}")));
+    let pusher = person(&[&payload.actor.nickname, &payload.actor.display_name]);
     let event = match event.as_str() {
         "repo:push" => {
             let push = payload.push.ok_or_else(|| ForgeError::Malformed("a repo:push payload needs `push`".into()))?;
@@ -553,6 +597,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                         message: new.target.message,
                         // Bitbucket's changes list no files: the runner diffs through git.
                         paths: None,
+                        pusher: pusher.clone(),
                     }),
                     (None, Some(old)) => Some(Change {
                         git_ref: bitbucket_ref(&old),
@@ -561,6 +606,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
                         message: None,
                         before: None,
                         paths: None,
+                        pusher: pusher.clone(),
                     }),
                     (None, None) => None,
                 })
@@ -758,7 +804,8 @@ mod tests {
                 deleted: false,
                 message: None,
                 before: None,
-                paths: None
+                paths: None,
+                pusher: None
             }
         );
         assert_eq!(
@@ -769,7 +816,8 @@ mod tests {
                 deleted: true,
                 message: None,
                 before: None,
-                paths: None
+                paths: None,
+                pusher: None
             }
         );
         assert_eq!(changes.len(), 2);
@@ -846,5 +894,29 @@ mod tests {
             ("content-type", "application/x-www-form-urlencoded"),
         ]);
         assert!(read(Forge::GitHub, &form, b"payload=%ZZ").is_err());
+    }
+
+    #[test]
+    fn the_pusher_is_read_from_each_forge_short_and_without_control_characters() {
+        let pusher = |forge: Forge, pairs: &[(&'static str, &str)], body: serde_json::Value| {
+            let d = read(forge, &headers(pairs), &serde_json::to_vec(&body).expect("json")).expect("reads");
+            let Event::Push(changes) = d.event else { panic!("a push") };
+            changes[0].pusher.clone()
+        };
+        let hub = serde_json::json!({"ref": "refs/heads/main", "after": "a".repeat(40), "sender": {"login": "octocat"},
+                         "pusher": {"name": "Octo Cat"}});
+        let github = [("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")];
+        assert_eq!(pusher(Forge::GitHub, &github, hub).as_deref(), Some("octocat"));
+        let gitea =
+            serde_json::json!({"ref": "refs/heads/main", "after": "a".repeat(40), "pusher": {"login": "gitea-user"}});
+        let headers_gitea = [("x-gitea-event", "push"), ("x-gitea-signature", "00")];
+        assert_eq!(pusher(Forge::Gitea, &headers_gitea, gitea).as_deref(), Some("gitea-user"));
+        let lab = serde_json::json!({"ref": "refs/heads/main", "after": "a".repeat(40), "user_username": "", "user_name": "Lab\u{1b}[31m User"});
+        let gitlab = [("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "t")];
+        assert_eq!(pusher(Forge::GitLab, &gitlab, lab).as_deref(), Some("Lab[31m User"), "control characters dropped");
+        let bucket = serde_json::json!({"actor": {"nickname": "x".repeat(300)}, "push": {"changes": [
+            {"new": {"type": "branch", "name": "main", "target": {"hash": "a".repeat(40)}}}]}});
+        let bitbucket = [("x-event-key", "repo:push"), ("x-hub-signature", "sha256=00")];
+        assert_eq!(pusher(Forge::Bitbucket, &bitbucket, bucket).map(|p| p.len()), Some(100), "at most 100 characters");
     }
 }

@@ -27,6 +27,7 @@ pub mod relay;
 pub mod releases;
 pub mod seal;
 pub mod snapshots;
+pub mod status;
 pub mod transition;
 pub mod webhook;
 

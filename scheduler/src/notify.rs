@@ -238,6 +238,7 @@ struct Facts {
     git_ref: String,
     source: String,
     created_by: Option<String>,
+    pushed_by: Option<String>,
     state: String,
     attempt: i32,
     url: Option<String>,
@@ -268,6 +269,7 @@ fn event_json(id: Uuid, event: &str, f: &Facts) -> Value {
             "ref": f.git_ref,
             "source": f.source,
             "created_by": f.created_by,
+            "pushed_by": f.pushed_by,
             "state": f.state,
             "attempt": f.attempt,
             "url": f.url,
@@ -293,11 +295,20 @@ pub async fn enqueue(conn: &mut PgConnection, id: Uuid, events: &[&str]) -> Resu
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    if targets.is_empty() {
+    // Commit statuses, for an app that reports them and a deployment of a known commit.
+    let status_app: Option<Uuid> = sqlx::query_scalar(
+        "SELECT a.id FROM deployments d JOIN apps a ON a.id = d.app_id
+         WHERE d.id = $1 AND a.commit_status IS NOT NULL AND d.sha <> ''",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let statuses: Vec<&&str> = events.iter().filter(|e| crate::status::Status::of(e).is_some()).collect();
+    if targets.is_empty() && (status_app.is_none() || statuses.is_empty()) {
         return Ok(());
     }
     let facts: Facts = sqlx::query_as(
-        "SELECT a.name AS app, d.environment, d.sha, d.git_ref, d.source, d.created_by, d.state, d.attempt,
+        "SELECT a.name AS app, d.environment, d.sha, d.git_ref, d.source, d.created_by, d.pushed_by, d.state, d.attempt,
                 d.url, d.image, d.error_step, d.error_cause, d.error_message, d.rolled_back, d.cancel_reason,
                 d.created_at, d.finished_at
          FROM deployments d JOIN apps a ON a.id = d.app_id WHERE d.id = $1",
@@ -307,6 +318,18 @@ pub async fn enqueue(conn: &mut PgConnection, id: Uuid, events: &[&str]) -> Resu
     .await?;
     for event in events {
         let payload = event_json(id, event, &facts);
+        if let Some(app) = status_app.filter(|_| statuses.contains(&event)) {
+            sqlx::query(
+                "INSERT INTO deliveries (id, app_id, kind, deployment_id, event, payload) VALUES ($1, $2, 'status', $3, $4, $5)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(app)
+            .bind(id)
+            .bind(*event)
+            .bind(&payload)
+            .execute(&mut *conn)
+            .await?;
+        }
         for (target, wanted) in &targets {
             if !wanted.iter().any(|w| w == event) {
                 continue;
@@ -368,11 +391,11 @@ pub async fn deliveries(
         delivered_at: Option<DateTime<Utc>>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT d.id, t.name AS target, d.deployment_id, d.event, d.state, d.attempts, d.next_at, d.last_status,
-                d.last_error, d.last_response, d.created_at, d.delivered_at
-         FROM deliveries d JOIN notification_targets t ON t.id = d.target_id
+        "SELECT d.id, coalesce(t.name, 'commit-status:' || a.name) AS target, d.deployment_id, d.event, d.state,
+                d.attempts, d.next_at, d.last_status, d.last_error, d.last_response, d.created_at, d.delivered_at
+         FROM deliveries d LEFT JOIN notification_targets t ON t.id = d.target_id LEFT JOIN apps a ON a.id = d.app_id
          WHERE ($1::uuid IS NULL OR d.target_id = $1)
-           AND ($2::uuid IS NULL OR t.app_id = $2
+           AND ($2::uuid IS NULL OR t.app_id = $2 OR d.app_id = $2
                 OR (t.app_id IS NULL AND d.deployment_id IN (SELECT id FROM deployments WHERE app_id = $2)))
          ORDER BY d.created_at DESC LIMIT $3",
     )
@@ -405,13 +428,17 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 20) as u32).min(1200))
 }
 
-/// A claimed delivery.
+/// A claimed delivery: to a notification target (its kind and sealed URL), or a commit status
+/// (the app's settings and sealed secrets).
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
-    target_id: Uuid,
-    kind: String,
-    sealed: String,
+    target_id: Option<Uuid>,
+    app_id: Option<Uuid>,
+    target_kind: Option<String>,
+    target_sealed: Option<String>,
+    app_sealed: Option<String>,
+    commit_status: Option<sqlx::types::Json<crate::status::Settings>>,
     payload: Value,
     attempts: i32,
 }
@@ -450,8 +477,13 @@ async fn send_due(shared: &Shared) -> Result<usize, sqlx::Error> {
              SELECT id FROM deliveries WHERE state = 'pending' AND next_at <= now()
              ORDER BY next_at LIMIT 16 FOR UPDATE SKIP LOCKED)
          UPDATE deliveries d SET next_at = now() + make_interval(secs => $1), attempts = d.attempts + 1
-         FROM due, notification_targets t WHERE d.id = due.id AND t.id = d.target_id
-         RETURNING d.id, d.target_id, t.kind, t.sealed, d.payload, d.attempts",
+         FROM due WHERE d.id = due.id
+         RETURNING d.id, d.target_id, d.app_id,
+                   (SELECT t.kind FROM notification_targets t WHERE t.id = d.target_id) AS target_kind,
+                   (SELECT t.sealed FROM notification_targets t WHERE t.id = d.target_id) AS target_sealed,
+                   (SELECT a.sealed FROM apps a WHERE a.id = d.app_id) AS app_sealed,
+                   (SELECT a.commit_status FROM apps a WHERE a.id = d.app_id) AS commit_status,
+                   d.payload, d.attempts",
     )
     .bind(CLAIM_SECONDS)
     .fetch_all(&shared.pool)
@@ -500,12 +532,96 @@ async fn record(pool: &PgPool, d: &Due, outcome: Outcome) -> Result<(), sqlx::Er
 /// goes to the addresses checked, never a redirect), signs or formats the body.
 async fn send(shared: &Shared, d: &Due) -> Outcome {
     let failed = |error: String| Outcome { status: None, error: Some(error), response: None };
-    let secret: TargetSecret = match shared.keyring.open_json(&d.sealed, &context(d.target_id)) {
-        Ok(s) => s,
-        Err(err) => return failed(format!("the target's URL cannot be opened: {err}")),
+    let mut payload = d.payload.clone();
+    if let Some(id) = payload["data"]["deployment_id"].as_str().map(str::to_string) {
+        payload["data"]["link"] = json!(format!("{}/api/v1/deployments/{id}", shared.public_url));
+    }
+    let request = match (d.target_id, &d.target_kind, &d.target_sealed, d.app_id) {
+        (Some(target), Some(kind), Some(sealed), _) => {
+            match target_request(shared, target, kind, sealed, d.id, &payload) {
+                Ok(r) => r,
+                Err(err) => return failed(err),
+            }
+        }
+        (None, _, _, Some(app)) => match status_request(shared, app, d, &payload) {
+            Ok(r) => r,
+            Err(err) => return failed(err),
+        },
+        _ => return failed("its target or app is gone".into()),
     };
+    post(shared, request).await
+}
+
+/// A request to send: URL, headers, body.
+struct Outgoing {
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+/// A notification target's request: the Standard Webhooks signed event, or a Slack message.
+fn target_request(
+    shared: &Shared,
+    target: Uuid,
+    kind: &str,
+    sealed: &str,
+    delivery: Uuid,
+    payload: &Value,
+) -> Result<Outgoing, String> {
+    let secret: TargetSecret = shared
+        .keyring
+        .open_json(sealed, &context(target))
+        .map_err(|err| format!("the target's URL cannot be opened: {err}"))?;
+    let json_type = ("content-type", "application/json".to_string());
+    if kind == "slack" {
+        let body = serde_json::to_vec(&slack_message(payload)).unwrap_or_default();
+        return Ok(Outgoing { url: secret.url, headers: vec![json_type], body });
+    }
+    let body = serde_json::to_vec(payload).unwrap_or_default();
+    let timestamp = Utc::now().timestamp();
+    let key = secret.secret.as_deref().and_then(crate::forge::standard_webhook_key).unwrap_or_default();
+    let signature = crate::forge::standard_webhook_signature(&key, &delivery.to_string(), timestamp, &body);
+    let headers = vec![
+        json_type,
+        ("webhook-id", delivery.to_string()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    Ok(Outgoing { url: secret.url, headers, body })
+}
+
+/// A commit status request for the app's forge, from the event.
+fn status_request(shared: &Shared, app: Uuid, d: &Due, payload: &Value) -> Result<Outgoing, String> {
+    let (Some(settings), Some(sealed)) = (&d.commit_status, &d.app_sealed) else {
+        return Err("the app no longer reports commit statuses".into());
+    };
+    let secrets: crate::seal::AppSecrets = shared
+        .keyring
+        .open_json(sealed, &crate::seal::app_context(app))
+        .map_err(|err| format!("the app's secrets cannot be opened: {err}"))?;
+    let token = secrets.status_token.ok_or("the app has no status token")?;
+    let event = payload["type"].as_str().unwrap_or_default();
+    let status = crate::status::Status::of(event).ok_or("not a status event")?;
+    let data = &payload["data"];
+    let sha = data["sha"].as_str().filter(|s| crate::webhook::is_sha(s)).ok_or("no commit")?;
+    let link = data["link"].as_str().unwrap_or_default();
+    let target_url = match (status, data["url"].as_str()) {
+        (crate::status::Status::Success, Some(url)) => url,
+        _ => link,
+    };
+    let context = format!("slipway/{}", data["app"].as_str().unwrap_or_default());
+    let description = crate::status::description(payload);
+    let r = crate::status::request(&settings.0, &token, sha, status, &context, target_url, &description);
+    let mut headers = r.headers;
+    headers.push(("content-type", "application/json".to_string()));
+    Ok(Outgoing { url: r.url, headers, body: serde_json::to_vec(&r.body).unwrap_or_default() })
+}
+
+/// POSTs `request` to the addresses the outbound guard checked (never following a redirect).
+async fn post(shared: &Shared, request: Outgoing) -> Outcome {
+    let failed = |error: String| Outcome { status: None, error: Some(error), response: None };
     let guard = shared.notify_guard.clone();
-    let url = secret.url.clone();
+    let url = request.url.clone();
     let checked = tokio::task::spawn_blocking(move || guard.check(&url)).await;
     let (target, addrs) = match checked {
         Ok(Ok(ok)) => ok,
@@ -522,27 +638,11 @@ async fn send(shared: &Shared, d: &Due) -> Outcome {
         Ok(c) => c,
         Err(err) => return failed(format!("building the HTTP client failed: {err}")),
     };
-    let mut payload = d.payload.clone();
-    if let Some(id) = payload["data"]["deployment_id"].as_str().map(str::to_string) {
-        payload["data"]["link"] = json!(format!("{}/api/v1/deployments/{id}", shared.public_url));
+    let mut sending = client.post(&request.url).body(request.body);
+    for (name, value) in request.headers {
+        sending = sending.header(name, value);
     }
-    let request = match d.kind.as_str() {
-        "slack" => client.post(&secret.url).json(&slack_message(&payload)),
-        _ => {
-            let body = serde_json::to_vec(&payload).unwrap_or_default();
-            let timestamp = Utc::now().timestamp();
-            let key = secret.secret.as_deref().and_then(crate::forge::standard_webhook_key).unwrap_or_default();
-            let signature = crate::forge::standard_webhook_signature(&key, &d.id.to_string(), timestamp, &body);
-            client
-                .post(&secret.url)
-                .header("content-type", "application/json")
-                .header("webhook-id", d.id.to_string())
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .body(body)
-        }
-    };
-    match request.send().await {
+    match sending.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
@@ -582,9 +682,10 @@ pub fn slack_message(payload: &Value) -> Value {
         "deploy.rolled_back" => (":leftwards_arrow_with_hook:", "failed and was rolled back"),
         _ => (":information_source:", "changed"),
     };
-    let who = match data["created_by"].as_str() {
-        Some(by) => format!("by {}", slack_escape(by)),
-        None => format!("by a {} push", s(&data["source"])),
+    let who = match (data["created_by"].as_str(), data["pushed_by"].as_str()) {
+        (Some(by), _) => format!("by {}", slack_escape(by)),
+        (None, Some(pusher)) => format!("pushed by {} ({})", slack_escape(pusher), s(&data["source"])),
+        (None, None) => format!("by a {} push", s(&data["source"])),
     };
     let mut text = format!(
         "{icon} *{}* ({}) {what}: `{short}` on {} {who}",

@@ -152,6 +152,7 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         reason: None,
         promoted_from: None,
         restore_of: None,
+        pushed_by: None,
     };
     match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {

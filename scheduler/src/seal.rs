@@ -260,6 +260,9 @@ pub struct AppSecrets {
     pub kube_secret_env: BTreeMap<String, String>,
     #[serde(default)]
     pub git: Option<GitCredentials>,
+    /// The token commit statuses are set with.
+    #[serde(default)]
+    pub status_token: Option<String>,
 }
 
 impl std::fmt::Debug for AppSecrets {

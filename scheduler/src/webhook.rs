@@ -255,6 +255,7 @@ async fn receive(
                 reason: None,
                 promoted_from: None,
                 restore_of: None,
+                pushed_by: change.pusher.as_deref(),
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.

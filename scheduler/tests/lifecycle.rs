@@ -34,6 +34,7 @@ fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
         reason: None,
         promoted_from: None,
         restore_of: None,
+        pushed_by: None,
     }
 }
 

@@ -131,6 +131,7 @@ async fn two_relays_never_take_the_same_outbox_row(pool: PgPool) {
             reason: None,
             promoted_from: None,
             restore_of: None,
+            pushed_by: None,
         };
         match deployments::create(&pool, &keyring, new, slipway_proto::Policy { max_attempts: 3 })
             .await

@@ -322,7 +322,7 @@ async fn main() {
             }
             let efficiency = per_second / (slots as f64 * base);
             println!(
-                "scaling: sleep {sleep} s, {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.2} (against {slots} x the {base_slots}-slot run per slot)",
+                "scaling: sleep {sleep} s, {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.3} (against {slots} x the {base_slots}-slot run per slot)",
                 per_second * 60.0
             );
         }

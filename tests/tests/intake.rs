@@ -158,6 +158,18 @@ async fn app_registration_validates_every_field_with_a_clear_error() {
         (json!({"branch": "end."}), 422, "branch"),
         (json!({"branch": "tab\there"}), 422, "branch"),
         (json!({"port": "eighty"}), 400, "port"),
+        (json!({"commit_status": {"forge": "svn", "token": "t"}}), 422, "commit_status.forge"),
+        (json!({"commit_status": {"forge": "gitea", "token": "t"}}), 422, "api_url is needed"),
+        (
+            json!({"commit_status": {"forge": "github", "api_url": "https://h.example", "repo": "../x", "token": "t"}}),
+            422,
+            "owner/repo",
+        ),
+        (
+            json!({"commit_status": {"forge": "github", "api_url": "https://h.example", "repo": "a/b"}}),
+            422,
+            "token is needed",
+        ),
     ];
     for (patch, want, needle) in cases {
         let mut body = base.clone();

@@ -186,6 +186,8 @@ async fn deployment_events_reach_signed_webhooks_and_slack_retried_durably_and_n
     })
     .await;
     assert!(slack_text.contains(&format!("*{app}*")) && slack_text.contains(&sha[..12]), "{slack_text}");
+    assert!(slack_text.contains("pushed by test (github)"), "who pushed, from the push: {slack_text}");
+    assert_eq!(completed["data"]["pushed_by"], "test");
     let deliveries = cli(&s, &["notifications", "deliveries", "--target", "ops-hook"]);
     let retried = deliveries.as_array().expect("deliveries").iter().any(|d| {
         d["state"] == "delivered" && d["attempts"].as_u64().unwrap_or_default() >= 2 && d["last_status"] == 200
@@ -310,4 +312,122 @@ async fn targets_are_validated_and_scoped_by_role() {
     assert_eq!(resp.status().as_u16(), 400);
     let resp = s.http.post(format!("{}/api/v1/notifications/targets/nobody/test", s.base)).send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 404);
+}
+
+/// What a forge double checks of one status request, as each forge documents it: the path,
+/// the auth header, the state values and the body's exact keys.
+fn check_status(forge: &str, r: &Received, repo: &str, sha: &str, token: &str) -> Option<String> {
+    let path = match forge {
+        "github" => format!("/gh/repos/{repo}/statuses/{sha}"),
+        "gitlab" => format!("/gl/projects/{}/statuses/{sha}", repo.replace('/', "%2F")),
+        "bitbucket" => format!("/bb/repositories/{repo}/commit/{sha}/statuses/build"),
+        _ => format!("/gt/repos/{repo}/statuses/{sha}"),
+    };
+    if r.path != path {
+        return None;
+    }
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let body: Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    assert_eq!(header("content-type"), "application/json", "{forge}");
+    let keys = |want: &[&str]| {
+        let mut got: Vec<&str> = body.as_object().expect("object").keys().map(String::as_str).collect();
+        got.sort_unstable();
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "{forge}: {body}");
+    };
+    let states: &[&str] = match forge {
+        "github" => {
+            assert_eq!(header("authorization"), format!("Bearer {token}"));
+            assert_eq!(header("accept"), "application/vnd.github+json");
+            assert_eq!(header("x-github-api-version"), "2022-11-28");
+            keys(&["state", "target_url", "description", "context"]);
+            &["pending", "success", "failure", "error"]
+        }
+        "gitlab" => {
+            assert_eq!(header("private-token"), token);
+            keys(&["state", "name", "target_url", "description"]);
+            &["pending", "running", "success", "failed", "canceled"]
+        }
+        "bitbucket" => {
+            assert_eq!(header("authorization"), format!("Bearer {token}"));
+            keys(&["key", "name", "url", "description", "state"]);
+            &["INPROGRESS", "SUCCESSFUL", "FAILED", "STOPPED"]
+        }
+        _ => {
+            assert_eq!(header("authorization"), format!("token {token}"));
+            keys(&["state", "target_url", "description", "context"]);
+            &["pending", "success", "failure", "error"]
+        }
+    };
+    let state = body["state"].as_str().unwrap_or_default().to_string();
+    assert!(states.contains(&state.as_str()), "{forge}: state {state}");
+    assert!(body["description"].as_str().is_some_and(|d| d.len() <= 140), "{forge}: {body}");
+    Some(state)
+}
+
+#[tokio::test]
+async fn each_forge_gets_its_commit_statuses_as_documented_and_a_failure_names_its_step() {
+    let forge = Receiver::start().await;
+    let git = GitServer::start();
+    let mut s = Slipway::start(SlipwayOptions {
+        scheduler_env: vec![("SLIPWAY_ALLOW_PRIVATE_NOTIFY".into(), "127.0.0.1".into())],
+        ..Default::default()
+    })
+    .await;
+    let forges = [("github", "gh"), ("gitlab", "gl"), ("bitbucket", "bb"), ("gitea", "gt")];
+    let mut pushed = Vec::new();
+    for (i, (kind, prefix)) in forges.iter().enumerate() {
+        let repo = unique(&format!("status{i}"));
+        let url = git.url(&repo);
+        let (owner_repo, token) = (format!("acme/web-{i}"), format!("{prefix}-token-{i}"));
+        let status =
+            json!({"forge": kind, "api_url": format!("{}/{prefix}", forge.url), "repo": owner_repo, "token": token});
+        let app = s.create_app(&format!("status{i}"), &url, SECRET, json!({"commit_status": status})).await;
+        let (_, shown) = s.get(&format!("/api/v1/apps/{app}")).await;
+        assert!(!shown.to_string().contains(&token), "the token is never shown: {shown}");
+        assert_eq!(shown["commit_status"]["forge"], *kind);
+        let fail = *kind == "github";
+        let sha = site(&git, &repo, "v1", fail);
+        let (status, answer) = s.push(&url, &sha, SECRET, &format!("status-{i}")).await;
+        assert_eq!(status, 202, "{answer}");
+        let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+        pushed.push((kind.to_string(), owner_repo, token, sha, id, fail));
+    }
+    for (kind, repo, token, sha, id, fail) in &pushed {
+        let d = s.finished(id, Duration::from_secs(120)).await;
+        assert_eq!(d["state"], if *fail { "failed" } else { "completed" }, "{d}");
+        let last = if *fail { ["failure", "FAILED", "failed"] } else { ["success", "SUCCESSFUL", "success"] };
+        let states = eventually(Duration::from_secs(60), "the final status", || {
+            let states: Vec<String> =
+                forge.received().iter().filter_map(|r| check_status(kind, r, repo, sha, token)).collect();
+            async move { states.last().is_some_and(|s| last.contains(&s.as_str())).then_some(states) }
+        })
+        .await;
+        assert!(states.len() >= 3, "{kind}: queued, started and the end: {states:?}");
+        assert!(["pending", "INPROGRESS"].contains(&states[0].as_str()), "{kind}: {states:?}");
+        let end = forge
+            .received()
+            .into_iter()
+            .filter(|r| check_status(kind, r, repo, sha, token).is_some())
+            .map(|r| serde_json::from_slice::<Value>(&r.body).expect("json"))
+            .last()
+            .expect("the end");
+        let (link, description) = match kind.as_str() {
+            "bitbucket" => (end["url"].clone(), end["description"].clone()),
+            _ => (end["target_url"].clone(), end["description"].clone()),
+        };
+        if *fail {
+            assert_eq!(description, "Slipway: failed at build (user error)", "{kind}: {end}");
+            assert!(link.as_str().unwrap_or_default().ends_with(&format!("/api/v1/deployments/{id}")), "{end}");
+        } else {
+            assert_eq!(
+                Some(link.as_str().unwrap_or_default()),
+                d["url"].as_str(),
+                "{kind}: success links the app: {end}"
+            );
+        }
+    }
+    let deliveries = cli(&s, &["notifications", "deliveries"]);
+    assert!(deliveries.to_string().contains("commit-status:status0"), "{deliveries}");
 }
