@@ -121,6 +121,12 @@ pub fn request(
     let description: String = description.chars().take(140).collect();
     let api = &settings.api_url;
     let repo = &settings.repo;
+    // GitHub's status body, which Gitea and Forgejo copied.
+    let hub_body = json!({
+        "state": match status { Status::Pending | Status::Running => "pending", Status::Success => "success",
+                                Status::Failure => "failure", Status::Cancelled => "error" },
+        "target_url": target_url, "description": description, "context": context,
+    });
     match settings.forge.as_str() {
         // https://docs.github.com/en/rest/commits/statuses#create-a-commit-status
         "github" => Request {
@@ -130,11 +136,7 @@ pub fn request(
                 ("accept", "application/vnd.github+json".into()),
                 ("x-github-api-version", "2022-11-28".into()),
             ],
-            body: json!({
-                "state": match status { Status::Pending | Status::Running => "pending", Status::Success => "success",
-                                        Status::Failure => "failure", Status::Cancelled => "error" },
-                "target_url": target_url, "description": description, "context": context,
-            }),
+            body: hub_body,
         },
         // https://docs.gitlab.com/api/commits/#set-the-pipeline-status-of-a-commit
         "gitlab" => Request {
@@ -160,11 +162,7 @@ pub fn request(
         _ => Request {
             url: format!("{api}/repos/{repo}/statuses/{sha}"),
             headers: vec![("authorization", format!("token {token}"))],
-            body: json!({
-                "state": match status { Status::Pending | Status::Running => "pending", Status::Success => "success",
-                                        Status::Failure => "failure", Status::Cancelled => "error" },
-                "target_url": target_url, "description": description, "context": context,
-            }),
+            body: hub_body,
         },
     }
 }

@@ -25,13 +25,9 @@ fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_rollback_reapplies_the_old_image() {
-    let api = ApiServer::start(Duration::from_millis(200)).await;
-    let dir = tempfile::tempdir().expect("kubeconfig dir");
-    let kubeconfig = kubeconfig(&api, dir.path());
-    let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
+/// An installation whose runners deploy `kubernetes` apps to the cluster `kubeconfig` names.
+async fn on_kubernetes(kubeconfig: &std::path::Path) -> Slipway {
+    Slipway::start(SlipwayOptions {
         runner_env: vec![
             ("SLIPWAY_KUBERNETES".into(), "true".into()),
             ("KUBECONFIG".into(), kubeconfig.display().to_string()),
@@ -39,7 +35,16 @@ async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_
         ],
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_rollback_reapplies_the_old_image() {
+    let api = ApiServer::start(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().expect("kubeconfig dir");
+    let kubeconfig = kubeconfig(&api, dir.path());
+    let git = GitServer::start();
+    let mut s = on_kubernetes(&kubeconfig).await;
     let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
     let settings = json!({"host": "shop.example.com", "replicas": 3, "secret_env": {"TOKEN": "s3cret"}});
 
@@ -115,15 +120,7 @@ async fn release_command_and_hooks_run_as_jobs_before_the_deployment_and_a_faili
     let dir = tempfile::tempdir().expect("kubeconfig dir");
     let kubeconfig = kubeconfig(&api, dir.path());
     let git = GitServer::start();
-    let mut s = Slipway::start(SlipwayOptions {
-        runner_env: vec![
-            ("SLIPWAY_KUBERNETES".into(), "true".into()),
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-            ("SLIPWAY_ROLLOUT_TIMEOUT_SECONDS".into(), "20".into()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let mut s = on_kubernetes(&kubeconfig).await;
     let repo = unique("kmigrate");
     let url = git.url(&repo);
     let token = "db-token-9f8e7d6c5b4a";

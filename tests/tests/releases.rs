@@ -200,7 +200,11 @@ fn with_release(git: &GitServer, repo: &str, marker: &str, release: &str, start_
         "FROM slipway/busybox:1\nCOPY www /www\n\
          CMD [\"sh\", \"-c\", \"sleep {start_delay}; echo \\\"greeting=$GREETING\\\" > /www/greeting.txt && exec httpd -f -p 8080 -h /www\"]\n"
     );
-    let toml = format!("release = {release}\n");
+    site_with(git, repo, marker, &dockerfile, &format!("release = {release}\n"))
+}
+
+/// A commit of a site: its Dockerfile and `slipway.toml`, an index naming `marker`, a health file.
+fn site_with(git: &GitServer, repo: &str, marker: &str, dockerfile: &str, toml: &str) -> String {
     let index = format!("<p>{marker}</p>\n");
     git.commit(
         repo,
@@ -311,17 +315,7 @@ async fn a_failing_pre_deploy_hook_stops_the_deployment_and_a_failing_post_deplo
         let toml = format!("pre_deploy = {pre}\npost_deploy = {post}\n");
         let dockerfile = "FROM slipway/busybox:1\nCOPY www /www\n\
             CMD [\"sh\", \"-c\", \"echo \\\"greeting=$GREETING\\\" > /www/greeting.txt && exec httpd -f -p 8080 -h /www\"]\n";
-        let index = format!("<p>{marker}</p>\n");
-        git.commit(
-            &repo,
-            marker,
-            &[
-                Entry::File("Dockerfile", dockerfile.as_bytes()),
-                Entry::File("slipway.toml", toml.as_bytes()),
-                Entry::File("www/index.html", index.as_bytes()),
-                Entry::File("www/healthz", b"ok\n"),
-            ],
-        )
+        site_with(&git, &repo, marker, dockerfile, &toml)
     };
     // pre_deploy passes (with the app's environment), post_deploy fails after the switch: the
     // deployment completes, the hook's step says it failed.
@@ -504,17 +498,7 @@ async fn a_snapshot_is_taken_before_each_release_command_and_a_failed_migration_
         let dockerfile = "FROM slipway/pg-client:bookworm\nCOPY --from=slipway/busybox:1 /bin/busybox /bin/busybox\n\
              COPY www /www\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
         let toml = format!("release = [\"sh\", \"-c\", {release:?}]\n");
-        let index = format!("<p>{marker}</p>\n");
-        git.commit(
-            &repo,
-            marker,
-            &[
-                Entry::File("Dockerfile", dockerfile.as_bytes()),
-                Entry::File("slipway.toml", toml.as_bytes()),
-                Entry::File("www/index.html", index.as_bytes()),
-                Entry::File("www/healthz", b"ok\n"),
-            ],
-        )
+        site_with(&git, &repo, marker, dockerfile, &toml)
     };
     let deploy = async |s: &Slipway, sha: &str, delivery: &str| {
         let (status, answer) = s.push(&url, sha, SECRET, delivery).await;
