@@ -468,6 +468,7 @@ impl From<notify::TargetError> for ApiError {
             notify::TargetError::Exists(_) => ApiError::Conflict(err.to_string()),
             notify::TargetError::Seal(seal) => ApiError::Corrupt(seal.to_string()),
             notify::TargetError::Db(db) => ApiError::Db(db),
+            notify::TargetError::Random => ApiError::Unavailable(err.to_string()),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum TargetError {
     Seal(#[from] SealError),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    #[error("the system's random generator failed; try again")]
+    Random,
 }
 
 /// Checks a new target: its name, kind, URL (https, or http to a host the outbound guard lets
@@ -116,14 +118,12 @@ fn shown(url: &str) -> String {
 }
 
 /// A new random signing secret.
-fn new_secret() -> String {
+fn new_secret() -> Result<String, TargetError> {
     use base64::Engine;
     use ring::rand::SecureRandom;
     let mut key = [0u8; 32];
-    // The system's generator does not fail on Linux; a zero key would still be refused nowhere,
-    // so failing loudly is better than a weak secret.
-    ring::rand::SystemRandom::new().fill(&mut key).expect("the system's random generator");
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+    ring::rand::SystemRandom::new().fill(&mut key).map_err(|_| TargetError::Random)?;
+    Ok(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)))
 }
 
 /// Stores a target; the answer shows its signing secret this once.
@@ -136,7 +136,11 @@ pub async fn create(
 ) -> Result<api::NotificationTargetCreated, TargetError> {
     let events = validate(new)?;
     let id = Uuid::now_v7();
-    let secret = (new.kind == "webhook").then(|| new.secret.clone().unwrap_or_else(new_secret));
+    let secret = match (new.kind.as_str(), &new.secret) {
+        ("webhook", Some(given)) => Some(given.clone()),
+        ("webhook", None) => Some(new_secret()?),
+        _ => None,
+    };
     let sealed = keyring.seal_json(&TargetSecret { url: new.url.clone(), secret: secret.clone() }, &context(id))?;
     let inserted = sqlx::query(
         "INSERT INTO notification_targets (id, name, app_id, kind, url_shown, sealed, events, created_by)
@@ -754,7 +758,10 @@ mod tests {
                 "whsec_",
             ),
             (
-                api::NewNotificationTarget { secret: Some(new_secret()), ..new("slack", "https://h.example/x") },
+                api::NewNotificationTarget {
+                    secret: Some(new_secret().expect("random")),
+                    ..new("slack", "https://h.example/x")
+                },
                 "for webhooks",
             ),
         ];

@@ -258,10 +258,24 @@ async fn snapshot_routes_refuse_hostile_input_with_clear_errors() {
         ),
     ];
     for (url, content_type, body, want, needle) in cases {
-        let resp = s.http.post(&url).header("content-type", content_type).body(body).send().await.expect("reachable");
+        // A client of its own each time: a connection the server closed on a refused body is
+        // never reused for the next case.
+        let client = s.client(&s.token);
+        let sent = client.post(&url).header("content-type", content_type).body(body).send().await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            // An oversized body is refused from its Content-Length, before it is read: the
+            // server may close the connection while the client is still writing, so the client
+            // sees the close instead of the 413. Either way it was refused (the server still
+            // answers below).
+            Err(err) if want == 413 && err.is_request() => continue,
+            Err(err) => panic!("{}: {err}", &url[..url.len().min(120)]),
+        };
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         assert_eq!(status, want, "{}: {text}", &url[..url.len().min(120)]);
         assert!(text.contains(needle), "{text} should mention {needle}");
     }
+    let (status, _) = s.get(&format!("/api/v1/apps/{app}/snapshots")).await;
+    assert_eq!(status, 200, "the scheduler still answers");
 }
