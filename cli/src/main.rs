@@ -105,6 +105,11 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// An app's pull request previews: list them, close one by hand.
+    Previews {
+        #[command(subcommand)]
+        command: PreviewsCommand,
+    },
     /// Redeploy an earlier successful revision without rebuilding it.
     Rollback {
         app: String,
@@ -272,6 +277,14 @@ enum NotificationsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PreviewsCommand {
+    /// The app's previews, open ones first: state, head, address, and why one was refused.
+    List { app: String },
+    /// Tear an open preview down now (`12` or `pr-12`), as if its pull request closed.
+    Close { app: String, number: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum DbCommand {
     /// The app's snapshots, newest first.
     Snapshots { app: String },
@@ -312,6 +325,10 @@ struct UpdateApp {
     /// The watch paths (replaces the list); `--watch-path ''` alone clears it.
     #[arg(long = "watch-path", value_name = "GLOB")]
     watch_paths: Vec<String>,
+    #[command(flatten)]
+    status: StatusArgs,
+    #[command(flatten)]
+    previews: PreviewArgs,
 }
 
 /// `slipway manifests` arguments: a YAML config file, flags, or both (flags win).
@@ -414,9 +431,18 @@ struct CreateApp {
     /// Secret the forge signs webhooks with.
     #[arg(long, env = "SLIPWAY_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: String,
+    #[command(flatten)]
+    status: StatusArgs,
+    #[command(flatten)]
+    previews: PreviewArgs,
+}
+
+/// Where commit statuses go (`slipway apps create|update`).
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
     /// Report each deployment as a commit status at this forge: github, gitlab, bitbucket or
     /// gitea (Forgejo too); with a token that may set statuses in SLIPWAY_STATUS_TOKEN.
-    #[arg(long, requires = "status_token")]
+    #[arg(long)]
     status_forge: Option<String>,
     /// The forge's API root (default for github.com, gitlab.com and bitbucket.org).
     #[arg(long, requires = "status_forge")]
@@ -426,6 +452,81 @@ struct CreateApp {
     status_repo: Option<String>,
     #[arg(long, env = "SLIPWAY_STATUS_TOKEN", hide_env_values = true, hide = true)]
     status_token: Option<String>,
+}
+
+impl StatusArgs {
+    fn settings(self) -> Option<api::CommitStatus> {
+        let StatusArgs { status_forge, status_api_url, status_repo, status_token } = self;
+        status_forge.map(|forge| api::CommitStatus {
+            forge,
+            api_url: status_api_url,
+            repo: status_repo,
+            token: status_token,
+        })
+    }
+}
+
+/// Preview environments (`slipway apps create|update`); on update they replace the settings.
+#[derive(Debug, clap::Args)]
+struct PreviewArgs {
+    /// Deploy each pull (merge) request against the app's branch as its preview `pr-<n>`, at
+    /// `pr-<n>.<app>.<domain>`, and tear it down when the request closes.
+    #[arg(long)]
+    previews: bool,
+    /// Turn previews off (`slipway apps update`).
+    #[arg(long, conflicts_with = "previews")]
+    no_previews: bool,
+    /// Build requests from forks too (they get the app's secrets).
+    #[arg(long, requires = "previews")]
+    preview_forks: bool,
+    /// At most this many open previews (default 5); more are refused.
+    #[arg(long, requires = "previews")]
+    preview_max: Option<u32>,
+    /// Tear down a preview with no push for this long: `45s`, `30m`, `12h`, `3d`.
+    #[arg(long, requires = "previews", value_parser = duration_seconds)]
+    preview_ttl: Option<u64>,
+    /// A variable that replaces or adds to the app's in its previews, `KEY=VALUE` (repeatable).
+    #[arg(long = "preview-env", value_name = "KEY=VALUE", requires = "previews")]
+    preview_env: Vec<String>,
+}
+
+impl PreviewArgs {
+    fn settings(self) -> anyhow::Result<Option<api::PreviewSettings>> {
+        if self.no_previews {
+            return Ok(Some(api::PreviewSettings { enabled: false, ..Default::default() }));
+        }
+        if !self.previews {
+            return Ok(None);
+        }
+        let mut env = std::collections::BTreeMap::new();
+        for pair in self.preview_env {
+            let (key, value) =
+                pair.split_once('=').with_context(|| format!("--preview-env {pair}: expected KEY=VALUE"))?;
+            env.insert(key.to_string(), value.to_string());
+        }
+        let defaults = api::PreviewSettings::default();
+        Ok(Some(api::PreviewSettings {
+            enabled: true,
+            forks: self.preview_forks,
+            max: self.preview_max.unwrap_or(defaults.max),
+            ttl_seconds: self.preview_ttl,
+            env,
+        }))
+    }
+}
+
+/// `45s`, `30m`, `12h`, `3d` or plain seconds, as seconds.
+fn duration_seconds(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a duration such as 30m, 12h or 3d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// Variables given as `KEY=VALUE`: bare, marked secret or marked plain.
@@ -629,11 +730,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 test_network,
                 kubernetes,
                 webhook_secret,
-                status_forge,
-                status_api_url,
-                status_repo,
-                status_token,
+                status,
+                previews,
             } = *args;
+            if status.status_forge.is_some() && status.status_token.is_none() {
+                bail!("--status-forge needs a token that may set statuses, in SLIPWAY_STATUS_TOKEN");
+            }
             let vars = env_values(env, secret, plain)?;
             let git_credentials =
                 git_token.map(|token| slipway_proto::message::GitCredentials { username: git_username, token });
@@ -665,12 +767,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 watch_paths,
                 test_network,
                 kubernetes,
-                commit_status: status_forge.map(|forge| api::CommitStatus {
-                    forge,
-                    api_url: status_api_url,
-                    repo: status_repo,
-                    token: status_token,
-                }),
+                commit_status: status.settings(),
+                previews: previews.settings()?,
             };
             let app: api::App = online()?.post("/api/v1/apps", &new).await?;
             if cli.json {
@@ -911,6 +1009,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Previews { command: PreviewsCommand::List { app } } => {
+            let list: Vec<api::Preview> = online()?.get(&format!("/api/v1/apps/{app}/previews")).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<10} {:<9} {:<13} {:<20} {:<40} DETAIL", "PREVIEW", "STATE", "HEAD", "UPDATED", "URL");
+                for p in &list {
+                    let head =
+                        if p.head_sha.is_empty() { p.head_ref.clone() } else { p.head_sha.chars().take(12).collect() };
+                    let detail = match (&p.reason, &p.title) {
+                        (Some(reason), _) => reason.clone(),
+                        (None, Some(title)) => format!("{title} ({})", p.author.as_deref().unwrap_or("?")),
+                        (None, None) => String::new(),
+                    };
+                    println!(
+                        "{:<10} {:<9} {:<13} {:<20} {:<40} {}",
+                        p.environment,
+                        p.state,
+                        neutralised(&head),
+                        p.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                        neutralised(p.url.as_deref().unwrap_or("-")),
+                        neutralised(&detail)
+                    );
+                }
+            }
+        }
+        Command::Previews { command: PreviewsCommand::Close { app, number } } => {
+            let path = format!("/api/v1/apps/{app}/previews/{}/close", path_segment(&number));
+            let out: Value = online()?.post(&path, &serde_json::json!({})).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "tearing down {} of {app} (deployment {})",
+                    out["environment"].as_str().unwrap_or_default(),
+                    out["deployment_id"].as_str().unwrap_or_default()
+                );
+            }
+        }
         Command::Db { command: DbCommand::Snapshots { app } } => {
             let list: Vec<api::Snapshot> = online()?.get(&format!("/api/v1/apps/{app}/snapshots")).await?;
             if cli.json {
@@ -985,8 +1122,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config_answered(&answer, cli.json)?;
         }
         Command::Apps { command: AppsCommand::Update(args) } => {
-            let UpdateApp { name, port, health_path, memory_mb, millicpus, pids, hosts, drain_seconds, watch_paths } =
-                *args;
+            let UpdateApp {
+                name,
+                port,
+                health_path,
+                memory_mb,
+                millicpus,
+                pids,
+                hosts,
+                drain_seconds,
+                watch_paths,
+                status,
+                previews,
+            } = *args;
             let limits = (memory_mb.is_some() || millicpus.is_some() || pids.is_some())
                 .then_some(slipway_proto::message::Limits { memory_mb, millicpus, pids });
             let edge = (!hosts.is_empty() || drain_seconds.is_some())
@@ -996,7 +1144,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 [only] if only.is_empty() => Some(Vec::new()),
                 _ => Some(watch_paths),
             };
-            let body = api::AppUpdate { port, health_path, limits, edge, watch_paths };
+            let (commit_status, previews) = (status.settings(), previews.settings()?);
+            let body = api::AppUpdate { port, health_path, limits, edge, watch_paths, commit_status, previews };
             if body == api::AppUpdate::default() {
                 bail!("give at least one setting to change (see `slipway apps update --help`)");
             }

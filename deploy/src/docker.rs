@@ -421,7 +421,7 @@ impl DockerTarget {
         edge.route(app, env, &release.hosts, dial, &old).await?;
         log(format!(
             "routed {} to the new version in {} ms ({} ms after the deploy step began)",
-            edge.url(app),
+            edge.url(app, env),
             started.elapsed().as_millis(),
             began.elapsed().as_millis()
         ));
@@ -511,7 +511,54 @@ impl DeployTarget for DockerTarget {
             log("removed the new container; the previous version keeps serving".into());
             return Err(err);
         }
-        Ok(Live { url: Some(edge.url(&release.app)) })
+        Ok(Live { url: Some(edge.url(&release.app, &release.environment)) })
+    }
+
+    async fn teardown(&self, release: &Release, log: LogFn<'_>) -> Result<(), Error> {
+        if let Some(edge) = &self.edge {
+            match edge.remove_route(&release.app, &release.environment).await? {
+                true => log(format!("removed the route of {}", edge.url(&release.app, &release.environment))),
+                false => log("no route on the edge".into()),
+            }
+        }
+        let containers: Vec<AppContainer> = self
+            .app_containers(release)
+            .await?
+            .into_iter()
+            .filter(|c| c.deployment.is_some_and(|d| d <= release.deployment_id))
+            .collect();
+        let mut images: Vec<String> = Vec::new();
+        for c in &containers {
+            log(format!("removing container {}", c.name));
+            self.remove(&c.name).await;
+            if !images.contains(&c.image) {
+                images.push(c.image.clone());
+            }
+        }
+        let left = self.app_containers(release).await?;
+        if left.is_empty() {
+            let network = format!("slipway-{}-{}-{}", self.config.installation, release.app, release.environment);
+            match self.docker.remove_network(&network).await {
+                Ok(()) => log(format!("removed network {network}")),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(err) => log(format!("could not remove network {network}: {err}")),
+            }
+        }
+        // An image another container still uses (the app's own environment at the same commit)
+        // is refused by the engine without `force`, and so kept.
+        for image in images {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().noprune(false).build();
+            match self.docker.remove_image(&image, Some(options), None).await {
+                Ok(_) => log(format!("removed image {image} from this engine")),
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                    log(format!("kept image {image}: another container uses it"))
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(err) => log(format!("could not remove image {image}: {err}")),
+            }
+        }
+        log(format!("{} container(s) of {} {} removed", containers.len(), release.app, release.environment));
+        Ok(())
     }
 }
 

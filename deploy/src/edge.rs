@@ -60,20 +60,26 @@ impl Edge {
         Self { config, http }
     }
 
-    /// The app's stable host name.
-    pub fn host(&self, app: &str) -> String {
-        format!("{app}.{}", self.config.domain)
+    /// The stable host name of the app's environment: `<app>.<domain>`, and for a pull
+    /// request's preview (`pr-<n>`) `pr-<n>.<app>.<domain>`.
+    pub fn host(&self, app: &str, environment: &str) -> String {
+        match slipway_proto::preview_number(environment) {
+            Some(n) => format!("pr-{n}.{app}.{}", self.config.domain),
+            None => format!("{app}.{}", self.config.domain),
+        }
     }
 
-    /// The app's stable URL: `http://<app>.localhost:8880`, `https://<app>.example.com`.
-    pub fn url(&self, app: &str) -> String {
+    /// The stable URL of the app's environment: `http://<app>.localhost:8880`,
+    /// `https://<app>.example.com`, `https://pr-7.<app>.example.com`.
+    pub fn url(&self, app: &str, environment: &str) -> String {
         let scheme = if self.config.https { "https" } else { "http" };
         let port = self.config.listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
         let default = if self.config.https { "443" } else { "80" };
+        let host = self.host(app, environment);
         match port {
-            "" => format!("{scheme}://{}", self.host(app)),
-            p if p == default => format!("{scheme}://{}", self.host(app)),
-            p => format!("{scheme}://{}:{p}", self.host(app)),
+            "" => format!("{scheme}://{host}"),
+            p if p == default => format!("{scheme}://{host}"),
+            p => format!("{scheme}://{host}:{p}"),
         }
     }
 
@@ -196,8 +202,9 @@ impl Edge {
         }
     }
 
-    /// Routes the app's stable host (and `extra_hosts`) to `dial` and holds `draining` (the
-    /// versions it replaces) for their in-flight requests — one config change.
+    /// Routes the stable host of the app's environment (and `extra_hosts`, never for a preview:
+    /// those are the app's own) to `dial` and holds `draining` (the versions it replaces) for
+    /// their in-flight requests — one config change.
     pub async fn route(
         &self,
         app: &str,
@@ -207,10 +214,28 @@ impl Edge {
         draining: &[String],
     ) -> Result<(), EdgeError> {
         self.ensure_server().await?;
-        let mut hosts = vec![self.host(app)];
-        hosts.extend(extra_hosts.iter().filter(|h| **h != self.host(app)).cloned());
+        let stable = self.host(app, environment);
+        let mut hosts = vec![stable.clone()];
+        if slipway_proto::preview_number(environment).is_none() {
+            hosts.extend(extra_hosts.iter().filter(|h| **h != stable).cloned());
+        }
         let id = self.route_id(app, environment);
         self.put_route(&id, self.route_value(&id, &hosts, dial, draining)).await
+    }
+
+    /// Removes the route of the app's environment; true if there was one.
+    pub async fn remove_route(&self, app: &str, environment: &str) -> Result<bool, EdgeError> {
+        let id = self.route_id(app, environment);
+        let (status, text) = self.call(reqwest::Method::DELETE, &format!("/id/{id}"), None).await?;
+        match status {
+            200..=299 => Ok(true),
+            _ if text.contains("unknown object ID") || status == 404 => Ok(false),
+            _ => Err(EdgeError::Refused {
+                what: format!("removing route {id}"),
+                status,
+                body: text.chars().take(500).collect(),
+            }),
+        }
     }
 
     /// The upstream the app's route sends its hosts to now, if it has a route.
@@ -275,10 +300,15 @@ mod tests {
 
     #[test]
     fn stable_urls_leave_out_the_default_port() {
-        assert_eq!(edge("127.0.0.1:8880", "localhost", false).url("web"), "http://web.localhost:8880");
-        assert_eq!(edge(":80", "apps.example.com", false).url("web"), "http://web.apps.example.com");
-        assert_eq!(edge(":443", "apps.example.com", true).url("web"), "https://web.apps.example.com");
-        assert_eq!(edge(":8443", "example.com", true).url("api"), "https://api.example.com:8443");
+        let p = "production";
+        assert_eq!(edge("127.0.0.1:8880", "localhost", false).url("web", p), "http://web.localhost:8880");
+        assert_eq!(edge(":80", "apps.example.com", false).url("web", p), "http://web.apps.example.com");
+        assert_eq!(edge(":443", "apps.example.com", true).url("web", p), "https://web.apps.example.com");
+        assert_eq!(edge(":8443", "example.com", true).url("api", p), "https://api.example.com:8443");
+        // A preview has a host of its own under the app's.
+        assert_eq!(edge(":443", "example.com", true).url("api", "pr-12"), "https://pr-12.api.example.com");
+        assert_eq!(edge("127.0.0.1:8880", "localhost", false).host("web", "pr-3"), "pr-3.web.localhost");
+        assert_eq!(edge("127.0.0.1:8880", "localhost", false).host("web", "staging"), "web.localhost");
     }
 
     #[test]

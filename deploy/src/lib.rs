@@ -109,4 +109,9 @@ pub type LogFn<'a> = &'a (dyn Fn(String) + Send + Sync);
 pub trait DeployTarget: Send + Sync {
     /// Makes `release` the serving version, or leaves the previous one serving and says why not.
     fn deploy(&self, release: &Release, log: LogFn<'_>) -> impl Future<Output = Result<Live, Error>> + Send;
+
+    /// Removes what serves the app's environment of `release` (a closed pull request's
+    /// preview): nothing of a newer deployment, nothing of another environment or
+    /// installation. Idempotent: what is gone already is not an error.
+    fn teardown(&self, release: &Release, log: LogFn<'_>) -> impl Future<Output = Result<(), Error>> + Send;
 }

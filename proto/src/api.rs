@@ -59,6 +59,111 @@ pub struct NewApp {
     /// Report each deployment's state on its commit at the forge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_status: Option<CommitStatus>,
+    /// Preview environments for pull requests against the app's branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previews: Option<PreviewSettings>,
+}
+
+/// An app's preview environments: each pull request (merge request) against its branch is
+/// deployed as environment `pr-<number>` and torn down when it closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewSettings {
+    /// Previews are made (false keeps the settings and tears nothing down by itself).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Requests from forks are built too. Off by default: a fork's code would run with the
+    /// app's secrets.
+    #[serde(default)]
+    pub forks: bool,
+    /// At most this many open previews; a request beyond it is refused with the reason.
+    #[serde(default = "default_max_previews")]
+    pub max: u32,
+    /// A preview with no push for this many seconds is torn down (a push brings it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Plain variables that replace or add to the app's in its previews (a preview database,
+    /// a test payment key ...). Secret values belong in the app's own secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_previews() -> u32 {
+    5
+}
+
+impl Default for PreviewSettings {
+    fn default() -> Self {
+        Self { enabled: true, forks: false, max: default_max_previews(), ttl_seconds: None, env: BTreeMap::new() }
+    }
+}
+
+impl PreviewSettings {
+    /// Checks the bounds; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.max) {
+            return Err("previews.max must be between 1 and 100".into());
+        }
+        if self.ttl_seconds.is_some_and(|t| !(10..=365 * 24 * 3600).contains(&t)) {
+            return Err("previews.ttl_seconds must be between 10 and 31536000 (a year)".into());
+        }
+        if self.env.len() > 100 {
+            return Err("previews.env may set at most 100 variables".into());
+        }
+        for (key, value) in &self.env {
+            let ok = !key.is_empty()
+                && key.len() <= 256
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "previews.env: `{}` must match [A-Za-z_][A-Za-z0-9_]*",
+                    key.chars().take(80).collect::<String>()
+                ));
+            }
+            if value.contains('\0') || value.len() > 64 * 1024 {
+                return Err(format!("previews.env: `{key}` must have no NUL byte and at most 64 KiB"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pull request's preview of an app, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preview {
+    pub app: String,
+    pub number: u64,
+    /// `pr-<number>`.
+    pub environment: String,
+    /// `open`, `closed` (the request was closed or merged: torn down), `expired` (idle past the
+    /// TTL: torn down) or `refused` (a fork, or over the limit: never deployed).
+    pub state: String,
+    /// Why it is closed, expired or refused.
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub forge: String,
+    pub head_sha: String,
+    pub head_ref: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    pub from_fork: bool,
+    /// Where it answers while it is open and deployed.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Its newest deployment (or its teardown).
+    #[serde(default)]
+    pub deployment_id: Option<Uuid>,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
 /// Where an app's deployments are reported as commit statuses.
@@ -163,6 +268,8 @@ pub struct App {
     /// Where commit statuses go (without the token).
     #[serde(default)]
     pub commit_status: Option<CommitStatus>,
+    #[serde(default)]
+    pub previews: Option<PreviewSettings>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -412,6 +519,11 @@ pub struct AppUpdate {
     pub edge: Option<EdgeSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_paths: Option<Vec<String>>,
+    /// Where commit statuses go; a new token replaces the stored one, none keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_status: Option<CommitStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previews: Option<PreviewSettings>,
 }
 
 /// The answer to a configuration change: the app as it is now, and the deployment of the new

@@ -16,7 +16,7 @@ pub use message::{
     Body, Control, Envelope, Job, JobApp, LogLine, Notification, Promotion, ReleaseRecord, ReleaseState,
     RestoreSnapshot, TargetKind, WatchCheck,
 };
-pub use name::{NameError, validate_dns_label};
+pub use name::{NameError, preview_environment, preview_number, validate_dns_label};
 pub use state::{Cause, State, Step, StepStatus, retry_delay};
 
 /// Exchange and queue names, derived from one prefix so tests can run side by side.

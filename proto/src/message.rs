@@ -227,6 +227,10 @@ pub struct Job {
     /// step, instead of the release command), then the release is deployed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSnapshot>,
+    /// A teardown of the app's environment (a closed pull request's preview): nothing is
+    /// cloned, built or pushed; the deploy step removes what serves the environment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub teardown: bool,
 }
 
 /// A database snapshot to restore.

@@ -31,9 +31,32 @@ pub fn validate_dns_label(what: &'static str, name: &str) -> Result<(), NameErro
     Ok(())
 }
 
+/// The environment of a pull request's preview: `pr-<number>`. Apps may not name their own
+/// environment so; everything that serves an app tells a preview by this name (its host on the
+/// edge is `pr-<number>.<app>.<domain>`, its Kubernetes namespace its own).
+pub fn preview_environment(number: u64) -> String {
+    format!("pr-{number}")
+}
+
+/// The pull request number of a preview environment (`pr-<number>`, no leading zero).
+pub fn preview_number(environment: &str) -> Option<u64> {
+    let digits = environment.strip_prefix("pr-")?;
+    let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    plain.then(|| digits.parse().ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preview_environments_are_pr_and_a_number() {
+        assert_eq!(preview_environment(12), "pr-12");
+        assert_eq!(preview_number("pr-12"), Some(12));
+        for not in ["production", "pr-", "pr-0", "pr-012", "pr-1a", "pr--1", "xpr-1", "pr-99999999999999999999999"] {
+            assert_eq!(preview_number(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn accepts_dns_labels() {

@@ -104,6 +104,9 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         move |line: String| r.line(Some(step), &line)
     };
 
+    if job.teardown {
+        return teardown(job, tools, claim).await;
+    }
     // An image already in the registry was built and tested by an earlier attempt (or this is a
     // rollback): deploy it without cloning or building again.
     // A deploy of the branch head names no commit: resolve it here, never in the scheduler.
@@ -231,6 +234,50 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
     r.step(Step::Deploy, StepStatus::Succeeded, None);
     post_deploy(tools, claim, job, &release, commands.post_deploy.as_deref()).await;
     Ok(Done::Live { image: image_name, url: live.url })
+}
+
+/// A teardown of the app's environment (a closed pull request's preview): every step but the
+/// deploy step is skipped, and the deploy step, fenced like any other, removes what serves it.
+async fn teardown(job: &Job, tools: &Tools, claim: &Claim) -> Result<Done, StepError> {
+    let r = &claim.reporter;
+    let env = &job.app.environment;
+    for step in [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Release, Step::PreDeploy] {
+        r.line(Some(step), &format!("tearing down {env}: nothing to {}", step.as_str()));
+        r.step(step, StepStatus::Skipped, None);
+    }
+    claim.confirm(CONFIRM_BEFORE_DEPLOY).await.map_err(|e| e.at(Step::Deploy))?;
+    r.step(Step::Deploy, StepStatus::Running, None);
+    r.line(Some(Step::Deploy), &format!("tearing down {} {env}", job.app.name));
+    let release = Release {
+        app: job.app.name.clone(),
+        environment: env.clone(),
+        deployment_id: job.deployment_id,
+        attempt: job.attempt,
+        sha: String::new(),
+        image: String::new(),
+        port: job.app.port,
+        health_path: job.app.health_path.clone(),
+        env: job.app.env.clone(),
+        secrets: job.app.secrets.clone(),
+        limits: None,
+        hosts: Vec::new(),
+        drain: None,
+        rollback: false,
+        settings: job.app.settings.clone(),
+    };
+    let log = {
+        let r = r.clone();
+        move |line: String| r.line(Some(Step::Deploy), &line)
+    };
+    let done = match (job.app.target, &tools.kube) {
+        (TargetKind::Docker, _) => tools.target.teardown(&release, &log).await.map_err(JobError::from),
+        (TargetKind::Kubernetes, Some(kube)) => kube.teardown(&release, &log).await.map_err(JobError::from),
+        (TargetKind::Kubernetes, None) => Err(JobError::NoCluster),
+    };
+    done.map_err(|e| e.at(Step::Deploy))?;
+    r.step(Step::Deploy, StepStatus::Succeeded, None);
+    r.step(Step::PostDeploy, StepStatus::Skipped, None);
+    Ok(Done::Live { image: String::new(), url: None })
 }
 
 /// A promotion: the image of another app's release, by its digest, tagged and pushed under this

@@ -165,6 +165,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/apps/{name}/snapshots", get(list_snapshots))
         .route("/api/v1/apps/{name}/snapshots/{snapshot}/restore", post(restore_snapshot))
         .route("/api/v1/apps/{name}/sync", post(sync_app))
+        .route("/api/v1/apps/{name}/previews", get(list_previews))
+        .route("/api/v1/apps/{name}/previews/{number}/close", post(close_preview))
         .route("/api/v1/apps/{name}/logs", get(crate::applogs::stream))
         .route("/api/v1/apps/{name}/status", get(crate::applogs::status))
         .route("/api/v1/deployments", get(list_deployments))
@@ -315,7 +317,7 @@ async fn update_app(
 ) -> Result<(StatusCode, Json<api::ConfigAnswer>), ApiError> {
     let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
     let Json(update) = body?;
-    let (app, deployed_with_changed) = apps::update_settings(&shared.pool, &app, &update).await?;
+    let (app, deployed_with_changed) = apps::update_settings(&shared.pool, &shared.keyring, &app, &update).await?;
     let fields =
         serde_json::to_value(&update).ok().and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()));
     let reason = format!("settings changed: {}", fields.unwrap_or_default().join(", "));
@@ -340,6 +342,7 @@ async fn config_release(
     };
     let digest = deployments::image_digest(&shared.pool, live.id).await?;
     let new = NewDeployment {
+        environment: None,
         app,
         sha: &live.sha,
         git_ref: &live.git_ref,
@@ -423,6 +426,7 @@ async fn promote_app(
     let short: String = source.sha.chars().take(12).collect();
     let reason = format!("promotion of {} v{version} ({short})", from.name);
     let new = NewDeployment {
+        environment: None,
         app: &to,
         sha: &source.sha,
         git_ref: &source.git_ref,
@@ -624,6 +628,7 @@ async fn restore_snapshot(
     let restore = slipway_proto::RestoreSnapshot { id: snapshot.id, name: snapshot.name.clone() };
     let reason = format!("restore of database snapshot {}", snapshot.name);
     let new = NewDeployment {
+        environment: None,
         app: &app,
         sha: &live.sha,
         git_ref: &live.git_ref,
@@ -719,6 +724,7 @@ async fn deploy_app(
     };
     let git_ref = format!("refs/heads/{}", app.branch);
     let new = NewDeployment {
+        environment: None,
         app: &app,
         sha: &sha,
         git_ref: &git_ref,
@@ -788,6 +794,7 @@ async fn rollback_app(
         None => format!("rollback to {short}"),
     };
     let new = NewDeployment {
+        environment: None,
         app: &app,
         sha: &target.sha,
         git_ref: &target.git_ref,
@@ -854,6 +861,50 @@ async fn sync_app(
     }
     let answer = serde_json::json!({"status": "sync requested", "app": name});
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `GET /api/v1/apps/{name}/previews`: the app's pull request previews, open ones first (viewer).
+async fn list_previews(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<api::Preview>>, ApiError> {
+    let app = app_for(&shared, &caller, &name, Role::Viewer).await?;
+    Ok(Json(crate::previews::list(&shared.pool, &app).await?))
+}
+
+/// `POST /api/v1/apps/{name}/previews/{number}/close`: tears an open preview down now, as if its
+/// pull request closed (deployer). 202 with the teardown; 409 when it is not open.
+async fn close_preview(
+    State(shared): State<Shared>,
+    caller: Caller,
+    Path((name, number)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    use crate::previews::Outcome;
+    let app = app_for(&shared, &caller, &name, Role::Deployer).await?;
+    let number = number.strip_prefix("pr-").unwrap_or(&number);
+    let number = number.parse::<u64>().ok().filter(|n| *n > 0 && *n <= i64::MAX as u64).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`{}` is not a pull request number such as 12",
+            number.chars().take(20).collect::<String>()
+        ))
+    })?;
+    match crate::previews::close_by_hand(&shared, &app, number, &caller.name).await? {
+        Outcome::TornDown(created) => {
+            let id = match created {
+                Created::New { id, superseded } => {
+                    webhook::announce_queued(&shared, id, &app.name, "", &superseded);
+                    id
+                }
+                Created::Existing(id) => id,
+            };
+            tracing::info!(app = %app.name, number, by = %caller.name, deployment_id = %id, "preview closed by hand");
+            let answer = serde_json::json!({"status": "tearing down", "deployment_id": id, "environment": format!("pr-{number}")});
+            Ok((StatusCode::ACCEPTED, Json(answer)))
+        }
+        Outcome::Nothing(reason) | Outcome::Refused(reason) => Err(ApiError::Conflict(reason)),
+        Outcome::Deployed(_) => Err(ApiError::Conflict(format!("preview pr-{number} was not closed"))),
+    }
 }
 
 /// `GET /api/v1/queue`: every queued deployment, oldest first, with why it waits. An

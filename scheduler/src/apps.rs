@@ -43,6 +43,9 @@ pub struct App {
     /// Where its deployments are reported as commit statuses (the token is sealed).
     #[sqlx(default)]
     pub commit_status: Option<sqlx::types::Json<crate::status::Settings>>,
+    /// Its preview environments for pull requests, when it has them.
+    #[sqlx(default)]
+    pub previews: Option<sqlx::types::Json<slipway_proto::api::PreviewSettings>>,
 }
 
 /// Why an app was refused.
@@ -94,6 +97,14 @@ pub fn validate(new: &NewApp) -> Result<(), AppError> {
     slipway_git::watch::WatchPaths::new(&new.watch_paths).map_err(AppError::Invalid)?;
     if let Some(asked) = &new.commit_status {
         crate::status::resolve(asked, &new.repo_url).map_err(AppError::Invalid)?;
+    }
+    if slipway_proto::preview_number(&new.environment).is_some() {
+        return invalid(
+            "environment `pr-<number>` is kept for pull request previews; name the app's environment otherwise",
+        );
+    }
+    if let Some(previews) = &new.previews {
+        previews.validate().map_err(AppError::Invalid)?;
     }
     if let Some(settings) = &new.kubernetes {
         let release = slipway_deploy::Release {
@@ -237,8 +248,13 @@ pub async fn update_env(
 
 /// Changes the settings `update` names (the others stay); the app as it is now, and whether a
 /// setting the app is deployed with changed (and so a new release is due).
+///
+/// `commit_status` replaces where statuses go; its token, when given, replaces the sealed one
+/// (none keeps it). `previews` replaces the preview settings (open previews stay until their
+/// requests close).
 pub async fn update_settings(
     pool: &PgPool,
+    keyring: &Keyring,
     app: &App,
     update: &slipway_proto::api::AppUpdate,
 ) -> Result<(App, bool), AppError> {
@@ -262,6 +278,22 @@ pub async fn update_settings(
     if let Some(watch) = &update.watch_paths {
         slipway_git::watch::WatchPaths::new(watch).map_err(AppError::Invalid)?;
     }
+    if let Some(previews) = &update.previews {
+        previews.validate().map_err(AppError::Invalid)?;
+    }
+    let commit_status = match &update.commit_status {
+        Some(asked) => Some(crate::status::resolve(asked, &app.repo_url).map_err(AppError::Invalid)?),
+        None => app.commit_status.as_ref().map(|c| c.0.clone()),
+    };
+    let sealed = match update.commit_status.as_ref().and_then(|c| c.token.clone()) {
+        Some(token) => {
+            let mut secrets = app.secrets(keyring)?;
+            secrets.status_token = Some(token);
+            Some(keyring.seal_json(&secrets, &app_context(app.id))?)
+        }
+        None => app.sealed.clone(),
+    };
+    let previews = update.previews.clone().or(app.previews.as_ref().map(|p| p.0.clone()));
     let limits = update.limits.or(app.limits.as_ref().map(|l| l.0));
     let edge = update.edge.clone().or(app.edge.as_ref().map(|e| e.0.clone()));
     let watch_paths = update.watch_paths.clone().unwrap_or_else(|| app.watch_paths.clone());
@@ -269,16 +301,23 @@ pub async fn update_settings(
         || health_path != app.health_path
         || limits != app.limits.as_ref().map(|l| l.0)
         || edge != app.edge.as_ref().map(|e| e.0.clone());
-    sqlx::query("UPDATE apps SET port = $2, health_path = $3, limits = $4, edge = $5, watch_paths = $6 WHERE id = $1")
-        .bind(app.id)
-        .bind(port as i32)
-        .bind(&health_path)
-        .bind(limits.as_ref().map(sqlx::types::Json))
-        .bind(edge.as_ref().map(sqlx::types::Json))
-        .bind(&watch_paths)
-        .execute(pool)
-        .await
-        .map_err(AppError::Db)?;
+    sqlx::query(
+        "UPDATE apps SET port = $2, health_path = $3, limits = $4, edge = $5, watch_paths = $6, commit_status = $7,
+                         sealed = $8, previews = $9
+         WHERE id = $1",
+    )
+    .bind(app.id)
+    .bind(port as i32)
+    .bind(&health_path)
+    .bind(limits.as_ref().map(sqlx::types::Json))
+    .bind(edge.as_ref().map(sqlx::types::Json))
+    .bind(&watch_paths)
+    .bind(commit_status.as_ref().map(sqlx::types::Json))
+    .bind(&sealed)
+    .bind(previews.as_ref().map(sqlx::types::Json))
+    .execute(pool)
+    .await
+    .map_err(AppError::Db)?;
     let now = get(pool, &app.name)
         .await
         .map_err(AppError::Db)?
@@ -342,10 +381,11 @@ fn replace_kube_secrets(settings: &serde_json::Value, with: impl Fn(&str) -> Opt
 
 const APP_COLUMNS: &str =
     "id, name, repo_url, branch, environment, target, health_path, port, env, app_root, watch_paths, test_network,
-    kube_settings, created_at, sealed, secret_names, git_username, limits, edge, commit_status";
+    kube_settings, created_at, sealed, secret_names, git_username, limits, edge, commit_status, previews";
 
 /// The URL of an app's latest completed deployment, as a column of a query on `apps`.
-const APP_URL: &str = "(SELECT d.url FROM deployments d WHERE d.app_id = apps.id AND d.state = 'completed'
+const APP_URL: &str = "(SELECT d.url FROM deployments d WHERE d.app_id = apps.id AND d.environment = apps.environment
+    AND d.state = 'completed'
     ORDER BY d.finished_at DESC LIMIT 1) AS url";
 
 /// Inserts a validated app, its secrets sealed.
@@ -371,8 +411,8 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     let row = sqlx::query_as::<_, App>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO apps (id, name, repo_url, repo_key, branch, environment, target, health_path, port, env, app_root,
                            test_network, kube_settings, sealed, secret_names, git_username, limits, edge, watch_paths,
-                           commit_status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                           commit_status, previews)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
          ON CONFLICT (name) DO NOTHING
          RETURNING {APP_COLUMNS}"
     )))
@@ -396,6 +436,7 @@ pub async fn create(pool: &PgPool, keyring: &Keyring, new: &NewApp) -> Result<Ap
     .bind(new.edge.as_ref().map(sqlx::types::Json))
     .bind(&new.watch_paths)
     .bind(commit_status.as_ref().map(sqlx::types::Json))
+    .bind(new.previews.as_ref().map(sqlx::types::Json))
     .fetch_optional(pool)
     .await
     .map_err(AppError::Db)?;
@@ -519,6 +560,7 @@ impl App {
                 repo: Some(c.repo.clone()),
                 token: None,
             }),
+            previews: self.previews.as_ref().map(|p| p.0.clone()),
             created_at: self.created_at,
         }
     }
@@ -534,7 +576,15 @@ impl App {
     /// What a runner needs of this app to deploy `release` (its configuration and secrets), or,
     /// for a deployment recorded before releases were, the app's configuration now. The
     /// repository credentials are always the app's current ones.
-    pub fn job_app(&self, keyring: &Keyring, release: Option<&crate::releases::Stored>) -> Result<JobApp, SealError> {
+    ///
+    /// In a preview environment (`pr-<n>`) the previews' variables replace the app's, and the
+    /// app's extra hosts stay the app's.
+    pub fn job_app(
+        &self,
+        keyring: &Keyring,
+        release: Option<&crate::releases::Stored>,
+        environment: &str,
+    ) -> Result<JobApp, SealError> {
         let secrets = self.secrets(keyring)?;
         let (config, release_secrets) = match release {
             Some(stored) => (stored.config.0.clone(), stored.secrets(keyring, self.id)?),
@@ -545,6 +595,16 @@ impl App {
         };
         let mut env = config.env.clone();
         env.extend(release_secrets.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut secret_names: Vec<String> = release_secrets.env.keys().cloned().collect();
+        let mut edge = config.edge.clone();
+        if slipway_proto::preview_number(environment).is_some() {
+            let overrides = self.previews.as_ref().map(|p| p.0.env.clone()).unwrap_or_default();
+            secret_names.retain(|name| !overrides.contains_key(name));
+            env.extend(overrides);
+            if let Some(edge) = edge.as_mut() {
+                edge.hosts.clear();
+            }
+        }
         let settings = config
             .kube_settings
             .as_ref()
@@ -552,15 +612,15 @@ impl App {
         Ok(JobApp {
             name: self.name.clone(),
             repo_url: self.repo_url.clone(),
-            environment: self.environment.clone(),
+            environment: environment.to_string(),
             target: self.target(),
             port: config.port,
             health_path: config.health_path.clone(),
             env,
-            secrets: release_secrets.env.keys().cloned().collect(),
+            secrets: secret_names,
             git_credentials: secrets.git,
             limits: config.limits,
-            edge: config.edge.clone(),
+            edge,
             app_root: self.app_root.clone(),
             watch_paths: self.watch_paths.clone(),
             test_network: self.test_network,

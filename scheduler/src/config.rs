@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_RECONCILE_SECONDS", default_value_t = 180)]
     pub reconcile_seconds: u64,
 
+    /// Seconds between the leader's sweeps for previews idle past their app's TTL (at least 1).
+    #[arg(long, env = "SLIPWAY_PREVIEW_SWEEP_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub preview_sweep_seconds: u64,
+
     /// Attempts of a job before an infrastructure failure or a lost runner fails it for good.
     #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

@@ -158,9 +158,16 @@ pub struct NewDeployment<'a> {
     pub restore_of: Option<&'a slipway_proto::RestoreSnapshot>,
     /// Who pushed, as the forge names them (a forge push).
     pub pushed_by: Option<&'a str>,
+    /// Another environment of the app than its own (a pull request's preview, `pr-<n>`).
+    pub environment: Option<&'a str>,
 }
 
 impl NewDeployment<'_> {
+    /// The environment it deploys to: the app's own, or the one it names.
+    pub fn environment(&self) -> &str {
+        self.environment.unwrap_or(&self.app.environment)
+    }
+
     /// Why this deployment's release was made, in words.
     fn reason(&self) -> String {
         if let Some(reason) = self.reason {
@@ -175,6 +182,13 @@ impl NewDeployment<'_> {
             "promotion" => format!("promotion of {short}"),
             "restore" => format!("restore of a database snapshot, then {short} again"),
             "reconcile" => format!("head of {branch} at {short} (no webhook came)"),
+            "teardown" => format!("teardown of {}", self.environment.unwrap_or("the environment")),
+            _ if self.environment.is_some() && short.is_empty() => {
+                format!("preview {} at the head of {branch}", self.environment.unwrap_or_default())
+            }
+            forge if self.environment.is_some() => {
+                format!("preview {} of {short} ({forge})", self.environment.unwrap_or_default())
+            }
             forge => format!("push of {short} to {branch} ({forge})"),
         }
     }
@@ -189,6 +203,7 @@ pub async fn create(
     policy: Policy,
 ) -> Result<Created, TransitionError> {
     let reason = new.reason();
+    let environment = new.environment().to_string();
     let NewDeployment {
         app,
         sha,
@@ -211,13 +226,13 @@ pub async fn create(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, image_digest, created_by, trace_parent,
                                   before_sha, watch_check, promoted_from, restore_of, pushed_by, state)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'queued')
-         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore') AND sha <> ''
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore', 'preview', 'teardown') AND sha <> ''
          DO NOTHING RETURNING id",
     )
     .bind(id)
     .bind(app.id)
     .bind(sha)
-    .bind(&app.environment)
+    .bind(&environment)
     .bind(git_ref)
     .bind(source)
     .bind(delivery_id)
@@ -239,7 +254,7 @@ pub async fn create(
                 "SELECT id FROM deployments WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $3",
             )
             .bind(app.id)
-            .bind(&app.environment)
+            .bind(&environment)
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
@@ -253,7 +268,7 @@ pub async fn create(
             }
             Created::New { id, superseded }
         }
-        None => Created::Existing(existing(&mut *tx, app, sha).await?),
+        None => Created::Existing(existing(&mut *tx, app, sha, &environment).await?),
     };
     tx.commit().await?;
     if let Created::New { .. } = created {
@@ -264,31 +279,35 @@ pub async fn create(
 }
 
 /// The deployment already recorded for (app, sha, environment).
-async fn existing(db: impl sqlx::PgExecutor<'_>, app: &App, sha: &str) -> Result<Uuid, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3")
-        .bind(app.id)
-        .bind(sha)
-        .bind(&app.environment)
-        .fetch_one(db)
-        .await
+async fn existing(db: impl sqlx::PgExecutor<'_>, app: &App, sha: &str, environment: &str) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE app_id = $1 AND sha = $2 AND environment = $3
+         AND source NOT IN ('rollback', 'config', 'promotion', 'restore', 'preview', 'teardown')",
+    )
+    .bind(app.id)
+    .bind(sha)
+    .bind(environment)
+    .fetch_one(db)
+    .await
 }
 
 /// Records a push whose head commit asks not to be deployed (a skip marker): a deployment that
 /// ends at once, cancelled by `slipway` with `reason`, deduplicated like any other (the same
 /// commit again is the same row). It supersedes nothing: what was queued still deploys.
 pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str) -> Result<Created, TransitionError> {
+    let environment = new.environment().to_string();
     let NewDeployment { app, sha, git_ref, source, delivery_id, before_sha, .. } = new;
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO deployments (id, app_id, sha, environment, git_ref, source, delivery_id, state, cancel_by, cancel_reason,
                                   published_at, finished_at, before_sha)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'cancelled', 'slipway', $8, now(), now(), $9)
-         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore') AND sha <> ''
+         ON CONFLICT (app_id, sha, environment) WHERE source NOT IN ('rollback', 'config', 'promotion', 'restore', 'preview', 'teardown') AND sha <> ''
          DO NOTHING RETURNING id",
     )
     .bind(Uuid::now_v7())
     .bind(app.id)
     .bind(sha)
-    .bind(&app.environment)
+    .bind(&environment)
     .bind(git_ref)
     .bind(source)
     .bind(delivery_id)
@@ -298,7 +317,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
     .await?;
     match inserted {
         Some(id) => Ok(Created::New { id, superseded: Vec::new() }),
-        None => Ok(Created::Existing(existing(pool, app, sha).await?)),
+        None => Ok(Created::Existing(existing(pool, app, sha, &environment).await?)),
     }
 }
 
@@ -308,6 +327,7 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
 pub async fn newer_descendant(
     pool: &PgPool,
     app: &App,
+    environment: &str,
     sha: &str,
 ) -> Result<Option<(Uuid, String, String)>, sqlx::Error> {
     sqlx::query_as(
@@ -323,7 +343,7 @@ pub async fn newer_descendant(
     )
     .bind(app.id)
     .bind(sha)
-    .bind(&app.environment)
+    .bind(environment)
     .fetch_optional(pool)
     .await
 }
@@ -361,11 +381,12 @@ pub async fn list(pool: &PgPool, app: Option<&str>, limit: i64) -> Result<Vec<ap
     rows.into_iter().map(Row::view).collect()
 }
 
-/// The app's completed deployments, newest first.
+/// The app's completed deployments in its own environment (not its previews), newest first.
 pub async fn completed(pool: &PgPool, app: &str, limit: i64) -> Result<Vec<api::Deployment>, TransitionError> {
     let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN apps a ON a.id = d.app_id
-         WHERE a.name = $1 AND d.state = 'completed' ORDER BY d.finished_at DESC LIMIT $2"
+         WHERE a.name = $1 AND d.environment = a.environment AND d.state = 'completed'
+         ORDER BY d.finished_at DESC LIMIT $2"
     )))
     .bind(app)
     .bind(limit)
@@ -428,11 +449,15 @@ pub async fn outbox(
         sha: String,
         git_ref: String,
         image_digest: Option<String>,
+        /// The deployment's environment: the app's own, or a preview's.
+        #[sqlx(rename = "deployment_environment")]
+        environment: String,
         #[sqlx(flatten)]
         app: App,
     }
     let rows = sqlx::query_as::<_, Row>(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
+                d.environment AS deployment_environment,
                 d.watch_check, d.before_sha, d.release_command, d.promoted_from, d.restore_of,
                 CASE WHEN d.watch_check IS NOT NULL THEN
                     (SELECT l.sha FROM deployments l WHERE l.app_id = d.app_id AND l.environment = d.environment
@@ -440,7 +465,7 @@ pub async fn outbox(
                 END AS live_sha,
                 a.id, a.name, a.repo_url, a.branch, a.environment, a.target, a.health_path, a.port, a.env,
                 a.app_root, a.watch_paths, a.test_network, a.kube_settings, a.created_at, a.sealed, a.secret_names, a.git_username, a.limits, a.edge,
-                r.config AS release_config, r.sealed AS release_sealed
+                a.commit_status, a.previews, r.config AS release_config, r.sealed AS release_sealed
          FROM deployments d JOIN apps a ON a.id = d.app_id LEFT JOIN releases r ON r.deployment_id = d.id
          WHERE d.state = 'queued' AND d.published_at IS NULL AND (d.not_before IS NULL OR d.not_before <= now())
            AND NOT EXISTS (SELECT 1 FROM deployments r WHERE r.app_id = d.app_id AND r.environment = d.environment
@@ -460,7 +485,7 @@ pub async fn outbox(
             (Some(config), Some(sealed)) => Some(crate::releases::Stored { config, sealed }),
             _ => None,
         };
-        match r.app.job_app(keyring, release.as_ref()) {
+        match r.app.job_app(keyring, release.as_ref(), &r.environment) {
             Ok(app) => jobs.push(Outgoing {
                 job: Job {
                     deployment_id: r.deployment_id,
@@ -474,6 +499,7 @@ pub async fn outbox(
                     release_command: r.release_command.map(|record| record.0),
                     promotion: r.promoted_from.map(|p| p.0),
                     restore: r.restore_of.map(|p| p.0),
+                    teardown: r.source == "teardown",
                 },
                 traceparent: r.trace_parent,
             }),

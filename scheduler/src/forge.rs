@@ -143,10 +143,44 @@ pub fn skip_marker(message: &str) -> Option<String> {
     trailer.then(|| "the head commit has the trailer skip-checks: true".to_string())
 }
 
+/// What a pull request (merge request) event asks of the previews of the apps that follow its
+/// target branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullAction {
+    /// Opened, reopened or updated: deploy the head.
+    Deploy,
+    /// Closed (`merged` or not): tear the preview down.
+    Close { merged: bool },
+}
+
+/// A pull request event, read the same way for every forge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The request's number in its repository (GitLab: the `iid`).
+    pub number: u64,
+    pub action: PullAction,
+    /// The head commit in full, when the forge sends it (Bitbucket sends an abbreviation:
+    /// the runner resolves `head_ref` instead).
+    pub head_sha: Option<String>,
+    /// The head commit as the forge names it (in full, or abbreviated; empty when it sent
+    /// none): what tells an update from a redelivery.
+    pub head: String,
+    /// A ref of the app's repository the head can be fetched by (`refs/pull/<n>/head`,
+    /// `refs/merge-requests/<n>/head`; Bitbucket: the source branch).
+    pub head_ref: String,
+    /// The branch the request would merge into.
+    pub target_branch: String,
+    /// The head is in another repository (a fork).
+    pub from_fork: bool,
+    pub title: Option<String>,
+    pub author: Option<String>,
+}
+
 /// What the delivery asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Push(Vec<Change>),
+    PullRequest(PullRequest),
     Ping,
     /// Not a push; the reason says what it was.
     Other(String),
@@ -342,6 +376,127 @@ fn hub_push(event: &str, push: HubPush) -> Result<(Event, Vec<String>), ForgeErr
     Ok((event, urls))
 }
 
+/// A GitHub-shaped pull request event (GitHub, Gitea, Forgejo).
+#[derive(Debug, Default, Deserialize)]
+struct HubPullEvent {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    number: Option<u64>,
+    #[serde(default)]
+    pull_request: Option<HubPull>,
+    #[serde(default)]
+    repository: HubRepository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HubPull {
+    #[serde(default)]
+    number: Option<u64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    merged: bool,
+    #[serde(default)]
+    user: HubPerson,
+    #[serde(default)]
+    head: HubBranch,
+    #[serde(default)]
+    base: HubBranch,
+}
+
+/// One side of a pull request: GitHub names its repository (`null` once a fork is deleted),
+/// Gitea and Forgejo also give `repo_id`.
+#[derive(Debug, Default, Deserialize)]
+struct HubBranch {
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+    #[serde(default)]
+    sha: String,
+    #[serde(default)]
+    repo_id: Option<i64>,
+    #[serde(default)]
+    repo: Option<HubRepoId>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HubRepoId {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    full_name: Option<String>,
+}
+
+impl HubBranch {
+    /// The repository's identity: its id, else its full name.
+    fn repository(&self) -> Option<String> {
+        let repo = self.repo.as_ref();
+        self.repo_id
+            .or(repo.and_then(|r| r.id))
+            .map(|id| id.to_string())
+            .or_else(|| repo.and_then(|r| r.full_name.clone()))
+    }
+}
+
+/// The full commit name `sha` is, lowercased; `None` for anything else.
+fn full_sha(sha: &str) -> Option<String> {
+    let ok = (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| sha.to_ascii_lowercase())
+}
+
+/// A branch name as a forge sends it, checked like the app's own.
+fn branch(name: &str, what: &str) -> Result<String, ForgeError> {
+    match crate::apps::is_branch_name(name) {
+        true => Ok(name.to_string()),
+        false => Err(ForgeError::Malformed(format!("{what} is not a branch name"))),
+    }
+}
+
+/// GitHub's `pull_request` (actions `opened`, `synchronize`, `reopened`, `closed`) and Gitea's
+/// and Forgejo's (`synchronized` for an update).
+fn hub_pull(event: HubPullEvent) -> (Event, Vec<String>) {
+    let urls = event.repository.urls();
+    let action = match event.action.as_str() {
+        "opened" | "reopened" | "synchronize" | "synchronized" => PullAction::Deploy,
+        "closed" => PullAction::Close { merged: event.pull_request.as_ref().is_some_and(|p| p.merged) },
+        other => {
+            let other: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
+            return (Event::Other(format!("pull request action `{other}` changes no preview")), urls);
+        }
+    };
+    let Some(pull) = event.pull_request else {
+        return (Event::Malformed("a pull_request event needs `pull_request`".into()), urls);
+    };
+    let Some(number) = event.number.or(pull.number).filter(|n| *n > 0) else {
+        return (Event::Malformed("a pull_request event needs its `number`".into()), urls);
+    };
+    let head_sha = full_sha(&pull.head.sha);
+    if head_sha.is_none() && matches!(action, PullAction::Deploy) {
+        return (Event::Malformed("pull_request.head.sha is not a commit SHA".into()), urls);
+    }
+    let target_branch = match branch(&pull.base.git_ref, "pull_request.base.ref") {
+        Ok(b) => b,
+        Err(ForgeError::Malformed(m)) => return (Event::Malformed(m), urls),
+        Err(_) => return (Event::Malformed("pull_request.base.ref".into()), urls),
+    };
+    let (head_repo, base_repo) = (pull.head.repository(), pull.base.repository());
+    let from_fork = head_repo.is_none() || head_repo != base_repo;
+    let author = person(&[&pull.user.login, &pull.user.username, &pull.user.name]);
+    let title = person(&[&pull.title]);
+    let request = PullRequest {
+        number,
+        action,
+        head: head_sha.clone().unwrap_or_default(),
+        head_sha,
+        head_ref: format!("refs/pull/{number}/head"),
+        target_branch,
+        from_fork,
+        title,
+        author,
+    };
+    (Event::PullRequest(request), urls)
+}
+
 fn github(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
     let event = header(headers, "x-github-event")
         .ok_or_else(|| ForgeError::Malformed("missing X-GitHub-Event header".into()))?;
@@ -353,17 +508,17 @@ fn github(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
         .to_string();
     let id = header(headers, "x-github-delivery").map(|d| d.chars().take(100).collect());
     let form = header(headers, "content-type").is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    let push: HubPush = match form {
-        true => {
-            let payload = url::form_urlencoded::parse(body)
-                .find(|(k, _)| k == "payload")
-                .map(|(_, v)| v.into_owned())
-                .ok_or_else(|| ForgeError::Malformed("a form-encoded webhook needs a `payload` field".into()))?;
-            json(payload.as_bytes())?
-        }
-        false => json(body)?,
+    let payload: std::borrow::Cow<[u8]> = match form {
+        true => url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v.into_owned().into_bytes().into())
+            .ok_or_else(|| ForgeError::Malformed("a form-encoded webhook needs a `payload` field".into()))?,
+        false => body.into(),
     };
-    let (event, repo_urls) = hub_push(event, push)?;
+    let (event, repo_urls) = match event {
+        "pull_request" => hub_pull(json(&payload)?),
+        _ => hub_push(event, json(&payload)?)?,
+    };
     Ok(Delivery { forge: Forge::GitHub, id, event, repo_urls, proof: Proof::Hmac { hex }, signed_body: body.to_vec() })
 }
 
@@ -379,7 +534,10 @@ fn gitea(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
     let id = header(headers, "x-forgejo-delivery")
         .or_else(|| header(headers, "x-gitea-delivery"))
         .map(|d| d.chars().take(100).collect());
-    let (event, repo_urls) = hub_push(&event, json(body)?)?;
+    let (event, repo_urls) = match event.as_str() {
+        "pull_request" => hub_pull(json(body)?),
+        _ => hub_push(&event, json(body)?)?,
+    };
     Ok(Delivery { forge: Forge::Gitea, id, event, repo_urls, proof: Proof::Hmac { hex }, signed_body: body.to_vec() })
 }
 
@@ -463,6 +621,11 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
     let id = header(headers, "x-gitlab-event-uuid")
         .or_else(|| header(headers, "webhook-id"))
         .map(|d| d.chars().take(100).collect());
+    if event == "Merge Request Hook" {
+        let (event, repo_urls) = gitlab_merge(json(body)?);
+        let proof = Proof::GitLab { token, signed };
+        return Ok(Delivery { forge: Forge::GitLab, id, event, repo_urls, proof, signed_body: body.to_vec() });
+    }
     let push: GitLabPush = json(body)?;
     let mut urls = push.project.urls();
     urls.extend(push.repository.urls());
@@ -496,10 +659,100 @@ fn gitlab(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
     })
 }
 
+/// GitLab's `Merge Request Hook`.
+#[derive(Debug, Default, Deserialize)]
+struct GitLabMerge {
+    #[serde(default)]
+    object_attributes: Option<GitLabMergeAttributes>,
+    #[serde(default)]
+    project: GitLabProject,
+    #[serde(default)]
+    repository: GitLabProject,
+    #[serde(default)]
+    user: GitLabUser,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabMergeAttributes {
+    #[serde(default)]
+    iid: Option<u64>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    target_branch: String,
+    #[serde(default)]
+    source_project_id: Option<i64>,
+    #[serde(default)]
+    target_project_id: Option<i64>,
+    #[serde(default)]
+    last_commit: GitLabCommit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabCommit {
+    #[serde(default)]
+    id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GitLabUser {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// A merge request's `action`: `open`, `reopen` and `update` deploy, `close` and `merge` tear
+/// down; the others (`approved`, `unapproved` ...) change nothing.
+fn gitlab_merge(merge: GitLabMerge) -> (Event, Vec<String>) {
+    let mut urls = merge.project.urls();
+    urls.extend(merge.repository.urls());
+    let Some(attrs) = merge.object_attributes else {
+        return (Event::Malformed("a merge request event needs `object_attributes`".into()), urls);
+    };
+    let action = match attrs.action.as_deref().unwrap_or_default() {
+        "open" | "reopen" | "update" => PullAction::Deploy,
+        "close" => PullAction::Close { merged: false },
+        "merge" => PullAction::Close { merged: true },
+        other => {
+            let other: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
+            return (Event::Other(format!("merge request action `{other}` changes no preview")), urls);
+        }
+    };
+    let Some(number) = attrs.iid.filter(|n| *n > 0) else {
+        return (Event::Malformed("a merge request event needs object_attributes.iid".into()), urls);
+    };
+    let head_sha = full_sha(&attrs.last_commit.id);
+    if head_sha.is_none() && matches!(action, PullAction::Deploy) {
+        return (Event::Malformed("object_attributes.last_commit.id is not a commit SHA".into()), urls);
+    }
+    let target_branch = match branch(&attrs.target_branch, "object_attributes.target_branch") {
+        Ok(b) => b,
+        Err(e) => return (Event::Malformed(e.to_string()), urls),
+    };
+    let from_fork = attrs.source_project_id.is_none() || attrs.source_project_id != attrs.target_project_id;
+    let request = PullRequest {
+        number,
+        action,
+        head: head_sha.clone().unwrap_or_default(),
+        head_sha,
+        head_ref: format!("refs/merge-requests/{number}/head"),
+        target_branch,
+        from_fork,
+        title: person(&[&attrs.title]),
+        author: person(&[&merge.user.username, &merge.user.name]),
+    };
+    (Event::PullRequest(request), urls)
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct BitbucketPayload {
     #[serde(default)]
     push: Option<BitbucketPush>,
+    #[serde(default)]
+    pullrequest: Option<BitbucketPull>,
     #[serde(default)]
     repository: BitbucketRepository,
     #[serde(default)]
@@ -512,6 +765,78 @@ struct BitbucketActor {
     nickname: Option<String>,
     #[serde(default)]
     display_name: Option<String>,
+}
+
+/// A Bitbucket Cloud pull request (`pullrequest:*` events).
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketPull {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    author: BitbucketActor,
+    #[serde(default)]
+    source: BitbucketEnd,
+    #[serde(default)]
+    destination: BitbucketEnd,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketEnd {
+    #[serde(default)]
+    branch: BitbucketBranch,
+    #[serde(default)]
+    commit: BitbucketTarget,
+    #[serde(default)]
+    repository: BitbucketRepository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BitbucketBranch {
+    #[serde(default)]
+    name: String,
+}
+
+/// `pullrequest:created` and `pullrequest:updated` deploy, `pullrequest:fulfilled` (merged) and
+/// `pullrequest:rejected` (declined) tear down. Bitbucket names the head commit by an
+/// abbreviation, so the head is the source branch's, resolved by the runner.
+fn bitbucket_pull(key: &str, pull: Option<BitbucketPull>) -> Event {
+    let action = match key {
+        "pullrequest:created" | "pullrequest:updated" => PullAction::Deploy,
+        "pullrequest:fulfilled" => PullAction::Close { merged: true },
+        "pullrequest:rejected" => PullAction::Close { merged: false },
+        other => return Event::Other(format!("event `{other}` changes no preview")),
+    };
+    let Some(pull) = pull else {
+        return Event::Malformed(format!("a {key} payload needs `pullrequest`"));
+    };
+    let Some(number) = pull.id.filter(|n| *n > 0) else {
+        return Event::Malformed("pullrequest.id is missing".into());
+    };
+    let (source, target) = match (
+        branch(&pull.source.branch.name, "pullrequest.source.branch.name"),
+        branch(&pull.destination.branch.name, "pullrequest.destination.branch.name"),
+    ) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return Event::Malformed(e.to_string()),
+    };
+    let (from, to) = (&pull.source.repository.full_name, &pull.destination.repository.full_name);
+    let from_fork =
+        from.is_none() || from.as_deref().map(str::to_ascii_lowercase) != to.as_deref().map(str::to_ascii_lowercase);
+    let hash = &pull.source.commit.hash;
+    let named = (7..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
+    Event::PullRequest(PullRequest {
+        number,
+        action,
+        head: if named { hash.to_ascii_lowercase() } else { String::new() },
+        head_sha: full_sha(hash),
+        head_ref: format!("refs/heads/{source}"),
+        target_branch: target,
+        from_fork,
+        title: person(&[&pull.title]),
+        author: person(&[&pull.author.nickname, &pull.author.display_name]),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -614,6 +939,7 @@ fn bitbucket(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, ForgeError> {
             Event::Push(changes)
         }
         "diagnostics:ping" => Event::Ping,
+        key if key.starts_with("pullrequest:") => bitbucket_pull(key, payload.pullrequest),
         other => Event::Other(format!("event `{other}` is not deployed")),
     };
     Ok(Delivery {
@@ -873,18 +1199,136 @@ mod tests {
         assert_eq!(paths_of(Forge::GitHub, &github, hub(false, &before, big, None)), None);
     }
 
+    /// A pull request fixture of tests/fixtures/forges with its placeholders filled.
+    fn pull_fixture(name: &str, action: &str, number: &str, fork: bool, merged: bool) -> Vec<u8> {
+        let path = format!("{}/../tests/fixtures/forges/{name}", env!("CARGO_MANIFEST_DIR"));
+        let (head_repo, head_id) = if fork { ("someone/Hello-World", "999") } else { ("acme/web", "7") };
+        let (head_repo, head_id) = match name {
+            n if n.starts_with("github") && !fork => ("Codertocat/Hello-World", "186853002"),
+            n if n.starts_with("gitlab") && !fork => ("", "1"),
+            _ => (head_repo, head_id),
+        };
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .replace("{{REPO}}", "https://forge.example.com/acme/web.git")
+            .replace("{{ACTION}}", action)
+            .replace("{{NUMBER}}", number)
+            .replace("{{HEAD_REPO_ID}}", head_id)
+            .replace("{{HEAD_REPO}}", head_repo)
+            .replace("{{MERGED}}", if merged { "true" } else { "false" })
+            .replace("{{SHORT_SHA}}", &SHA[..12])
+            .replace("{{SHA}}", SHA)
+            .into_bytes()
+    }
+
+    const SHA: &str = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+
+    fn pull_of(forge: Forge, event: &str, body: &[u8]) -> Event {
+        let pairs: Vec<(&'static str, &str)> = match forge {
+            Forge::GitHub => vec![("x-github-event", event), ("x-hub-signature-256", "sha256=00")],
+            Forge::GitLab => vec![("x-gitlab-event", event), ("x-gitlab-token", "t")],
+            Forge::Bitbucket => vec![("x-event-key", event), ("x-hub-signature", "sha256=00")],
+            Forge::Gitea => vec![("x-gitea-event", event), ("x-gitea-signature", "00")],
+        };
+        read(forge, &headers(&pairs), body).expect("readable").event
+    }
+
+    #[test]
+    fn pull_requests_are_read_from_each_forges_payload() {
+        let opened = |forge, event: &str, file: &str, action: &str, fork: bool| match pull_of(
+            forge,
+            event,
+            &pull_fixture(file, action, "12", fork, false),
+        ) {
+            Event::PullRequest(p) => p,
+            other => panic!("{file} {action}: {other:?}"),
+        };
+        for (forge, event, file, action, head_ref) in [
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "opened", "refs/pull/12/head"),
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "synchronize", "refs/pull/12/head"),
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "reopened", "refs/pull/12/head"),
+            (Forge::Gitea, "pull_request", "gitea-pull-request.json", "opened", "refs/pull/12/head"),
+            (Forge::Gitea, "pull_request", "gitea-pull-request.json", "synchronized", "refs/pull/12/head"),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "open", "refs/merge-requests/12/head"),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "update", "refs/merge-requests/12/head"),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "reopen", "refs/merge-requests/12/head"),
+        ] {
+            let p = opened(forge, event, file, action, false);
+            assert_eq!(p.number, 12, "{file} {action}");
+            assert_eq!(p.action, PullAction::Deploy, "{file} {action}");
+            assert_eq!((p.head_sha.as_deref(), p.head.as_str()), (Some(SHA), SHA), "{file} {action}");
+            assert_eq!((p.head_ref.as_str(), p.target_branch.as_str()), (head_ref, "main"), "{file} {action}");
+            assert!(!p.from_fork, "{file} {action}");
+            assert!(p.title.is_some() && p.author.is_some(), "{file}: {p:?}");
+            assert!(opened(forge, event, file, action, true).from_fork, "{file} from a fork");
+        }
+        // Bitbucket names the head by an abbreviation: the source branch is deployed.
+        let p = opened(Forge::Bitbucket, "pullrequest:created", "bitbucket-pullrequest.json", "", false);
+        assert_eq!((p.number, p.head_sha.as_deref(), p.head.as_str()), (12, None, &SHA[..12]));
+        assert_eq!((p.head_ref.as_str(), p.target_branch.as_str(), p.from_fork), ("refs/heads/feature", "main", false));
+        assert_eq!(p.author.as_deref(), Some("emma"));
+        assert!(opened(Forge::Bitbucket, "pullrequest:updated", "bitbucket-pullrequest.json", "", true).from_fork);
+
+        // Closing and merging.
+        for (forge, event, file, action, merged, want) in [
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "closed", true, true),
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "closed", false, false),
+            (Forge::Gitea, "pull_request", "gitea-pull-request.json", "closed", true, true),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "merge", false, true),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "close", false, false),
+            (Forge::Bitbucket, "pullrequest:fulfilled", "bitbucket-pullrequest.json", "", false, true),
+            (Forge::Bitbucket, "pullrequest:rejected", "bitbucket-pullrequest.json", "", false, false),
+        ] {
+            match pull_of(forge, event, &pull_fixture(file, action, "12", false, merged)) {
+                Event::PullRequest(p) => assert_eq!(p.action, PullAction::Close { merged: want }, "{file} {action}"),
+                other => panic!("{file} {action}: {other:?}"),
+            }
+        }
+        // Actions that change no preview, and requests without what they need.
+        for (forge, event, file, action) in [
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "labeled"),
+            (Forge::Gitea, "pull_request", "gitea-pull-request.json", "edited"),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "approved"),
+            (Forge::Bitbucket, "pullrequest:comment_created", "bitbucket-pullrequest.json", ""),
+        ] {
+            let event = pull_of(forge, event, &pull_fixture(file, action, "12", false, false));
+            assert!(matches!(&event, Event::Other(why) if why.contains("no preview")), "{file} {action}: {event:?}");
+        }
+        for (forge, event, file, action) in [
+            (Forge::GitHub, "pull_request", "github-pull-request.json", "opened"),
+            (Forge::GitLab, "Merge Request Hook", "gitlab-merge-request.json", "open"),
+            (Forge::Bitbucket, "pullrequest:created", "bitbucket-pullrequest.json", ""),
+        ] {
+            let event = pull_of(forge, event, &pull_fixture(file, action, "0", false, false));
+            assert!(matches!(event, Event::Malformed(_)), "{file} number 0: {event:?}");
+        }
+        let bad_branch = String::from_utf8(pull_fixture("github-pull-request.json", "opened", "3", false, false))
+            .expect("utf-8")
+            .replace("\"ref\": \"main\"", "\"ref\": \"refs/../x\"");
+        assert!(matches!(pull_of(Forge::GitHub, "pull_request", bad_branch.as_bytes()), Event::Malformed(_)));
+        let no_sha = String::from_utf8(pull_fixture("github-pull-request.json", "opened", "3", false, false))
+            .expect("utf-8")
+            .replace(SHA, "not-a-sha");
+        assert!(matches!(pull_of(Forge::GitHub, "pull_request", no_sha.as_bytes()), Event::Malformed(_)));
+    }
+
     #[test]
     fn hostile_bodies_are_errors_not_panics() {
-        let cases: [(Forge, &[(&'static str, &str)]); 4] = [
+        let cases: [(Forge, &[(&'static str, &str)]); 8] = [
             (Forge::GitHub, &[("x-github-event", "push"), ("x-hub-signature-256", "sha256=00")]),
             (Forge::GitLab, &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "t")]),
             (Forge::Bitbucket, &[("x-event-key", "repo:push"), ("x-hub-signature", "sha256=00")]),
             (Forge::Gitea, &[("x-gitea-event", "push"), ("x-gitea-signature", "00")]),
+            (Forge::GitHub, &[("x-github-event", "pull_request"), ("x-hub-signature-256", "sha256=00")]),
+            (Forge::GitLab, &[("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-token", "t")]),
+            (Forge::Bitbucket, &[("x-event-key", "pullrequest:created"), ("x-hub-signature", "sha256=00")]),
+            (Forge::Gitea, &[("x-gitea-event", "pull_request"), ("x-gitea-signature", "00")]),
         ];
         let deep = "[".repeat(10_000);
         for (forge, pairs) in cases {
             let h = headers(pairs);
-            for body in [&b""[..], b"null", b"[]", b"{\"ref\": 5}", deep.as_bytes(), b"\xff\xfe"] {
+            let hostile_pull = br#"{"action":"opened","number":-1,"pull_request":{"number":18446744073709551616,"head":{"sha":5},"base":{"ref":"../x"}},"object_attributes":{"iid":0,"action":"open"},"pullrequest":{"id":"x"}}"#;
+            for body in [&b""[..], b"null", b"[]", b"{\"ref\": 5}", deep.as_bytes(), b"\xff\xfe", &hostile_pull[..]] {
                 let _ = read(forge, &h, body);
             }
         }

@@ -20,6 +20,7 @@ pub mod live;
 pub mod logs;
 pub mod notify;
 pub mod observe;
+pub mod previews;
 pub mod publisher;
 pub mod queue;
 pub mod reconcile;
@@ -204,6 +205,8 @@ pub async fn run(
     tracker.spawn(lease::run(shared.clone(), config.lease(), cancel.clone()));
     tracker.spawn(reconcile::run(shared.clone(), config.reconcile_every(), sync_requests, cancel.clone()));
     tracker.spawn(notify::run(shared.clone(), cancel.clone()));
+    let sweep = std::time::Duration::from_secs(config.preview_sweep_seconds);
+    tracker.spawn(previews::run(shared.clone(), sweep, cancel.clone()));
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

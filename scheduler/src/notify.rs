@@ -613,7 +613,14 @@ fn status_request(shared: &Shared, app: Uuid, d: &Due, payload: &Value) -> Resul
         (crate::status::Status::Success, Some(url)) => url,
         _ => link,
     };
-    let context = format!("slipway/{}", data["app"].as_str().unwrap_or_default());
+    // A preview's status is a check of its own (`slipway/<app>/pr-<n>`): the app's would be
+    // taken for the merged commit's deploy.
+    let (app, environment) =
+        (data["app"].as_str().unwrap_or_default(), data["environment"].as_str().unwrap_or_default());
+    let context = match slipway_proto::preview_number(environment) {
+        Some(_) => format!("slipway/{app}/{environment}"),
+        None => format!("slipway/{app}"),
+    };
     let description = crate::status::description(payload);
     let r = crate::status::request(&settings.0, &token, sha, status, &context, target_url, &description);
     let mut headers = r.headers;
@@ -677,6 +684,19 @@ pub fn slack_message(payload: &Value) -> Value {
         return json!({"text": text});
     }
     let short: String = data["sha"].as_str().unwrap_or_default().chars().take(12).collect();
+    if data["source"] == "teardown" {
+        let what = match event {
+            "deploy.completed" => "torn down",
+            "deploy.failed" | "deploy.rolled_back" => "could not be torn down",
+            "deploy.cancelled" => "teardown cancelled",
+            _ => "being torn down",
+        };
+        let mut text = format!("Slipway: preview *{}* of *{}* {what}", s(&data["environment"]), s(&data["app"]));
+        if let Some(message) = data["error"]["message"].as_str().filter(|_| what.starts_with("could")) {
+            text.push_str(&format!(": {}", slack_escape(message)));
+        }
+        return json!({"text": text});
+    }
     let (icon, what) = match event {
         "deploy.queued" => (":hourglass:", "queued"),
         "deploy.started" => (":arrow_forward:", "started"),

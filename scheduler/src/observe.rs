@@ -163,6 +163,8 @@ pub fn source_label(source: &str) -> &'static str {
         "config" => "config",
         "promotion" => "promotion",
         "restore" => "restore",
+        "preview" => "preview",
+        "teardown" => "teardown",
         _ => "other",
     }
 }

@@ -132,12 +132,13 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         Ok(None) => {}
         Err(err) => return Outcome::Unreadable(format!("database: {err}")),
     }
-    match deployments::newer_descendant(&shared.pool, app, &head).await {
+    match deployments::newer_descendant(&shared.pool, app, &app.environment, &head).await {
         Ok(Some(_)) => return Outcome::UpToDate,
         Ok(None) => {}
         Err(err) => return Outcome::Unreadable(format!("database: {err}")),
     }
     let new = NewDeployment {
+        environment: None,
         app,
         sha: &head,
         git_ref: &git_ref,

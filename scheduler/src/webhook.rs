@@ -210,6 +210,9 @@ async fn receive(
         return Err(ApiError::Unauthorized("signature does not match".into()));
     }
     let changes = match delivery.event {
+        Event::PullRequest(pull) => {
+            return pull_request(&shared, forge, delivery.id.as_deref(), &verified, &pull).await;
+        }
         Event::Ping => return Ok((StatusCode::OK, Json(answer("pong", None, None, Vec::new())))),
         Event::Other(reason) => return Ok(ignored(&reason)),
         Event::Malformed(reason) => return Err(ApiError::BadRequest(reason)),
@@ -242,6 +245,7 @@ async fn receive(
         for app in following {
             let (unwatched, watch_check) = watch_decision(app, change.paths.as_deref());
             let new = NewDeployment {
+                environment: None,
                 app,
                 sha: &sha,
                 git_ref: &change.git_ref,
@@ -261,11 +265,11 @@ async fn receive(
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.
             let older = match (&marker, &unwatched) {
                 (Some(_), _) | (_, Some(_)) => None,
-                (None, None) => {
-                    deployments::newer_descendant(&shared.pool, app, &sha).await?.map(|(id, newer, state)| {
+                (None, None) => deployments::newer_descendant(&shared.pool, app, &app.environment, &sha).await?.map(
+                    |(id, newer, state)| {
                         format!("{sha} is older than {newer}, already {state} (deployment {id}); not deployed over it")
-                    })
-                }
+                    },
+                ),
             };
             let skip = marker.clone().or(unwatched).or(older);
             let created = match &skip {
@@ -306,6 +310,45 @@ async fn receive(
         (false, false) => ("duplicate", None),
     };
     Ok((status, Json(answer(word, last_sha, reason.as_deref(), out))))
+}
+
+/// A pull request event: each verified app that follows its target branch takes it for its
+/// previews ([`crate::previews`]). Answered like a push: `queued` for a new deployment (or
+/// teardown), `duplicate` for a redelivery, `ignored` with the reasons otherwise.
+async fn pull_request(
+    shared: &Shared,
+    forge: Forge,
+    delivery_id: Option<&str>,
+    verified: &[apps::App],
+    pull: &forge::PullRequest,
+) -> Result<(StatusCode, Json<WebhookAnswer>), ApiError> {
+    use crate::previews::Outcome;
+    let following: Vec<_> = verified.iter().filter(|a| a.branch == pull.target_branch).collect();
+    if following.is_empty() {
+        return Ok(ignored(&format!("no app follows branch `{}`", pull.target_branch)));
+    }
+    let (mut out, mut reasons, mut any_new) = (Vec::new(), Vec::new(), false);
+    for app in following {
+        let (id, new) = match crate::previews::take(shared, app, forge, delivery_id, pull).await? {
+            Outcome::Deployed(Created::New { id, superseded }) | Outcome::TornDown(Created::New { id, superseded }) => {
+                announce_queued(shared, id, &app.name, pull.head_sha.as_deref().unwrap_or(""), &superseded);
+                (id, true)
+            }
+            Outcome::Deployed(Created::Existing(id)) | Outcome::TornDown(Created::Existing(id)) => (id, false),
+            Outcome::Refused(reason) | Outcome::Nothing(reason) => {
+                reasons.push(reason);
+                continue;
+            }
+        };
+        any_new |= new;
+        out.push(WebhookDeployment { app: app.name.clone(), deployment_id: id, new });
+    }
+    if out.is_empty() {
+        return Ok(ignored(&reasons.join("; ")));
+    }
+    let (status, word) = if any_new { (StatusCode::ACCEPTED, "queued") } else { (StatusCode::OK, "duplicate") };
+    let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+    Ok((status, Json(answer(word, pull.head_sha.clone(), reason.as_deref(), out))))
 }
 
 /// What the app's watch paths make of a push that changed `paths` (when the forge listed them

@@ -21,6 +21,7 @@ async fn app(pool: &PgPool) -> App {
 
 fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
     NewDeployment {
+        environment: None,
         app,
         sha,
         git_ref: "refs/heads/main",

@@ -118,6 +118,7 @@ async fn two_relays_never_take_the_same_outbox_row(pool: PgPool) {
         .expect("new app");
         let app = apps::create(&pool, &keyring, &new).await.expect("app");
         let new = NewDeployment {
+            environment: None,
             app: &app,
             sha: &"a".repeat(40),
             git_ref: "refs/heads/main",

@@ -39,7 +39,7 @@ async fn apps_stored_in_the_clear_are_sealed_at_start_up(pool: PgPool) {
     let app = apps::get(&pool, "legacy").await.expect("query").expect("app");
     let secrets = app.secrets(&keyring).expect("opens");
     assert_eq!(secrets.webhook_secret, "legacy-webhook-secret");
-    let job = app.job_app(&keyring, None).expect("job app");
+    let job = app.job_app(&keyring, None, &app.environment).expect("job app");
     assert_eq!(job.env["DB_PASSWORD"], "pw-0123456789");
     assert_eq!(job.env["COLOUR"], "blue");
     assert_eq!(job.secrets, ["DB_PASSWORD"]);

@@ -73,6 +73,12 @@ impl GitServer {
     /// Commits a tree of exactly `entries` to branch `main` of repository `name` (created on
     /// first use) and returns the new commit's SHA.
     pub fn commit(&self, name: &str, message: &str, entries: &[Entry<'_>]) -> String {
+        self.commit_to(name, "refs/heads/main", message, entries)
+    }
+
+    /// Like [`GitServer::commit`], to any ref (`refs/pull/7/head`, as a forge keeps a pull
+    /// request's head). The commit's parent is the last one made in this repository.
+    pub fn commit_to(&self, name: &str, git_ref: &str, message: &str, entries: &[Entry<'_>]) -> String {
         let work = self.work(name);
         let bare = self.dir.path().join("repos").join(format!("{name}.git"));
         if !work.exists() {
@@ -108,7 +114,7 @@ impl GitServer {
         }
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
-        git(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        git(&work, &["push", "-q", "-f", "origin", &format!("HEAD:{git_ref}")]);
         git(&work, &["rev-parse", "HEAD"])
     }
 }

@@ -39,6 +39,16 @@ impl KubeTarget {
         };
         spec.name = release.app.clone();
         spec.environment = release.environment.clone();
+        if let Some(n) = slipway_proto::preview_number(&release.environment) {
+            // A pull request's preview: a namespace of its own (deleted when the request closes),
+            // one replica without an autoscaler, and `pr-<n>.<host>` (without the app's TLS
+            // secret, which is for the app's own host).
+            spec.namespace = Some(format!("{}-pr-{n}", spec.namespace()));
+            spec.replicas = 1;
+            (spec.min_replicas, spec.max_replicas) = (None, None);
+            spec.host = spec.host.take().filter(|h| !h.starts_with("*.")).map(|h| format!("pr-{n}.{h}"));
+            spec.tls_secret = None;
+        }
         spec.port = u32::from(release.port);
         spec.health_path = release.health_path.clone();
         // The release's secret variables go to the app's Secret, never its ConfigMap.
@@ -96,5 +106,30 @@ impl DeployTarget for KubeTarget {
             log,
         };
         rollout.run().await
+    }
+
+    /// Deletes the preview's namespace, and with it everything in it. Only a preview's, and only
+    /// one Slipway made for this app: another namespace is refused, never deleted.
+    async fn teardown(&self, release: &Release, log: LogFn<'_>) -> Result<(), Error> {
+        let spec = Self::spec(release)?;
+        if slipway_proto::preview_number(&release.environment).is_none() {
+            return Err(Error::Invalid(format!(
+                "only a preview environment is torn down, not {}",
+                release.environment
+            )));
+        }
+        let ns = spec.namespace();
+        let found = self.cluster.get("Namespace", "", &ns).await.map_err(|e| Error::Cluster(e.to_string()))?;
+        let Some(found) = found else {
+            log(format!("namespace {ns} is gone already"));
+            return Ok(());
+        };
+        let labels = &found["metadata"]["labels"];
+        if labels[manifest::LABEL_APP] != release.app.as_str() || labels["app.kubernetes.io/managed-by"] != "slipway" {
+            return Err(Error::Invalid(format!("namespace {ns} is not this app's preview; not deleting it")));
+        }
+        self.cluster.delete("Namespace", "", &ns).await.map_err(|e| Error::Cluster(e.to_string()))?;
+        log(format!("deleted namespace {ns} and everything in it"));
+        Ok(())
     }
 }
