@@ -90,14 +90,22 @@ async fn open(
     let mut tx = shared.pool.begin().await?;
     // One writer of the app's previews at a time: the limit counts what is committed.
     sqlx::query("SELECT id FROM apps WHERE id = $1 FOR UPDATE").bind(app.id).execute(&mut *tx).await?;
+    let was_open: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM previews WHERE app_id = $1 AND number = $2 AND state = 'open')",
+    )
+    .bind(app.id)
+    .bind(pull.number as i64)
+    .fetch_one(&mut *tx)
+    .await?;
     let open_others: i64 =
         sqlx::query_scalar("SELECT count(*) FROM previews WHERE app_id = $1 AND state = 'open' AND number <> $2")
             .bind(app.id)
             .bind(pull.number as i64)
             .fetch_one(&mut *tx)
             .await?;
+    // An open preview keeps its place under the limit when it is updated.
     let refused = refusal(settings, forge, pull).or_else(|| {
-        (open_others >= i64::from(settings.max)).then(|| {
+        (!was_open && open_others >= i64::from(settings.max)).then(|| {
             format!(
                 "{} has {open_others} open previews, the most previews.max allows: close one or raise previews.max",
                 app.name
@@ -132,6 +140,11 @@ async fn open(
     tx.commit().await?;
     if let Some(reason) = refused {
         tracing::info!(app = %app.name, number = pull.number, reason = %reason, "preview refused");
+        if was_open {
+            // Deployed before under other settings: what serves it goes too.
+            let torn = teardown(shared, app, pull.number, &pull.head_ref, &reason).await?;
+            return Ok(Outcome::TornDown(torn));
+        }
         return Ok(Outcome::Refused(reason));
     }
     if changed.is_none() {
@@ -204,13 +217,25 @@ async fn close(
         return Ok(Outcome::Nothing(format!("{} has no open preview of #{number}", app.name)));
     };
     tracing::info!(app = %app.name, number, was = %was, reason, "preview ends; tearing it down");
+    Ok(Outcome::TornDown(teardown(shared, app, number, &head_ref, reason).await?))
+}
+
+/// Queues the teardown of preview `number` (a deployment with source `teardown`, superseding
+/// its queued deployments) and records it on the preview.
+async fn teardown(
+    shared: &Shared,
+    app: &App,
+    number: u64,
+    head_ref: &str,
+    reason: &str,
+) -> Result<Created, TransitionError> {
     let environment = preview_environment(number);
     let why = format!("teardown of {environment}: {reason}");
     let new = NewDeployment {
         environment: Some(&environment),
         app,
         sha: "",
-        git_ref: &head_ref,
+        git_ref: head_ref,
         source: "teardown",
         delivery_id: None,
         image_digest: None,
@@ -232,7 +257,7 @@ async fn close(
             .execute(&shared.pool)
             .await?;
     }
-    Ok(Outcome::TornDown(created))
+    Ok(created)
 }
 
 /// The app's previews, open ones first, then the newest.

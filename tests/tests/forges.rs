@@ -593,3 +593,163 @@ async fn watch_paths_deploy_exactly_the_apps_whose_files_changed() {
     let web4 = ended(&s, &web, &c4).await;
     assert_eq!(web4["state"], "cancelled", "web's slipway.toml does not watch README.md: {web4}");
 }
+
+/// A pull request fixture of `forge` for `repo`: request 5 from the same repository, or request
+/// 6 from a fork.
+fn pull_fixture(name: &str, repo: &str, action: &str, fork: bool, merged: bool) -> Vec<u8> {
+    let (head_repo, head_id) = match (name, fork) {
+        (_, true) => ("someone/fork", "999"),
+        (n, false) if n.starts_with("gitlab") => ("", "1"),
+        (n, false) if n.starts_with("github") => ("Codertocat/Hello-World", "186853002"),
+        _ => ("acme/web", "7"),
+    };
+    String::from_utf8(fixture(name, repo))
+        .expect("utf-8")
+        .replace("{{ACTION}}", action)
+        .replace("{{NUMBER}}", if fork { "6" } else { "5" })
+        .replace("{{HEAD_REPO_ID}}", head_id)
+        .replace("{{HEAD_REPO}}", head_repo)
+        .replace("{{MERGED}}", if merged { "true" } else { "false" })
+        .replace("{{SHORT_SHA}}", &SHA[..12])
+        .into_bytes()
+}
+
+#[tokio::test]
+async fn pull_requests_of_every_forge_open_and_close_previews_once_each() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, ..Default::default() }).await;
+    let previews = json!({"previews": {"max": 3}});
+    // (forge path, fixture, open event, close event, headers for a body and a delivery id)
+    type Headers = fn(&[u8], &str, &str) -> Vec<(&'static str, String)>;
+    let cases: [(&str, &str, &str, &str, &str, &str, Headers); 4] = [
+        (
+            "github",
+            "github-pull-request.json",
+            "opened",
+            "closed",
+            "https://github.com/acme",
+            "refs/pull/5/head",
+            |b, event, id| {
+                vec![
+                    ("X-GitHub-Event", event.to_string()),
+                    ("X-GitHub-Delivery", id.to_string()),
+                    ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(SECRET, b))),
+                ]
+            },
+        ),
+        (
+            "gitlab",
+            "gitlab-merge-request.json",
+            "open",
+            "merge",
+            "https://gitlab.example.com/acme",
+            "refs/merge-requests/5/head",
+            |_, _, id| {
+                vec![
+                    ("X-Gitlab-Event", "Merge Request Hook".to_string()),
+                    ("X-Gitlab-Token", SECRET.to_string()),
+                    ("X-Gitlab-Event-UUID", id.to_string()),
+                ]
+            },
+        ),
+        (
+            "bitbucket",
+            "bitbucket-pullrequest.json",
+            "pullrequest:created",
+            "pullrequest:fulfilled",
+            "https://bitbucket.org/acme",
+            "refs/heads/feature",
+            |b, event, id| {
+                vec![
+                    ("X-Event-Key", event.to_string()),
+                    ("X-Request-UUID", id.to_string()),
+                    ("X-Hub-Signature", format!("sha256={}", hmac_hex(SECRET, b))),
+                ]
+            },
+        ),
+        (
+            "gitea",
+            "gitea-pull-request.json",
+            "opened",
+            "closed",
+            "https://gitea.example.com/acme",
+            "refs/pull/5/head",
+            |b, _, id| {
+                vec![
+                    ("X-Forgejo-Event", "pull_request".to_string()),
+                    ("X-Forgejo-Delivery", id.to_string()),
+                    ("X-Forgejo-Signature", hmac_hex(SECRET, b)),
+                ]
+            },
+        ),
+    ];
+    for (forge, file, open, close, base, head_ref, headers) in cases {
+        let repo = format!("{base}/{}.git", unique(forge));
+        let app = s.create_app(forge, &repo, SECRET, previews.clone()).await;
+        let plain = s.create_app(&format!("{forge}-plain"), &repo, SECRET, json!({})).await;
+        // Bitbucket's event is its header; the others' action is in the body.
+        let (open_event, open_action) = if forge == "bitbucket" { (open, "") } else { ("pull_request", open) };
+        let (close_event, close_action) = if forge == "bitbucket" { (close, "") } else { ("pull_request", close) };
+        let opened = pull_fixture(file, &repo, open_action, false, false);
+
+        let mut forged = headers(&opened, open_event, "d-forged");
+        forged.iter_mut().for_each(|(k, v)| {
+            if k.contains("Signature") || k.contains("Token") {
+                *v = format!("sha256={}", hmac_hex("wrong-secret-0123456", &opened));
+            }
+        });
+        let (status, answer) = post(&s, forge, &forged, opened.clone()).await;
+        assert_eq!(status, 401, "{forge}: a wrong signature: {answer}");
+
+        let (status, answer) = post(&s, forge, &headers(&opened, open_event, "d-open"), opened.clone()).await;
+        assert_eq!(status, 202, "{forge}: {answer}");
+        let listed = deployments_of(&s, &app).await;
+        assert_eq!(listed.len(), 1, "{forge}: {listed:?}");
+        let d = &listed[0];
+        assert_eq!(
+            (d["environment"].as_str(), d["source"].as_str(), d["git_ref"].as_str(), d["state"].as_str()),
+            (Some("pr-5"), Some("preview"), Some(head_ref), Some("queued")),
+            "{forge}: {d}"
+        );
+        // Bitbucket names the head by an abbreviation: the runner resolves the source branch.
+        let want_sha = if forge == "bitbucket" { "" } else { SHA };
+        assert_eq!(d["sha"].as_str(), Some(want_sha), "{forge}: {d}");
+        assert!(deployments_of(&s, &plain).await.is_empty(), "{forge}: an app without previews deploys nothing");
+
+        // The same delivery again, or another delivery of the same head: one deployment.
+        for id in ["d-open", "d-open-again"] {
+            let (status, again) = post(&s, forge, &headers(&opened, open_event, id), opened.clone()).await;
+            assert_eq!((status, again["status"].as_str()), (200, Some("duplicate")), "{forge}: {again}");
+        }
+        assert_eq!(deployments_of(&s, &app).await.len(), 1, "{forge}: the same head once");
+
+        let from_fork = pull_fixture(file, &repo, open_action, true, false);
+        let (status, answer) = post(&s, forge, &headers(&from_fork, open_event, "d-fork"), from_fork.clone()).await;
+        assert_eq!((status, answer["status"].as_str()), (202, Some("ignored")), "{forge}: {answer}");
+        assert!(answer["reason"].as_str().unwrap_or_default().contains("fork"), "{forge}: {answer}");
+
+        let closed = pull_fixture(file, &repo, close_action, false, true);
+        let (status, answer) = post(&s, forge, &headers(&closed, close_event, "d-close"), closed.clone()).await;
+        assert_eq!(status, 202, "{forge}: {answer}");
+        let listed = deployments_of(&s, &app).await;
+        let teardown = listed.iter().find(|d| d["source"] == "teardown").expect("a teardown");
+        assert_eq!((teardown["environment"].as_str(), teardown["state"].as_str()), (Some("pr-5"), Some("queued")));
+        let superseded: Vec<_> =
+            listed.iter().filter(|d| d["source"] == "preview").map(|d| d["state"].clone()).collect();
+        assert!(superseded.iter().all(|st| st == "cancelled"), "{forge}: the queued preview is superseded: {listed:?}");
+        let (status, again) = post(&s, forge, &headers(&closed, close_event, "d-close-2"), closed.clone()).await;
+        assert_eq!((status, again["status"].as_str()), (202, Some("ignored")), "{forge}: {again}");
+        let (_, list) = s.get(&format!("/api/v1/apps/{app}/previews")).await;
+        let state =
+            |n: u64| list.as_array().into_iter().flatten().find(|p| p["number"] == n).cloned().unwrap_or_default();
+        assert_eq!(
+            (state(5)["state"].as_str(), state(5)["reason"].as_str()),
+            (Some("closed"), Some("the pull request was merged")),
+            "{forge}: {list}"
+        );
+        assert_eq!(
+            (state(6)["state"].as_str(), state(6)["from_fork"].as_bool()),
+            (Some("refused"), Some(true)),
+            "{forge}: {list}"
+        );
+    }
+}

@@ -98,6 +98,10 @@ async fn every_route_answers_each_role_as_documented() {
         ("PATCH", format!("/api/v1/apps/{other}"), Some(json!({"watch_paths": []})), "deployer", false),
         // Promoting needs the deployer role on the target: a token scoped to `app` may not.
         ("POST", format!("/api/v1/apps/{app}/promote"), Some(json!({"to": other})), "deployer", false),
+        ("GET", format!("/api/v1/apps/{app}/previews"), None, "viewer", true),
+        ("GET", format!("/api/v1/apps/{other}/previews"), None, "viewer", false),
+        ("POST", format!("/api/v1/apps/{app}/previews/3/close"), Some(json!({})), "deployer", true),
+        ("POST", format!("/api/v1/apps/{other}/previews/3/close"), Some(json!({})), "deployer", false),
         ("GET", format!("/api/v1/apps/{app}/snapshots"), None, "viewer", true),
         ("GET", format!("/api/v1/apps/{other}/snapshots"), None, "viewer", false),
         ("POST", format!("/api/v1/apps/{app}/snapshots/v1/restore"), Some(json!({"confirm": app})), "deployer", true),
