@@ -385,3 +385,59 @@ async fn a_release_command_runs_as_a_job_with_the_releases_configuration_and_its
     let secret = f.get("Secret", "-secrets").await.expect("the app's Secret");
     assert_eq!(secret["stringData"]["TOKEN"], "s3cret-token");
 }
+
+#[tokio::test]
+async fn a_preview_is_a_namespace_of_its_own_and_its_teardown_deletes_only_that() {
+    let f = Fixture::new().await;
+    let log = |line: String| f.lines.lock().expect("lines").push(line);
+    let settings =
+        json!({"host": "shop.example.com", "tls_secret": "shop-tls", "replicas": 3, "progress_deadline_seconds": 30});
+    f.target.deploy(&f.release(&image("v1"), settings.clone()), &log).await.expect("the app rolls out");
+
+    let mut preview = f.release(&image("v2"), settings.clone());
+    preview.environment = "pr-4".into();
+    f.target.deploy(&preview, &log).await.expect("the preview rolls out");
+    let ns = format!("{}-pr-4", f.ns);
+    let get = |kind: &'static str, ns: String, name: String| {
+        let cluster = f.cluster.clone();
+        async move { cluster.get(kind, &ns, &name).await.expect("read from the cluster") }
+    };
+    let deployment =
+        get("Deployment", ns.clone(), f.name("")).await.expect("the preview's Deployment in its namespace");
+    assert_eq!(deployment["spec"]["replicas"], 1, "a preview runs one replica");
+    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["image"], image("v2"));
+    let ingress = get("Ingress", ns.clone(), f.name("")).await.expect("the preview's Ingress");
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "pr-4.shop.example.com");
+    assert!(ingress["spec"]["tls"].is_null(), "the app's TLS secret is for the app's host: {ingress}");
+    assert_eq!(f.image_of("").await.as_deref(), Some(image("v1").as_str()), "the app keeps its version");
+    assert_eq!(f.replicas_of("").await, Some(3));
+
+    // The app's own environment is never torn down, nor a namespace Slipway did not make.
+    let own = f.release(&image("v1"), settings.clone());
+    let refused = f.target.teardown(&own, &log).await.expect_err("not a preview");
+    assert!(refused.to_string().contains("only a preview"), "{refused}");
+    let mut stranger = f.release(&image("v1"), settings.clone());
+    stranger.environment = "pr-9".into();
+    let foreign = format!("{}-pr-9", f.ns);
+    f.cluster
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": foreign, "labels": {"team": "other"}}}))
+        .await
+        .expect("a namespace of someone else's");
+    let refused = f.target.teardown(&stranger, &log).await.expect_err("not Slipway's namespace");
+    assert!(refused.to_string().contains("not this app's preview"), "{refused}");
+    assert!(get("Namespace", String::new(), foreign.clone()).await.is_some(), "left alone");
+
+    // Its teardown deletes its namespace (and so everything in it), and nothing of the app.
+    f.target.teardown(&preview, &log).await.expect("torn down");
+    let gone = get("Namespace", String::new(), ns.clone()).await;
+    assert!(
+        gone.as_ref().is_none_or(|n| !n["metadata"]["deletionTimestamp"].is_null()),
+        "the preview's namespace is deleted: {gone:?}"
+    );
+    assert!(f.log().contains(&format!("deleted namespace {ns}")), "{}", f.log());
+    assert_eq!(f.image_of("").await.as_deref(), Some(image("v1").as_str()), "the app serves on");
+    f.target.teardown(&preview, &log).await.expect("a teardown again finds nothing and is fine");
+    if f.server.is_none() {
+        let _ = f.cluster.delete("Namespace", "", &foreign).await;
+    }
+}

@@ -185,3 +185,73 @@ async fn release_command_and_hooks_run_as_jobs_before_the_deployment_and_a_faili
     assert!(log.contains("half way"), "{log}");
     assert!(step_of(&d, "pre_deploy").is_none_or(|st| st["status"] != "succeeded"), "pre_deploy never ran: {d}");
 }
+
+/// A signed GitHub `pull_request` event for request `number` of `repo_url` at `sha`.
+async fn pull_request(s: &Slipway, repo_url: &str, action: &str, number: u64, sha: &str) -> serde_json::Value {
+    let body = serde_json::to_vec(&json!({
+        "action": action, "number": number,
+        "pull_request": {
+            "number": number, "merged": action == "closed", "user": {"login": "octocat"},
+            "head": {"ref": "feature", "sha": sha, "repo": {"id": 1}},
+            "base": {"ref": "main", "repo": {"id": 1}},
+        },
+        "repository": {"clone_url": repo_url},
+    }))
+    .expect("json");
+    let headers = [
+        ("X-GitHub-Event", "pull_request".to_string()),
+        ("X-GitHub-Delivery", unique("pr")),
+        ("X-Hub-Signature-256", slipway_tests::harness::sign(SECRET, &body)),
+    ];
+    let (status, answer) = s.webhook(&headers, body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn a_pull_requests_preview_is_its_own_namespace_deleted_when_the_request_closes() {
+    let api = ApiServer::start(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().expect("kubeconfig dir");
+    let kubeconfig = kubeconfig(&api, dir.path());
+    let git = GitServer::start();
+    let mut s = on_kubernetes(&kubeconfig).await;
+    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let repo = unique("kpv");
+    let url = git.url(&repo);
+    let settings = json!({"host": "shop.example.com", "replicas": 2});
+    let extra = json!({"target": "kubernetes", "kubernetes": settings, "previews": {"env": {"MODE": "preview"}}});
+    let app = s.create_app("kpv", &url, SECRET, extra).await;
+    let main = git.commit(&repo, "v1", &[Entry::File("Dockerfile", dockerfile)]);
+    let (status, answer) = s.push(&url, &main, SECRET, &unique("delivery")).await;
+    assert_eq!(status, 202, "{answer}");
+    let d = s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "completed", "{d}");
+
+    let head = git.commit_to(
+        &repo,
+        "refs/pull/3/head",
+        "change",
+        &[Entry::File("Dockerfile", dockerfile), Entry::File("x", b"3")],
+    );
+    let answer = pull_request(&s, &url, "opened", 3, &head).await;
+    let d = s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(
+        (d["state"].as_str(), d["environment"].as_str()),
+        (Some("completed"), Some("pr-3")),
+        "{d}\n{}",
+        s.dump()
+    );
+    assert_eq!(d["url"], "https://pr-3.shop.example.com");
+    let ns = format!("app-{app}-pr-3");
+    let deployment = api.get("deployments", &ns, &app).expect("the preview's Deployment in its own namespace");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let config = api.get("configmaps", &ns, &format!("{app}-config")).expect("the preview's config");
+    assert_eq!(config["data"]["MODE"], "preview", "the previews' variables: {config}");
+    assert_eq!(api.get("deployments", &format!("app-{app}"), &app).expect("the app")["spec"]["replicas"], 2);
+
+    let answer = pull_request(&s, &url, "closed", 3, &head).await;
+    let d = s.finished(answer["deployments"][0]["deployment_id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!((d["state"].as_str(), d["source"].as_str()), (Some("completed"), Some("teardown")), "{d}");
+    assert!(api.get("namespaces", "", &ns).is_none(), "the preview's namespace is deleted");
+    assert!(api.get("deployments", &format!("app-{app}"), &app).is_some(), "the app stays");
+}
