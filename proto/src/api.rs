@@ -57,11 +57,27 @@ pub struct NewApp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<serde_json::Value>,
     /// Report each deployment's state on its commit at the forge.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "object")]
     pub commit_status: Option<CommitStatus>,
     /// Preview environments for pull requests against the app's branch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "object")]
     pub previews: Option<PreviewSettings>,
+}
+
+/// A settings object as sent: an object or null, never the array serde would also take for a
+/// struct (`[]` would be every default).
+fn object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        // The field inside is named in the error (`max: invalid type ...`).
+        v @ serde_json::Value::Object(_) => serde_path_to_error::deserialize(v).map(Some).map_err(D::Error::custom),
+        _ => Err(D::Error::custom("expected an object")),
+    }
 }
 
 /// An app's preview environments: each pull request (merge request) against its branch is
@@ -520,9 +536,9 @@ pub struct AppUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_paths: Option<Vec<String>>,
     /// Where commit statuses go; a new token replaces the stored one, none keeps it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "object")]
     pub commit_status: Option<CommitStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "object")]
     pub previews: Option<PreviewSettings>,
 }
 

@@ -690,6 +690,39 @@ mod tests {
             (|a| a.watch_paths = vec!["services/{api".into()], "`services/{api` is not a glob"),
             (|a| a.watch_paths = vec!["../up/**".into()], "inside the repository"),
             (|a| a.watch_paths = (0..65).map(|i| format!("d{i}/**")).collect(), "at most 64"),
+            (|a| a.environment = "pr-12".into(), "kept for pull request previews"),
+            (
+                |a| a.previews = Some(slipway_proto::api::PreviewSettings { max: 0, ..Default::default() }),
+                "previews.max",
+            ),
+            (
+                |a| {
+                    a.previews =
+                        Some(slipway_proto::api::PreviewSettings { ttl_seconds: Some(1), ..Default::default() })
+                },
+                "previews.ttl_seconds",
+            ),
+            (
+                |a| {
+                    let env = [("9X".to_string(), "v".to_string())].into();
+                    a.previews = Some(slipway_proto::api::PreviewSettings { env, ..Default::default() });
+                },
+                "previews.env",
+            ),
+            (
+                |a| {
+                    let env = (0..101).map(|i| (format!("K{i}"), "v".to_string())).collect();
+                    a.previews = Some(slipway_proto::api::PreviewSettings { env, ..Default::default() });
+                },
+                "at most 100",
+            ),
+            (
+                |a| {
+                    let env = [("BIG".to_string(), "x".repeat(70_000))].into();
+                    a.previews = Some(slipway_proto::api::PreviewSettings { env, ..Default::default() });
+                },
+                "64 KiB",
+            ),
             (|a| a.kubernetes = Some(serde_json::json!({"memory_limit": "lots"})), "memory_limit"),
             (|a| a.kubernetes = Some(serde_json::json!({"host": "not a host"})), "host"),
             (

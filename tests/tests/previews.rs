@@ -148,6 +148,12 @@ async fn pull_requests_get_previews_at_their_own_address_until_they_close_or_idl
         (Some("refused"), Some(false))
     );
     assert!(containers(&app, "pr-8").is_empty() && containers(&app, "pr-9").is_empty());
+    let out = s.cli_command().args(["previews", "list", &app]).output().expect("slipway");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = |env: &str| table.lines().find(|l| l.starts_with(&format!("{env} "))).unwrap_or_default().to_string();
+    assert!(row("pr-7").contains("open") && row("pr-7").contains(&preview_url), "{table}");
+    assert!(row("pr-8").contains("refused") && row("pr-8").contains("fork"), "{table}");
 
     // Merging tears pr-7 down: its route, containers, network and images go; the app serves on.
     let (status, answer) = pull_request(&s, &url, "closed", 7, &head_b, false, "pr-7-closed").await;
@@ -200,4 +206,53 @@ async fn pull_requests_get_previews_at_their_own_address_until_they_close_or_idl
     .await;
     assert!(expired["reason"].as_str().unwrap_or_default().contains("ttl_seconds"), "{expired}");
     assert!(s.app_body(&app_url, "/").await.is_some_and(|b| b.contains("main-1")), "the app serves on");
+}
+
+#[tokio::test]
+async fn preview_settings_and_routes_refuse_bad_input_with_a_clear_error() {
+    let mut s = Slipway::start(SlipwayOptions { runners: 0, edge: false, ..Default::default() }).await;
+    let app = s.create_app("pvbad", "https://git.example.com/acme/pvbad.git", SECRET, json!({"previews": {}})).await;
+    let (_, got) = s.get(&format!("/api/v1/apps/{app}")).await;
+    assert_eq!(got["previews"], json!({"enabled": true, "forks": false, "max": 5}), "the defaults: {got}");
+
+    for (body, needle) in [
+        (json!({"previews": {"max": 0}}), "previews.max"),
+        (json!({"previews": {"max": 101}}), "previews.max"),
+        (json!({"previews": {"ttl_seconds": 5}}), "previews.ttl_seconds"),
+        (json!({"previews": {"env": {"BAD-NAME": "x"}}}), "previews.env"),
+        (json!({"previews": {"env": {"BIG": "x".repeat(70_000)}}}), "64 KiB"),
+        (json!({"previews": {"fork": true}}), "unknown field `fork`"),
+        (json!({"previews": {"max": "five"}}), "max"),
+        (json!({"previews": []}), "expected an object"),
+        (json!({"commit_status": {"forge": "sourcehut"}}), "commit_status.forge"),
+    ] {
+        let (status, answer) = s.patch(&format!("/api/v1/apps/{app}"), &body).await;
+        assert!(status == 400 || status == 422, "{body}: {status} {answer}");
+        assert!(answer.to_string().contains(needle), "{body}: `{needle}` in {answer}");
+    }
+    let (status, answer) =
+        s.post("/api/v1/apps", &json!({"name": unique("pr"), "repo_url": "https://git.example.com/a/b.git", "webhook_secret": SECRET, "environment": "pr-3"})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.to_string().contains("kept for pull request previews"), "{answer}");
+
+    for number in ["0", "-1", "abc", "pr-", "99999999999999999999999", "pr-1x"] {
+        let (status, answer) = s.post(&format!("/api/v1/apps/{app}/previews/{number}/close"), &json!({})).await;
+        assert_eq!(status, 400, "{number}: {answer}");
+        assert!(answer.to_string().contains("pull request number"), "{answer}");
+    }
+    let (status, answer) = s.post(&format!("/api/v1/apps/{app}/previews/pr-4/close"), &json!({})).await;
+    assert_eq!(status, 409, "no open preview: {answer}");
+    assert!(answer.to_string().contains("no open preview of #4"), "{answer}");
+    let (status, _) = s.get("/api/v1/apps/nope/previews").await;
+    assert_eq!(status, 404);
+
+    // A token, by PATCH, replaces the sealed one; without one the stored token stays.
+    let body = json!({"commit_status": {"forge": "github", "api_url": "https://api.github.example", "repo": "acme/pvbad", "token": "ghp-token-0123456789"}});
+    let (status, answer) = s.patch(&format!("/api/v1/apps/{app}"), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["app"]["commit_status"]["repo"], "acme/pvbad");
+    assert!(!answer.to_string().contains("ghp-token"), "the token is never answered: {answer}");
+    let sealed =
+        slipway_tests::harness::psql_value(&s.database_url, &format!("SELECT sealed FROM apps WHERE name = '{app}'"));
+    assert!(!sealed.contains("ghp-token") && !sealed.trim().is_empty(), "sealed at rest");
 }
