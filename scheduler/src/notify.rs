@@ -613,19 +613,23 @@ fn status_request(shared: &Shared, app: Uuid, d: &Due, payload: &Value) -> Resul
         (crate::status::Status::Success, Some(url)) => url,
         _ => link,
     };
-    // A preview's status is a check of its own (`slipway/<app>/pr-<n>`): the app's would be
-    // taken for the merged commit's deploy.
-    let (app, environment) =
-        (data["app"].as_str().unwrap_or_default(), data["environment"].as_str().unwrap_or_default());
-    let context = match slipway_proto::preview_number(environment) {
-        Some(_) => format!("slipway/{app}/{environment}"),
-        None => format!("slipway/{app}"),
-    };
+    let context = status_context(data);
     let description = crate::status::description(payload);
     let r = crate::status::request(&settings.0, &token, sha, status, &context, target_url, &description);
     let mut headers = r.headers;
     headers.push(("content-type", "application/json".to_string()));
     Ok(Outgoing { url: r.url, headers, body: serde_json::to_vec(&r.body).unwrap_or_default() })
+}
+
+/// The check a commit status is reported under: `slipway/<app>`, and a preview's its own
+/// (`slipway/<app>/pr-<n>`), which the app's would otherwise take for the merged commit.
+fn status_context(data: &Value) -> String {
+    let (app, environment) =
+        (data["app"].as_str().unwrap_or_default(), data["environment"].as_str().unwrap_or_default());
+    match slipway_proto::preview_number(environment) {
+        Some(_) => format!("slipway/{app}/{environment}"),
+        None => format!("slipway/{app}"),
+    }
 }
 
 /// POSTs `request` to the addresses the outbound guard checked (never following a redirect).
@@ -748,6 +752,23 @@ mod tests {
             app: None,
             events: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_previews_status_and_slack_message_are_its_own() {
+        let data = |env: &str| json!({"app": "shop", "environment": env});
+        assert_eq!(status_context(&data("production")), "slipway/shop");
+        assert_eq!(status_context(&data("pr-12")), "slipway/shop/pr-12");
+        let torn = |event: &str| {
+            let payload = json!({"type": event, "data": {"app": "shop", "environment": "pr-12", "source": "teardown",
+                "error": {"message": "the cluster failed: <b>"}}});
+            slack_message(&payload)["text"].as_str().unwrap_or_default().to_string()
+        };
+        assert_eq!(torn("deploy.completed"), "Slipway: preview *pr-12* of *shop* torn down");
+        assert_eq!(
+            torn("deploy.failed"),
+            "Slipway: preview *pr-12* of *shop* could not be torn down: the cluster failed: &lt;b&gt;"
+        );
     }
 
     #[test]
