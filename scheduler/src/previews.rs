@@ -154,9 +154,11 @@ async fn open(
                 .bind(pull.number as i64)
                 .fetch_one(&shared.pool)
                 .await?;
-        if let Some(id) = recorded {
-            return Ok(Outcome::Deployed(Created::Existing(id)));
-        }
+        // The same head is open: its deployment, or a concurrent delivery that is making it.
+        return Ok(match recorded {
+            Some(id) => Outcome::Deployed(Created::Existing(id)),
+            None => Outcome::Nothing(format!("pr-{} at this head is being recorded by another delivery", pull.number)),
+        });
     }
     let new = NewDeployment {
         environment: Some(&environment),
