@@ -149,6 +149,13 @@ impl PreviewSettings {
     }
 }
 
+/// `POST /api/v1/session`: the dashboard's sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub token: String,
+}
+
 /// One pull request's preview of an app, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preview {

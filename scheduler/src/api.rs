@@ -178,11 +178,19 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/notifications/targets/{name}/test", post(test_target))
         .route("/api/v1/notifications/deliveries", get(list_deliveries))
         .route("/api/v1/queue", get(queue))
+        .route("/api/v1/events", get(crate::dashboard::changes))
         .route("/api/v1/runners", get(runners))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), auth::authenticate));
+    // The dashboard's files and its sign-in are open; what the pages read is not.
+    let dashboard = Router::new()
+        .route("/", get(crate::dashboard::asset))
+        .route("/assets/app.js", get(crate::dashboard::asset))
+        .route("/assets/app.css", get(crate::dashboard::asset))
+        .route("/api/v1/session", post(crate::dashboard::sign_in).delete(crate::dashboard::sign_out));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(dashboard)
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .merge(webhooks)

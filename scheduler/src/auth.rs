@@ -105,20 +105,36 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(Some(token.trim()))
 }
 
-/// The middleware in front of every authenticated route: 401 without a valid token; a viewer
-/// may only read (GET). Handlers check the rest ([`Caller::require`]).
+/// The middleware in front of every authenticated route: 401 without a valid token (a bearer
+/// token, or the dashboard's session cookie); a viewer may only read (GET). A change made with
+/// the cookie must carry [`crate::dashboard::CSRF_HEADER`]. Handlers check the rest
+/// ([`Caller::require`]).
 pub async fn authenticate(
     State(shared): State<Shared>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = bearer(request.headers())?
-        .ok_or_else(|| ApiError::Unauthorized("this route needs `Authorization: Bearer <token>`".into()))?;
+    let reads = request.method() == Method::GET || request.method() == Method::HEAD;
+    let token = match bearer(request.headers())? {
+        Some(token) => token,
+        None => {
+            let token = crate::dashboard::cookie_token(request.headers())
+                .ok_or_else(|| ApiError::Unauthorized("this route needs `Authorization: Bearer <token>`".into()))?;
+            let marked = request.headers().get(crate::dashboard::CSRF_HEADER).is_some_and(|v| v.as_bytes() == b"1");
+            if !reads && !marked {
+                return Err(ApiError::Forbidden(format!(
+                    "a change made with the session cookie needs the {} header",
+                    crate::dashboard::CSRF_HEADER
+                )));
+            }
+            token
+        }
+    };
     if token.len() > 512 {
         return Err(ApiError::Unauthorized("invalid token".into()));
     }
     let caller = lookup(&shared.pool, token).await?.ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
-    if request.method() != Method::GET && request.method() != Method::HEAD && caller.role < Role::Deployer {
+    if !reads && caller.role < Role::Deployer {
         return Err(ApiError::Forbidden(format!("token `{}` is a viewer; it may only read", caller.name)));
     }
     request.extensions_mut().insert(caller);
@@ -158,7 +174,7 @@ impl TokenRow {
 }
 
 /// The live (unrevoked, unexpired) token `token` is, if any; notes its use at most once a minute.
-async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Caller>, ApiError> {
+pub(crate) async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Caller>, ApiError> {
     let row = sqlx::query_as::<_, TokenRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {TOKEN_COLUMNS} FROM api_tokens
          WHERE hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"

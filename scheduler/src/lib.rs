@@ -9,6 +9,7 @@ pub mod applogs;
 pub mod apps;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod deployments;
 pub mod fleet;

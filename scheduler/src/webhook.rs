@@ -383,6 +383,7 @@ const WEBHOOK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// deployments it superseded.
 pub fn announce_queued(shared: &Shared, id: uuid::Uuid, app: &str, sha: &str, superseded: &[Applied]) {
     tracing::info!(deployment_id = %id, app, sha, "deployment queued");
+    shared.live.wake(id);
     for applied in superseded {
         shared.react(applied);
     }
