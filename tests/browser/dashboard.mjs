@@ -4,6 +4,7 @@
 // $SHOTS. Exits non-zero on the first failed check.
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import net from "node:net";
 import { chromium } from "playwright-core";
 
 const env = (name) => {
@@ -71,6 +72,26 @@ async function shot(page, name) {
   await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
 }
 
+// The browser reaches the scheduler through a TCP proxy of this script's, which can cut every
+// connection at once, as a network drop would.
+const sockets = new Set();
+const upstream = new URL(BASE);
+const proxy = net.createServer((client) => {
+  const server = net.connect(Number(upstream.port), upstream.hostname);
+  for (const [a, b] of [[client, server], [server, client]]) {
+    sockets.add(a);
+    a.pipe(b);
+    a.on("error", () => b.destroy());
+    a.on("close", () => {
+      sockets.delete(a);
+      b.destroy();
+    });
+  }
+});
+await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+const UI = `http://127.0.0.1:${proxy.address().port}`;
+const cutConnections = () => sockets.forEach((s) => s.destroy());
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
@@ -80,12 +101,14 @@ try {
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-  page.on("console", (msg) => msg.type() === "error" && !/status of (401|403|409)/.test(msg.text()) && problems.push(`console: ${msg.text()}`));
+  // The refusals the checks ask for, and what the cut connections say.
+  const expected = /status of (401|403|409)|ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_EMPTY_RESPONSE|ERR_CONNECTION_RESET/;
+  page.on("console", (msg) => msg.type() === "error" && !expected.test(msg.text()) && problems.push(`console: ${msg.text()}`));
   page.on("response", (r) => r.status() === 404 && problems.push(`404: ${r.url()}`));
 
   // Sign in: a wrong token is refused; the right one is kept in an HttpOnly, SameSite=Strict
   // cookie, never in the page's storage.
-  await page.goto(BASE);
+  await page.goto(UI);
   await page.getByLabel("API token").waitFor();
   await shot(page, "01-sign-in");
   await page.getByLabel("API token").fill("slw_wrong-token");
@@ -101,7 +124,7 @@ try {
   assert.equal(session.sameSite, "Strict");
   const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }) + document.cookie);
   assert.ok(!stored.includes(ADMIN), "the token is not in the page's storage or readable cookies");
-  const response = await page.goto(BASE);
+  const response = await page.goto(UI);
   const csp = response.headers()["content-security-policy"];
   assert.ok(csp && csp.includes("script-src 'self'") && !csp.includes("unsafe-inline"), csp);
   await page.getByRole("heading", { name: "Apps" }).waitFor();
@@ -140,7 +163,7 @@ try {
   // Time to first render of a deployment page, in a fresh page of the signed-in context.
   const fresh = await context.newPage();
   const started = Date.now();
-  await fresh.goto(`${BASE}/#/deployments/${first}`);
+  await fresh.goto(`${UI}/#/deployments/${first}`);
   await fresh.getByRole("heading", { name: new RegExp(APP) }).waitFor();
   figures.deployment_page_first_render_ms = Date.now() - started;
   await fresh.getByRole("log").locator(".ln").first().waitFor();
@@ -150,7 +173,7 @@ try {
   // A second release, then the rollback button (with a confirmation) rolls back to the first.
   const second = await push(GOOD2);
   assert.equal((await finished(second)).state, "completed");
-  await page.goto(`${BASE}/#/apps/${APP}`);
+  await page.goto(`${UI}/#/apps/${APP}`);
   const rollback = page.getByRole("button", { name: `Roll back ${APP} to v1` });
   await rollback.waitFor();
   await shot(page, "03-app");
@@ -170,15 +193,30 @@ try {
 
   // A failed build: the failed step and its cause are shown, in words and not by colour alone.
   const failing = await push(FAILING);
-  await page.goto(`${BASE}/#/deployments/${failing}`);
+  await page.goto(`${UI}/#/deployments/${failing}`);
   await page.getByRole("alert").filter({ hasText: "Failed at build" }).waitFor({ timeout: 180_000 });
   await page.getByRole("alert").filter({ hasText: "user error" }).waitFor();
   await page.locator(".timeline li.failed").getByText("failed", { exact: true }).waitFor();
   await shot(page, "05-failed");
 
-  // The cancel button stops a running build.
+  // A dropped connection: the log resumes where it was, without a repeat or a gap.
   const slow = await push(SLOW);
-  await page.goto(`${BASE}/#/deployments/${slow}`);
+  await page.goto(`${UI}/#/deployments/${slow}`);
+  const slowLog = page.getByRole("log", { name: "Deployment log" });
+  await slowLog.getByText("tick-3", { exact: false }).first().waitFor({ timeout: 120_000 });
+  cutConnections();
+  await page.getByText("Connection lost; resuming…").waitFor();
+  await slowLog.getByText("tick-30", { exact: false }).first().waitFor({ timeout: 60_000 });
+  await page.getByText("Following the log live.").waitFor();
+  const ids = await slowLog.locator(".ln").evaluateAll((rows) => rows.map((r) => r.id));
+  assert.equal(new Set(ids).size, ids.length, "no line twice");
+  const seqs = ids.map((id) => Number(id.split(".")[1]));
+  seqs.forEach((seq, i) => assert.equal(seq, i + 1, `line ${i + 1} is there, in order: ${ids.join(" ")}`));
+  const ticks = await slowLog.locator(".ln .text").evaluateAll((rows) => rows.map((r) => r.textContent).filter((t) => /^tick-\d+$/.test(t)));
+  ticks.forEach((t, i) => assert.equal(t, `tick-${i + 1}`));
+  await shot(page, "06a-resumed");
+
+  // The cancel button stops a running build.
   await page.locator(".timeline li").filter({ hasText: "build" }).getByText("running").waitFor({ timeout: 120_000 });
   await page.getByRole("button", { name: "Cancel deployment" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Cancel deployment" }).click();
@@ -196,12 +234,12 @@ try {
 
   // A phone's width: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
-  await page.goto(`${BASE}/#/apps/${APP}`);
+  await page.goto(`${UI}/#/apps/${APP}`);
   await page.getByRole("heading", { name: "Releases" }).waitFor();
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `the app page is ${overflow}px wider than a 390px screen`);
   await shot(page, "09-app-390px");
-  await page.goto(`${BASE}/#/deployments/${first}`);
+  await page.goto(`${UI}/#/deployments/${first}`);
   await page.getByText("The deployment ended: completed.").waitFor();
   await shot(page, "10-deployment-390px");
 
@@ -209,15 +247,15 @@ try {
   // without the CSRF header, as another site's form would send it.
   const viewer = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const vpage = await viewer.newPage();
-  await vpage.goto(BASE);
+  await vpage.goto(UI);
   await vpage.getByLabel("API token").fill(VIEWER);
   await vpage.getByRole("button", { name: "Sign in" }).click();
-  await vpage.goto(`${BASE}/#/apps/${APP}`);
+  await vpage.goto(`${UI}/#/apps/${APP}`);
   await vpage.getByRole("heading", { name: "Releases" }).waitFor();
   await vpage.getByText("v1", { exact: true }).first().waitFor();
   assert.equal(await vpage.getByRole("button", { name: /Roll back/ }).count(), 0, "no rollback button for a viewer");
   await shot(vpage, "11-viewer-app");
-  const forged = await context.request.post(`${BASE}/api/v1/apps/${APP}/rollback`, { data: {} });
+  const forged = await context.request.post(`${UI}/api/v1/apps/${APP}/rollback`, { data: {} });
   assert.equal(forged.status(), 403, "a cookie change without the CSRF header");
   await viewer.close();
 
@@ -225,11 +263,22 @@ try {
   await page.setViewportSize({ width: 1280, height: 900 });
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("API token").waitFor();
-  const after = await context.request.get(`${BASE}/api/v1/whoami`);
+  const after = await context.request.get(`${UI}/api/v1/whoami`);
   assert.equal(after.status(), 401);
+
+  // What the browser is sent: every file of the dashboard, gzip-compressed.
+  let shipped = 0;
+  for (const path of ["/", "/assets/app.js", "/assets/app.css"]) {
+    const r = await fetch(`${BASE}${path}`, { headers: { "accept-encoding": "gzip" } });
+    assert.equal(r.headers.get("content-encoding"), "gzip", path);
+    shipped += Number(r.headers.get("content-length"));
+  }
+  figures.dashboard_bytes_gzip = shipped;
 
   assert.deepEqual(problems, [], "no script errors");
   console.log(JSON.stringify({ figures }));
 } finally {
   await browser.close();
+  proxy.close();
+  cutConnections();
 }

@@ -42,7 +42,7 @@ async fn the_dashboard_signs_in_streams_a_deploy_rolls_back_cancels_and_shows_vi
         site(&git, &repo, "v1", &colours),
         site(&git, &repo, "v2", "RUN echo second"),
         site(&git, &repo, "v3", "RUN echo broken build && exit 3"),
-        site(&git, &repo, "v4", "RUN sleep 120"),
+        site(&git, &repo, "v4", "RUN for i in $(seq 1 40); do echo tick-$i; sleep 0.25; done && sleep 120"),
     ];
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dashboard-screenshots");
     std::fs::create_dir_all(shots).expect("screenshot dir");
