@@ -34,6 +34,9 @@ impl Default for BaseImages {
         let pairs = [
             ("node", "node:{version}-bookworm-slim"),
             ("node-run", "node:{version}-bookworm-slim"),
+            // Node.js apps whose package manager is Bun build and run on Bun's image.
+            ("bun", "oven/bun:1-debian"),
+            ("bun-run", "oven/bun:1-debian"),
             ("deno", "denoland/deno:{version}"),
             ("deno-run", "denoland/deno:{version}"),
             ("python", "python:{version}-slim-bookworm"),
@@ -83,8 +86,10 @@ impl BaseImages {
 pub fn generate(plan: &Plan, images: &BaseImages) -> Result<String, GenerateError> {
     let p = plan.provider.as_str();
     let version = plan.version.as_ref().map(|v| v.value.as_str()).unwrap_or("latest");
-    let build_image = images.get(p, version);
-    let mut run_image = images.get(&format!("{p}-run"), version);
+    let pm = plan.package_manager.as_ref().map(|p| p.value.as_str());
+    let role = if plan.provider == Provider::Node && pm == Some("bun") { "bun" } else { p };
+    let build_image = images.get(role, version);
+    let mut run_image = images.get(&format!("{role}-run"), version);
     if let Some(base) = &plan.base_image {
         run_image = base.value.clone();
     }

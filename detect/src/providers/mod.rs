@@ -62,11 +62,25 @@ pub(crate) fn detect(
         plan.start = None;
         return Ok(plan);
     }
-    for (provider, files, detector) in DETECTORS {
+    // Rails and Laravel apps carry a package.json for their assets: the backend is the app.
+    let backend = (tree.file("Gemfile") && tree.file("config/application.rb"))
+        || (tree.file("composer.json") && (tree.file("artisan") || tree.file("bin/console")));
+    let assets_only = forced.is_none() && backend && tree.file("package.json");
+    let order = DETECTORS
+        .iter()
+        .filter(|(p, ..)| assets_only && matches!(p, Provider::Ruby | Provider::Php))
+        .chain(DETECTORS.iter().filter(|(p, ..)| !(assets_only && matches!(p, Provider::Ruby | Provider::Php))));
+    for (provider, files, detector) in order {
         if forced.is_some_and(|f| f != provider.as_str()) {
             continue;
         }
-        if let Some(plan) = detector(tree, app_root)? {
+        if let Some(mut plan) = detector(tree, app_root)? {
+            if assets_only {
+                plan.notes.push(format!(
+                    "package.json is taken for the {} app's assets, not as a Node.js app (slipway.toml `provider = \"node\"` says otherwise)",
+                    plan.provider.as_str()
+                ));
+            }
             return Ok(plan);
         }
         if let Some(f) = forced {
@@ -132,6 +146,7 @@ pub(crate) fn plan(provider: Provider, app_root: &str) -> Plan {
         pre_deploy: None,
         post_deploy: None,
         snapshot_database: None,
+        notes: Vec::new(),
     }
 }
 

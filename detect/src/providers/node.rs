@@ -48,14 +48,22 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         .map(str::to_string)
         .collect();
     let install = match (pm, lockfile.is_some()) {
-        ("npm", true) => "npm ci",
-        ("npm", false) => "npm install",
-        ("yarn", _) if tree.file(".yarnrc.yml") || is_berry_lock(tree)? => "yarn install --immutable",
-        ("yarn", _) => "yarn install --frozen-lockfile",
-        ("pnpm", _) => "pnpm install --frozen-lockfile",
-        _ => "bun install --frozen-lockfile",
+        ("npm", true) => "npm ci".to_string(),
+        ("yarn", true) if tree.file(".yarnrc.yml") || is_berry_lock(tree)? => "yarn install --immutable".to_string(),
+        ("yarn", true) => "yarn install --frozen-lockfile".to_string(),
+        (pm, true) => format!("{pm} install --frozen-lockfile"),
+        // No lockfile to hold the install to.
+        (pm, false) => format!("{pm} install"),
     };
-    p.install = Some(Fact::new(install.to_string(), &[lockfile.unwrap_or("package.json")]));
+    if lockfile == Some("package-lock.json")
+        && let Some(stale) = stale_lock(tree, &pkg)?
+    {
+        // `npm ci` refuses such a lockfile; installing anyway would deploy what nobody tested.
+        p.notes.push(format!(
+            "package-lock.json is out of sync with package.json ({stale}): `npm ci` will fail; run `npm install` and commit the lockfile"
+        ));
+    }
+    p.install = Some(Fact::new(install, &[lockfile.unwrap_or("package.json")]));
     let run = |s: &str| {
         if pm == "npm" { format!("npm run {s}") } else { format!("{pm} run {s}") }
     };
@@ -66,17 +74,140 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         p.test = Some(Fact::new(if pm == "npm" { "npm test".into() } else { format!("{pm} test") }, &["package.json"]));
     }
 
-    if has_dep("next") {
-        p.framework = Some(Fact::new("next".into(), &["package.json"]));
-        p.start = Some(Fact::new(
-            script("start").map(|_| run("start")).unwrap_or_else(|| "npx next start -p $PORT".into()),
-            &["package.json"],
+    // A start script that runs a development server is never what production runs.
+    let start_script = script("start").filter(|s| !is_dev_server(s));
+    if script("start").is_some() && start_script.is_none() {
+        p.notes.push(format!(
+            "the start script `{}` runs a development server; not used in production",
+            script("start").unwrap_or_default()
         ));
-        p.port = Fact::new(3000, &["package.json"]);
+    }
+    let config = |files: &[&'static str]| -> Result<Option<(String, &'static str)>, DetectError> {
+        for file in files {
+            if let Some(text) = tree.read(file)? {
+                return Ok(Some((text, *file)));
+            }
+        }
+        Ok(None)
+    };
+    let says = |text: &str, key: &str, value: &str| {
+        text.lines().any(|l| {
+            let l: String = l.split("//").next().unwrap_or("").chars().filter(|c| !c.is_whitespace()).collect();
+            l.contains(&format!("{key}:\"{value}\"")) || l.contains(&format!("{key}:'{value}'"))
+        })
+    };
+    let framework = |p: &mut Plan, name: &str, from: &[&str]| p.framework = Some(Fact::new(name.to_string(), from));
+    let serve = |p: &mut Plan, command: String, from: &[&str]| {
+        p.start = Some(Fact::new(start_script.as_ref().map(|_| run("start")).unwrap_or(command), from))
+    };
+    let static_site = |p: &mut Plan, dir: &str, from: &[&str]| {
+        p.static_dir = Some(Fact::new(dir.to_string(), from));
+        p.start = None;
+    };
+
+    if has_dep("next") {
+        framework(&mut p, "next", &["package.json"]);
+        let next_config = config(&["next.config.js", "next.config.mjs", "next.config.cjs", "next.config.ts"])?;
+        match next_config {
+            Some((text, file)) if says(&text, "output", "export") => {
+                // `next start` cannot serve an export: its `out` directory is the site.
+                static_site(&mut p, "out", &["package.json", file]);
+                return Ok(Some(p));
+            }
+            _ => {
+                serve(&mut p, "npx next start -p $PORT".into(), &["package.json"]);
+                p.port = Fact::new(3000, &["package.json"]);
+                return Ok(Some(p));
+            }
+        }
+    }
+    if has_dep("nuxt") {
+        framework(&mut p, "nuxt", &["package.json"]);
+        if p.build.is_none() {
+            p.build = Some(Fact::new("npx nuxt build".into(), &["package.json"]));
+        }
+        serve(&mut p, "node .output/server/index.mjs".into(), &["package.json"]);
+        p.env.insert("HOST".into(), "0.0.0.0".into());
+        p.env.insert("NITRO_HOST".into(), "0.0.0.0".into());
         return Ok(Some(p));
     }
-    if script("start").is_some() {
+    if has_dep("@tanstack/react-start") || has_dep("@tanstack/start") || has_dep("@tanstack/solid-start") {
+        framework(&mut p, "tanstack-start", &["package.json"]);
+        serve(&mut p, "node .output/server/index.mjs".into(), &["package.json"]);
+        return Ok(Some(p));
+    }
+    if has_dep("@sveltejs/kit") {
+        framework(&mut p, "sveltekit", &["package.json"]);
+        let adapter = ["@sveltejs/adapter-node", "@sveltejs/adapter-static"].into_iter().find(|a| has_dep(a));
+        match adapter {
+            Some("@sveltejs/adapter-static") => static_site(&mut p, "build", &["package.json"]),
+            Some(_) => {
+                serve(&mut p, "node build".into(), &["package.json"]);
+                p.env.insert("HOST".into(), "0.0.0.0".into());
+            }
+            None => {
+                p.notes.push(
+                    "SvelteKit without @sveltejs/adapter-node or adapter-static cannot run in a container: \
+                     add adapter-node (a server) or adapter-static (a static site)"
+                        .into(),
+                );
+                serve(&mut p, "node build".into(), &["package.json"]);
+            }
+        }
+        return Ok(Some(p));
+    }
+    let react_router = has_dep("@react-router/dev") || has_dep("@remix-run/dev");
+    if react_router {
+        let name = if has_dep("@react-router/dev") { "react-router" } else { "remix" };
+        framework(&mut p, name, &["package.json"]);
+        let command = match name {
+            "react-router" => "npx react-router-serve ./build/server/index.js",
+            _ if has_dep("vite") => "npx remix-serve ./build/server/index.js",
+            _ => "npx remix-serve ./build/index.js",
+        };
+        serve(&mut p, command.into(), &["package.json"]);
+        return Ok(Some(p));
+    }
+    if has_dep("astro") {
+        framework(&mut p, "astro", &["package.json"]);
+        if has_dep("@astrojs/node") {
+            serve(&mut p, "node ./dist/server/entry.mjs".into(), &["package.json"]);
+            p.env.insert("HOST".into(), "0.0.0.0".into());
+        } else {
+            static_site(&mut p, "dist", &["package.json"]);
+        }
+        return Ok(Some(p));
+    }
+    if has_dep("@angular/core") {
+        framework(&mut p, "angular", &["package.json"]);
+        let angular = read_json(tree, "angular.json")?;
+        let (project, out, from) = angular_output(angular.as_ref());
+        let from: &[&str] = if from { &["package.json", "angular.json"] } else { &["package.json"] };
+        if has_dep("@angular/ssr") || has_dep("@nguniversal/express-engine") {
+            serve(&mut p, format!("node {out}/server/server.mjs"), from);
+        } else {
+            // The application builder (Angular 17+) writes the site to `browser/`.
+            let dir = if angular.is_some() && !application_builder(angular.as_ref(), &project) {
+                out
+            } else {
+                format!("{out}/browser")
+            };
+            static_site(&mut p, &dir, from);
+        }
+        return Ok(Some(p));
+    }
+    if has_dep("expo") && (has_dep("react-native-web") || has_dep("react-dom")) {
+        framework(&mut p, "expo", &["package.json"]);
+        p.build = Some(Fact::new("npx expo export --platform web".into(), &["package.json"]));
+        static_site(&mut p, "dist", &["package.json"]);
+        return Ok(Some(p));
+    }
+    if start_script.is_some() {
         p.start = Some(Fact::new(run("start"), &["package.json"]));
+    }
+    // NestJS's `start` runs through the CLI; its production start is `start:prod`.
+    if has_dep("@nestjs/core") && script("start:prod").is_some() {
+        p.start = Some(Fact::new(run("start:prod"), &["package.json"]));
     }
     for (framework, dir) in STATIC_OUTPUT {
         if has_dep(framework) && p.start.is_none() {
@@ -96,12 +227,80 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     }
     if p.start.is_none() {
         let main = pkg.get("main").and_then(Value::as_str).filter(|m| tree.file(m));
-        let entry = main.or_else(|| tree.first_file(&["server.js", "index.js", "app.js", "main.js"]));
-        if let Some(entry) = entry {
-            p.start = Some(Fact::new(format!("node {entry}"), &["package.json", entry]));
+        let module = pkg.get("module").and_then(Value::as_str).filter(|m| tree.file(m));
+        let entry = main.or(module).or_else(|| tree.first_file(&["server.js", "index.js", "app.js", "main.js"]));
+        let ts_entry = entry
+            .filter(|e| e.ends_with(".ts"))
+            .or_else(|| tree.first_file(&["index.ts", "src/index.ts", "server.ts"]));
+        match (entry.filter(|e| !e.ends_with(".ts")), ts_entry) {
+            (Some(entry), _) => p.start = Some(Fact::new(format!("node {entry}"), &["package.json", entry])),
+            // Bun runs TypeScript as it is.
+            (None, Some(entry)) if pm == "bun" => {
+                p.start = Some(Fact::new(format!("bun run {entry}"), &["package.json", entry]))
+            }
+            (None, Some(entry)) => {
+                p.notes.push(format!("{entry} is TypeScript: add a build and a start script (or use Bun) to run it"))
+            }
+            (None, None) => {}
         }
     }
     Ok(Some(p))
+}
+
+/// Whether a script starts a development server (`react-scripts start`, `ng serve`, `vite`,
+/// `next dev`, `expo start` ...), by its first command.
+fn is_dev_server(script: &str) -> bool {
+    let first = script.split("&&").next().unwrap_or(script);
+    let words: Vec<&str> = first.split_whitespace().filter(|w| !w.contains('=')).collect();
+    let (tool, verb) = (words.first().copied().unwrap_or(""), words.get(1).copied().unwrap_or(""));
+    let tool = tool.trim_start_matches("npx").trim();
+    let tool = if tool.is_empty() { verb } else { tool };
+    matches!(
+        (tool, verb),
+        ("react-scripts", "start")
+            | ("ng", "serve")
+            | ("expo", "start")
+            | ("next", "dev")
+            | ("nuxt" | "nuxi", "dev")
+            | ("webpack", "serve")
+            | ("webpack-dev-server", _)
+            | ("vue-cli-service", "serve")
+            | ("gatsby", "develop")
+            | ("astro", "dev")
+            | ("remix" | "react-router", "dev")
+            | ("vite", "" | "dev" | "serve" | "--host" | "--port")
+            | ("parcel", "" | "serve")
+    ) || (tool == "parcel" && verb.ends_with(".html"))
+}
+
+/// The default project's name and output directory in `angular.json`, and whether it was read.
+fn angular_output(angular: Option<&Value>) -> (String, String, bool) {
+    let Some(angular) = angular else { return (String::new(), "dist".into(), false) };
+    let projects = angular.get("projects").and_then(Value::as_object);
+    let project = angular
+        .get("defaultProject")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| projects.and_then(|p| p.keys().next().cloned()))
+        .unwrap_or_default();
+    let options = projects.and_then(|p| p.get(&project)).and_then(|p| p.pointer("/architect/build/options"));
+    let out = options
+        .and_then(|o| o.get("outputPath"))
+        .and_then(|o| o.as_str().or_else(|| o.get("base").and_then(Value::as_str)))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("dist/{project}"));
+    (project, out, true)
+}
+
+/// Whether the project builds with Angular's application builder (17+), which writes `browser/`.
+fn application_builder(angular: Option<&Value>, project: &str) -> bool {
+    let builder = angular
+        .and_then(|a| a.get("projects"))
+        .and_then(|p| p.get(project))
+        .and_then(|p| p.pointer("/architect/build/builder"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    builder.ends_with(":application")
 }
 
 fn workspaces(pkg: &Value) -> Option<Vec<String>> {
@@ -149,6 +348,21 @@ fn package_manager(tree: &Tree, pkg: &Value) -> (&'static str, &'static str) {
             return (pm, file);
         }
     }
+    // No lockfile: `engines` naming a package manager, then the scripts' own commands.
+    let engines = pkg.get("engines").and_then(Value::as_object);
+    for name in ["pnpm", "bun", "yarn"] {
+        if engines.is_some_and(|e| e.contains_key(name)) {
+            return (name, "package.json");
+        }
+    }
+    let scripts = pkg.get("scripts").and_then(Value::as_object);
+    let commands: Vec<&str> = scripts.into_iter().flatten().filter_map(|(_, v)| v.as_str()).collect();
+    for name in ["bun", "pnpm"] {
+        let runs = |c: &&str| c.split("&&").any(|part| part.split_whitespace().next() == Some(name));
+        if commands.iter().any(runs) {
+            return (name, "package.json");
+        }
+    }
     ("npm", "default")
 }
 
@@ -160,6 +374,22 @@ fn lockfile(tree: &Tree, pm: &str) -> Option<&'static str> {
         _ => &["package-lock.json", "npm-shrinkwrap.json"],
     };
     tree.first_file(candidates)
+}
+
+/// The first dependency package.json names that package-lock.json records otherwise (or not).
+fn stale_lock(tree: &Tree, pkg: &Value) -> Result<Option<String>, DetectError> {
+    let Ok(Some(lock)) = read_json(tree, "package-lock.json") else { return Ok(None) };
+    let Some(root) = lock.pointer("/packages/").filter(|r| r.is_object()) else { return Ok(None) };
+    for table in ["dependencies", "devDependencies", "optionalDependencies"] {
+        for (name, spec) in pkg.get(table).and_then(Value::as_object).into_iter().flatten() {
+            match root.get(table).and_then(|t| t.get(name)) {
+                Some(locked) if locked == spec => {}
+                Some(locked) => return Ok(Some(format!("{name} is {spec} in package.json, {locked} in the lockfile"))),
+                None => return Ok(Some(format!("{name} is not in the lockfile"))),
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn is_berry_lock(tree: &Tree) -> Result<bool, DetectError> {

@@ -50,7 +50,16 @@ pub(super) fn ruby(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
         Some(Fact::new("bundle config set --local without 'development test' && bundle install".into(), &["Gemfile"]));
     if gem("rails") || tree.file("config/application.rb") {
         p.framework = Some(Fact::new("rails".into(), &["Gemfile"]));
-        p.build = Some(Fact::new("bundle exec rails assets:precompile".into(), &["Gemfile"]));
+        let application = tree.read("config/application.rb")?.unwrap_or_default();
+        let api_only = application.lines().any(|l| {
+            let l: String = l.split('#').next().unwrap_or("").chars().filter(|c| !c.is_whitespace()).collect();
+            l == "config.api_only=true"
+        });
+        if api_only {
+            p.notes.push("an API-only Rails app (config.api_only = true): no assets to precompile".into());
+        } else {
+            p.build = Some(Fact::new("bundle exec rails assets:precompile".into(), &["Gemfile"]));
+        }
         p.start = Some(Fact::new("bundle exec rails server -b 0.0.0.0 -p $PORT".into(), &["Gemfile"]));
         p.env.insert("RAILS_ENV".into(), "production".into());
         p.test = Some(Fact::new("bundle exec rails test".into(), &["Gemfile"]));
