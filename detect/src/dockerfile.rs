@@ -55,7 +55,8 @@ impl Default for BaseImages {
             ("dotnet-run", "mcr.microsoft.com/dotnet/aspnet:{version}"),
             ("elixir", "elixir:{version}"),
             ("elixir-run", "debian:bookworm-slim"),
-            ("static-run", "busybox:stable"),
+            // A small production web server: SPA fallback, content types, cache headers, gzip.
+            ("static-run", "caddy:2-alpine"),
         ];
         Self(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
@@ -184,6 +185,40 @@ fn stage_env(plan: &Plan, final_stage: bool) -> BTreeMap<String, String> {
     env
 }
 
+/// Frameworks whose output is a single-page app: a path that is no file is the app's route,
+/// answered with `index.html`.
+const SPA_FRAMEWORKS: &[&str] = &["vite", "react-scripts", "angular", "expo", "@vue/cli-service"];
+
+/// The Caddyfile of a static site: files from `/www` with their content types, gzip, `no-cache`
+/// on HTML and a year, immutable, on fingerprinted assets (a hash in the name, or the build
+/// tools' asset directories); a single-page app's unknown paths get `index.html`, any other
+/// site's a 404 (its `404.html` when it has one).
+pub fn static_server_config(plan: &Plan) -> String {
+    let spa = plan.framework.as_ref().is_some_and(|f| SPA_FRAMEWORKS.contains(&f.value.as_str()));
+    let fallback = if spa {
+        "\ttry_files {path} {path}/ /index.html"
+    } else {
+        "\ttry_files {path} {path}/ {path}.html\n\thandle_errors {\n\t\t@missing file /404.html\n\t\trewrite @missing /404.html\n\t\tfile_server\n\t}"
+    };
+    [
+        "{",
+        "\tadmin off",
+        "\tauto_https off",
+        "}",
+        ":{$PORT} {",
+        "\troot * /www",
+        "\tencode gzip",
+        "\t@immutable path_regexp immutable (\\.[0-9a-fA-F]{8,}\\.|[.-][A-Za-z0-9_]{8}\\.(js|mjs|css|woff2?)$|^/_next/static/|^/static/(js|css|media)/)",
+        "\theader @immutable Cache-Control \"public, max-age=31536000, immutable\"",
+        "\t@html path / *.html */",
+        "\theader @html Cache-Control \"no-cache\"",
+        fallback,
+        "\tfile_server",
+        "}",
+    ]
+    .join("\n")
+}
+
 /// What must be installed before the plan's install command (package managers not in the image).
 fn bootstrap(plan: &Plan) -> String {
     let pm = plan.package_manager.as_ref().map(|p| p.value.as_str()).unwrap_or("");
@@ -237,11 +272,24 @@ impl Dockerfile {
         }
     }
 
+    /// The static site's server: Caddy with the site in `/www` (see [`static_server_config`]).
     fn finish_static(mut self, plan: &Plan) -> String {
         let port = plan.port.value.to_string();
+        let env = BTreeMap::from([
+            ("PORT".to_string(), port.clone()),
+            // Caddy keeps its state under these; the app user can write only /tmp.
+            ("XDG_CONFIG_HOME".to_string(), "/tmp".to_string()),
+            ("XDG_DATA_HOME".to_string(), "/tmp".to_string()),
+        ]);
+        self.env(&env);
+        let lines: Vec<String> = static_server_config(plan).lines().map(|l| format!("'{l}'")).collect();
+        self.run(&format!("mkdir -p /etc/slipway && printf '%s\\n' {} > /etc/slipway/Caddyfile", lines.join(" ")));
         self.line(&format!("USER {APP_UID}:{APP_UID}"));
         self.line(&format!("EXPOSE {port}"));
-        self.line(&format!("CMD {}", json(&["httpd", "-f", "-v", "-p", &port, "-h", "/www"])));
+        self.line(&format!(
+            "CMD {}",
+            json(&["caddy", "run", "--config", "/etc/slipway/Caddyfile", "--adapter", "caddyfile"])
+        ));
         self.text
     }
 }

@@ -13,7 +13,7 @@ const SECRET: &str = "lifecycle-secret-0123456789";
 const FINISH: Duration = Duration::from_secs(120);
 /// A cancelled step must end well before the work it stopped would have.
 const STOPPED: Duration = Duration::from_secs(30);
-const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/caddy:2";
 
 fn dockerfile(run: &str, cmd: &str) -> Vec<(String, Vec<u8>)> {
     vec![

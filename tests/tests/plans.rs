@@ -11,7 +11,7 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "plans-secret-0123456789";
 const FINISH: Duration = Duration::from_secs(120);
-const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/caddy:2";
 
 async fn installation() -> Slipway {
     Slipway::start(SlipwayOptions {
@@ -70,16 +70,74 @@ async fn a_static_site_without_a_dockerfile_is_built_and_answers() {
     s.create_app("static", &url, SECRET, json!({"port": 8080})).await;
     let marker = unique("static-page");
     let page = format!("<h1>{marker}</h1>\n");
-    let sha = git.commit(&repo, "site", &[Entry::File("index.html", page.as_bytes()), Entry::File("healthz", b"ok\n")]);
+    let files = [
+        Entry::File("index.html", page.as_bytes()),
+        Entry::File("healthz", b"ok\n"),
+        Entry::File("404.html", b"<p>custom not found</p>\n"),
+        Entry::File("assets/site.3f9a1c2b.css", b"body { color: #123; }\n"),
+    ];
+    let sha = git.commit(&repo, "site", &files);
     let d = deploy(&s, &url, &sha).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
     assert_eq!(step_status(&d, "test"), "skipped", "no test command is reported as skipped");
     let body = s.app_body(d["url"].as_str().expect("url"), "/").await.expect("answers");
     assert!(body.contains(&marker));
+    // A production server: content types, a real 404 for a page that is not there, no-cache
+    // on HTML and a year on fingerprinted assets.
+    let url = d["url"].as_str().expect("url");
+    let get = |path: &'static str| {
+        let client = reqwest::Client::new();
+        slipway_tests::harness::app_request(&client, url, path).send()
+    };
+    let css = get("/assets/site.3f9a1c2b.css").await.expect("answers");
+    assert_eq!(css.status(), 200);
+    assert!(css.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/css"), "{:?}", css.headers());
+    assert_eq!(css.headers()["cache-control"], "public, max-age=31536000, immutable");
+    let page = get("/").await.expect("answers");
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    assert!(page.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/html"));
+    let missing = get("/no/such/page").await.expect("answers");
+    assert_eq!(missing.status(), 404, "not a single-page app: no fallback");
+    assert!(missing.text().await.unwrap_or_default().contains("custom not found"), "its own 404.html");
     let lines = s.log_lines(d["id"].as_str().expect("id"), None).await;
     assert!(lines.iter().any(|(_, l)| l == "plan: provider static in ."), "the plan is in the log");
     assert!(lines.iter().any(|(_, l)| l.contains("USER 10001:10001")), "the generated Dockerfile is in the log");
     assert!(lines.iter().any(|(_, l)| l.starts_with("no test command found; skipped")));
+}
+
+#[tokio::test]
+async fn a_single_page_app_answers_its_client_routes_with_its_index() {
+    let git = GitServer::start();
+    let mut s = installation().await;
+    let repo = unique("spa");
+    let url = git.url(&repo);
+    s.create_app("spa", &url, SECRET, json!({"port": 8080, "health_path": "/"})).await;
+    let marker = unique("spa-shell");
+    let page = format!("<div id=app>{marker}</div>\n");
+    // A Vite app whose build copies its pages (the toolchain is not here; busybox stands in).
+    let package =
+        format!(r#"{{"name":"{repo}","devDependencies":{{"vite":"^5.4.0"}},"scripts":{{"build":"vite build"}}}}"#);
+    let toml = "install = \"true\"\nbuild = \"mkdir -p dist && cp -r site/. dist/\"\n";
+    let files = [
+        Entry::File("package.json", package.as_bytes()),
+        Entry::File("slipway.toml", toml.as_bytes()),
+        Entry::File("site/index.html", page.as_bytes()),
+        Entry::File("site/assets/index-B2x9kQ1f.js", b"console.log('app');\n"),
+    ];
+    let sha = git.commit(&repo, "spa", &files);
+    let d = deploy(&s, &url, &sha).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
+    let url = d["url"].as_str().expect("url").to_string();
+    for route in ["/", "/settings/profile", "/orders/42"] {
+        let client = reqwest::Client::new();
+        let answer = slipway_tests::harness::app_request(&client, &url, route).send().await.expect("answers");
+        assert_eq!(answer.status(), 200, "{route}");
+        assert!(answer.text().await.unwrap_or_default().contains(&marker), "{route} is the app's shell");
+    }
+    let client = reqwest::Client::new();
+    let js = slipway_tests::harness::app_request(&client, &url, "/assets/index-B2x9kQ1f.js").send().await.expect("js");
+    assert!(js.headers()["content-type"].to_str().unwrap_or_default().contains("javascript"), "{:?}", js.headers());
+    assert_eq!(js.headers()["cache-control"], "public, max-age=31536000, immutable");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "robustness-secret-0123456789";
 const FINISH: Duration = Duration::from_secs(180);
-const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/busybox:1";
+const BASES: &str = "node=slipway/busybox:1,node-run=slipway/busybox:1,static-run=slipway/caddy:2";
 
 async fn push(s: &Slipway, url: &str, sha: &str) -> String {
     let (status, answer) = s.push(url, sha, SECRET, &unique("delivery")).await;
