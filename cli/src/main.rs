@@ -147,6 +147,9 @@ enum Command {
         /// Plan a build even when the repository has a Dockerfile.
         #[arg(long)]
         ignore_dockerfile: bool,
+        /// Print the Dockerfile the runner would generate (base images from SLIPWAY_BASE_IMAGES).
+        #[arg(long)]
+        dockerfile: bool,
     },
     /// Render the Kubernetes manifests of an app and an image, offline, for review and diff.
     Manifests(Box<ManifestsArgs>),
@@ -681,9 +684,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token: api::Token = online()?.delete(&format!("/api/v1/tokens/{name}")).await?;
             println!("revoked token `{}`", token.name);
         }
-        Command::Detect { dir, app_root, ignore_dockerfile } => {
+        Command::Detect { dir, app_root, ignore_dockerfile, dockerfile } => {
             let plan = slipway_detect::detect(&dir, &slipway_detect::Options { app_root, ignore_dockerfile })?;
-            if cli.json {
+            if dockerfile {
+                if plan.provider == slipway_detect::Provider::Dockerfile {
+                    bail!("the repository has its own Dockerfile (--ignore-dockerfile plans one instead)");
+                }
+                let overrides = std::env::var("SLIPWAY_BASE_IMAGES").unwrap_or_default();
+                let images = slipway_detect::dockerfile::BaseImages::with_overrides(&overrides)?;
+                print!("{}", slipway_detect::dockerfile::generate(&plan, &images)?);
+            } else if cli.json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print_plan(&serde_json::to_value(&plan)?);
@@ -1317,6 +1327,9 @@ fn print_plan(plan: &Value) {
         for (k, v) in env {
             println!("{:<16} {k}={}", "env", v.as_str().unwrap_or_default());
         }
+    }
+    for note in plan["notes"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        println!("{:<16} {note}", "note");
     }
 }
 
