@@ -146,6 +146,9 @@ fn each_class_found_gets_the_production_plan() {
         // The package manager the project says, without a lockfile.
         ("node-engines-pnpm", "node", Some("fastify"), Some("pnpm run start"), None),
         ("node-bun-scripts", "node", None, Some("bun run start"), None),
+        // Not recognised before.
+        ("go-no-mod", "go", None, Some("/app/app"), None),
+        ("go-work", "go", None, Some("/app/app"), None),
         // Languages misread: the backend, not its assets' package.json.
         ("ruby-rails-assets", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
         ("php-laravel-vite", "php", Some("laravel"), None, None),

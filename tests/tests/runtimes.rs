@@ -64,6 +64,41 @@ async fn a_node_app_without_a_dockerfile_builds_tests_and_answers() {
     assert_eq!(body, marker);
 }
 
+/// A Go app's files with `main.go` answering `marker`, at `dir`.
+fn go_main(marker: &str, import: &str, body: &str) -> String {
+    format!(
+        "package main\n\nimport (\n\t\"net/http\"\n\t\"os\"\n{import})\n\n\
+         func main() {{\n\thttp.HandleFunc(\"/\", func(w http.ResponseWriter, r *http.Request) {{ w.Write([]byte({body} + \"{marker}\")) }})\n\
+         \thttp.ListenAndServe(\":\"+os.Getenv(\"PORT\"), nil)\n}}\n"
+    )
+}
+
+#[tokio::test]
+async fn go_without_a_go_mod_and_a_go_work_workspace_are_recognised_built_and_answer() {
+    // Found unrecognised before: a main package without go.mod, and a workspace whose root is
+    // no module (reported as several apps).
+    let marker = unique("go-bare");
+    let files = [("main.go", go_main(&marker, "", "\"\""))];
+    let (d, log, s) = build_and_deploy("gobare", &files).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}\n{}", log.join("\n"), s.dump());
+    assert_eq!(s.app_body(d["url"].as_str().expect("url"), "/").await.as_deref(), Some(marker.as_str()));
+    drop(s);
+
+    let marker = unique("go-work");
+    let files = [
+        ("go.work", "go 1.19\n\nuse (\n\t./svc/api\n\t./lib/util\n)\n".to_string()),
+        ("svc/api/go.mod", "module example.com/api\n\ngo 1.19\n".to_string()),
+        ("svc/api/main.go", go_main(&marker, "\n\t\"example.com/util\"\n", "util.Greeting()")),
+        ("lib/util/go.mod", "module example.com/util\n\ngo 1.19\n".to_string()),
+        ("lib/util/util.go", "package util\n\nfunc Greeting() string { return \"workspace:\" }\n".to_string()),
+    ];
+    let (d, log, s) = build_and_deploy("gowork", &files).await;
+    assert_eq!(d["state"], "completed", "{d}\n{}\n{}", log.join("\n"), s.dump());
+    assert!(log.iter().any(|l| l.contains("go build -trimpath -o /out/app ./svc/api")), "{log:#?}");
+    let body = s.app_body(d["url"].as_str().expect("url"), "/").await;
+    assert_eq!(body, Some(format!("workspace:{marker}")), "the workspace's library is linked in");
+}
+
 #[tokio::test]
 async fn a_python_script_with_only_a_version_file_is_recognised_built_and_answers() {
     // Found unrecognised before: no requirements.txt, pyproject.toml or Pipfile at all.

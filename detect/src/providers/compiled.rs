@@ -4,9 +4,64 @@
 use super::{directive, plan, read_toml};
 use crate::{DetectError, Fact, Plan, Provider, Tree};
 
+/// Whether `dir` (`.` for the root) holds a Go file of `package main`.
+fn main_package(tree: &Tree, dir: &str) -> bool {
+    tree.list(dir, |n, d| !d && n.ends_with(".go") && !n.ends_with("_test.go")).iter().any(|f| {
+        let path = if dir == "." { f.clone() } else { format!("{dir}/{f}") };
+        tree.read(&path).ok().flatten().is_some_and(|t| t.lines().any(|l| l.trim() == "package main"))
+    })
+}
+
+/// The modules a `go.work` uses (`use ./svc`, or a `use ( ... )` block).
+fn work_modules(gowork: &str) -> Vec<String> {
+    let mut modules = Vec::new();
+    let mut block = false;
+    for line in gowork.lines().map(|l| l.split("//").next().unwrap_or("").trim()) {
+        let entry = match (block, line) {
+            (true, ")") => {
+                block = false;
+                continue;
+            }
+            (true, entry) => entry,
+            (false, "use (") => {
+                block = true;
+                continue;
+            }
+            (false, l) => match l.strip_prefix("use ") {
+                Some(entry) => entry.trim(),
+                None => continue,
+            },
+        };
+        let entry = entry.trim_matches('"').trim_start_matches("./").trim_end_matches('/');
+        if !entry.is_empty() {
+            modules.push(if entry == "." { ".".into() } else { entry.to_string() });
+        }
+    }
+    modules
+}
+
 pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    if !tree.file("go.mod")
+        && let Some(gowork) = tree.read("go.work")?
+    {
+        return go_workspace(tree, app_root, &gowork).map(Some);
+    }
     let Some(gomod) = tree.read("go.mod")? else {
-        return Ok(None);
+        // A main package without go.mod: built as module `app`.
+        if !main_package(tree, ".") {
+            return Ok(None);
+        }
+        let mut p = plan(Provider::Go, app_root);
+        p.version = Some(Fact::default_value("1.23".into()));
+        p.notes.push(
+            "no go.mod: built as module `app` (go mod init); commit a go.mod and go.sum to pin dependencies".into(),
+        );
+        let build = "test -f go.mod || (go mod init app && go mod tidy); go build -trimpath -o /out/app .";
+        p.build = Some(Fact::new(build.into(), &["package main"]));
+        p.artifact = Some(Fact::new("/out/app".into(), &["package main"]));
+        p.start = Some(Fact::new("/app/app".into(), &["package main"]));
+        p.test = Some(Fact::new("go test ./...".into(), &["package main"]));
+        return Ok(Some(p));
     };
     let Some(module) = directive(&gomod, "module") else {
         return Err(DetectError::Invalid { file: "go.mod".into(), message: "has no `module` line".into() });
@@ -53,6 +108,58 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
     p.start = Some(Fact::new("/app/app".into(), &["go.mod"]));
     p.test = Some(Fact::new("go test ./...".into(), &["go.mod"]));
     Ok(Some(p))
+}
+
+/// A `go.work` workspace without a module at its root: the one module with a main package (at
+/// its root or its one `cmd/*`) is the app; several are reported.
+fn go_workspace(tree: &Tree, app_root: &str, gowork: &str) -> Result<Plan, DetectError> {
+    let modules = work_modules(gowork);
+    if modules.is_empty() {
+        return Err(DetectError::Invalid { file: "go.work".into(), message: "uses no module".into() });
+    }
+    let mut mains = Vec::new();
+    for module in &modules {
+        if main_package(tree, module) {
+            mains.push(module.clone());
+        } else if let [one] = tree.list(&format!("{module}/cmd"), |_, d| d).as_slice() {
+            mains.push(format!("{module}/cmd/{one}"));
+        }
+    }
+    let package = match mains.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(DetectError::Invalid {
+                file: "go.work".into(),
+                message: format!("none of its modules ({}) has a main package", modules.join(", ")),
+            });
+        }
+        several => {
+            return Err(DetectError::SeveralApps {
+                root: app_root.into(),
+                apps: format!("{} (set `build` in slipway.toml)", several.join(", ")),
+            });
+        }
+    };
+    let mut p = plan(Provider::Go, app_root);
+    p.version = Some(match directive(gowork, "go") {
+        Some(v) => Fact::new(v.split('.').take(2).collect::<Vec<_>>().join("."), &["go.work"]),
+        None => Fact::default_value("1.23".into()),
+    });
+    let mut deps = vec!["go.work".to_string(), "go.work.sum".to_string()];
+    for module in &modules {
+        let dir = if module == "." { String::new() } else { format!("{module}/") };
+        deps.push(format!("{dir}go.mod"));
+        deps.push(format!("{dir}go.sum"));
+    }
+    p.dependency_files = deps.into_iter().filter(|f| tree.file(f)).collect();
+    p.install = Some(Fact::new("go mod download".into(), &["go.work"]));
+    p.build = Some(Fact::new(format!("go build -trimpath -o /out/app ./{package}"), &["go.work", "package main"]));
+    p.artifact = Some(Fact::new("/out/app".into(), &["go.work"]));
+    p.start = Some(Fact::new("/app/app".into(), &["go.work"]));
+    let tests: Vec<String> =
+        modules.iter().map(|m| if m == "." { "./...".into() } else { format!("./{m}/...") }).collect();
+    p.test = Some(Fact::new(format!("go test {}", tests.join(" ")), &["go.work"]));
+    Ok(p)
 }
 
 pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
