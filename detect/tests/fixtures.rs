@@ -149,6 +149,11 @@ fn each_class_found_gets_the_production_plan() {
         // Not recognised before.
         ("go-no-mod", "go", None, Some("/app/app"), None),
         ("go-work", "go", None, Some("/app/app"), None),
+        ("deno-ts-only", "deno", None, Some("deno run --allow-net --allow-env --allow-read main.ts"), None),
+        ("deno-jsonc-comments", "deno", None, Some("deno task start"), None),
+        ("static-staticfile", "static", None, None, Some("site")),
+        ("dotnet-fsharp", "dotnet", Some("aspnetcore"), Some("dotnet /app/Api.dll"), None),
+        ("node-package-json5", "node", Some("express"), Some("npm run start"), None),
         // Languages misread: the backend, not its assets' package.json.
         ("ruby-rails-assets", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
         ("php-laravel-vite", "php", Some("laravel"), None, None),
@@ -182,4 +187,27 @@ fn each_class_found_gets_the_production_plan() {
     let rails = detect(&root.join("ruby-rails-assets"), &Options::default()).expect("plan");
     assert!(rails.build.is_some_and(|b| b.value.contains("assets:precompile")));
     assert!(rails.notes.iter().any(|n| n.contains("package.json")), "{:?}", rails.notes);
+}
+
+#[test]
+fn hostile_jsonc_and_json5_are_short_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("slipway-detect-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("main.ts"), "Deno.serve(() => new Response('ok'));").expect("entry");
+    let deep = format!("{{\"tasks\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    for (file, text) in [
+        ("deno.jsonc", deep.as_str()),
+        ("deno.jsonc", "{ \"tasks\": { , } }"),
+        ("deno.jsonc", "/* never closed"),
+        ("deno.jsonc", "\u{0}\u{1}"),
+    ] {
+        std::fs::write(dir.join(file), text).expect("write");
+        let err = detect(&dir, &Options::default()).expect_err(file).to_string();
+        assert!(err.starts_with("deno.jsonc:") && err.len() < 300, "{}", &err[..err.len().min(400)]);
+    }
+    std::fs::remove_file(dir.join("deno.jsonc")).expect("rm");
+    std::fs::write(dir.join("package.json5"), "{ name: 'x', scripts: { start: ").expect("write");
+    let err = detect(&dir, &Options::default()).expect_err("json5").to_string();
+    assert!(err.starts_with("package.json5:") && err.len() < 300, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

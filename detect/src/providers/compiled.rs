@@ -318,7 +318,8 @@ fn collect_bins(manifest: &toml::Table, tree: &Tree, dir: &str, bins: &mut Vec<S
 }
 
 pub(super) fn dotnet(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
-    let projects = tree.list(".", |n, d| !d && n.ends_with(".csproj"));
+    // C#, F# and Visual Basic projects build and publish the same way.
+    let projects = tree.list(".", |n, d| !d && [".csproj", ".fsproj", ".vbproj"].iter().any(|e| n.ends_with(e)));
     let project = match projects.as_slice() {
         [] => return Ok(None),
         [one] => one.clone(),
@@ -329,7 +330,7 @@ pub(super) fn dotnet(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     let text = tree.read(&project)?.unwrap_or_default();
     let mut p = plan(Provider::Dotnet, app_root);
     let assembly = between(&text, "<AssemblyName>", "</AssemblyName>")
-        .unwrap_or_else(|| project.trim_end_matches(".csproj").to_string());
+        .unwrap_or_else(|| project.rsplit_once('.').map(|(stem, _)| stem).unwrap_or(&project).to_string());
     p.version = Some(match between(&text, "<TargetFramework>", "</TargetFramework>") {
         Some(tf) => Fact::new(tf.trim_start_matches("net").to_string(), &[&project]),
         None => Fact::default_value("8.0".into()),

@@ -13,23 +13,24 @@ type Detector = fn(&Tree, &str) -> Result<Option<Plan>, DetectError>;
 
 /// Detectors in the order they are tried, with the files each looks for.
 const DETECTORS: &[(Provider, &str, Detector)] = &[
-    (Provider::Node, "package.json", node::detect),
-    (Provider::Deno, "deno.json, deno.jsonc", scripted::deno),
+    (Provider::Node, "package.json, package.json5", node::detect),
+    (Provider::Deno, "deno.json, deno.jsonc, a main.ts written for Deno", scripted::deno),
     (Provider::Python, "requirements.txt, pyproject.toml, Pipfile, setup.py", python::detect),
     (Provider::Go, "go.mod, go.work, *.go of package main", compiled::go),
     (Provider::Java, "pom.xml, build.gradle, build.gradle.kts", compiled::java),
     (Provider::Ruby, "Gemfile", scripted::ruby),
     (Provider::Rust, "Cargo.toml", compiled::rust),
     (Provider::Php, "composer.json, index.php", scripted::php),
-    (Provider::Dotnet, "*.csproj", compiled::dotnet),
+    (Provider::Dotnet, "*.csproj, *.fsproj, *.vbproj", compiled::dotnet),
     (Provider::Elixir, "mix.exs", compiled::elixir),
-    (Provider::Static, "index.html, public/index.html, dist/index.html", scripted::static_site),
+    (Provider::Static, "Staticfile, index.html, public/index.html, dist/index.html", scripted::static_site),
 ];
 
 /// Files that make a directory an app, for the monorepo check.
 const APP_MARKERS: &[&str] = &[
     "Dockerfile",
     "package.json",
+    "package.json5",
     "deno.json",
     "requirements.txt",
     "pyproject.toml",
@@ -196,8 +197,23 @@ pub(crate) fn read_json(tree: &Tree, file: &str) -> Result<Option<Value>, Detect
     let Some(text) = tree.read(file)? else {
         return Ok(None);
     };
-    let clean = if file.ends_with(".jsonc") { strip_json_comments(&text) } else { text };
-    serde_json::from_str(&clean).map(Some).map_err(|e| {
+    if file.ends_with(".jsonc") || file.ends_with(".json5") {
+        // Comments (line and block), trailing commas, unquoted keys: JSON5 is a superset of JSONC.
+        return json5::from_str::<Value>(&text).map(Some).map_err(|e| {
+            let (line, column) = match &e {
+                json5::Error::Message { location: Some(at), .. } => (at.line, at.column),
+                _ => (0, 0),
+            };
+            // The parser's message quotes the offending line, which may be the whole file:
+            // keep only what it says is wrong, bounded.
+            let json5::Error::Message { msg, .. } = e;
+            let said =
+                msg.lines().rev().find_map(|l| l.trim().strip_prefix("= ")).unwrap_or(msg.lines().next().unwrap_or(""));
+            let message: String = said.trim().chars().take(200).collect();
+            DetectError::Parse { file: file.into(), line, column, message }
+        });
+    }
+    serde_json::from_str(&text).map(Some).map_err(|e| {
         let text = e.to_string();
         let message = text.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(text);
         DetectError::Parse { file: file.into(), line: e.line(), column: e.column(), message }
@@ -210,10 +226,6 @@ pub(crate) fn read_toml(tree: &Tree, file: &str) -> Result<Option<toml::Table>, 
         return Ok(None);
     };
     text.parse::<toml::Table>().map(Some).map_err(|e| crate::config::toml_error(file, &text, &e))
-}
-
-fn strip_json_comments(text: &str) -> String {
-    text.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n")
 }
 
 /// The first line of `text` of the form `<key> <value>` (e.g. `go 1.22`), its value.

@@ -16,11 +16,13 @@ const STATIC_OUTPUT: &[(&str, &str)] = &[
 ];
 
 pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
-    let Some(pkg) = read_json(tree, "package.json")? else {
+    // pnpm also reads its manifest from package.json5.
+    let manifest = if tree.file("package.json") { "package.json" } else { "package.json5" };
+    let Some(pkg) = read_json(tree, manifest)? else {
         return Ok(None);
     };
     if !pkg.is_object() {
-        return Err(DetectError::Invalid { file: "package.json".into(), message: "must be a JSON object".into() });
+        return Err(DetectError::Invalid { file: manifest.into(), message: "must be a JSON object".into() });
     }
     let mut p = plan(Provider::Node, app_root);
     let scripts = pkg.get("scripts").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -42,7 +44,7 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     p.package_manager = Some(Fact::new(pm.to_string(), &[pm_from]));
     p.version = Some(version(tree, &pkg)?);
     let lockfile = lockfile(tree, pm);
-    p.dependency_files = ["package.json", ".npmrc", ".yarnrc.yml", lockfile.unwrap_or("")]
+    p.dependency_files = ["package.json", "package.json5", ".npmrc", ".yarnrc.yml", lockfile.unwrap_or("")]
         .into_iter()
         .filter(|f| !f.is_empty() && tree.file(f))
         .map(str::to_string)
@@ -63,15 +65,15 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
             "package-lock.json is out of sync with package.json ({stale}): `npm ci` will fail; run `npm install` and commit the lockfile"
         ));
     }
-    p.install = Some(Fact::new(install, &[lockfile.unwrap_or("package.json")]));
+    p.install = Some(Fact::new(install, &[lockfile.unwrap_or(manifest)]));
     let run = |s: &str| {
         if pm == "npm" { format!("npm run {s}") } else { format!("{pm} run {s}") }
     };
     if script("build").is_some() {
-        p.build = Some(Fact::new(run("build"), &["package.json"]));
+        p.build = Some(Fact::new(run("build"), &[manifest]));
     }
     if script("test").is_some_and(|t| !t.contains("no test specified")) {
-        p.test = Some(Fact::new(if pm == "npm" { "npm test".into() } else { format!("{pm} test") }, &["package.json"]));
+        p.test = Some(Fact::new(if pm == "npm" { "npm test".into() } else { format!("{pm} test") }, &[manifest]));
     }
 
     // A start script that runs a development server is never what production runs.
@@ -106,43 +108,43 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     };
 
     if has_dep("next") {
-        framework(&mut p, "next", &["package.json"]);
+        framework(&mut p, "next", &[manifest]);
         let next_config = config(&["next.config.js", "next.config.mjs", "next.config.cjs", "next.config.ts"])?;
         match next_config {
             Some((text, file)) if says(&text, "output", "export") => {
                 // `next start` cannot serve an export: its `out` directory is the site.
-                static_site(&mut p, "out", &["package.json", file]);
+                static_site(&mut p, "out", &[manifest, file]);
                 return Ok(Some(p));
             }
             _ => {
-                serve(&mut p, "npx next start -p $PORT".into(), &["package.json"]);
-                p.port = Fact::new(3000, &["package.json"]);
+                serve(&mut p, "npx next start -p $PORT".into(), &[manifest]);
+                p.port = Fact::new(3000, &[manifest]);
                 return Ok(Some(p));
             }
         }
     }
     if has_dep("nuxt") {
-        framework(&mut p, "nuxt", &["package.json"]);
+        framework(&mut p, "nuxt", &[manifest]);
         if p.build.is_none() {
-            p.build = Some(Fact::new("npx nuxt build".into(), &["package.json"]));
+            p.build = Some(Fact::new("npx nuxt build".into(), &[manifest]));
         }
-        serve(&mut p, "node .output/server/index.mjs".into(), &["package.json"]);
+        serve(&mut p, "node .output/server/index.mjs".into(), &[manifest]);
         p.env.insert("HOST".into(), "0.0.0.0".into());
         p.env.insert("NITRO_HOST".into(), "0.0.0.0".into());
         return Ok(Some(p));
     }
     if has_dep("@tanstack/react-start") || has_dep("@tanstack/start") || has_dep("@tanstack/solid-start") {
-        framework(&mut p, "tanstack-start", &["package.json"]);
-        serve(&mut p, "node .output/server/index.mjs".into(), &["package.json"]);
+        framework(&mut p, "tanstack-start", &[manifest]);
+        serve(&mut p, "node .output/server/index.mjs".into(), &[manifest]);
         return Ok(Some(p));
     }
     if has_dep("@sveltejs/kit") {
-        framework(&mut p, "sveltekit", &["package.json"]);
+        framework(&mut p, "sveltekit", &[manifest]);
         let adapter = ["@sveltejs/adapter-node", "@sveltejs/adapter-static"].into_iter().find(|a| has_dep(a));
         match adapter {
-            Some("@sveltejs/adapter-static") => static_site(&mut p, "build", &["package.json"]),
+            Some("@sveltejs/adapter-static") => static_site(&mut p, "build", &[manifest]),
             Some(_) => {
-                serve(&mut p, "node build".into(), &["package.json"]);
+                serve(&mut p, "node build".into(), &[manifest]);
                 p.env.insert("HOST".into(), "0.0.0.0".into());
             }
             None => {
@@ -151,7 +153,7 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
                      add adapter-node (a server) or adapter-static (a static site)"
                         .into(),
                 );
-                serve(&mut p, "node build".into(), &["package.json"]);
+                serve(&mut p, "node build".into(), &[manifest]);
             }
         }
         return Ok(Some(p));
@@ -159,30 +161,30 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
     let react_router = has_dep("@react-router/dev") || has_dep("@remix-run/dev");
     if react_router {
         let name = if has_dep("@react-router/dev") { "react-router" } else { "remix" };
-        framework(&mut p, name, &["package.json"]);
+        framework(&mut p, name, &[manifest]);
         let command = match name {
             "react-router" => "npx react-router-serve ./build/server/index.js",
             _ if has_dep("vite") => "npx remix-serve ./build/server/index.js",
             _ => "npx remix-serve ./build/index.js",
         };
-        serve(&mut p, command.into(), &["package.json"]);
+        serve(&mut p, command.into(), &[manifest]);
         return Ok(Some(p));
     }
     if has_dep("astro") {
-        framework(&mut p, "astro", &["package.json"]);
+        framework(&mut p, "astro", &[manifest]);
         if has_dep("@astrojs/node") {
-            serve(&mut p, "node ./dist/server/entry.mjs".into(), &["package.json"]);
+            serve(&mut p, "node ./dist/server/entry.mjs".into(), &[manifest]);
             p.env.insert("HOST".into(), "0.0.0.0".into());
         } else {
-            static_site(&mut p, "dist", &["package.json"]);
+            static_site(&mut p, "dist", &[manifest]);
         }
         return Ok(Some(p));
     }
     if has_dep("@angular/core") {
-        framework(&mut p, "angular", &["package.json"]);
+        framework(&mut p, "angular", &[manifest]);
         let angular = read_json(tree, "angular.json")?;
         let (project, out, from) = angular_output(angular.as_ref());
-        let from: &[&str] = if from { &["package.json", "angular.json"] } else { &["package.json"] };
+        let from: &[&str] = if from { &[manifest, "angular.json"] } else { &[manifest] };
         if has_dep("@angular/ssr") || has_dep("@nguniversal/express-engine") {
             serve(&mut p, format!("node {out}/server/server.mjs"), from);
         } else {
@@ -197,22 +199,22 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         return Ok(Some(p));
     }
     if has_dep("expo") && (has_dep("react-native-web") || has_dep("react-dom")) {
-        framework(&mut p, "expo", &["package.json"]);
-        p.build = Some(Fact::new("npx expo export --platform web".into(), &["package.json"]));
-        static_site(&mut p, "dist", &["package.json"]);
+        framework(&mut p, "expo", &[manifest]);
+        p.build = Some(Fact::new("npx expo export --platform web".into(), &[manifest]));
+        static_site(&mut p, "dist", &[manifest]);
         return Ok(Some(p));
     }
     if start_script.is_some() {
-        p.start = Some(Fact::new(run("start"), &["package.json"]));
+        p.start = Some(Fact::new(run("start"), &[manifest]));
     }
     // NestJS's `start` runs through the CLI; its production start is `start:prod`.
     if has_dep("@nestjs/core") && script("start:prod").is_some() {
-        p.start = Some(Fact::new(run("start:prod"), &["package.json"]));
+        p.start = Some(Fact::new(run("start:prod"), &[manifest]));
     }
     for (framework, dir) in STATIC_OUTPUT {
         if has_dep(framework) && p.start.is_none() {
-            p.framework = Some(Fact::new(framework.to_string(), &["package.json"]));
-            p.static_dir = Some(Fact::new(dir.to_string(), &["package.json"]));
+            p.framework = Some(Fact::new(framework.to_string(), &[manifest]));
+            p.static_dir = Some(Fact::new(dir.to_string(), &[manifest]));
             return Ok(Some(p));
         }
     }
@@ -220,7 +222,7 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         if has_dep(framework) {
             p.framework = Some(Fact::new(
                 framework.trim_start_matches('@').split('/').next().unwrap_or(framework).to_string(),
-                &["package.json"],
+                &[manifest],
             ));
             break;
         }
@@ -233,10 +235,10 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
             .filter(|e| e.ends_with(".ts"))
             .or_else(|| tree.first_file(&["index.ts", "src/index.ts", "server.ts"]));
         match (entry.filter(|e| !e.ends_with(".ts")), ts_entry) {
-            (Some(entry), _) => p.start = Some(Fact::new(format!("node {entry}"), &["package.json", entry])),
+            (Some(entry), _) => p.start = Some(Fact::new(format!("node {entry}"), &[manifest, entry])),
             // Bun runs TypeScript as it is.
             (None, Some(entry)) if pm == "bun" => {
-                p.start = Some(Fact::new(format!("bun run {entry}"), &["package.json", entry]))
+                p.start = Some(Fact::new(format!("bun run {entry}"), &[manifest, entry]))
             }
             (None, Some(entry)) => {
                 p.notes.push(format!("{entry} is TypeScript: add a build and a start script (or use Bun) to run it"))

@@ -4,11 +4,29 @@
 use super::{plan, read_json};
 use crate::{DetectError, Fact, Plan, Provider, Tree};
 
+/// A TypeScript entry written for Deno: it calls `Deno.` or imports from `jsr:`, `npm:` or deno.land.
+fn deno_entry(tree: &Tree) -> Result<Option<&'static str>, DetectError> {
+    for file in ["main.ts", "mod.ts", "server.ts"] {
+        if let Some(text) = tree.read(file)?
+            && ["Deno.", "\"jsr:", "'jsr:", "deno.land/"].iter().any(|m| text.contains(m))
+        {
+            return Ok(Some(file));
+        }
+    }
+    Ok(None)
+}
+
 pub(super) fn deno(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
-    let Some(file) = tree.first_file(&["deno.json", "deno.jsonc"]) else {
-        return Ok(None);
+    let file = match tree.first_file(&["deno.json", "deno.jsonc"]) {
+        Some(file) => file,
+        // Deno needs no config file: an entry written for it is enough.
+        None => match deno_entry(tree)? {
+            Some(entry) => entry,
+            None => return Ok(None),
+        },
     };
-    let config = read_json(tree, file)?.unwrap_or_default();
+    let config =
+        if file.starts_with("deno.") { read_json(tree, file)?.unwrap_or_default() } else { Default::default() };
     let mut p = plan(Provider::Deno, app_root);
     p.version = Some(Fact::default_value("2".into()));
     p.dependency_files = [file, "deno.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
@@ -129,6 +147,25 @@ pub(super) fn php(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErr
 }
 
 pub(super) fn static_site(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectError> {
+    // A Cloud Foundry `Staticfile` names the site's root (`root: public`); an empty one, `.`.
+    if let Some(staticfile) = tree.read("Staticfile")? {
+        let root = staticfile
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("root:").map(|r| r.trim().trim_matches(['"', '\'']).to_string()))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| ".".into());
+        let root = root.trim_start_matches("./").trim_end_matches('/').to_string();
+        let root = if root.is_empty() { ".".to_string() } else { root };
+        if root.starts_with('/') || root.split('/').any(|part| part == "..") || !(root == "." || tree.dir(&root)) {
+            return Err(DetectError::Invalid {
+                file: "Staticfile".into(),
+                message: format!("root `{root}` is not a directory of the repository"),
+            });
+        }
+        let mut p = plan(Provider::Static, app_root);
+        p.static_dir = Some(Fact::new(root, &["Staticfile"]));
+        return Ok(Some(p));
+    }
     let Some((dir, file)) = [
         (".", "index.html"),
         ("public", "public/index.html"),
