@@ -182,6 +182,17 @@ fn each_class_found_gets_the_production_plan() {
     let stale = detect(&root.join("node-stale-lock"), &Options::default()).expect("plan");
     assert_eq!(stale.install.map(|i| i.value).as_deref(), Some("npm ci"), "the lockfile is the contract");
     assert!(stale.notes.iter().any(|n| n.contains("zod is not in the lockfile")), "{:?}", stale.notes);
+    // Rust: a dependency layer built from the manifests with stubbed sources, so a source change
+    // rebuilds only the workspace's own crates (checked by hand with cargo: see the closing note).
+    let rust = detect(&root.join("rust-workspace"), &Options::default()).expect("plan");
+    let install = rust.install.map(|i| i.value).unwrap_or_default();
+    assert!(
+        install.contains("'crates/api/src/main.rs' 'crates/core/src/lib.rs'")
+            && install.contains("cargo build --release"),
+        "{install}"
+    );
+    assert!(rust.dependency_files.contains(&"crates/core/Cargo.toml".to_string()), "{:?}", rust.dependency_files);
+    assert!(rust.build.is_some_and(|b| b.value.starts_with("touch 'crates/api/src/main.rs'")));
     let api = detect(&root.join("ruby-rails-api"), &Options::default()).expect("plan");
     assert!(api.build.is_none(), "an API-only Rails app precompiles no assets");
     let rails = detect(&root.join("ruby-rails-assets"), &Options::default()).expect("plan");

@@ -247,6 +247,11 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     let mut bins: Vec<String> = Vec::new();
     let mut from = vec!["Cargo.toml".to_string()];
     collect_bins(&manifest, tree, ".", &mut bins);
+    // Every package of the workspace, for the dependency layer: (dir, manifest).
+    let mut packages: Vec<(String, toml::Table)> = Vec::new();
+    if manifest.get("package").is_some() {
+        packages.push((".".into(), manifest.clone()));
+    }
     if let Some(members) = manifest.get("workspace").and_then(|w| w.get("members")).and_then(|m| m.as_array()) {
         for member in members.iter().filter_map(|m| m.as_str()) {
             let dirs: Vec<String> = match member.strip_suffix("/*") {
@@ -261,6 +266,7 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
                     if bins.len() > before {
                         from.push(file);
                     }
+                    packages.push((dir, m));
                 }
             }
         }
@@ -293,13 +299,78 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
         None => Fact::default_value("stable".into()),
     });
     p.package_manager = Some(Fact::new("cargo".into(), &["Cargo.toml"]));
-    p.dependency_files = ["Cargo.toml", "Cargo.lock"].iter().filter(|f| tree.file(f)).map(|f| f.to_string()).collect();
     let locked = if tree.file("Cargo.lock") { " --locked" } else { "" };
-    p.build = Some(Fact::new(format!("cargo build --release{locked} --bin {bin}"), &from_refs));
+    // The dependency layer: the manifests (and build scripts) with every target's source file
+    // replaced by an empty stub, built once, so a source change rebuilds only the app's crates.
+    let (manifests, stubs) = dependency_layer(tree, &packages);
+    p.dependency_files = ["Cargo.toml".to_string(), "Cargo.lock".to_string()]
+        .into_iter()
+        .chain(manifests)
+        .filter(|f| tree.file(f))
+        .fold(Vec::new(), |mut all, f| {
+            if !all.contains(&f) {
+                all.push(f);
+            }
+            all
+        });
+    if !stubs.is_empty() {
+        let quoted: Vec<String> = stubs.iter().map(|f| format!("'{f}'")).collect();
+        let list = quoted.join(" ");
+        p.install = Some(Fact::new(
+            format!(
+                "for f in {list}; do mkdir -p \"$(dirname \"$f\")\" && echo 'fn main() {{}}' > \"$f\"; done \
+                 && cargo build --release{locked} && rm -f {list}"
+            ),
+            &["Cargo.toml"],
+        ));
+        // The real sources are older than the stubs' build: touched, cargo rebuilds the app's
+        // crates from them (and only them).
+        p.build = Some(Fact::new(format!("touch {list} && cargo build --release{locked} --bin {bin}"), &from_refs));
+    } else {
+        p.build = Some(Fact::new(format!("cargo build --release{locked} --bin {bin}"), &from_refs));
+    }
     p.artifact = Some(Fact::new(format!("target/release/{bin}"), &from_refs));
     p.start = Some(Fact::new(format!("/app/{bin}"), &from_refs));
     p.test = Some(Fact::new(format!("cargo test{locked}"), &["Cargo.toml"]));
     Ok(Some(p))
+}
+
+/// The files of a Rust dependency layer: each package's manifest and build script, and the
+/// target source files to stub (`src/main.rs`, `src/lib.rs`, `src/bin/*.rs`, explicit target
+/// paths). Only files that exist are stubbed, so the build sees the same targets.
+fn dependency_layer(tree: &Tree, packages: &[(String, toml::Table)]) -> (Vec<String>, Vec<String>) {
+    let mut manifests = Vec::new();
+    let mut stubs = Vec::new();
+    let at = |dir: &str, rel: &str| if dir == "." { rel.to_string() } else { format!("{dir}/{rel}") };
+    for (dir, manifest) in packages {
+        manifests.push(at(dir, "Cargo.toml"));
+        let build_script =
+            manifest.get("package").and_then(|p| p.get("build")).and_then(|b| b.as_str()).unwrap_or("build.rs");
+        manifests.push(at(dir, build_script));
+        let mut sources = vec![at(dir, "src/main.rs"), at(dir, "src/lib.rs")];
+        sources.extend(
+            tree.list(&at(dir, "src/bin"), |n, d| !d && n.ends_with(".rs"))
+                .iter()
+                .map(|f| at(dir, &format!("src/bin/{f}"))),
+        );
+        for kind in ["bin", "lib"] {
+            let targets = match manifest.get(kind) {
+                Some(toml::Value::Array(a)) => a.clone(),
+                Some(t @ toml::Value::Table(_)) => vec![t.clone()],
+                _ => Vec::new(),
+            };
+            sources.extend(
+                targets.iter().filter_map(|t| t.get("path").and_then(|p| p.as_str())).map(|path| at(dir, path)),
+            );
+        }
+        for source in sources {
+            let safe = !source.contains(['\'', '\\', '\n']) && !source.split('/').any(|p| p == "..");
+            if safe && tree.file(&source) && !stubs.contains(&source) {
+                stubs.push(source);
+            }
+        }
+    }
+    (manifests, stubs)
 }
 
 fn collect_bins(manifest: &toml::Table, tree: &Tree, dir: &str, bins: &mut Vec<String>) {
