@@ -1518,6 +1518,12 @@ fn print_deployment(detail: &api::DeploymentDetail) {
         let step = d.error_step.map(Step::as_str).unwrap_or("?");
         println!("error      {message} at {step} ({} error)", d.error_cause.map(Cause::as_str).unwrap_or("?"));
     }
+    if let Some(cache) = &d.cache {
+        println!("cache      {} steps reused, {} rebuilt", cache.reused, cache.rebuilt);
+        if let Some(miss) = &cache.first_miss {
+            println!("           first rebuilt: {}", neutralised(miss));
+        }
+    }
     println!("{:>7}  {:<8} {:<10} {:>9}  ERROR", "ATTEMPT", "STEP", "STATUS", "SECONDS");
     for st in &detail.steps {
         let secs = match (st.started_at, st.finished_at) {

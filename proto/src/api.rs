@@ -609,6 +609,9 @@ pub struct Deployment {
     /// Who asked to cancel it (also while the runner is still stopping it), and why.
     pub cancel_by: Option<String>,
     pub cancel_reason: Option<String>,
+    /// What the layer cache did in its build (steps reused, rebuilt, and why the first missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::message::CacheSummary>,
 }
 
 /// One step of one attempt, with its timings.

@@ -13,7 +13,7 @@ pub mod text;
 
 pub use lifecycle::{CancelRequest, Decision, Failure, Holder, Input, Phase, Policy, Rejection, Row, decide};
 pub use message::{
-    Body, Control, Envelope, Job, JobApp, LogLine, Notification, Promotion, ReleaseRecord, ReleaseState,
+    Body, CacheSummary, Control, Envelope, Job, JobApp, LogLine, Notification, Promotion, ReleaseRecord, ReleaseState,
     RestoreSnapshot, TargetKind, WatchCheck,
 };
 pub use name::{NameError, preview_environment, preview_number, validate_dns_label};

@@ -224,7 +224,8 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
             | Body::Resolved { .. }
             | Body::Pushed { .. }
             | Body::ReleaseCommand { .. }
-            | Body::Snapshot { .. } => reject(env, Rejection::Finished(row.state())),
+            | Body::Snapshot { .. }
+            | Body::Cache { .. } => reject(env, Rejection::Finished(row.state())),
         };
     };
     match &env.body {
@@ -259,6 +260,13 @@ fn runner_message(row: &Row, env: &Envelope, policy: Policy, now: DateTime<Utc>)
         Body::Snapshot { name, bytes, .. } => {
             let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
             let note = next.note(*current_step, None, Some(format!("database snapshot {name} taken ({bytes} bytes)")));
+            Decision::Change { next, note, control: None }
+        }
+        // Recorded beside the row, announced like a step.
+        Body::Cache { summary } => {
+            let next = row.with(row.attempt, row.holder.clone(), row.phase.clone());
+            let said = format!("layer cache: {} steps reused, {} rebuilt", summary.reused, summary.rebuilt);
+            let note = next.note(*current_step, None, Some(said));
             Decision::Change { next, note, control: None }
         }
         Body::Completed { image, url } => {

@@ -366,6 +366,19 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pruned: Vec<String>,
     },
+    /// What the layer cache did in the build: steps reused and rebuilt, and why the first
+    /// rebuilt one was rebuilt.
+    Cache { summary: CacheSummary },
+}
+
+/// The layer cache of a deployment's build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSummary {
+    pub reused: u32,
+    pub rebuilt: u32,
+    /// `step 7/9 `COPY . .`: 1 file it copies changed since the last build of web here: src/a.js`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_miss: Option<String>,
 }
 
 /// The AMQP `type` of a [`RunnerReport`] on the runner queue (job envelopes carry none).

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::failure::{JobError, StepError};
 use crate::report::Reporter;
 use crate::suite::{self, Verdict};
-use crate::{context, image, leftovers, snapshot, watch};
+use crate::{cache, context, image, leftovers, snapshot, watch};
 
 /// Largest build context accepted.
 const CONTEXT_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
@@ -740,10 +740,15 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     }
     let app_dir = context::contained(dir, &plan.app_root).map_err(|e| at_build(JobError::from(e)))?;
     let text = generated.clone();
-    let tar = tokio::task::spawn_blocking(move || context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref()))
-        .await
-        .map_err(|source| at_build(JobError::Task { what: "context", source }))?
-        .map_err(|e| at_build(JobError::from(e)))?;
+    let (tar, files) = tokio::task::spawn_blocking(move || {
+        context::tarball(&app_dir, CONTEXT_LIMIT, text.as_deref()).map(|tar| {
+            let files = cache::files_of(&tar);
+            (tar, files)
+        })
+    })
+    .await
+    .map_err(|source| at_build(JobError::Task { what: "context", source }))?
+    .map_err(|e| at_build(JobError::from(e)))?;
     r.line(Some(Step::Build), &format!("build context: {} bytes", tar.len()));
     metrics::histogram!(slipway_telemetry::metrics::BUILD_CONTEXT).record(tar.len() as f64);
     let dockerfile_name = if generated.is_some() { context::GENERATED_DOCKERFILE } else { "Dockerfile" };
@@ -767,7 +772,10 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
     )
     .collect();
     let labels: HashMap<&str, &str> = commands.iter().map(|(label, argv)| (*label, argv.as_str())).collect();
-    build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &labels).await.map_err(at_build)?;
+    let observer = std::sync::Arc::new(std::sync::Mutex::new(cache::Observer::default()));
+    let watched = Some(observer.clone());
+    build_image(tools, claim, tar.clone(), tag, dockerfile_name, None, &labels, watched).await.map_err(at_build)?;
+    explain_cache(tools, claim, &job.app.name, observer, files).await;
     r.step(Step::Build, StepStatus::Succeeded, None);
 
     let Some(test) = &plan.test else {
@@ -786,7 +794,9 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
         Some(_) => {
             let test_tag = format!("{tag}-test");
             let stage = Some(dockerfile::TEST_STAGE);
-            build_image(tools, claim, tar, &test_tag, dockerfile_name, stage, &label_refs).await.map_err(at_test)?;
+            build_image(tools, claim, tar, &test_tag, dockerfile_name, stage, &label_refs, None)
+                .await
+                .map_err(at_test)?;
             Some(test_tag)
         }
         None => None,
@@ -818,6 +828,44 @@ async fn build_and_test(job: &Job, tools: &Tools, claim: &Claim, dir: &Path, tag
 /// Builds `tar` as `tag` (optionally only up to `target`), with the build timeout. No labels are
 /// added to a pushed image: a label that names the commit would make every build miss the cache
 /// on its last layer.
+/// Says what the layer cache did in the build and why its first rebuilt step was rebuilt (in
+/// the log and to the scheduler, for `slipway status`), then keeps this build's manifest.
+async fn explain_cache(
+    tools: &Tools,
+    claim: &Claim,
+    app: &str,
+    observer: std::sync::Arc<std::sync::Mutex<cache::Observer>>,
+    files: std::collections::BTreeMap<String, String>,
+) {
+    let r = &claim.reporter;
+    let steps = match observer.lock() {
+        Ok(mut o) => std::mem::take(&mut *o).finish(),
+        Err(_) => return,
+    };
+    let dir = leftovers::cache_dir(&tools.config);
+    let app = app.to_string();
+    let kept = tokio::task::spawn_blocking(move || {
+        let before = cache::load(&dir, &app);
+        let summary = cache::explain(&app, &steps, &files, before.as_ref());
+        let saved = cache::save(&dir, &app, files, &steps);
+        (summary, saved)
+    })
+    .await;
+    let Ok((mut summary, saved)) = kept else { return };
+    // File names are the repository's: masked like every text that leaves the runner.
+    summary.first_miss = summary.first_miss.map(|m| r.mask(&m));
+    let first = summary.first_miss.as_deref().map(|m| format!("; first rebuilt: {m}")).unwrap_or_default();
+    r.line(
+        Some(Step::Build),
+        &format!("layer cache: {} steps reused, {} rebuilt{first}", summary.reused, summary.rebuilt),
+    );
+    if let Err(err) = saved {
+        tracing::warn!(error = %err, "could not keep the build's cache manifest");
+    }
+    r.send(slipway_proto::Body::Cache { summary });
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn build_image(
     tools: &Tools,
     claim: &Claim,
@@ -826,10 +874,18 @@ async fn build_image(
     dockerfile: &str,
     target: Option<&str>,
     labels: &HashMap<&str, &str>,
+    observer: Option<std::sync::Arc<std::sync::Mutex<cache::Observer>>>,
 ) -> Result<(), JobError> {
     let step = if target.is_some() { Step::Test } else { Step::Build };
     let r = claim.reporter.clone();
-    let log = move |line: String| r.line(Some(step), &line);
+    let log = move |line: String| {
+        if let Some(observer) = &observer
+            && let Ok(mut o) = observer.lock()
+        {
+            o.line(&line);
+        }
+        r.line(Some(step), &line)
+    };
     let limit = Duration::from_secs(tools.config.build_timeout_seconds);
     let building = image::build(&tools.docker, tar, tag, dockerfile, target, labels, &log);
     match cancellable(&claim.cancel, tokio::time::timeout(limit, building)).await? {

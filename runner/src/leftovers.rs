@@ -45,6 +45,16 @@ fn work_dir(config: &Config) -> PathBuf {
     config.work_dir.clone().unwrap_or_else(std::env::temp_dir)
 }
 
+/// Where this runner keeps the manifests of each app's last successful build (its engine holds
+/// their layer cache), to say why the next build missed it.
+pub fn cache_dir(config: &Config) -> PathBuf {
+    work_dir(config).join(format!(
+        "slipway-cache-{}-{}",
+        file_safe(&config.queue_prefix),
+        file_safe(&config.runner_id())
+    ))
+}
+
 fn prefix(config: &Config) -> String {
     format!("slipway-job-{}-{}-", file_safe(&config.queue_prefix), file_safe(&config.runner_id()))
 }

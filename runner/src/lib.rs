@@ -2,6 +2,7 @@
 //! streaming every line back. It never opens a database connection.
 
 pub mod applogs;
+pub mod cache;
 /// Git over the network lives in its own crate, shared with the scheduler's branch-head reconcile.
 pub use slipway_git as checkout;
 pub mod claim;

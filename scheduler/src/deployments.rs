@@ -37,6 +37,7 @@ struct Row {
     created_by: Option<String>,
     cancel_by: Option<String>,
     cancel_reason: Option<String>,
+    cache: Option<sqlx::types::Json<slipway_proto::CacheSummary>>,
 }
 
 /// One step of one attempt, as stored.
@@ -96,6 +97,7 @@ impl Row {
             created_by: self.created_by,
             cancel_by: self.cancel_by,
             cancel_reason: self.cancel_reason,
+            cache: self.cache.map(|c| c.0),
         })
     }
 }
@@ -124,7 +126,7 @@ pub enum Created {
 
 const DEPLOYMENT_COLUMNS: &str = "d.id, a.name AS app, d.sha, d.environment, d.git_ref, d.source, d.state, d.attempt, d.runner_id,
     d.current_step, d.created_at, d.published_at, d.started_at, d.finished_at, d.image, d.url, d.error_step, d.error_cause, d.error_message,
-    d.rolled_back, d.created_by, d.cancel_by, d.cancel_reason";
+    d.rolled_back, d.created_by, d.cancel_by, d.cancel_reason, d.cache";
 
 /// What a new deployment is of.
 #[derive(Debug, Clone, Copy)]

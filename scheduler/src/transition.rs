@@ -368,6 +368,16 @@ async fn record_beside(
                 .await?;
                 return Ok(());
             }
+            Body::Cache { summary } => {
+                let mut summary = summary.clone();
+                summary.first_miss = summary.first_miss.map(|m| m.chars().take(2000).collect());
+                sqlx::query("UPDATE deployments SET cache = $2 WHERE id = $1")
+                    .bind(before.id)
+                    .bind(sqlx::types::Json(summary))
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(());
+            }
             // A name the runner made (`<app>-<time>-<deployment>.dump`); refused if it is not one.
             Body::Snapshot { name, bytes, pruned } if crate::snapshots::is_name(name) => {
                 let runner = before.holder.as_ref().map(|h| h.runner_id.clone());

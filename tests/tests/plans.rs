@@ -165,6 +165,22 @@ async fn a_source_only_change_reuses_the_dependency_layers_and_an_unchanged_tree
         log.iter().position(|l| l.starts_with("Step ") && l.contains("installing-dependencies")).expect("install step");
     assert_eq!(log[install_step + 1].trim(), "---> Using cache", "the dependency layer comes from the cache");
     assert!(s.app_body(second["url"].as_str().expect("url"), "/").await.expect("answers").contains(&marker));
+    // The first miss explained, naming the one file that changed; the summary in the status.
+    let explained = log.iter().find(|l| l.starts_with("layer cache: ")).expect("the cache explained");
+    assert!(
+        explained.contains("first rebuilt: step")
+            && explained.contains("`COPY . .`: 1 file it copies changed since the last build")
+            && explained.ends_with(": www/index.html"),
+        "{explained}"
+    );
+    let cache = &second["cache"];
+    assert!(
+        cache["reused"].as_u64().unwrap_or_default() >= 2 && cache["rebuilt"].as_u64().unwrap_or_default() >= 1,
+        "{cache}"
+    );
+    let status = s.cli_command().args(["status", second["id"].as_str().expect("id")]).output().expect("slipway");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("steps reused") && status.contains("www/index.html"), "{status}");
 
     // The same tree again (a new commit, nothing changed): every step of the build is cached.
     let same = git.commit(
@@ -187,6 +203,28 @@ async fn a_source_only_change_reuses_the_dependency_layers_and_an_unchanged_tree
     let froms = build.iter().filter(|l| l.starts_with("Step ") && l.contains(" : FROM ")).count();
     assert_eq!(cached, steps - froms, "every layer reused: {build:#?}");
     assert!(!build.iter().any(|l| l.contains("Running in")), "nothing ran: {build:#?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("layer cache: ") && l.ends_with(" rebuilt")),
+        "nothing to explain: {log:#?}"
+    );
+
+    // A lockfile change: the dependency step is the first rebuilt, and the lockfile is named.
+    let mut files = node_app(&repo, &marker, test);
+    for (path, content) in files.iter_mut() {
+        if path == "package-lock.json" {
+            *content = br#"{"lockfileVersion":3,"packages":{}}"#.to_vec();
+        }
+    }
+    let fourth = deploy(&s, &url, &commit(&git, &repo, &files)).await;
+    assert_eq!(fourth["state"], "completed", "{fourth}");
+    let log: Vec<String> =
+        s.log_lines(fourth["id"].as_str().expect("id"), None).await.into_iter().map(|(_, l)| l).collect();
+    let explained = log.iter().find(|l| l.starts_with("layer cache: ")).expect("the cache explained");
+    assert!(
+        explained.contains("package-lock.json") && explained.contains("1 file it copies changed"),
+        "the dependency step, by the lockfile: {explained}"
+    );
+    assert!(log.iter().any(|l| l == "installing-dependencies"), "the dependencies are installed again");
 }
 
 #[tokio::test]
