@@ -154,6 +154,7 @@ fn each_class_found_gets_the_production_plan() {
         ("static-staticfile", "static", None, None, Some("site")),
         ("dotnet-fsharp", "dotnet", Some("aspnetcore"), Some("dotnet /app/Api.dll"), None),
         ("node-package-json5", "node", Some("express"), Some("npm run start"), None),
+        ("java-gradle-multi", "java", Some("spring-boot"), Some("java -jar /app/app.jar"), None),
         // Languages misread: the backend, not its assets' package.json.
         ("ruby-rails-assets", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
         ("php-laravel-vite", "php", Some("laravel"), None, None),
@@ -193,6 +194,10 @@ fn each_class_found_gets_the_production_plan() {
     );
     assert!(rust.dependency_files.contains(&"crates/core/Cargo.toml".to_string()), "{:?}", rust.dependency_files);
     assert!(rust.build.is_some_and(|b| b.value.starts_with("touch 'crates/api/src/main.rs'")));
+    let gradle = detect(&root.join("java-gradle-multi"), &Options::default()).expect("plan");
+    assert_eq!(gradle.build.map(|b| b.value).as_deref(), Some("./gradlew --no-daemon :api:bootJar"));
+    assert_eq!(gradle.artifact.map(|a| a.value).as_deref(), Some("api/build/libs/*.jar"));
+    assert!(gradle.dependency_files.contains(&"core/build.gradle.kts".to_string()), "{:?}", gradle.dependency_files);
     let api = detect(&root.join("ruby-rails-api"), &Options::default()).expect("plan");
     assert!(api.build.is_none(), "an API-only Rails app precompiles no assets");
     let rails = detect(&root.join("ruby-rails-assets"), &Options::default()).expect("plan");

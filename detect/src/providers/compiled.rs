@@ -214,7 +214,74 @@ pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     p.artifact = Some(Fact::new(jar_glob.to_string(), &[build_file]));
     p.start = Some(Fact::new("java -jar /app/app.jar".into(), &[build_file]));
     p.test = Some(Fact::new(test, &[build_file]));
+    if !maven && !spring {
+        gradle_subproject(tree, app_root, &mut p, tool)?;
+    }
     Ok(Some(p))
+}
+
+/// The projects a Gradle settings file includes (`include("api", ":core")`, `include 'a', 'b'`),
+/// as directories.
+fn gradle_includes(settings: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in settings.lines().map(str::trim).filter(|l| l.starts_with("include")) {
+        let mut rest = line;
+        while let Some(start) = rest.find(['"', '\'']) {
+            let quote = rest.as_bytes()[start] as char;
+            let after = &rest[start + 1..];
+            let Some(end) = after.find(quote) else { break };
+            let name = after[..end].trim_start_matches(':').replace(':', "/");
+            if !name.is_empty() && !name.split('/').any(|p| p == ".." || p.is_empty()) {
+                out.push(name);
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    out
+}
+
+/// A multi-project Gradle build whose root is no application: the one included project that is
+/// a Spring Boot application is built and run; several are reported.
+fn gradle_subproject(tree: &Tree, app_root: &str, p: &mut Plan, tool: &str) -> Result<(), DetectError> {
+    let Some((settings_file, settings)) = ["settings.gradle.kts", "settings.gradle"]
+        .into_iter()
+        .find_map(|f| tree.read(f).ok().flatten().map(|t| (f, t)))
+    else {
+        return Ok(());
+    };
+    let mut apps = Vec::new();
+    for project in gradle_includes(&settings) {
+        for file in ["build.gradle.kts", "build.gradle"] {
+            let path = format!("{project}/{file}");
+            if let Some(text) = tree.read(&path)? {
+                p.dependency_files.push(path.clone());
+                if text.contains("org.springframework.boot") {
+                    apps.push((project.clone(), path));
+                }
+                break;
+            }
+        }
+    }
+    match apps.as_slice() {
+        [] => {}
+        [(project, file)] => {
+            let task = format!(":{}", project.replace('/', ":"));
+            p.framework = Some(Fact::new("spring-boot".into(), &[file.as_str()]));
+            let from = [settings_file, file.as_str()];
+            p.install = Some(Fact::new(format!("{tool} --no-daemon {task}:dependencies"), &from));
+            p.build = Some(Fact::new(format!("{tool} --no-daemon {task}:bootJar"), &from));
+            p.artifact = Some(Fact::new(format!("{project}/build/libs/*.jar"), &from));
+            p.start = Some(Fact::new("java -jar /app/app.jar".into(), &from));
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|(p, _)| p.as_str()).collect();
+            return Err(DetectError::SeveralApps {
+                root: app_root.into(),
+                apps: format!("Gradle projects {} (set `build` and `start` in slipway.toml)", names.join(", ")),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn java_version(text: &str) -> Option<String> {
