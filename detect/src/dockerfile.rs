@@ -50,7 +50,8 @@ impl Default for BaseImages {
             ("rust", "rust:1-bookworm"),
             ("rust-run", "debian:bookworm-slim"),
             ("php", "composer:2"),
-            ("php-run", "php:{version}-cli-bookworm"),
+            // Apache with mod_php: a production server for PHP (see `php_server`).
+            ("php-run", "php:{version}-apache-bookworm"),
             ("dotnet", "mcr.microsoft.com/dotnet/sdk:{version}"),
             ("dotnet-run", "mcr.microsoft.com/dotnet/aspnet:{version}"),
             ("elixir", "elixir:{version}"),
@@ -147,10 +148,28 @@ pub fn generate(plan: &Plan, images: &BaseImages) -> Result<String, GenerateErro
         }
         _ => d.line(&format!("COPY --from={TEST_STAGE} --chown={APP_UID}:{APP_UID} {workdir} {workdir}")),
     }
+    if plan.provider == Provider::Php && start.value == "apache2-foreground" {
+        d.run(&php_server());
+    }
     d.line(&format!("USER {APP_UID}:{APP_UID}"));
     d.line(&format!("EXPOSE {}", plan.port.value));
     d.line(&format!("CMD {}", json(&["/bin/sh", "-c", &format!("exec {}", start.value)])));
     Ok(d.text)
+}
+
+/// Apache of the official PHP image, made to serve `$APACHE_DOCUMENT_ROOT` on `$PORT` as the app
+/// user, with `.htaccess` rewrites (Laravel's, Symfony's front controller) allowed.
+fn php_server() -> String {
+    [
+        "sed -ri -e 's!/var/www/html!${APACHE_DOCUMENT_ROOT}!g' /etc/apache2/sites-available/*.conf",
+        "sed -ri -e 's!^Listen 80$!Listen ${PORT}!' /etc/apache2/ports.conf",
+        "sed -ri -e 's!<VirtualHost \\*:80>!<VirtualHost *:${PORT}>!' /etc/apache2/sites-available/000-default.conf",
+        "printf '<Directory ${APACHE_DOCUMENT_ROOT}>\\n  AllowOverride All\\n  Require all granted\\n</Directory>\\n' > /etc/apache2/conf-enabled/slipway.conf",
+        "a2enmod rewrite",
+        "mkdir -p /var/run/apache2 /var/lock/apache2",
+        &format!("chown -R {APP_UID}:{APP_UID} /var/run/apache2 /var/lock/apache2 /var/log/apache2"),
+    ]
+    .join(" && ")
 }
 
 /// Environment of a stage: the port, the plan's (non-secret) variables, language settings.

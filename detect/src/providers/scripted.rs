@@ -131,14 +131,20 @@ pub(super) fn php(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErr
         ));
     }
     let docroot = if tree.file("public/index.php") { "public" } else { "." };
+    let root_file = if docroot == "." { "index.php" } else { "public/index.php" };
+    // Apache with mod_php serves the document root: `php -S` and `artisan serve` are
+    // development servers, never production's.
+    let document_root = if docroot == "." { "/app".to_string() } else { format!("/app/{docroot}") };
+    p.env.insert("APACHE_DOCUMENT_ROOT".into(), document_root);
     if tree.file("artisan") || requires("laravel/framework") {
         p.framework = Some(Fact::new("laravel".into(), &["composer.json", "artisan"]));
-        p.start = Some(Fact::new("php artisan serve --host=0.0.0.0 --port=$PORT".into(), &["artisan"]));
+        p.start = Some(Fact::new("apache2-foreground".into(), &["artisan", root_file]));
+    } else if requires("symfony/framework-bundle") {
+        p.framework = Some(Fact::new("symfony".into(), &["composer.json"]));
+        p.env.insert("APP_ENV".into(), "prod".into());
+        p.start = Some(Fact::new("apache2-foreground".into(), &["composer.json", root_file]));
     } else {
-        p.start = Some(Fact::new(
-            format!("php -S 0.0.0.0:$PORT -t {docroot}"),
-            &[if docroot == "." { "index.php" } else { "public/index.php" }],
-        ));
+        p.start = Some(Fact::new("apache2-foreground".into(), &[root_file]));
     }
     if requires("phpunit/phpunit") {
         p.test = Some(Fact::new("vendor/bin/phpunit".into(), &["composer.json"]));
