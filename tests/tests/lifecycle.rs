@@ -48,9 +48,16 @@ fn step_status(d: &Value, step: &str) -> Option<String> {
 }
 
 /// Job workspaces left in a runner's work directory.
+/// The job workspaces in a runner's work directory (`slipway-job-...`); its build-cache
+/// manifests (`slipway-cache-...`) are kept on purpose and are not workspaces.
 fn workspaces(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("slipway-cache-"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
