@@ -133,24 +133,11 @@ async fn sign_in_sets_a_secure_cookie_over_https_refuses_bad_input_and_the_event
         ("{\"token\": \"x\", \"role\": \"admin\"}", 400),
         ("not json", 400),
     ] {
-        let answered = s
-            .anonymous
-            .post(format!("{}/api/v1/session", s.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("answers");
+        let answered = session(body.to_string()).await.expect("answers");
         assert_eq!(answered.status().as_u16(), want, "{body}");
         assert!(answered.headers().get("set-cookie").is_none(), "{body}: no cookie");
     }
     let huge = format!("{{\"token\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    let answered = s
-        .anonymous
-        .post(format!("{}/api/v1/session", s.base))
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await;
+    let answered = session(huge).await;
     assert!(answered.is_err() || answered.is_ok_and(|r| r.status() == 413), "an oversized sign-in is refused");
 }

@@ -11,6 +11,10 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "kube-pipeline-secret-0123456789";
 
+/// A site that answers its health check.
+const HEALTHY_SITE: &[u8] =
+    b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+
 /// A kubeconfig naming the double, in `dir`.
 fn kubeconfig(api: &ApiServer, dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("config");
@@ -45,7 +49,7 @@ async fn a_push_deploys_to_kubernetes_a_crash_looping_first_rollout_fails_and_a_
     let kubeconfig = kubeconfig(&api, dir.path());
     let git = GitServer::start();
     let mut s = on_kubernetes(&kubeconfig).await;
-    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let dockerfile = HEALTHY_SITE;
     let settings = json!({"host": "shop.example.com", "replicas": 3, "secret_env": {"TOKEN": "s3cret"}});
 
     for (stem, expect_ok) in [("shop", true), ("crash", false)] {
@@ -128,7 +132,7 @@ async fn release_command_and_hooks_run_as_jobs_before_the_deployment_and_a_faili
         json!({"target": "kubernetes", "env": {"GREETING": "hi", "DB_TOKEN": {"value": token, "secret": true}}});
     let app = s.create_app("kmigrate", &url, SECRET, settings).await;
     let ns = format!("app-{app}");
-    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let dockerfile = HEALTHY_SITE;
     let push = |marker: &str, release: &str| {
         let toml = format!(
             "release = [\"sh\", \"-c\", \"{release}\"]\n\
@@ -215,7 +219,7 @@ async fn a_pull_requests_preview_is_its_own_namespace_deleted_when_the_request_c
     let kubeconfig = kubeconfig(&api, dir.path());
     let git = GitServer::start();
     let mut s = on_kubernetes(&kubeconfig).await;
-    let dockerfile = b"FROM slipway/busybox:1\nRUN mkdir /www && echo ok > /www/healthz\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let dockerfile = HEALTHY_SITE;
     let repo = unique("kpv");
     let url = git.url(&repo);
     let settings = json!({"host": "shop.example.com", "replicas": 2});
