@@ -154,7 +154,19 @@ fn each_class_found_gets_the_production_plan() {
         ("static-staticfile", "static", None, None, Some("site")),
         ("dotnet-fsharp", "dotnet", Some("aspnetcore"), Some("dotnet /app/Api.dll"), None),
         ("node-package-json5", "node", Some("express"), Some("npm run start"), None),
-        ("java-gradle-multi", "java", Some("spring-boot"), Some("java -jar /app/app.jar"), None),
+        ("java-gradle-multi", "java", Some("spring-boot"), Some("java -Dserver.port=$PORT -jar /app/app.jar"), None),
+        (
+            "java-maven-quarkus",
+            "java",
+            Some("quarkus"),
+            Some("java -Dquarkus.http.host=0.0.0.0 -Dquarkus.http.port=$PORT -jar /app/app.jar"),
+            None,
+        ),
+        // Frameworks whose plan was right already, kept by a fixture each.
+        ("node-astro-node", "node", Some("astro"), Some("node ./dist/server/entry.mjs"), None),
+        ("node-astro-static", "node", Some("astro"), None, Some("dist")),
+        ("node-nestjs", "node", Some("nestjs"), Some("npm run start:prod"), None),
+        ("node-tanstack-start", "node", Some("tanstack-start"), Some("npm run start"), None),
         // Languages misread: the backend, not its assets' package.json.
         ("ruby-rails-assets", "ruby", Some("rails"), Some("bundle exec rails server -b 0.0.0.0 -p $PORT"), None),
         ("php-laravel-vite", "php", Some("laravel"), None, None),
@@ -198,6 +210,9 @@ fn each_class_found_gets_the_production_plan() {
     assert_eq!(gradle.build.map(|b| b.value).as_deref(), Some("./gradlew --no-daemon :api:bootJar"));
     assert_eq!(gradle.artifact.map(|a| a.value).as_deref(), Some("api/build/libs/*.jar"));
     assert!(gradle.dependency_files.contains(&"core/build.gradle.kts".to_string()), "{:?}", gradle.dependency_files);
+    let quarkus = detect(&root.join("java-maven-quarkus"), &Options::default()).expect("plan");
+    assert!(quarkus.build.is_some_and(|b| b.value.ends_with("-Dquarkus.package.jar.type=uber-jar")));
+    assert_eq!(quarkus.artifact.map(|a| a.value).as_deref(), Some("target/*-runner.jar"), "one runnable jar");
     let api = detect(&root.join("ruby-rails-api"), &Options::default()).expect("plan");
     assert!(api.build.is_none(), "an API-only Rails app precompiles no assets");
     let rails = detect(&root.join("ruby-rails-assets"), &Options::default()).expect("plan");

@@ -178,8 +178,11 @@ pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     let tool_from = wrapper.map(|w| w.trim_start_matches("./")).unwrap_or(build_file);
     p.package_manager = Some(Fact::new((if maven { "maven" } else { "gradle" }).to_string(), &[build_file, tool_from]));
     let spring = text.contains("spring-boot");
+    let quarkus = text.contains("io.quarkus");
     if spring {
         p.framework = Some(Fact::new("spring-boot".into(), &[build_file]));
+    } else if quarkus {
+        p.framework = Some(Fact::new("quarkus".into(), &[build_file]));
     }
     p.version = Some(
         java_version(&text).map(|v| Fact::new(v, &[build_file])).unwrap_or_else(|| Fact::default_value("21".into())),
@@ -193,28 +196,44 @@ pub(super) fn java(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
             .map(|f| f.to_string())
             .collect()
     };
+    // Quarkus's default jar needs its lib/ beside it: an uber-jar is one file to run.
+    let uber = " -Dquarkus.package.jar.type=uber-jar";
     let (install, build, jar_glob, test) = if maven {
         (
             format!("{tool} -q -B dependency:go-offline"),
-            format!("{tool} -q -B -DskipTests package"),
-            "target/*.jar",
+            format!("{tool} -q -B -DskipTests package{}", if quarkus { uber } else { "" }),
+            if quarkus { "target/*-runner.jar" } else { "target/*.jar" },
             format!("{tool} -q -B test"),
         )
     } else {
-        let task = if spring { "bootJar" } else { "build -x test" };
+        let task = if spring {
+            "bootJar".to_string()
+        } else if quarkus {
+            format!("quarkusBuild{uber}")
+        } else {
+            "build -x test".to_string()
+        };
         (
             format!("{tool} --no-daemon dependencies"),
             format!("{tool} --no-daemon {task}"),
-            "build/libs/*.jar",
+            if quarkus { "build/*-runner.jar" } else { "build/libs/*.jar" },
             format!("{tool} --no-daemon test"),
         )
     };
     p.install = Some(Fact::new(install, &[build_file]));
     p.build = Some(Fact::new(build, &[build_file]));
     p.artifact = Some(Fact::new(jar_glob.to_string(), &[build_file]));
-    p.start = Some(Fact::new("java -jar /app/app.jar".into(), &[build_file]));
+    // The framework's own port setting, from the plan's $PORT.
+    let start = if spring {
+        "java -Dserver.port=$PORT -jar /app/app.jar"
+    } else if quarkus {
+        "java -Dquarkus.http.host=0.0.0.0 -Dquarkus.http.port=$PORT -jar /app/app.jar"
+    } else {
+        "java -jar /app/app.jar"
+    };
+    p.start = Some(Fact::new(start.into(), &[build_file]));
     p.test = Some(Fact::new(test, &[build_file]));
-    if !maven && !spring {
+    if !maven && !spring && !quarkus {
         gradle_subproject(tree, app_root, &mut p, tool)?;
     }
     Ok(Some(p))
@@ -271,7 +290,7 @@ fn gradle_subproject(tree: &Tree, app_root: &str, p: &mut Plan, tool: &str) -> R
             p.install = Some(Fact::new(format!("{tool} --no-daemon {task}:dependencies"), &from));
             p.build = Some(Fact::new(format!("{tool} --no-daemon {task}:bootJar"), &from));
             p.artifact = Some(Fact::new(format!("{project}/build/libs/*.jar"), &from));
-            p.start = Some(Fact::new("java -jar /app/app.jar".into(), &from));
+            p.start = Some(Fact::new("java -Dserver.port=$PORT -jar /app/app.jar".into(), &from));
         }
         several => {
             let names: Vec<&str> = several.iter().map(|(p, _)| p.as_str()).collect();
