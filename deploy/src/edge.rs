@@ -156,7 +156,13 @@ impl Edge {
         self.create("/config/apps", json!({"http": {"servers": {}}})).await?;
         self.create("/config/apps/http", json!({"servers": {}})).await?;
         self.create("/config/apps/http/servers", json!({})).await?;
-        let mut server = json!({"listen": [self.config.listen], "routes": []});
+        // The last route answers a host no app has (a torn-down preview, a typo) with a 404;
+        // app routes are inserted before it.
+        let unrouted = json!({
+            "@id": format!("{}-unrouted", self.server()),
+            "handle": [{"handler": "static_response", "status_code": 404, "body": "no app answers at this address\n"}],
+        });
+        let mut server = json!({"listen": [self.config.listen], "routes": [unrouted]});
         if !self.config.https {
             server["automatic_https"] = json!({"disable": true});
         }
@@ -191,8 +197,9 @@ impl Edge {
         match status {
             200..=299 => Ok(()),
             _ if text.contains("unknown object ID") => {
-                let path = format!("/config/apps/http/servers/{}/routes", self.server());
-                self.expect_ok(reqwest::Method::POST, &path, Some(&value), "adding a route").await.map(|_| ())
+                // Inserted first, so the catch-all 404 stays last.
+                let path = format!("/config/apps/http/servers/{}/routes/0", self.server());
+                self.expect_ok(reqwest::Method::PUT, &path, Some(&value), "adding a route").await.map(|_| ())
             }
             _ => Err(EdgeError::Refused {
                 what: format!("replacing route {id}"),

@@ -171,9 +171,10 @@ async fn pull_requests_get_previews_at_their_own_address_until_they_close_or_idl
     }
     assert!(containers(&app, "pr-7").is_empty(), "the preview's containers are removed");
     let log = s.log_lines(teardown["id"].as_str().expect("id"), None).await;
-    // Caddy answers a host without a route with an empty 200.
-    let answered = s.app_body(&preview_url, "/").await.unwrap_or_default();
-    assert!(!answered.contains("pr-7"), "the preview's address serves it no more: {answered:?} {log:?}");
+    let client = reqwest::Client::new();
+    let gone = slipway_tests::harness::app_request(&client, &preview_url, "/").send().await.expect("the edge answers");
+    assert_eq!(gone.status(), 404, "the preview's address serves it no more: {log:?}");
+    assert_eq!(gone.text().await.unwrap_or_default(), "no app answers at this address\n");
     let networks =
         slipway_tests::docker(&["network", "ls", "-q", "--filter", &format!("name=-{app}-pr-7")]).unwrap_or_default();
     assert!(networks.trim().is_empty(), "the preview's network is removed: {networks}");
