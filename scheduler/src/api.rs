@@ -350,21 +350,10 @@ async fn config_release(
     };
     let digest = deployments::image_digest(&shared.pool, live.id).await?;
     let new = NewDeployment {
-        environment: None,
-        app,
-        sha: &live.sha,
-        git_ref: &live.git_ref,
-        source: "config",
-        delivery_id: None,
         image_digest: digest.as_deref(),
         created_by: Some(&caller.name),
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
         reason: Some(reason),
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
+        ..NewDeployment::of(app, &live.sha, &live.git_ref, "config")
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -434,21 +423,10 @@ async fn promote_app(
     let short: String = source.sha.chars().take(12).collect();
     let reason = format!("promotion of {} v{version} ({short})", from.name);
     let new = NewDeployment {
-        environment: None,
-        app: &to,
-        sha: &source.sha,
-        git_ref: &source.git_ref,
-        source: "promotion",
-        delivery_id: None,
-        image_digest: None,
         created_by: Some(&caller.name),
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
         reason: Some(&reason),
         promoted_from: Some(&promotion),
-        restore_of: None,
-        pushed_by: None,
+        ..NewDeployment::of(&to, &source.sha, &source.git_ref, "promotion")
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -636,22 +614,13 @@ async fn restore_snapshot(
     let restore = slipway_proto::RestoreSnapshot { id: snapshot.id, name: snapshot.name.clone() };
     let reason = format!("restore of database snapshot {}", snapshot.name);
     let new = NewDeployment {
-        environment: None,
-        app: &app,
-        sha: &live.sha,
-        git_ref: &live.git_ref,
-        source: "restore",
-        delivery_id: None,
         image_digest: digest.as_deref(),
         created_by: Some(&caller.name),
-        before_sha: None,
-        watch_check: None,
         // The live release, image and configuration, deployed again once the data is back.
         copy_release_of: Some(live.id),
         reason: Some(&reason),
-        promoted_from: None,
         restore_of: Some(&restore),
-        pushed_by: None,
+        ..NewDeployment::of(&app, &live.sha, &live.git_ref, "restore")
     };
     let id = match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await? {
         Created::New { id, superseded } => {
@@ -731,23 +700,7 @@ async fn deploy_app(
         None => String::new(),
     };
     let git_ref = format!("refs/heads/{}", app.branch);
-    let new = NewDeployment {
-        environment: None,
-        app: &app,
-        sha: &sha,
-        git_ref: &git_ref,
-        source: "manual",
-        delivery_id: None,
-        image_digest: None,
-        created_by: Some(&caller.name),
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
-        reason: None,
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
-    };
+    let new = NewDeployment { created_by: Some(&caller.name), ..NewDeployment::of(&app, &sha, &git_ref, "manual") };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (status, deployment_id, new) = match created {
         Created::New { id, superseded } => {
@@ -802,22 +755,12 @@ async fn rollback_app(
         None => format!("rollback to {short}"),
     };
     let new = NewDeployment {
-        environment: None,
-        app: &app,
-        sha: &target.sha,
-        git_ref: &target.git_ref,
-        source: "rollback",
-        delivery_id: None,
         image_digest: digest.as_deref(),
         created_by: Some(&caller.name),
-        before_sha: None,
-        watch_check: None,
         // The image and the configuration it ran with, together.
         copy_release_of: Some(target.id),
         reason: Some(&rollback_reason),
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
+        ..NewDeployment::of(&app, &target.sha, &target.git_ref, "rollback")
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let (id, superseded) = match created {

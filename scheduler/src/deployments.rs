@@ -164,7 +164,29 @@ pub struct NewDeployment<'a> {
     pub environment: Option<&'a str>,
 }
 
-impl NewDeployment<'_> {
+impl<'a> NewDeployment<'a> {
+    /// A deployment of `sha` (at `git_ref`) from `source` with nothing else said: the fields a
+    /// caller sets beyond these start from here (`NewDeployment { reason, ..NewDeployment::of(..) }`).
+    pub fn of(app: &'a App, sha: &'a str, git_ref: &'a str, source: &'a str) -> Self {
+        Self {
+            app,
+            sha,
+            git_ref,
+            source,
+            delivery_id: None,
+            image_digest: None,
+            created_by: None,
+            before_sha: None,
+            watch_check: None,
+            copy_release_of: None,
+            reason: None,
+            promoted_from: None,
+            restore_of: None,
+            pushed_by: None,
+            environment: None,
+        }
+    }
+
     /// The environment it deploys to: the app's own, or the one it names.
     pub fn environment(&self) -> &str {
         self.environment.unwrap_or(&self.app.environment)

@@ -162,20 +162,9 @@ async fn open(
     }
     let new = NewDeployment {
         environment: Some(&environment),
-        app,
-        sha: &head_sha,
-        git_ref: &pull.head_ref,
-        source: "preview",
         delivery_id,
-        image_digest: None,
-        created_by: None,
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
-        reason: None,
-        promoted_from: None,
-        restore_of: None,
         pushed_by: pull.author.as_deref(),
+        ..NewDeployment::of(app, &head_sha, &pull.head_ref, "preview")
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     let id = match &created {
@@ -235,20 +224,8 @@ async fn teardown(
     let why = format!("teardown of {environment}: {reason}");
     let new = NewDeployment {
         environment: Some(&environment),
-        app,
-        sha: "",
-        git_ref: head_ref,
-        source: "teardown",
-        delivery_id: None,
-        image_digest: None,
-        created_by: None,
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
         reason: Some(&why),
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
+        ..NewDeployment::of(app, "", head_ref, "teardown")
     };
     let created = deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await?;
     if let Created::New { id, .. } = &created {

@@ -138,22 +138,9 @@ pub async fn check(shared: &Shared, app: &App) -> Outcome {
         Err(err) => return Outcome::Unreadable(format!("database: {err}")),
     }
     let new = NewDeployment {
-        environment: None,
-        app,
-        sha: &head,
-        git_ref: &git_ref,
-        source: "reconcile",
-        delivery_id: None,
-        image_digest: None,
-        created_by: None,
-        before_sha: None,
         // The runner diffs the head against the live commit.
         watch_check: Some(&slipway_proto::WatchCheck::default()),
-        copy_release_of: None,
-        reason: None,
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
+        ..NewDeployment::of(app, &head, &git_ref, "reconcile")
     };
     match deployments::create(&shared.pool, &shared.keyring, new, shared.policy()).await {
         Ok(Created::New { id, superseded }) => {

@@ -245,21 +245,11 @@ async fn receive(
         for app in following {
             let (unwatched, watch_check) = watch_decision(app, change.paths.as_deref());
             let new = NewDeployment {
-                environment: None,
-                app,
-                sha: &sha,
-                git_ref: &change.git_ref,
-                source: forge.as_str(),
                 delivery_id: delivery.id.as_deref(),
-                image_digest: None,
-                created_by: None,
                 before_sha: change.before.as_deref(),
                 watch_check: watch_check.as_ref(),
-                copy_release_of: None,
-                reason: None,
-                promoted_from: None,
-                restore_of: None,
                 pushed_by: change.pusher.as_deref(),
+                ..NewDeployment::of(app, &sha, &change.git_ref, forge.as_str())
             };
             // A commit that an already recorded push of a newer commit came after is older:
             // its delivery came late. It is recorded as skipped, never deployed over the newer one.
