@@ -203,7 +203,14 @@ impl DockerTarget {
         let limits = release.limits.unwrap_or(self.config.limits);
         let body = ContainerCreateBody {
             image: Some(release.image.clone()),
-            env: Some(release.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            // The app's port as `$PORT` (as on Kubernetes), over an image's own `ENV PORT`, so a
+            // generated plan that listens on `$PORT` serves where the health check and the edge
+            // look; a `PORT` among the app's own variables, later, wins.
+            env: Some(
+                std::iter::once(format!("PORT={}", release.port))
+                    .chain(release.env.iter().map(|(k, v)| format!("{k}={v}")))
+                    .collect(),
+            ),
             exposed_ports: Some(vec![port_key.clone()]),
             labels: Some(labels),
             host_config: Some(HostConfig {

@@ -13,12 +13,16 @@ use slipway_tests::{docker, unique};
 
 /// Builds a busybox image serving `/healthz` after `delay` seconds; returns its tag.
 fn image(delay: u32) -> String {
+    build(&format!(
+        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"sh\", \"-c\", \"sleep {delay} && exec httpd -f -p 8080 -h /www\"]\n"
+    ))
+}
+
+/// Builds `dockerfile` with a `www/healthz` beside it; returns its tag.
+fn build(dockerfile: &str) -> String {
     let dir = tempfile::tempdir().expect("context dir");
     std::fs::create_dir_all(dir.path().join("www")).expect("www");
-    std::fs::write(dir.path().join("www/healthz"), format!("ok after {delay}\n")).expect("healthz");
-    let dockerfile = format!(
-        "FROM slipway/busybox:1\nCOPY www /www\nCMD [\"sh\", \"-c\", \"sleep {delay} && exec httpd -f -p 8080 -h /www\"]\n"
-    );
+    std::fs::write(dir.path().join("www/healthz"), "ok\n").expect("healthz");
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
     let tag = format!("slipway-test/{}:1", unique("target"));
     let out = std::process::Command::new("docker")
@@ -146,6 +150,27 @@ async fn a_retried_attempt_keeps_the_earlier_attempts_container_serving_until_it
     assert_eq!(failures, 0, "attempt 1 served until attempt 2 was healthy");
     assert!(answers(live.url.as_deref().expect("url")).await);
     assert_eq!(app.containers(), [DockerTarget::container_name(&second)], "attempt 1's container was retired");
+}
+
+/// An image that listens on `$PORT` and says `ENV PORT=3000` itself (a generated Dockerfile for
+/// Next.js does) serves on the app's port: the target tells it the port, as Kubernetes does.
+#[tokio::test]
+async fn the_container_is_told_the_apps_port_whatever_its_image_says() {
+    let tag = build(
+        "FROM slipway/busybox:1\nENV PORT=3000\nCOPY www /www\nCMD [\"sh\", \"-c\", \"exec httpd -f -p $PORT -h /www\"]\n",
+    );
+    let mut app = App::new().await;
+    app.images = vec![tag.clone()];
+    let release = app.release(uuid::Uuid::now_v7(), 1, &tag);
+    assert_eq!(release.port, 8080);
+    let live = app.target.deploy(&release, &|_| {}).await.expect("healthy on the app's port");
+    assert!(answers(live.url.as_deref().expect("url")).await);
+    // A PORT the app sets itself is its own choice, and then its port must say the same.
+    let mut own = app.release(uuid::Uuid::now_v7(), 1, &tag);
+    own.env.insert("PORT".into(), "9090".into());
+    own.port = 9090;
+    let live = app.target.deploy(&own, &|_| {}).await.expect("healthy on its own PORT");
+    assert!(answers(live.url.as_deref().expect("url")).await);
 }
 
 #[tokio::test]
