@@ -121,6 +121,8 @@ fn each_class_found_gets_the_production_plan() {
         ("node-angular", "node", Some("angular"), None, Some("dist/shop/browser")),
         ("node-expo", "node", Some("expo"), None, Some("dist")),
         ("node-next-export", "node", Some("next"), None, Some("out")),
+        // `next start` does not serve a standalone build.
+        ("node-next-standalone", "node", Some("next"), Some("node .next/standalone/server.js"), None),
         // Server-rendered apps are servers, not a dist folder.
         ("node-sveltekit", "node", Some("sveltekit"), Some("node build"), None),
         ("node-remix", "node", Some("react-router"), Some("npm run start"), None),

@@ -388,6 +388,8 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     let locked = if tree.file("Cargo.lock") { " --locked" } else { "" };
     // The dependency layer: the manifests (and build scripts) with every target's source file
     // replaced by an empty stub, built once, so a source change rebuilds only the app's crates.
+    // The tests' build (with the dev-dependencies) is part of it, in the release profile the test
+    // step uses too, so that step compiles only the app's crates as well.
     let (manifests, stubs) = dependency_layer(tree, &packages);
     p.dependency_files = ["Cargo.toml".to_string(), "Cargo.lock".to_string()]
         .into_iter()
@@ -405,7 +407,7 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
         p.install = Some(Fact::new(
             format!(
                 "for f in {list}; do mkdir -p \"$(dirname \"$f\")\" && echo 'fn main() {{}}' > \"$f\"; done \
-                 && cargo build --release{locked} && rm -f {list}"
+                 && cargo build --release{locked} && cargo build --release{locked} --tests && rm -f {list}"
             ),
             &["Cargo.toml"],
         ));
@@ -417,7 +419,7 @@ pub(super) fn rust(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectEr
     }
     p.artifact = Some(Fact::new(format!("target/release/{bin}"), &from_refs));
     p.start = Some(Fact::new(format!("/app/{bin}"), &from_refs));
-    p.test = Some(Fact::new(format!("cargo test{locked}"), &["Cargo.toml"]));
+    p.test = Some(Fact::new(format!("cargo test --release{locked}"), &["Cargo.toml"]));
     Ok(Some(p))
 }
 
@@ -544,11 +546,20 @@ pub(super) fn elixir(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
         .filter(|f| tree.file(f) || tree.dir(f))
         .map(|f| f.to_string())
         .collect();
-    p.install = Some(Fact::new("mix deps.get --only prod && mix deps.compile".into(), &["mix.exs"]));
-    p.build = Some(Fact::new("mix release --path /out".into(), &["mix.exs"]));
+    // Every environment's dependencies are fetched (the test step runs without a network and
+    // needs the test ones); only the production ones are compiled into the layer.
+    p.install = Some(Fact::new("mix deps.get && mix deps.compile".into(), &["mix.exs"]));
+    // Phoenix's generator defines `assets.deploy` (esbuild, tailwind, phx.digest): a release
+    // without it serves no CSS or JavaScript.
+    p.build = Some(if mix.contains("\"assets.deploy\"") {
+        Fact::new("mix assets.deploy && mix release --path /out".into(), &["mix.exs"])
+    } else {
+        Fact::new("mix release --path /out".into(), &["mix.exs"])
+    });
     p.artifact = Some(Fact::new("/out".into(), &["mix.exs"]));
     p.start = Some(Fact::new(format!("/app/bin/{app} start"), &["mix.exs"]));
     p.env.insert("MIX_ENV".into(), "prod".into());
-    p.test = Some(Fact::new("mix test".into(), &["mix.exs"]));
+    // `mix test` refuses to run in the prod environment the image sets.
+    p.test = Some(Fact::new("MIX_ENV=test mix test".into(), &["mix.exs"]));
     Ok(Some(p))
 }

@@ -116,6 +116,27 @@ pub(super) fn detect(tree: &Tree, app_root: &str) -> Result<Option<Plan>, Detect
                 static_site(&mut p, "out", &[manifest, file]);
                 return Ok(Some(p));
             }
+            Some((text, file)) if says(&text, "output", "standalone") => {
+                // A standalone build is served by its own server, with the static assets and
+                // `public/` copied beside it (as Next.js's own Dockerfile does); `next start`
+                // does not serve it.
+                let build = p.build.as_ref().map(|b| b.value.clone()).unwrap_or_else(|| "npx next build".into());
+                let public = if tree.dir("public") { " && cp -r public .next/standalone/public" } else { "" };
+                p.build = Some(Fact::new(
+                    format!("{build} && cp -r .next/static .next/standalone/.next/static{public}"),
+                    &[manifest, file],
+                ));
+                p.start = Some(Fact::new("node .next/standalone/server.js".into(), &[manifest, file]));
+                if script("start").is_some_and(|s| s.contains("next start")) {
+                    p.notes.push(format!(
+                        "{file} sets output: \"standalone\": runs .next/standalone/server.js, not the start script `next start`"
+                    ));
+                }
+                // The server listens on $HOSTNAME, which Docker sets to the container's name.
+                p.env.insert("HOSTNAME".into(), "0.0.0.0".into());
+                p.port = Fact::new(3000, &[manifest]);
+                return Ok(Some(p));
+            }
             _ => {
                 serve(&mut p, "npx next start -p $PORT".into(), &[manifest]);
                 p.port = Fact::new(3000, &[manifest]);
