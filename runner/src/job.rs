@@ -908,6 +908,7 @@ fn plan_summary(plan: &slipway_detect::Plan) -> Vec<String> {
             fact("install", &plan.install),
             fact("build", &plan.build),
             fact("start", &plan.start),
+            fact("static", &plan.static_dir),
             fact("test", &plan.test),
         ]
         .into_iter()
