@@ -107,6 +107,12 @@ pub fn generate(plan: &Plan, images: &BaseImages) -> Result<String, GenerateErro
     d.line(&format!("FROM {build_image} AS deps"));
     d.line(&format!("WORKDIR {workdir}"));
     d.env(&stage_env(plan, false));
+    if plan.provider == Provider::Go {
+        // The standard library, compiled once as the build (and test) commands compile it
+        // (`-trimpath`), before any file of the app: one layer every Go app on the runner with
+        // this base image reuses, so a build compiles only the app's own packages.
+        d.run("go build -trimpath std");
+    }
     for file in &plan.dependency_files {
         d.line(&format!("COPY {}", json(&[file.as_str(), &format!("./{file}")])));
     }

@@ -60,7 +60,7 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
         p.build = Some(Fact::new(build.into(), &["package main"]));
         p.artifact = Some(Fact::new("/out/app".into(), &["package main"]));
         p.start = Some(Fact::new("/app/app".into(), &["package main"]));
-        p.test = Some(Fact::new("go test ./...".into(), &["package main"]));
+        p.test = Some(Fact::new("go test -trimpath ./...".into(), &["package main"]));
         return Ok(Some(p));
     };
     let Some(module) = directive(&gomod, "module") else {
@@ -106,7 +106,7 @@ pub(super) fn go(tree: &Tree, app_root: &str) -> Result<Option<Plan>, DetectErro
     ));
     p.artifact = Some(Fact::new("/out/app".into(), &["go.mod"]));
     p.start = Some(Fact::new("/app/app".into(), &["go.mod"]));
-    p.test = Some(Fact::new("go test ./...".into(), &["go.mod"]));
+    p.test = Some(Fact::new("go test -trimpath ./...".into(), &["go.mod"]));
     Ok(Some(p))
 }
 
@@ -158,7 +158,7 @@ fn go_workspace(tree: &Tree, app_root: &str, gowork: &str) -> Result<Plan, Detec
     p.start = Some(Fact::new("/app/app".into(), &["go.work"]));
     let tests: Vec<String> =
         modules.iter().map(|m| if m == "." { "./...".into() } else { format!("./{m}/...") }).collect();
-    p.test = Some(Fact::new(format!("go test {}", tests.join(" ")), &["go.work"]));
+    p.test = Some(Fact::new(format!("go test -trimpath {}", tests.join(" ")), &["go.work"]));
     Ok(p)
 }
 
