@@ -210,3 +210,10 @@ async fn a_vite_react_app_is_built_and_its_client_routes_served_by_caddy() {
     assert_eq!(js.headers()["cache-control"], "public, max-age=31536000, immutable");
     assert!(js.text().await.unwrap_or_default().contains("vite-spa at"), "the React bundle");
 }
+
+/// A workspace: its one binary, its library crate and their crates.io dependency, with every
+/// member's tests run.
+#[tokio::test]
+async fn a_rust_workspace_builds_its_one_binary_and_tests_every_member() {
+    builds_and_serves("rust-workspace", "rust", None, true, "/healthz").await;
+}
