@@ -217,3 +217,32 @@ async fn a_vite_react_app_is_built_and_its_client_routes_served_by_caddy() {
 async fn a_rust_workspace_builds_its_one_binary_and_tests_every_member() {
     builds_and_serves("rust-workspace", "rust", None, true, "/healthz").await;
 }
+
+/// Angular's application builder: the static `dist/<project>/browser`, client routes answered
+/// with the app's page.
+#[tokio::test]
+async fn angular_is_built_and_its_browser_output_served_by_caddy() {
+    let (git, mut s) = installation().await;
+    let marker = unique("angular");
+    let files = fixture("angular", &marker);
+    let (d, log) = deploy((&git, &mut s), "angular", &files, "/", ("node", Some("angular"), false)).await;
+    assert!(log.iter().any(|l| l.starts_with("plan: static dist/shop/browser ")), "{log:#?}");
+    let url = d["url"].as_str().expect("url").to_string();
+    for route in ["/", "/orders/42"] {
+        let page = s.app_body(&url, route).await.unwrap_or_else(|| panic!("{route} answers"));
+        assert!(page.contains(&format!("<title>{marker} angular</title>")), "{route} is the app's page: {page}");
+        assert!(page.contains("<app-root"), "{page}");
+    }
+}
+
+/// Streamlit in production: headless, on `$PORT`, and the app's script runs (the script health
+/// check executes it).
+#[tokio::test]
+async fn streamlit_runs_headless_and_its_script_runs() {
+    let (git, mut s) = installation().await;
+    let files = fixture("streamlit", &unique("streamlit"));
+    let (d, _) =
+        deploy((&git, &mut s), "streamlit", &files, "/_stcore/health", ("python", Some("streamlit"), false)).await;
+    let url = d["url"].as_str().expect("url").to_string();
+    assert_eq!(s.app_body(&url, "/_stcore/script-health-check").await.as_deref(), Some("ok"));
+}
