@@ -1,7 +1,7 @@
 //! The mainstream frameworks, built for real without a Dockerfile: each app in
 //! `tests/fixtures/frameworks/` installs its real dependencies from the package registries
 //! (npm, PyPI, crates.io) inside a generated Dockerfile's build, on the locally built base images
-//! (`scripts/base-images`: Node.js, Python and Go, and Rust, from Debian), is deployed, and answers
+//! (`scripts/base-images`: Node.js, Python and Go, and Rust, from Debian; Bun), is deployed, and answers
 //! a route that only its server can render: `/greet/<a name chosen by the test>`.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,8 @@ use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 const SECRET: &str = "frameworks-secret-0123456789";
 const BASES: &str = "node=slipway/runtimes:bookworm,node-run=slipway/runtimes:bookworm,\
     python=slipway/runtimes:bookworm,python-run=slipway/runtimes:bookworm,\
-    rust=slipway/rust:bookworm,rust-run=slipway/debian:bookworm,static-run=slipway/caddy:2";
+    rust=slipway/rust:bookworm,rust-run=slipway/debian:bookworm,static-run=slipway/caddy:2,\
+    bun=slipway/bun:1,bun-run=slipway/bun:1";
 
 /// Every file of a fixture, relative to it, with `__MARKER__` replaced by `marker`.
 fn fixture(name: &str, marker: &str) -> Vec<(String, Vec<u8>)> {
@@ -245,4 +246,10 @@ async fn streamlit_runs_headless_and_its_script_runs() {
         deploy((&git, &mut s), "streamlit", &files, "/_stcore/health", ("python", Some("streamlit"), false)).await;
     let url = d["url"].as_str().expect("url").to_string();
     assert_eq!(s.app_body(&url, "/_stcore/script-health-check").await.as_deref(), Some("ok"));
+}
+
+/// Bun's own image, a TypeScript entry run by Bun, and `bun test`.
+#[tokio::test]
+async fn a_bun_app_runs_its_typescript_entry_on_bun() {
+    builds_and_serves("bun", "node", None, true, "/").await;
 }
