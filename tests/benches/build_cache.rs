@@ -12,7 +12,6 @@
 //!
 //! Run with `scripts/bench` (it starts the services, builds the base images and the binaries).
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -68,24 +67,9 @@ fn apps() -> Vec<App> {
 /// The fixture's files, the source ones with `__MARKER__` replaced by `source` and the manifest
 /// marked with `deps`.
 fn files(app: &App, deps: &str, source: &str) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).expect("fixture").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.push(path.strip_prefix(root).expect("inside").to_string_lossy().into_owned());
-            }
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(app.fixture);
-    let mut names = Vec::new();
-    walk(&root, &root, &mut names);
-    names.sort();
-    names
+    slipway_tests::fixture_files(app.fixture)
         .into_iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(root.join(&name)).expect("fixture file");
+        .map(|(name, text)| {
             let text = if name == app.manifest {
                 (app.mark_manifest)(&text, deps)
             } else {

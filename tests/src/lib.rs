@@ -56,6 +56,27 @@ pub fn env(name: &str) -> String {
 }
 
 /// Runs `docker` with `args` (never through a shell) and returns stdout, or stderr on failure.
+/// Every file of the fixture repository `tests/fixtures/<name>`, as (path relative to it, text),
+/// sorted by path.
+pub fn fixture_files(name: &str) -> Vec<(String, String)> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("fixture dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("inside").to_string_lossy().into_owned();
+                out.push((rel, std::fs::read_to_string(&path).expect("fixture file")));
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let mut files = Vec::new();
+    walk(&root, &root, &mut files);
+    files.sort();
+    files
+}
+
 pub fn docker(args: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new("docker").args(args).output().map_err(|e| e.to_string())?;
     if out.status.success() {

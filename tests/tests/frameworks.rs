@@ -4,7 +4,6 @@
 //! (`scripts/base-images`: Node.js, Python and Go, and Rust, from Debian; Bun), is deployed, and answers
 //! a route that only its server can render: `/greet/<a name chosen by the test>`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,28 +16,11 @@ const BASES: &str = "node=slipway/runtimes:bookworm,node-run=slipway/runtimes:bo
     rust=slipway/rust:bookworm,rust-run=slipway/debian:bookworm,static-run=slipway/caddy:2,\
     bun=slipway/bun:1,bun-run=slipway/bun:1";
 
-/// Every file of a fixture, relative to it, with `__MARKER__` replaced by `marker`.
+/// Every file of a framework fixture, with `__MARKER__` replaced by `marker`.
 fn fixture(name: &str, marker: &str) -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("fixture dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.push(path.strip_prefix(root).expect("inside").to_path_buf());
-            }
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/frameworks").join(name);
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files);
-    files.sort();
-    files
+    slipway_tests::fixture_files(&format!("frameworks/{name}"))
         .into_iter()
-        .map(|rel| {
-            let text = std::fs::read_to_string(root.join(&rel)).expect("fixture file");
-            (rel.to_string_lossy().into_owned(), text.replace("__MARKER__", marker).into_bytes())
-        })
+        .map(|(path, text)| (path, text.replace("__MARKER__", marker).into_bytes()))
         .collect()
 }
 
