@@ -117,19 +117,25 @@ impl DockerTarget {
         format!("slipway-{app}-{env}-{id}-{}", release.attempt)
     }
 
-    /// The app's own network (created on first use), named after the installation, app and
-    /// environment; its containers are reachable from the host only through their published port.
-    /// The app's own network (created when missing): its containers, and the one-off
+    /// The release's app's own network (created when missing): its containers, and the one-off
     /// containers of its release command, are on it.
     pub async fn network(&self, release: &Release) -> Result<String, Error> {
+        self.network_of(&release.app, &release.environment).await
+    }
+
+    /// The network of `app`'s `environment`, named after the installation, app and environment,
+    /// created when missing; its containers are reachable from the host only through their
+    /// published port. The runner makes it while the image builds: the engine creates networks
+    /// one at a time (0.1 s alone, up to 1.5 s with eight at once on two cores).
+    pub async fn network_of(&self, app: &str, environment: &str) -> Result<String, Error> {
         use bollard::models::NetworkCreateRequest;
-        let name = format!("slipway-{}-{}-{}", self.config.installation, release.app, release.environment);
+        let name = format!("slipway-{}-{app}-{environment}", self.config.installation);
         if self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok() {
             return Ok(name);
         }
         let labels = HashMap::from([
             (LABEL_INSTALLATION.to_string(), self.config.installation.clone()),
-            (LABEL_APP.to_string(), release.app.clone()),
+            (LABEL_APP.to_string(), app.to_string()),
         ]);
         let request = NetworkCreateRequest { name: name.clone(), labels: Some(labels), ..Default::default() };
         match self.docker.create_network(request).await {
