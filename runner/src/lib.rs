@@ -104,7 +104,8 @@ pub async fn run(
 
     let presence = Arc::new(presence::Presence::new(runner_id.to_string(), config.concurrency.into(), config.labels()));
     let presence_cancel = CancellationToken::new();
-    tasks.spawn(presence::run(presence.clone(), outbox.clone(), config.heartbeat(), presence_cancel.clone()));
+    let presence_task =
+        tasks.spawn(presence::run(presence.clone(), outbox.clone(), config.heartbeat(), presence_cancel.clone()));
 
     let (control_ready_tx, control_ready) = tokio::sync::watch::channel(false);
     let worker = worker::Worker {
@@ -165,6 +166,12 @@ pub async fn run(
     drop(worker);
     // The last report says it left, so it does not show as lost; then the shipper may end.
     presence_cancel.cancel();
+    // The heartbeat task may be sending a report it made a moment ago (woken by the last job's
+    // end): it ends first, so no `draining` report is stamped after the `stopped` one and
+    // overwrites it (the runner then showed as lost).
+    if tokio::time::timeout(Duration::from_secs(5), presence_task).await.is_err() {
+        tracing::warn!("the heartbeat task did not end within 5 s");
+    }
     let left = tokio::time::timeout(Duration::from_secs(5), outbox.report(presence.report(true), true)).await;
     if !matches!(left, Ok(true)) {
         tracing::warn!("could not tell the scheduler this runner left; it will show as lost");

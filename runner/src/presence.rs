@@ -108,6 +108,7 @@ pub async fn run(presence: std::sync::Arc<Presence>, outbox: Outbox, every: Dura
     loop {
         outbox.report(presence.report(false), false).await;
         tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
             _ = presence.changed.notified() => {}
