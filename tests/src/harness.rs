@@ -39,6 +39,11 @@ impl Proc {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// What the process printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -169,14 +174,29 @@ impl Slipway {
         for _ in 0..options.runners {
             me.add_runner();
         }
-        let http = me.http.clone();
-        let health = format!("{}/healthz", me.base);
-        eventually(Duration::from_secs(30), "the scheduler to answer", || {
-            let (http, health) = (http.clone(), health.clone());
-            async move { http.get(&health).send().await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
-        me
+        // Its port was free a moment ago, but anything may take it before the scheduler binds it
+        // (a container's published port, from the same range): then it starts on another one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = format!("{}/healthz", me.base);
+            if me.http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+                return me;
+            }
+            if me.scheduler.exited() {
+                let output = me.scheduler.output();
+                assert!(output.contains("in use"), "the scheduler exited at start:\n{output}");
+                let port = free_port();
+                me.base = format!("http://127.0.0.1:{port}");
+                me.scheduler =
+                    spawn_scheduler("scheduler", &me.logs, &me.token, port, &me.scheduler_db, &me.prefix, &me.options);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after 30s waiting for the scheduler to answer\n{}",
+                me.scheduler.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts another scheduler replica of this installation (same database, broker, queues and
