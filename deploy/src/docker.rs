@@ -125,8 +125,8 @@ impl DockerTarget {
 
     /// The network of `app`'s `environment`, named after the installation, app and environment,
     /// created when missing; its containers are reachable from the host only through their
-    /// published port. The runner makes it while the image builds: the engine creates networks
-    /// one at a time (0.1 s alone, up to 1.5 s with eight at once on two cores).
+    /// published port. Created only here, one caller at a time per app: engines before API 1.44
+    /// do not refuse a second network of the same name, and two would make its name ambiguous.
     pub async fn network_of(&self, app: &str, environment: &str) -> Result<String, Error> {
         use bollard::models::NetworkCreateRequest;
         let name = format!("slipway-{}-{app}-{environment}", self.config.installation);

@@ -172,17 +172,6 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
             }
             return Ok(Done::Skipped { reason });
         }
-        // The app's network is made while the image builds, off the deploy step's path (the
-        // engine creates networks one at a time). A failure here is only logged: the deploy
-        // step makes it again and reports its own error.
-        if job.app.target == TargetKind::Docker {
-            let (target, app, environment) = (tools.target.clone(), job.app.name.clone(), job.app.environment.clone());
-            tokio::spawn(async move {
-                if let Err(err) = target.network_of(&app, &environment).await {
-                    tracing::debug!(%app, %environment, "making the app's network ahead of the deploy: {err}");
-                }
-            });
-        }
         build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
         let limit = tools.config.push_timeout();
