@@ -20,23 +20,7 @@ async fn app(pool: &PgPool) -> App {
 }
 
 fn manual<'a>(app: &'a App, sha: &'a str) -> NewDeployment<'a> {
-    NewDeployment {
-        environment: None,
-        app,
-        sha,
-        git_ref: "refs/heads/main",
-        source: "manual",
-        delivery_id: None,
-        image_digest: None,
-        created_by: Some("ci"),
-        before_sha: None,
-        watch_check: None,
-        copy_release_of: None,
-        reason: None,
-        promoted_from: None,
-        restore_of: None,
-        pushed_by: None,
-    }
+    NewDeployment { created_by: Some("ci"), ..NewDeployment::of(app, sha, "refs/heads/main", "manual") }
 }
 
 async fn queued(pool: &PgPool, app: &App, sha: char) -> Uuid {

@@ -117,23 +117,8 @@ async fn two_relays_never_take_the_same_outbox_row(pool: PgPool) {
         }))
         .expect("new app");
         let app = apps::create(&pool, &keyring, &new).await.expect("app");
-        let new = NewDeployment {
-            environment: None,
-            app: &app,
-            sha: &"a".repeat(40),
-            git_ref: "refs/heads/main",
-            source: "manual",
-            delivery_id: None,
-            image_digest: None,
-            created_by: None,
-            before_sha: None,
-            watch_check: None,
-            copy_release_of: None,
-            reason: None,
-            promoted_from: None,
-            restore_of: None,
-            pushed_by: None,
-        };
+        let sha = "a".repeat(40);
+        let new = NewDeployment::of(&app, &sha, "refs/heads/main", "manual");
         match deployments::create(&pool, &keyring, new, slipway_proto::Policy { max_attempts: 3 })
             .await
             .expect("created")
