@@ -77,6 +77,10 @@ pub struct DockerTarget {
     config: DockerTargetConfig,
     http: reqwest::Client,
     edge: Option<Edge>,
+    /// Held while an app's network is looked up and made: engines before API 1.44 make a second
+    /// network of the same name when two creations race (the engine makes them one at a time
+    /// anyway, so this costs no parallelism).
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One of an app's containers: its name, deployment, whether it runs, and its published port.
@@ -102,7 +106,7 @@ impl DockerTarget {
             .build()
             .unwrap_or_default();
         let edge = config.edge.clone().map(Edge::new);
-        Self { docker, config, http, edge }
+        Self { docker, config, http, edge, networks: Default::default() }
     }
 
     /// The edge, when this target has one.
@@ -125,11 +129,13 @@ impl DockerTarget {
 
     /// The network of `app`'s `environment`, named after the installation, app and environment,
     /// created when missing; its containers are reachable from the host only through their
-    /// published port. Created only here, one caller at a time per app: engines before API 1.44
-    /// do not refuse a second network of the same name, and two would make its name ambiguous.
+    /// published port. Created only here, one caller of this target at a time: engines before
+    /// API 1.44 do not refuse a second network of the same name, and two would make its name
+    /// ambiguous.
     pub async fn network_of(&self, app: &str, environment: &str) -> Result<String, Error> {
         use bollard::models::NetworkCreateRequest;
         let name = format!("slipway-{}-{app}-{environment}", self.config.installation);
+        let _one_at_a_time = self.networks.lock().await;
         if self.docker.inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>).await.is_ok() {
             return Ok(name);
         }

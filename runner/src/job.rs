@@ -172,6 +172,17 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
             }
             return Ok(Done::Skipped { reason });
         }
+        // The app's network is made while the image builds, off the deploy step's path (the
+        // engine creates networks one at a time: 0.1 s alone, up to 1.5 s with eight at once on
+        // two cores). A failure is only logged: the deploy step asks again and reports its own.
+        if job.app.target == TargetKind::Docker {
+            let (target, app, environment) = (tools.target.clone(), job.app.name.clone(), job.app.environment.clone());
+            tokio::spawn(async move {
+                if let Err(err) = target.network_of(&app, &environment).await {
+                    tracing::debug!(%app, %environment, "making the app's network ahead of the deploy: {err}");
+                }
+            });
+        }
         build_and_test(job, tools, claim, dir, &image_name).await?;
         r.step(Step::Push, StepStatus::Running, None);
         let limit = tools.config.push_timeout();

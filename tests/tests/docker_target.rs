@@ -229,3 +229,25 @@ async fn app_containers_are_contained_and_only_this_installations_are_touched() 
     let _ = docker(&["rm", "-f", &foreign]);
     assert_eq!(still.expect("the foreign container still exists").trim(), "true");
 }
+
+/// Engines before API 1.44 make a second network of a name when two creations race, and the
+/// app's containers then cannot start ("network ... is ambiguous"). The runner asks for the
+/// app's network while the image builds and again in the deploy step: however many ask at once,
+/// one network is made.
+#[tokio::test]
+async fn however_many_ask_for_an_apps_network_at_once_one_is_made() {
+    let app = App::new().await;
+    let asks = (0..8).map(|_| app.target.network_of(&app.name, "production"));
+    let names = futures_util::future::join_all(asks).await;
+    let wanted = format!("slipway-{INSTALLATION}-{}-production", app.name);
+    for name in names {
+        assert_eq!(name.expect("network made"), wanted);
+    }
+    let made = docker(&["network", "ls", "-q", "--filter", &format!("label=dev.slipway.app={}", app.name)])
+        .expect("docker network ls");
+    let ids: Vec<&str> = made.lines().collect();
+    for id in &ids[1.min(ids.len())..] {
+        let _ = docker(&["network", "rm", id]);
+    }
+    assert_eq!(ids.len(), 1, "networks made: {made}");
+}

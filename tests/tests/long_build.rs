@@ -69,6 +69,15 @@ async fn a_build_longer_than_the_delivery_timeout_finishes_once() {
     let (status, answer) = s.push(&url, &sha, SECRET, "long-delivery").await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["deployments"][0]["deployment_id"].as_str().expect("id").to_string();
+    // The app's network is made while the image builds, not in the deploy step.
+    let label = format!("label=dev.slipway.app={app}");
+    slipway_tests::eventually(Duration::from_secs(60), "the app's network, during the build", || async {
+        let made = slipway_tests::docker(&["network", "ls", "-q", "--filter", &label]).ok()?;
+        (!made.trim().is_empty()).then_some(())
+    })
+    .await;
+    let during = s.deployment(&id).await;
+    assert_eq!(during["current_step"], "build", "the network was there before the build ended: {during}");
 
     let d = s.finished(&id, Duration::from_secs(180)).await;
     assert_eq!(d["state"], "completed", "{d}\n{}", s.dump());
