@@ -105,24 +105,13 @@ pub async fn build(
         .labels(labels)
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    // The engine sends output in chunks that may end mid-line: lines are cut only at newlines.
-    let mut partial = String::new();
-    let emit = |line: &str| {
-        if !line.trim().is_empty() {
-            log(line.to_string());
-        }
-    };
+    let mut lines = OutputLines::default();
+    let emit = |line: &str| log(line.to_string());
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                    partial.push_str(text);
-                    // One pass over the complete lines, one move of the rest (not one per line).
-                    let complete = partial.rfind('\n').map_or(0, |i| i + 1);
-                    for line in partial[..complete].lines() {
-                        emit(line.trim_end_matches('\r'));
-                    }
-                    partial.drain(..complete);
+                    lines.push(text, emit);
                 }
                 if let Some(detail) = info.error_detail {
                     return Err(ImageError::BuildFailed(
@@ -145,8 +134,40 @@ pub async fn build(
             }
         }
     }
-    emit(&partial);
+    lines.finish(emit);
     Ok(())
+}
+
+/// Cuts output that arrives in chunks (the engine's, which may end mid-line) into lines, only at
+/// newlines; a trailing `\r` is dropped and blank lines are left out.
+#[derive(Debug, Default)]
+pub struct OutputLines {
+    partial: String,
+}
+
+impl OutputLines {
+    /// Adds a chunk; `emit` gets each line it completed.
+    pub fn push(&mut self, chunk: &str, mut emit: impl FnMut(&str)) {
+        self.partial.push_str(chunk);
+        // One pass over the complete lines, one move of the rest (not one per line).
+        let complete = self.partial.rfind('\n').map_or(0, |i| i + 1);
+        for line in self.partial[..complete].lines() {
+            Self::emit_line(line, &mut emit);
+        }
+        self.partial.drain(..complete);
+    }
+
+    /// The output ended: `emit` gets the last line if it had no newline.
+    pub fn finish(self, mut emit: impl FnMut(&str)) {
+        Self::emit_line(&self.partial, &mut emit);
+    }
+
+    fn emit_line(line: &str, emit: &mut impl FnMut(&str)) {
+        let line = line.trim_end_matches('\r');
+        if !line.trim().is_empty() {
+            emit(line);
+        }
+    }
 }
 
 /// Pushes `image` and returns its digest when the registry reports one.
@@ -233,6 +254,18 @@ pub async fn commands(docker: &Docker, image: &str) -> Commands {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_cut_into_lines_only_at_newlines_whatever_its_chunks() {
+        let mut cut = OutputLines::default();
+        let mut lines = Vec::new();
+        for chunk in ["Step 1/2 : FR", "OM x\r", "\n\n   \nStep 2/2", " : RUN true\nlast without newline"] {
+            cut.push(chunk, |l| lines.push(l.to_string()));
+        }
+        assert_eq!(lines, ["Step 1/2 : FROM x", "Step 2/2 : RUN true"]);
+        cut.finish(|l| lines.push(l.to_string()));
+        assert_eq!(lines.last().map(String::as_str), Some("last without newline"));
+    }
 
     #[test]
     fn references_are_lowercase_and_qualified() {

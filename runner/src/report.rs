@@ -33,6 +33,14 @@ enum Message {
 }
 
 impl Outbound {
+    /// The log lines this message carries (none if it is not a batch of lines).
+    pub fn log_lines(&self) -> &[LogLine] {
+        match &self.message {
+            Message::Job(Envelope { body: Body::Logs { lines }, .. }) => lines,
+            _ => &[],
+        }
+    }
+
     /// Signals whoever waits that the broker confirmed this message.
     pub fn confirm(self) {
         if let Some(done) = self.confirmed {

@@ -138,5 +138,13 @@ async fn main() {
             app.language,
             u / c.max(0.001),
         );
+        slipway_tests::bench::report(&slipway_tests::bench::Figure {
+            bench: "build cache",
+            what: &format!("{} build step, one source file changed", app.language),
+            unit: slipway_tests::bench::Unit::Seconds,
+            ours: c,
+            baseline: Some(("the same with its dependency manifest changed", u)),
+            target: None,
+        });
     }
 }

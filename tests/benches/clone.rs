@@ -1,6 +1,6 @@
 //! Benchmark: our shallow checkout of one commit (git2, depth 1) against `git clone --depth 1`
 //! of the same commit from the same `git daemon`, measured in the same run. Prints the medians
-//! and their ratio. Run with `scripts/bench` (or `cargo bench -p slipway-runner --bench clone`).
+//! and their ratio. Run with `scripts/bench` (or `cargo bench -p slipway-tests --bench clone`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -94,8 +94,13 @@ fn main() {
     let _ = daemon.kill();
     let _ = daemon.wait();
     let (ours, baseline) = (median(ours), median(baseline));
-    println!("shallow checkout of a {files}-file, 50-commit repository over git://, median of {rounds}:");
-    println!("  slipway (git2, depth 1, by SHA): {:>8.1} ms", ours.as_secs_f64() * 1000.0);
-    println!("  git clone --depth 1 (baseline):  {:>8.1} ms", baseline.as_secs_f64() * 1000.0);
-    println!("  ratio slipway / baseline:        {:>8.2}", ours.as_secs_f64() / baseline.as_secs_f64());
+    println!("clone: shallow checkout of a {files}-file, 50-commit repository over git://, median of {rounds}");
+    slipway_tests::bench::report(&slipway_tests::bench::Figure {
+        bench: "clone",
+        what: "shallow checkout (git2, depth 1, by SHA)",
+        unit: slipway_tests::bench::Unit::Milliseconds,
+        ours: slipway_tests::bench::ms(ours),
+        baseline: Some(("git clone --depth 1", slipway_tests::bench::ms(baseline))),
+        target: Some(1.1),
+    });
 }

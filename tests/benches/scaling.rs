@@ -161,6 +161,22 @@ async fn throughput(git: &GitServer, series: &Series, slots: usize) -> f64 {
              FROM deployments) s",
     );
     println!("  {slots} slot(s), median per job: {medians}");
+    // The job that ended last sets the batch's span: where its time went, and the gaps before,
+    // between and after its steps (the claim, the fences, the runner's own work, the outcome).
+    let slowest = slipway_tests::harness::psql_value(
+        &s.database_url,
+        "WITH last AS (SELECT id, created_at, finished_at FROM deployments ORDER BY finished_at DESC LIMIT 1),
+              steps AS (SELECT st.step, st.started_at, st.finished_at,
+                               coalesce(lag(st.finished_at) OVER (ORDER BY st.started_at), l.created_at) AS previous
+                        FROM last l JOIN deployment_steps st ON st.deployment_id = l.id AND st.status = 'succeeded')
+         SELECT (SELECT round(extract(epoch FROM finished_at - created_at) * 1000) FROM last) || ' ms in all: ' ||
+                string_agg('(' || round(extract(epoch FROM started_at - previous) * 1000) || ') ' || step || ' '
+                           || round(extract(epoch FROM finished_at - started_at) * 1000), ', ' ORDER BY started_at) ||
+                ', (' || (SELECT round(extract(epoch FROM l.finished_at - max(s.finished_at)) * 1000) FROM last l, steps s
+                          GROUP BY l.finished_at) || ') end'
+         FROM steps",
+    );
+    println!("  {slots} slot(s), the last job, ms (gaps in brackets): {slowest}");
     println!(
         "  {slots} slot(s), CPU: machine busy {:.2} of {} cores on average; per job: Docker engine {:.2} s, Slipway (scheduler and runners) {:.2} s",
         (after.machine - before.machine) / wall,
@@ -169,6 +185,87 @@ async fn throughput(git: &GitServer, series: &Series, slots: usize) -> f64 {
         (after.slipway - before.slipway) / jobs as f64,
     );
     jobs as f64 / span.parse::<f64>().expect("seconds")
+}
+
+/// The same work without Slipway, as one would do it by hand with the Docker CLI: `slots` jobs
+/// at once, each a `git clone --depth 1`, a `docker build` of the same Dockerfile, a `docker
+/// push`, a network and a `docker run` with a published port polled until it answers. Seconds
+/// from the start until the last one answered.
+async fn engine_alone(git: &GitServer, sleep_seconds: u32, slots: usize) -> f64 {
+    let registry = slipway_tests::env("SLIPWAY_REGISTRY");
+    let mut jobs = Vec::new();
+    for i in 0..slots {
+        let repo = unique(&format!("engine{i}"));
+        let dockerfile = format!(
+            "FROM slipway/busybox:1\nRUN echo {} && sleep {sleep_seconds}\nCOPY www /www\n\
+             CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            unique("job")
+        );
+        git.commit(
+            &repo,
+            "job",
+            &[Entry::File("Dockerfile", dockerfile.as_bytes()), Entry::File("www/healthz", b"ok\n")],
+        );
+        jobs.push((git.url(&repo), format!("{registry}/{repo}:1"), repo));
+    }
+    let started = Instant::now();
+    let run = |(url, image, name): (String, String, String)| {
+        tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().expect("a checkout dir");
+            let checkout = dir.path().join("app");
+            let cloned = std::process::Command::new("git")
+                .args(["clone", "-q", "--depth", "1", &url])
+                .arg(&checkout)
+                .status()
+                .expect("git clone");
+            assert!(cloned.success(), "git clone {url}");
+            let built = std::process::Command::new("docker")
+                .args(["build", "-q", "--force-rm", "-t", &image])
+                .arg(&checkout)
+                .env("DOCKER_BUILDKIT", "0")
+                .output()
+                .expect("docker build");
+            assert!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
+            slipway_tests::docker(&["push", "-q", &image]).expect("docker push");
+            slipway_tests::docker(&["network", "create", &name]).expect("docker network create");
+            slipway_tests::docker(&["run", "-d", "--name", &name, "--network", &name, "-p", "127.0.0.1::8080", &image])
+                .expect("docker run");
+            let port = slipway_tests::docker(&["port", &name, "8080"]).expect("docker port");
+            let address: std::net::SocketAddr = port
+                .lines()
+                .next()
+                .and_then(|l| l.trim().rsplit_once(':'))
+                .and_then(|(_, p)| format!("127.0.0.1:{p}").parse().ok())
+                .expect("a published port");
+            let healthy = || {
+                use std::io::{Read, Write};
+                let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)) else {
+                    return false;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut answer = String::new();
+                stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
+                    && stream.read_to_string(&mut answer).is_ok()
+                    && answer.split_whitespace().nth(1) == Some("200")
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !healthy() {
+                assert!(Instant::now() < deadline, "{name} did not answer within 60 s");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let took = started.elapsed().as_secs_f64();
+            let _ = slipway_tests::docker(&["rm", "-f", &name]);
+            let _ = slipway_tests::docker(&["network", "rm", &name]);
+            let _ = slipway_tests::docker(&["rmi", &image]);
+            took
+        })
+    };
+    let handles: Vec<_> = jobs.into_iter().map(run).collect();
+    let mut last: f64 = 0.0;
+    for handle in handles {
+        last = last.max(handle.await.expect("an engine job"));
+    }
+    last
 }
 
 /// The scheduler's CPU seconds so far (user + system, from /proc).
@@ -325,6 +422,33 @@ async fn main() {
                 "scaling: sleep {sleep} s, {slots} slot(s): {:.1} jobs/min, efficiency {efficiency:.3} (against {slots} x the {base_slots}-slot run per slot)",
                 per_second * 60.0
             );
+            if i > 0 && slots == *series.slots.last().unwrap_or(&1) {
+                // The same at this size by hand, one job a slot: what the engine itself loses.
+                let (one, all) = (engine_alone(&git, sleep, 1).await, engine_alone(&git, sleep, slots).await);
+                println!(
+                    "engine alone (git clone, docker build, push, run to healthy): 1 job {one:.1} s, {slots} at once {all:.1} s"
+                );
+                slipway_tests::bench::report(&slipway_tests::bench::Figure {
+                    bench: "scaling",
+                    what: &format!(
+                        "efficiency at {slots} slots of the same by hand, without Slipway (sleep {sleep} s)"
+                    ),
+                    unit: slipway_tests::bench::Unit::Efficiency,
+                    ours: one / all,
+                    baseline: None,
+                    target: None,
+                });
+            }
+            if i > 0 {
+                slipway_tests::bench::report(&slipway_tests::bench::Figure {
+                    bench: "scaling",
+                    what: &format!("efficiency at {slots} slots (sleep {sleep} s)"),
+                    unit: slipway_tests::bench::Unit::Efficiency,
+                    ours: efficiency,
+                    baseline: None,
+                    target: (slots == 8 && sleep >= 60).then_some(0.95),
+                });
+            }
         }
     }
     println!("one scheduler, {RUNNERS} simulated runners (claims, a heartbeat every 2 s, log batches every 250 ms):");

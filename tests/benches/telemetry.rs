@@ -105,4 +105,12 @@ async fn main() {
     }
     let ratio = quantile(&on.took, 0.5) / quantile(&off.took, 0.5);
     println!("telemetry on / off (p50): {ratio:.2}x; {spans} spans received");
+    slipway_tests::bench::report(&slipway_tests::bench::Figure {
+        bench: "telemetry",
+        what: "push-to-live p50 with metrics and traces on",
+        unit: slipway_tests::bench::Unit::Milliseconds,
+        ours: quantile(&on.took, 0.5) * 1000.0,
+        baseline: Some(("the same with them off", quantile(&off.took, 0.5) * 1000.0)),
+        target: None,
+    });
 }

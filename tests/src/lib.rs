@@ -6,6 +6,7 @@
 //! prints are read here.
 
 pub mod apiserver;
+pub mod bench;
 pub mod caddy;
 pub mod git;
 pub mod harness;
