@@ -11,10 +11,25 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use slipway_proto::Topology;
 use tokio_util::sync::CancellationToken;
 
+/// The frame size Slipway asks the broker for (the broker's default is 128 KiB).
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 /// Connects to `url`, retrying with exponential backoff (capped at 5 s) until it works or
 /// `cancel` fires (then `None`).
 pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection> {
-    let attempt = || async { Connection::connect(url, ConnectionProperties::default()).await };
+    // Frames of FRAME_MAX unless the URL sets `frame_max`: lapin keeps 32 frames of buffer each
+    // way per connection, so the broker's default cost 8 MiB a connection. A URL that does not
+    // parse goes to lapin as it is, which says what is wrong with it.
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok().map(|mut uri| {
+        uri.query.frame_max = uri.query.frame_max.or(Some(FRAME_MAX));
+        uri
+    });
+    let attempt = || async {
+        match &uri {
+            Some(uri) => Connection::connect_uri(uri.clone(), ConnectionProperties::default()).await,
+            None => Connection::connect(url, ConnectionProperties::default()).await,
+        }
+    };
     let retrying = attempt
         .retry(
             ExponentialBuilder::default()
@@ -115,5 +130,22 @@ mod tests {
         assert_eq!(traceparent(&persistent_json()), None);
         let huge = with_traceparent(persistent_json(), &"x".repeat(10_000));
         assert_eq!(traceparent(&huge), None, "an oversized header is not read");
+    }
+
+    /// lapin keeps two buffers of 32 frames for each connection and fills them: at the broker's
+    /// default frame size (128 KiB) that was 8 MiB of resident memory a connection, most of an
+    /// idle runner's. Slipway asks for smaller frames unless the URL says otherwise.
+    #[tokio::test]
+    async fn connections_ask_for_small_frames_unless_the_url_sets_them() {
+        let url = std::env::var("SLIPWAY_AMQP_URL")
+            .expect("SLIPWAY_AMQP_URL is not set: run the tests through scripts/test (it starts the services)");
+        let cancel = CancellationToken::new();
+        let conn = connect(&url, &cancel).await.expect("the broker answers");
+        assert_eq!(conn.configuration().frame_max(), FRAME_MAX);
+        let _ = conn.close(200, "bye".into()).await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let conn = connect(&format!("{url}{sep}frame_max=65536"), &cancel).await.expect("the broker answers");
+        assert_eq!(conn.configuration().frame_max(), 65536);
+        let _ = conn.close(200, "bye".into()).await;
     }
 }

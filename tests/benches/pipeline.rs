@@ -5,10 +5,10 @@
 //! minus the sum of the CLI steps it replaces (clone, build, push, and a `docker run` on a network
 //! of its own, polled until it answers).
 //!
-//! Each round makes a new commit (cold) and one that changes only `www/` (cached). For the cold
-//! one the CLI goes first and its image is then removed (`docker rmi` takes its layers with it),
-//! so Slipway's build of the same commit finds nothing cached either; for the cached one Slipway
-//! goes first. Each side pushes to a repository of its own; every layer differs between builds
+//! Each round makes a new commit (cold) and one that changes only `www/` (cached: the `RUN`
+//! layer is reused, the `COPY` and what follows are built). For each, the CLI goes first and its
+//! image is then removed (`docker rmi` takes the layers only it made with it), so Slipway's build
+//! of the same commit finds exactly as much cached as the CLI's did. Each side pushes to a repository of its own; every layer differs between builds
 //! (the `RUN` writes a file, so its time is in the layer).
 //!
 //! `SLIPWAY_BENCH_ROUNDS` (default 15). Run with `scripts/bench`.
@@ -152,10 +152,11 @@ async fn main() {
         ours[0].push([step_ms(&d, "clone"), step_ms(&d, "build"), step_ms(&d, "push")]);
         theirs[0].push([hand.clone, hand.build, hand.push]);
         overhead.push(live - (hand.clone + hand.build + hand.push + hand.run));
-        // Cached: only www/ changed; Slipway first.
+        // Cached: only www/ changed, so the `RUN` layer (Slipway's, from the cold build) is
+        // reused by both and the layers after it are built by both: by hand first again.
         let sha = commit(&nonce, &format!("page {round}"));
-        let (d, _) = deploy(sha).await;
         let hand = by_hand(&url, &format!("{registry}/{repo}-by-hand:{round}-cached"));
+        let (d, _) = deploy(sha).await;
         ours[1].push([step_ms(&d, "clone"), step_ms(&d, "build"), step_ms(&d, "push")]);
         theirs[1].push([hand.clone, hand.build, hand.push]);
     }
