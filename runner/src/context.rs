@@ -173,7 +173,11 @@ pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u
     let mut walk = WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1).into_iter();
     while let Some(entry) = walk.next() {
         let entry = entry.map_err(|e| ContextError::Io { path: root.display().to_string(), source: e.into() })?;
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path()).to_string_lossy().replace('\\', "/");
+        // The name as it is on disk: `\\` is an ordinary character in a Unix file name (read as a
+        // separator, `a\\b` went in as `a/b` and `..\\x` as `../x`). The text form is for the
+        // ignore rules and the always-sent names.
+        let rel_path = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let rel = rel_path.to_string_lossy();
         let file_type = entry.file_type();
         if rel == ".git" && file_type.is_dir() {
             walk.skip_current_dir();
@@ -200,12 +204,12 @@ pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
-            builder.append_link(&mut header, &rel, &target).map_err(io_err(entry.path()))?;
+            builder.append_link(&mut header, rel_path, &target).map_err(io_err(entry.path()))?;
         } else if file_type.is_dir() {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
             header.set_size(0);
-            builder.append_data(&mut header, format!("{rel}/"), io::empty()).map_err(io_err(entry.path()))?;
+            builder.append_data(&mut header, rel_path.join(""), io::empty()).map_err(io_err(entry.path()))?;
         } else if file_type.is_file() {
             total += meta.len();
             if total > limit {
@@ -216,7 +220,7 @@ pub fn tarball(root: &Path, limit: u64, generated: Option<&str>) -> Result<Vec<u
             header.set_mode(if executable { 0o755 } else { 0o644 });
             header.set_size(meta.len());
             let file = std::fs::File::open(entry.path()).map_err(io_err(entry.path()))?;
-            builder.append_data(&mut header, &rel, file).map_err(io_err(entry.path()))?;
+            builder.append_data(&mut header, rel_path, file).map_err(io_err(entry.path()))?;
         }
     }
     if let Some(text) = generated {
@@ -342,6 +346,20 @@ mod tests {
         assert_eq!(entries[4].1, tar::EntryType::Symlink);
         let text = String::from_utf8_lossy(&first);
         assert!(!text.contains("TOP SECRET OUTSIDE"), "the symlink target's content must not be in the context");
+    }
+
+    /// Found by the `build_context` fuzz target: a file named `a\b` went into the context as
+    /// `a/b`, and one named `..\..\escape` as `../../escape`, a path out of the context.
+    #[test]
+    fn names_with_backslashes_are_kept_as_they_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("a\\b"), "one file").expect("write");
+        std::fs::write(root.join("..\\..\\escape"), "another").expect("write");
+        let tar = tarball(root, 1 << 20, None).expect("tarball");
+        let entries = names(&tar);
+        let paths: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["..\\..\\escape", "a\\b"]);
     }
 
     #[test]
