@@ -13,23 +13,14 @@
 //!
 //! `SLIPWAY_BENCH_ROUNDS` (default 15). Run with `scripts/bench`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use slipway_tests::bench::{Figure, Unit, quantile, report};
 use slipway_tests::git::Entry;
-use slipway_tests::{GitServer, Slipway, SlipwayOptions, docker, unique};
+use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
 const SECRET: &str = "bench-secret-0123456789";
-
-/// Wall time of `command` in milliseconds; panics when it fails.
-fn timed(command: &mut Command) -> f64 {
-    let started = Instant::now();
-    let out = command.output().expect("the command starts");
-    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
-    started.elapsed().as_secs_f64() * 1000.0
-}
 
 /// What the CLI took for each step, in milliseconds.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,48 +33,11 @@ struct Steps {
 
 /// Clone, build, push and run `url` at its branch head by hand; the image is removed afterwards.
 fn by_hand(url: &str, image: &str) -> Steps {
-    let dir = tempfile::tempdir().expect("a checkout dir");
-    let checkout = dir.path().join("app");
-    let clone =
-        timed(Command::new("git").args(["clone", "-q", "--depth", "1", "--branch", "main", url]).arg(&checkout));
-    let build = timed(
-        Command::new("docker")
-            .args(["build", "-q", "--force-rm", "-t", image])
-            .arg(&checkout)
-            .env("DOCKER_BUILDKIT", "0"),
-    );
-    let push = timed(Command::new("docker").args(["push", "-q", image]));
-    let name = unique("by-hand");
+    let [clone, build, push] = slipway_tests::bench::build_by_hand(url, image);
     let started = Instant::now();
-    docker(&["network", "create", &name]).expect("docker network create");
-    docker(&["run", "-d", "--name", &name, "--network", &name, "-p", "127.0.0.1::8080", image]).expect("docker run");
-    let port = docker(&["port", &name, "8080"]).expect("docker port");
-    let address: std::net::SocketAddr = port
-        .lines()
-        .next()
-        .and_then(|l| l.trim().rsplit_once(':'))
-        .and_then(|(_, p)| format!("127.0.0.1:{p}").parse().ok())
-        .expect("a published port");
-    let healthy = || {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut answer = String::new();
-        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
-            && stream.read_to_string(&mut answer).is_ok()
-            && answer.split_whitespace().nth(1) == Some("200")
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !healthy() {
-        assert!(Instant::now() < deadline, "{name} did not answer within 30 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let container = slipway_tests::bench::run_by_hand(image, Duration::from_secs(30));
     let run = started.elapsed().as_secs_f64() * 1000.0;
-    let _ = docker(&["rm", "-f", &name]);
-    let _ = docker(&["network", "rm", &name]);
-    let _ = docker(&["rmi", image]);
+    slipway_tests::bench::remove_by_hand(&container, image);
     Steps { clone, build, push, run }
 }
 

@@ -206,57 +206,15 @@ async fn engine_alone(git: &GitServer, sleep_seconds: u32, slots: usize) -> f64 
             "job",
             &[Entry::File("Dockerfile", dockerfile.as_bytes()), Entry::File("www/healthz", b"ok\n")],
         );
-        jobs.push((git.url(&repo), format!("{registry}/{repo}:1"), repo));
+        jobs.push((git.url(&repo), format!("{registry}/{repo}:1")));
     }
     let started = Instant::now();
-    let run = |(url, image, name): (String, String, String)| {
+    let run = |(url, image): (String, String)| {
         tokio::task::spawn_blocking(move || {
-            let dir = tempfile::tempdir().expect("a checkout dir");
-            let checkout = dir.path().join("app");
-            let cloned = std::process::Command::new("git")
-                .args(["clone", "-q", "--depth", "1", &url])
-                .arg(&checkout)
-                .status()
-                .expect("git clone");
-            assert!(cloned.success(), "git clone {url}");
-            let built = std::process::Command::new("docker")
-                .args(["build", "-q", "--force-rm", "-t", &image])
-                .arg(&checkout)
-                .env("DOCKER_BUILDKIT", "0")
-                .output()
-                .expect("docker build");
-            assert!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stderr));
-            slipway_tests::docker(&["push", "-q", &image]).expect("docker push");
-            slipway_tests::docker(&["network", "create", &name]).expect("docker network create");
-            slipway_tests::docker(&["run", "-d", "--name", &name, "--network", &name, "-p", "127.0.0.1::8080", &image])
-                .expect("docker run");
-            let port = slipway_tests::docker(&["port", &name, "8080"]).expect("docker port");
-            let address: std::net::SocketAddr = port
-                .lines()
-                .next()
-                .and_then(|l| l.trim().rsplit_once(':'))
-                .and_then(|(_, p)| format!("127.0.0.1:{p}").parse().ok())
-                .expect("a published port");
-            let healthy = || {
-                use std::io::{Read, Write};
-                let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)) else {
-                    return false;
-                };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut answer = String::new();
-                stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
-                    && stream.read_to_string(&mut answer).is_ok()
-                    && answer.split_whitespace().nth(1) == Some("200")
-            };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !healthy() {
-                assert!(Instant::now() < deadline, "{name} did not answer within 60 s");
-                std::thread::sleep(Duration::from_millis(25));
-            }
+            slipway_tests::bench::build_by_hand(&url, &image);
+            let container = slipway_tests::bench::run_by_hand(&image, Duration::from_secs(60));
             let took = started.elapsed().as_secs_f64();
-            let _ = slipway_tests::docker(&["rm", "-f", &name]);
-            let _ = slipway_tests::docker(&["network", "rm", &name]);
-            let _ = slipway_tests::docker(&["rmi", &image]);
+            slipway_tests::bench::remove_by_hand(&container, &image);
             took
         })
     };

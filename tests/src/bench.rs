@@ -124,6 +124,72 @@ pub fn report(figure: &Figure<'_>) {
     writeln!(file, "{}", figure.json()).expect("writing the benchmark JSON file");
 }
 
+/// What one would do by hand before running an app: `git clone --depth 1` of `url`'s `main`,
+/// `docker build` (classic builder, as Slipway's engine API builds) tagged `image`, `docker push`.
+/// Milliseconds each took. Blocking.
+pub fn build_by_hand(url: &str, image: &str) -> [f64; 3] {
+    let timed = |command: &mut std::process::Command| {
+        let started = std::time::Instant::now();
+        let out = command.output().expect("the command starts");
+        assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+        ms(started.elapsed())
+    };
+    let dir = tempfile::tempdir().expect("a checkout dir");
+    let checkout = dir.path().join("app");
+    let clone = timed(
+        std::process::Command::new("git").args(["clone", "-q", "--depth", "1", "--branch", "main", url]).arg(&checkout),
+    );
+    let build = timed(
+        std::process::Command::new("docker")
+            .args(["build", "-q", "--force-rm", "-t", image])
+            .arg(&checkout)
+            .env("DOCKER_BUILDKIT", "0"),
+    );
+    let push = timed(std::process::Command::new("docker").args(["push", "-q", image]));
+    [clone, build, push]
+}
+
+/// Starts `image` as one would by hand with the Docker CLI: a network of its own, `docker run`
+/// with port 8080 published on 127.0.0.1, then `GET /healthz` every 5 ms until it answers 200.
+/// Returns the name of the container (and of its network), for [`remove_by_hand`]. Blocking.
+pub fn run_by_hand(image: &str, within: Duration) -> String {
+    let name = crate::unique("by-hand");
+    crate::docker(&["network", "create", &name]).expect("docker network create");
+    crate::docker(&["run", "-d", "--name", &name, "--network", &name, "-p", "127.0.0.1::8080", image])
+        .expect("docker run");
+    let port = crate::docker(&["port", &name, "8080"]).expect("docker port");
+    let address: std::net::SocketAddr = port
+        .lines()
+        .next()
+        .and_then(|l| l.trim().rsplit_once(':'))
+        .and_then(|(_, p)| format!("127.0.0.1:{p}").parse().ok())
+        .expect("a published port");
+    let healthy = || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.split_whitespace().nth(1) == Some("200")
+    };
+    let deadline = std::time::Instant::now() + within;
+    while !healthy() {
+        assert!(std::time::Instant::now() < deadline, "{name} ({image}) did not answer within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    name
+}
+
+/// Removes what [`run_by_hand`] made, and `image`.
+pub fn remove_by_hand(name: &str, image: &str) {
+    let _ = crate::docker(&["rm", "-f", name]);
+    let _ = crate::docker(&["network", "rm", name]);
+    let _ = crate::docker(&["rmi", image]);
+}
+
 /// The `q` quantile (0 to 1) of `samples`, nearest rank.
 pub fn quantile(samples: &[f64], q: f64) -> f64 {
     let mut sorted = samples.to_vec();
