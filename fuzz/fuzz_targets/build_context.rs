@@ -140,17 +140,20 @@ fuzz_target!(|input: Input| {
         if kind.is_file() {
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).expect("the entry's bytes");
-            assert!(
-                !bytes.windows(OUTSIDE.len()).any(|w| w == OUTSIDE),
-                "{text} in the tarball holds the bytes of a file outside the checkout"
-            );
             if text == context::GENERATED_DOCKERFILE && input.generated.is_some() {
                 assert_eq!(bytes, input.generated.as_deref().unwrap_or_default().as_bytes());
                 continue;
             }
             total += bytes.len() as u64;
+            // Exactly the bytes of the checkout's own regular file of that name: never those of
+            // a file a link points at (the host file's, outside the checkout).
             let on_disk = std::fs::symlink_metadata(root.join(&rel));
             assert!(on_disk.is_ok_and(|m| m.is_file()), "{text} is in the tarball but is no file of the checkout");
+            let own = std::fs::read(root.join(&rel)).expect("the checkout's file");
+            assert!(bytes == own, "{text} in the tarball is not the checkout's file of that name");
+            if bytes.windows(OUTSIDE.len()).any(|w| w == OUTSIDE) {
+                assert!(own.windows(OUTSIDE.len()).any(|w| w == OUTSIDE), "{text} holds a host file's bytes");
+            }
             assert!(
                 text == "Dockerfile" || text == ".dockerignore" || !ignore.excludes(&text),
                 "{text} is in the tarball though .dockerignore leaves it out"
