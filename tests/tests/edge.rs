@@ -115,10 +115,14 @@ async fn every_app_keeps_one_stable_address_and_the_edge_is_rebuilt_after_caddy_
     let switched_ms = deploy_step_ms(&lines);
     let image = d1["image"].as_str().expect("image");
     let baseline_ms = docker_run_to_healthy_ms(image).await;
-    println!(
-        "rollback to a kept version: {switched_ms} ms from the deploy step's start to routed; docker run of the same image to healthy: {baseline_ms} ms ({:.2}x)",
-        switched_ms as f64 / baseline_ms as f64
-    );
+    slipway_tests::bench::report(&slipway_tests::bench::Figure {
+        bench: "rollback",
+        what: "to a kept version, from the deploy step's start to routed",
+        unit: slipway_tests::bench::Unit::Milliseconds,
+        ours: switched_ms as f64,
+        baseline: Some(("docker run of the same image to healthy", baseline_ms as f64)),
+        target: None,
+    });
     assert!(switched_ms < 2000, "a rollback to a kept version switches within seconds ({switched_ms} ms)");
 
     // Forward again, so the rest of the test runs on v2.
@@ -327,11 +331,16 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
         switch_ms.push(ms);
     }
     switch_ms.sort();
-    println!(
-        "switch (healthy to routed): median {} ms, max {} ms",
-        switch_ms[switch_ms.len() / 2],
-        switch_ms[switch_ms.len() - 1]
-    );
+    for (what, ms) in [("median", switch_ms[switch_ms.len() / 2]), ("max", switch_ms[switch_ms.len() - 1])] {
+        slipway_tests::bench::report(&slipway_tests::bench::Figure {
+            bench: "edge",
+            what: &format!("switch from healthy to routed, {what} of {}", switch_ms.len()),
+            unit: slipway_tests::bench::Unit::Milliseconds,
+            ours: ms as f64,
+            baseline: None,
+            target: None,
+        });
+    }
 }
 
 #[tokio::test]
