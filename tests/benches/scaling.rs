@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use slipway_proto::{Body, Envelope, LogLine, Topology};
+use slipway_tests::bench::quantile;
 use slipway_tests::git::Entry;
 use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 use uuid::Uuid;
@@ -87,12 +88,6 @@ fn cpu_now(slipway: &[u32]) -> Cpu {
         }
     }
     Cpu { machine: busy / 100.0, engine, slipway: slipway.iter().map(|pid| cpu_seconds(*pid)).sum() }
-}
-
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(((sorted.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs the batch with `slots` one-slot runners; jobs per second.

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use slipway_tests::bench::quantile;
 use slipway_tests::git::Entry;
 use slipway_tests::{GitServer, Slipway, SlipwayOptions, unique};
 
@@ -62,12 +63,6 @@ async fn deploy(side: &mut Side, git: &GitServer) -> f64 {
     assert_eq!(d["state"], "completed", "{d}");
     let sql = format!("SELECT extract(epoch FROM finished_at - created_at)::float8 FROM deployments WHERE id = '{id}'");
     slipway_tests::harness::psql_value(&side.slipway.database_url, &sql).parse().expect("seconds")
-}
-
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 #[tokio::main]
