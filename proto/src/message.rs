@@ -231,6 +231,12 @@ pub struct Job {
     /// cloned, built or pushed; the deploy step removes what serves the environment.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub teardown: bool,
+    /// A forge push of a branch (one that names the commit before it, or any once the app's
+    /// pushes do): deployed only while it is the branch's head. The runner asks the git server
+    /// before anything else, and a push the branch has since moved past (its webhook delivered
+    /// late or out of order) ends skipped; the head's own push deploys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head_only: bool,
 }
 
 /// A database snapshot to restore.

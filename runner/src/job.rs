@@ -114,6 +114,14 @@ async fn steps(job: &Job, tools: &Tools, claim: &Claim, dir: &Path) -> Result<Do
         false => job.sha.clone(),
         true => resolve_head(job, tools, claim).await.map_err(|e| e.at(Step::Clone))?,
     };
+    if job.head_only
+        && let Some(reason) = moved_past(job, &sha, tools, claim).await.map_err(|e| e.at(Step::Clone))?
+    {
+        for step in [Step::Clone, Step::Build, Step::Test, Step::Push, Step::Deploy] {
+            r.step(step, StepStatus::Skipped, None);
+        }
+        return Ok(Done::Skipped { reason });
+    }
     let reference =
         image::reference(&tools.config.registry, &job.app.name, &sha).map_err(|e| JobError::from(e).at(Step::Build))?;
     let image_name = reference.whole();
@@ -680,6 +688,22 @@ async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String,
     r.line(Some(Step::Clone), &format!("{} is at {sha}", job.git_ref));
     r.send_confirmed(slipway_proto::Body::Resolved { sha: sha.clone() }).await;
     Ok(sha)
+}
+
+/// For a push of a branch: why it is no longer deployed (the branch has moved on to another
+/// commit, whose own push deploys it), or `None` while it is the head. One reference listing,
+/// before anything is cloned; a per-app queue runs one deployment at a time, so the head cannot
+/// be overtaken by an older push after this.
+async fn moved_past(job: &Job, sha: &str, tools: &Tools, claim: &Claim) -> Result<Option<String>, JobError> {
+    let auth = git_auth(job, tools);
+    let guard = tools.guard.clone();
+    let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
+    let head = interruptible("resolve", &claim.cancel, move |stop| {
+        checkout::guard(&url, &guard)?;
+        checkout::resolve_ref(&url, &git_ref, auth.as_ref(), stop)
+    })
+    .await?;
+    Ok((head != sha).then(|| format!("{} has moved on to {head}; that push deploys instead of {sha}", job.git_ref)))
 }
 
 /// Fetches the commit into `dir`. On cancel the fetch is interrupted, and this returns only once

@@ -274,12 +274,26 @@ pub async fn create(
         Some(id) => {
             crate::releases::record(&mut tx, keyring, app, id, copy_release_of, &reason, created_by).await?;
             crate::notify::enqueue(&mut tx, id, &["deploy.queued"]).await?;
-            let older: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM deployments WHERE app_id = $1 AND environment = $2 AND state = 'queued' AND id <> $3",
-            )
+            // A push supersedes the queued pushes it is known to come after (the chain of
+            // `before` commits leads back to them) and whatever else is queued; not a push whose
+            // place it cannot tell (a late webhook of a commit past a gap in the chain, or a
+            // branch's creation arriving after later pushes): the runner deploys that one only
+            // if it is still the branch's head.
+            let older: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "WITH RECURSIVE ancestry (sha, depth) AS (
+                     SELECT $4::text, 0 WHERE $4::text IS NOT NULL
+                     UNION
+                     SELECT d.before_sha, a.depth + 1 FROM deployments d JOIN ancestry a ON d.sha = a.sha
+                     WHERE d.app_id = $1 AND d.environment = $2 AND d.before_sha IS NOT NULL AND a.depth < 200
+                 )
+                 SELECT id FROM deployments d WHERE d.app_id = $1 AND d.environment = $2 AND d.state = 'queued' AND d.id <> $3
+                   AND (NOT $5 OR NOT {HEAD_ONLY} OR d.sha IN (SELECT sha FROM ancestry))"
+            )))
             .bind(app.id)
             .bind(&environment)
             .bind(id)
+            .bind(before_sha)
+            .bind(branch_push(source, git_ref, sha))
             .fetch_all(&mut *tx)
             .await?;
             let mut superseded = Vec::new();
@@ -343,6 +357,25 @@ pub async fn record_skipped(pool: &PgPool, new: NewDeployment<'_>, reason: &str)
         Some(id) => Ok(Created::New { id, superseded: Vec::new() }),
         None => Ok(Created::Existing(existing(pool, app, sha, &environment).await?)),
     }
+}
+
+/// Whether deployment `d` deploys only while its commit is the branch's head
+/// ([`Job::head_only`]): a push of a branch (from a forge, or the reconcile's view of one) that
+/// names the commit before it, or any such push once the app's pushes do (every forge push but
+/// a branch's creation or a forced push names it; a late creation is then checked too). A push
+/// supersedes only the queued ones of these it is known to come after.
+const HEAD_ONLY: &str = "(d.source IN ('github', 'gitlab', 'bitbucket', 'gitea', 'reconcile')
+                          AND d.git_ref LIKE 'refs/heads/%' AND d.sha <> ''
+                          AND (d.before_sha IS NOT NULL
+                               OR EXISTS (SELECT 1 FROM deployments h WHERE h.app_id = d.app_id
+                                          AND h.environment = d.environment AND h.before_sha IS NOT NULL)))";
+
+/// Whether a deployment about to be recorded is a push of a branch (the first part of
+/// [`HEAD_ONLY`]).
+fn branch_push(source: &str, git_ref: &str, sha: &str) -> bool {
+    ["github", "gitlab", "bitbucket", "gitea", "reconcile"].contains(&source)
+        && git_ref.starts_with("refs/heads/")
+        && !sha.is_empty()
 }
 
 /// A deployment of the app and environment that a chain of forge pushes leads to from `sha`
@@ -460,6 +493,7 @@ pub async fn outbox(
     struct Row {
         trace_parent: Option<String>,
         source: String,
+        head_only: bool,
         watch_check: Option<sqlx::types::Json<slipway_proto::WatchCheck>>,
         before_sha: Option<String>,
         live_sha: Option<String>,
@@ -479,8 +513,9 @@ pub async fn outbox(
         #[sqlx(flatten)]
         app: App,
     }
-    let rows = sqlx::query_as::<_, Row>(
+    let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT d.id AS deployment_id, d.attempt, d.sha, d.git_ref, d.image_digest, d.trace_parent, d.source,
+                {HEAD_ONLY} AS head_only,
                 d.environment AS deployment_environment,
                 d.watch_check, d.before_sha, d.release_command, d.promoted_from, d.restore_of,
                 CASE WHEN d.watch_check IS NOT NULL THEN
@@ -496,8 +531,8 @@ pub async fn outbox(
                            AND r.id <> d.id AND (r.state = 'running'
                                 OR (r.state = 'queued' AND (r.published_at IS NOT NULL OR r.created_at < d.created_at))))
          ORDER BY d.created_at LIMIT $1
-         FOR UPDATE OF d SKIP LOCKED",
-    )
+         FOR UPDATE OF d SKIP LOCKED"
+    )))
     .bind(limit)
     .fetch_all(db)
     .await?;
@@ -512,6 +547,7 @@ pub async fn outbox(
         match r.app.job_app(keyring, release.as_ref(), &r.environment) {
             Ok(app) => jobs.push(Outgoing {
                 job: Job {
+                    head_only: r.head_only,
                     deployment_id: r.deployment_id,
                     attempt: r.attempt as u32,
                     sha: r.sha,

@@ -61,6 +61,11 @@ impl GitServer {
         panic!("git daemon did not listen on {port}");
     }
 
+    /// Where the daemon listens (`127.0.0.1:<port>`), for a proxy in front of it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// The URL a repository is served at.
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}.git", self.port)

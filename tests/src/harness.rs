@@ -218,6 +218,34 @@ impl Slipway {
         base
     }
 
+    /// SIGKILLs the first scheduler (if it still runs) and starts it again on its port; returns
+    /// once it answers, with how long that took from the start.
+    pub async fn restart_scheduler(&mut self) -> Duration {
+        self.scheduler.kill9();
+        let port: u16 = self.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("scheduler port");
+        let started = std::time::Instant::now();
+        self.scheduler = spawn_scheduler(
+            "scheduler",
+            &self.logs,
+            &self.token,
+            port,
+            &self.scheduler_db,
+            &self.prefix,
+            &self.options,
+        );
+        let health = format!("{}/healthz", self.base);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(
+                tokio::time::Instant::now() < deadline && !self.scheduler.exited(),
+                "the restarted scheduler did not answer:\n{}",
+                self.scheduler.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    }
+
     /// Starts one more runner; its id is `runner-<n>`.
     pub fn add_runner(&mut self) -> String {
         let id = format!("runner-{}", self.runners.len() + 1);

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod caddy;
+pub mod faults;
 pub mod git;
 pub mod harness;
 pub mod otlp;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 pub use git::GitServer;
 pub use harness::{Proc, Slipway, SlipwayOptions, sse_at};
-pub use proxy::Proxy;
+pub use proxy::{Proxy, UnixProxy};
 pub use rabbit::PrivateBroker;
 
 /// Waits until `check` returns `Some`, polling every 200 ms, or panics naming `what`.

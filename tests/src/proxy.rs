@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -75,26 +75,84 @@ async fn accept(
             continue;
         }
         let Ok(server) = TcpStream::connect(&target).await else { continue };
-        let (up, rate, forwarded) = (up.clone(), rate.clone(), forwarded.clone());
-        tokio::spawn(async move {
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            let upstream = pipe(&mut cr, &mut sw, &rate, &forwarded);
-            let downstream = pipe(&mut sr, &mut cw, &rate, &forwarded);
-            let mut up = up;
-            let cut = async move {
-                while *up.borrow_and_update() {
-                    if up.changed().await.is_err() {
-                        return;
-                    }
+        tokio::spawn(forward(client, server, up.clone(), rate.clone(), forwarded.clone()));
+    }
+}
+
+/// Copies both ways between `client` and `server` until either side closes or the link is cut.
+async fn forward<C, S>(
+    client: C,
+    server: S,
+    mut up: watch::Receiver<bool>,
+    rate: Arc<AtomicU64>,
+    forwarded: Arc<AtomicU64>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut sr, mut sw) = tokio::io::split(server);
+    let upstream = pipe(&mut cr, &mut sw, &rate, &forwarded);
+    let downstream = pipe(&mut sr, &mut cw, &rate, &forwarded);
+    let cut = async move {
+        while *up.borrow_and_update() {
+            if up.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+        _ = cut => {}
+    }
+}
+
+/// The same proxy for a Unix socket (the Docker engine's): listens at a path of its own and
+/// forwards to `target`. Cut, it closes every connection and refuses new ones.
+pub struct UnixProxy {
+    pub path: std::path::PathBuf,
+    up: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl UnixProxy {
+    pub fn start(target: &str) -> Self {
+        let dir = tempfile::tempdir().expect("socket dir");
+        let path = dir.path().join("proxy.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind unix proxy");
+        let (up, up_rx) = watch::channel(true);
+        let target = target.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                if !*up_rx.borrow() {
+                    drop(client);
+                    continue;
                 }
-            };
-            tokio::select! {
-                _ = upstream => {}
-                _ = downstream => {}
-                _ = cut => {}
+                let Ok(server) = tokio::net::UnixStream::connect(&target).await else { continue };
+                let (rate, forwarded) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+                tokio::spawn(forward(client, server, up_rx.clone(), rate, forwarded));
             }
         });
+        Self { path, up, task, _dir: dir }
+    }
+
+    /// Closes every connection and refuses new ones until [`UnixProxy::restore`].
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}
+
+impl Drop for UnixProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.up.send(false);
     }
 }
 

@@ -313,6 +313,21 @@ async fn no_request_fails_under_load_across_ten_deploys_a_rollback_and_a_failed_
             switches.join("\n")
         );
     }
+    // The fault suite's line for a failed rollout under load: nothing failed, nothing left.
+    let fleet = slipway_tests::faults::Fleet::named(&[&app]);
+    let left = eventually(Duration::from_secs(60), "the drained versions to be retired", || async {
+        let left = slipway_tests::faults::leftovers_now(&s, &fleet).await;
+        left.is_empty().then_some(left)
+    })
+    .await;
+    println!(
+        "fault failed-rollout-under-load: requests {total} ({slow} slow), failed {}, deployments 12 (10 completed, a rollback, 1 failed), leftovers {}",
+        failures.len(),
+        left.len()
+    );
+    slipway_tests::faults::publish(json!({
+        "fault": "failed-rollout-under-load", "requests": total, "failed": failures.len(), "leftovers": left,
+    }));
     assert!(rate >= 200.0, "a steady load of at least 200 requests per second ({rate:.0}/s)");
     assert!(slow >= 100, "slow requests were in flight across switches ({slow})");
     // The rollback serves v9, the version before the last good one.
