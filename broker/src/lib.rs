@@ -14,8 +14,12 @@ use tokio_util::sync::CancellationToken;
 /// The frame size Slipway asks the broker for (the broker's default is 128 KiB).
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// Connects to `url`, retrying with exponential backoff (capped at 5 s) until it works or
-/// `cancel` fires (then `None`).
+/// The longest wait between two attempts to reach the broker: after an outage of any length, a
+/// process is back within about a second of the broker (the fault suite prints how long).
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Connects to `url`, retrying with exponential backoff (capped at [`RECONNECT_MAX_DELAY`], with
+/// jitter so a fleet does not knock at once) until it works or `cancel` fires (then `None`).
 pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection> {
     // Frames of FRAME_MAX unless the URL sets `frame_max`: lapin keeps 32 frames of buffer each
     // way per connection, so the broker's default cost 8 MiB a connection. A URL that does not
@@ -34,7 +38,8 @@ pub async fn connect(url: &str, cancel: &CancellationToken) -> Option<Connection
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
+                .with_max_delay(RECONNECT_MAX_DELAY)
+                .with_jitter()
                 .without_max_times(),
         )
         .notify(|err, delay| tracing::warn!(error = %err, retry_in = ?delay, "rabbitmq unreachable; retrying"));

@@ -28,9 +28,11 @@ use crate::mask::Masker;
 
 /// The longest a followed answer runs.
 const MAX_FOLLOW: Duration = Duration::from_secs(3600);
-/// Lines sent in one message at most, and how long a line waits for others to share it.
+/// Lines sent in one message at most, and how long the first line of a message waits for
+/// others to share it (counted from that line, not from the last one: a steady stream never
+/// holds a line longer than this).
 const BATCH: usize = 500;
-const BATCH_WAIT: Duration = Duration::from_millis(100);
+const BATCH_WAIT: Duration = Duration::from_millis(1);
 
 /// The runner's answers in progress, by request.
 #[derive(Debug)]
@@ -136,16 +138,18 @@ impl AppLogs {
         tokio::pin!(deadline);
         let mut batch: Vec<AppLogLine> = Vec::new();
         let mut partial: HashMap<&'static str, Vec<u8>> = HashMap::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let ended = loop {
-            let flush_in = if batch.is_empty() { MAX_FOLLOW } else { BATCH_WAIT };
+            let due = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break None,
                 _ = &mut deadline => break Some("followed for an hour; ask again to go on".to_string()),
-                _ = tokio::time::sleep(flush_in) => {
-                    if !send(chunk(std::mem::take(&mut batch), false, None)).await? {
-                        return Ok(());
-                    }
-                }
                 next = output.next() => match next {
                     None => break None,
                     Some(Err(err)) => break Some(format!("reading the container's output failed: {err}")),
@@ -161,9 +165,20 @@ impl AppLogs {
                             let line: Vec<u8> = buffer.drain(..=at).collect();
                             batch.push(parse_line(stream, &line[..line.len() - 1], &masker));
                         }
-                        if batch.len() >= BATCH && !send(chunk(std::mem::take(&mut batch), false, None)).await? {
-                            return Ok(());
+                        if batch.len() >= BATCH {
+                            flush_at = None;
+                            if !send(chunk(std::mem::take(&mut batch), false, None)).await? {
+                                return Ok(());
+                            }
+                        } else if !batch.is_empty() && flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + BATCH_WAIT);
                         }
+                    }
+                },
+                () = due => {
+                    flush_at = None;
+                    if !send(chunk(std::mem::take(&mut batch), false, None)).await? {
+                        return Ok(());
                     }
                 }
             }

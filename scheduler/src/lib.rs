@@ -220,6 +220,13 @@ pub async fn run(
         }
     }
     let app = api::router(shared).layer(tower_http::trace::TraceLayer::new_for_http());
+    // No Nagle: a live log stream writes one small event at a time, and each would otherwise
+    // wait for the client's delayed ACK of the one before (up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not turn Nagle off on a connection");
+        }
+    });
     let serving = axum::serve(listener, app).with_graceful_shutdown({
         let cancel = cancel.clone();
         async move { cancel.cancelled().await }
