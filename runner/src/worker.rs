@@ -105,22 +105,30 @@ impl Worker {
                     None => anyhow::bail!("the broker cancelled the job consumer"),
                 },
             };
-            // Idle no more: stop the consumer before acknowledging, so nothing else is sent here.
-            channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await?;
+            // Idle no more: the consumer is stopped before anything is acknowledged, so nothing
+            // else is sent here (prefetch 1 holds the next job back until then).
+            let stop_consuming = || channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
             let job: Job = match serde_json::from_slice(&delivery.data) {
                 Ok(job) => job,
                 Err(err) => {
                     tracing::error!(error = %err, bytes = delivery.data.len(), "unreadable job message rejected");
+                    stop_consuming().await?;
                     delivery.acker.reject(BasicRejectOptions { requeue: false }).await?;
                     consumer = consume().await?;
                     continue;
                 }
             };
+            // The claim goes out at once; the consumer is stopped while it travels (off the
+            // dispatch path: a broker round trip saved).
             let claim = self.claim(&job);
-            let answered = tokio::select! {
-                answered = claim.confirm(CLAIM_PATIENCE) => answered,
-                _ = self.stop.cancelled() => Err(JobError::NotConfirmed),
+            let confirming = async {
+                tokio::select! {
+                    answered = claim.confirm(CLAIM_PATIENCE) => answered,
+                    _ = self.stop.cancelled() => Err(JobError::NotConfirmed),
+                }
             };
+            let (stopped, answered) = tokio::join!(stop_consuming(), confirming);
+            stopped?;
             match answered {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
