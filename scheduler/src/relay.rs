@@ -75,17 +75,26 @@ enum Failed {
 /// Publishes the next due job, in a transaction that holds its row until the broker confirmed
 /// and the row is marked; false when none is due.
 async fn relay_one(shared: &Shared, channel: &lapin::Channel) -> Result<bool, Failed> {
+    let started = std::time::Instant::now();
     let mut tx = shared.pool.begin().await.map_err(Failed::Database)?;
     let next = deployments::outbox(&mut *tx, &shared.keyring, 1).await.map_err(Failed::Database)?;
     let Some(deployments::Outgoing { job, traceparent }) = next.into_iter().next() else {
         return Ok(false);
     };
+    let read = started.elapsed();
     publish(shared, channel, &job, traceparent.as_deref()).await.map_err(Failed::Broker)?;
+    let confirmed = started.elapsed();
     // Published but not marked (the database went away): published again later, and the claim
     // protocol turns the second copy away.
     deployments::mark_published(&mut *tx, job.deployment_id, job.attempt).await.map_err(Failed::Database)?;
     tx.commit().await.map_err(Failed::Database)?;
-    tracing::info!(deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha, "job published");
+    // Where a dispatch's time goes: reading the outbox (with the job's release), the broker's
+    // confirm, marking the row.
+    tracing::info!(
+        deployment_id = %job.deployment_id, attempt = job.attempt, app = %job.app.name, sha = %job.sha,
+        read_us = read.as_micros() as u64, confirmed_us = confirmed.as_micros() as u64,
+        marked_us = started.elapsed().as_micros() as u64, "job published"
+    );
     Ok(true)
 }
 
