@@ -677,14 +677,7 @@ pub(crate) fn git_auth(job: &Job, tools: &Tools) -> Option<GitAuth> {
 async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String, JobError> {
     let r = &claim.reporter;
     r.line(Some(Step::Clone), &format!("resolving the head of {}", job.git_ref));
-    let auth = git_auth(job, tools);
-    let guard = tools.guard.clone();
-    let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
-    let sha = interruptible("resolve", &claim.cancel, move |stop| {
-        checkout::guard(&url, &guard)?;
-        checkout::resolve_ref(&url, &git_ref, auth.as_ref(), stop)
-    })
-    .await?;
+    let sha = list_head(job, tools, claim).await?;
     r.line(Some(Step::Clone), &format!("{} is at {sha}", job.git_ref));
     r.send_confirmed(slipway_proto::Body::Resolved { sha: sha.clone() }).await;
     Ok(sha)
@@ -695,15 +688,21 @@ async fn resolve_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String,
 /// before anything is cloned; a per-app queue runs one deployment at a time, so the head cannot
 /// be overtaken by an older push after this.
 async fn moved_past(job: &Job, sha: &str, tools: &Tools, claim: &Claim) -> Result<Option<String>, JobError> {
+    let head = list_head(job, tools, claim).await?;
+    Ok((head != sha).then(|| format!("{} has moved on to {head}; that push deploys instead of {sha}", job.git_ref)))
+}
+
+/// Where the job's ref points on the git server now (one reference listing, through the
+/// outbound guard; interrupted by a cancel).
+async fn list_head(job: &Job, tools: &Tools, claim: &Claim) -> Result<String, JobError> {
     let auth = git_auth(job, tools);
     let guard = tools.guard.clone();
     let (url, git_ref) = (job.app.repo_url.clone(), job.git_ref.clone());
-    let head = interruptible("resolve", &claim.cancel, move |stop| {
+    interruptible("resolve", &claim.cancel, move |stop| {
         checkout::guard(&url, &guard)?;
         checkout::resolve_ref(&url, &git_ref, auth.as_ref(), stop)
     })
-    .await?;
-    Ok((head != sha).then(|| format!("{} has moved on to {head}; that push deploys instead of {sha}", job.git_ref)))
+    .await
 }
 
 /// Fetches the commit into `dir`. On cancel the fetch is interrupted, and this returns only once
